@@ -1,0 +1,1 @@
+//! The workspace's own VM test suite lives in `tests/`.

@@ -1,0 +1,337 @@
+//! The wire format between host and guest.
+//!
+//! Host to guest: a [`Plan`], written by the host into the initramfs at [`PLAN_PATH`] as one
+//! frame. Guest to host: a stream of [`GuestMessage`] frames on the control port, a
+//! virtio-serial port named [`CONTROL_PORT`].
+//!
+//! A frame is a 4-byte little-endian payload length followed by a postcard-encoded payload.
+//! The first message on the control port is always [`GuestMessage::Hello`] carrying
+//! [`PROTOCOL_VERSION`]; the last one of a clean run is [`GuestMessage::Done`]. A stream that
+//! ends without `Done` means the VM died.
+//!
+//! The host treats every frame as untrusted: [`FrameReader`] bounds the frame size and never
+//! panics on garbage.
+
+use std::io::{self, Read, Write};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Version of this wire format; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts, in bytes (payload only).
+pub const MAX_FRAME_LEN: usize = 16 << 20;
+
+/// Largest file chunk the guest sends in one [`GuestMessage::FileChunk`].
+pub const FILE_CHUNK_LEN: usize = 1 << 20;
+
+/// Where the host puts the plan inside the initramfs.
+pub const PLAN_PATH: &str = "/vmtest/plan";
+
+/// Name of the virtio-serial port that carries [`GuestMessage`] frames.
+pub const CONTROL_PORT: &str = "vmtest.control";
+
+/// Environment variable that tells a child of PID 1 which registered test to run.
+pub const TEST_ENV: &str = "VMTEST_TEST";
+
+/// What the guest must do, written by the host before boot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Kernel modules to load, in load order (dependencies first). Paths inside the guest.
+    pub modules: Vec<Module>,
+    /// The programs to run, one after another, each in its own child process.
+    pub tests: Vec<PlannedTest>,
+}
+
+/// One kernel module to load before the tests run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Module {
+    /// Module name as the user or the kernel config spells it (e.g. `virtio_console`).
+    pub name: String,
+    /// Path of the `.ko`, `.ko.xz` or `.ko.zst` file inside the guest.
+    pub path: String,
+    /// Tests (by [`PlannedTest::id`]) that asked for this module; empty for modules the harness
+    /// itself needs (virtio drivers). A failure to load fails these tests.
+    pub wanted_by: Vec<u32>,
+}
+
+/// One program run inside the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedTest {
+    /// Identifier echoed in every message about this test.
+    pub id: u32,
+    /// Human-readable name, for guest-side logs.
+    pub name: String,
+    /// Absolute path of the program inside the guest.
+    pub program: String,
+    /// Arguments, without `argv[0]`.
+    pub args: Vec<String>,
+    /// The complete environment of the child.
+    pub env: Vec<(String, String)>,
+    /// Working directory of the child.
+    pub cwd: String,
+    /// Kill the child (its whole process group) after this many milliseconds.
+    pub timeout_ms: u64,
+    /// `true`: collect stdout/stderr and send them in [`GuestMessage::TestFinished`].
+    /// `false`: stream them as [`GuestMessage::Output`] while the child runs.
+    pub capture: bool,
+}
+
+/// Which output stream a piece of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// The child's standard output.
+    Stdout,
+    /// The child's standard error.
+    Stderr,
+}
+
+/// How a child ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Exited with this status code (0 is a pass).
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+    /// Killed by the guest after its timeout.
+    TimedOut {
+        /// The timeout that expired, in milliseconds.
+        after_ms: u64,
+    },
+    /// Could not be started, or a module it needs failed to load.
+    Error(String),
+}
+
+/// A message from the guest to the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestMessage {
+    /// First message: the guest's protocol version and kernel release (`uname -r`).
+    Hello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The running kernel's release string.
+        kernel_release: String,
+    },
+    /// A non-fatal problem on the guest side (a filesystem that could not be mounted, ...).
+    Log(String),
+    /// The test with this id is about to start.
+    TestStarted {
+        /// [`PlannedTest::id`].
+        id: u32,
+    },
+    /// Live output of a test that is not captured.
+    Output {
+        /// [`PlannedTest::id`].
+        id: u32,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes, in order.
+        bytes: Vec<u8>,
+    },
+    /// A test ended.
+    TestFinished {
+        /// [`PlannedTest::id`].
+        id: u32,
+        /// How it ended.
+        outcome: Outcome,
+        /// Wall time inside the guest, in milliseconds.
+        duration_ms: u64,
+        /// Captured standard output (empty when not captured).
+        stdout: Vec<u8>,
+        /// Captured standard error (empty when not captured).
+        stderr: Vec<u8>,
+    },
+    /// A piece of a file the guest hands to the host (coverage, artifacts, dmesg).
+    FileChunk {
+        /// The test the file belongs to, if any.
+        id: Option<u32>,
+        /// Relative file name; the host rejects anything that could escape its directory.
+        name: String,
+        /// Offset of `data` in the file.
+        offset: u64,
+        /// At most [`FILE_CHUNK_LEN`] bytes.
+        data: Vec<u8>,
+        /// `true` on the last chunk of this file.
+        last: bool,
+    },
+    /// A fatal guest-side error; the guest powers off after sending it.
+    Fatal(String),
+    /// Every planned test has been reported; the guest powers off next.
+    Done,
+}
+
+/// Failures while encoding or decoding frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The underlying reader or writer failed.
+    #[error("failed to transfer frame: {0}")]
+    Io(#[from] io::Error),
+    /// The announced length is larger than [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: u64,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        want: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("failed to decode frame payload: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Encodes `value` as one frame.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; 4];
+    out = postcard::to_extend(value, out)?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len: len as u64 });
+    }
+    let len = u32::try_from(len).map_err(|_| FrameError::TooLarge { len: len as u64 })?;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(out)
+}
+
+/// Writes `value` as one frame with a single `write_all`.
+pub fn write_frame<T: Serialize>(writer: &mut impl Write, value: &T) -> Result<(), FrameError> {
+    writer.write_all(&encode_frame(value)?)?;
+    Ok(())
+}
+
+/// Decodes a buffer that holds exactly one frame (used for the plan file).
+pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+    let mut reader = FrameReader::new(bytes);
+    match reader.next_frame()? {
+        Some(value) => Ok(value),
+        None => Err(FrameError::Truncated { got: 0, want: 4 }),
+    }
+}
+
+/// Reads frames from a byte stream, bounding each frame's size.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Wraps a reader.
+    pub fn new(inner: R) -> Self {
+        Self { inner, buf: Vec::new() }
+    }
+
+    /// Reads the next frame. `Ok(None)` on a clean end of stream between frames.
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let mut header = [0u8; 4];
+        let got = read_full(&mut self.inner, &mut header)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < header.len() {
+            return Err(FrameError::Truncated { got, want: header.len() });
+        }
+        let len = u32::from_le_bytes(header) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge { len: len as u64 });
+        }
+        self.buf.clear();
+        self.buf.resize(len, 0);
+        let got = read_full(&mut self.inner, &mut self.buf)?;
+        if got < len {
+            return Err(FrameError::Truncated { got, want: len });
+        }
+        Ok(Some(postcard::from_bytes(&self.buf)?))
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the number of bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_a_stream_of_messages() {
+        let messages = vec![
+            GuestMessage::Hello { version: PROTOCOL_VERSION, kernel_release: "6.12.0".into() },
+            GuestMessage::TestFinished {
+                id: 7,
+                outcome: Outcome::Exited(101),
+                duration_ms: 12,
+                stdout: b"out\0\xff".to_vec(),
+                stderr: vec![],
+            },
+            GuestMessage::Done,
+        ];
+        let mut wire = Vec::new();
+        for m in &messages {
+            write_frame(&mut wire, m).unwrap();
+        }
+        let mut reader = FrameReader::new(&wire[..]);
+        let mut got = Vec::new();
+        while let Some(m) = reader.next_frame::<GuestMessage>().unwrap() {
+            got.push(m);
+        }
+        assert_eq!(got, messages);
+    }
+
+    #[test]
+    fn rejects_oversized_frame_without_allocating() {
+        let wire = u32::MAX.to_le_bytes();
+        let err = FrameReader::new(&wire[..]).next_frame::<GuestMessage>().unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn reports_truncated_frame() {
+        let mut wire = encode_frame(&GuestMessage::Log("hello".into())).unwrap();
+        wire.truncate(wire.len() - 2);
+        let err = FrameReader::new(&wire[..]).next_frame::<GuestMessage>().unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { .. }), "{err}");
+        let err = FrameReader::new(&wire[..2]).next_frame::<GuestMessage>().unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { got: 2, want: 4 }), "{err}");
+    }
+
+    #[test]
+    fn rejects_garbage_payload() {
+        let mut wire = 3u32.to_le_bytes().to_vec();
+        wire.extend_from_slice(&[0xff, 0xff, 0xff]);
+        let err = FrameReader::new(&wire[..]).next_frame::<GuestMessage>().unwrap_err();
+        assert!(matches!(err, FrameError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn plan_round_trips() {
+        let plan = Plan {
+            modules: vec![],
+            tests: vec![PlannedTest {
+                id: 0,
+                name: "a::b".into(),
+                program: "/init".into(),
+                args: vec![],
+                env: vec![(TEST_ENV.into(), "a::b".into())],
+                cwd: "/".into(),
+                timeout_ms: 1000,
+                capture: true,
+            }],
+        };
+        assert_eq!(decode_frame::<Plan>(&encode_frame(&plan).unwrap()).unwrap(), plan);
+    }
+}

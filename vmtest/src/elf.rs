@@ -1,0 +1,1 @@
+//! Reading ELF files: machine, interpreter, needed libraries.

@@ -1,0 +1,1 @@
+//! Building the initramfs (newc cpio) the guest boots from.

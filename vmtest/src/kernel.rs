@@ -1,0 +1,1 @@
+//! Kernels: the store, name resolution, image headers and modules.

@@ -1,0 +1,48 @@
+//! Run Rust tests inside real Linux VMs under QEMU.
+//!
+//! ```no_run
+//! // tests/kernel.rs, with `[[test]] name = "kernel" harness = false` in Cargo.toml
+//! use vmtest::vm_test;
+//!
+//! #[vm_test(memory = "512M", timeout = "30s")]
+//! fn runs_as_root() {
+//!     assert_eq!(std::fs::read_to_string("/proc/self/status").unwrap().contains("Uid:\t0"), true);
+//! }
+//!
+//! vmtest::main!();
+//! ```
+//!
+//! `cargo test` then boots one VM per distinct VM configuration, runs every selected test inside
+//! it (each in its own child process of the guest's PID 1) and prints libtest's output. See the
+//! README for the attribute's keys and the environment variables.
+
+#![deny(missing_docs)]
+
+pub mod arch;
+mod elf;
+mod initramfs;
+pub mod kernel;
+mod registry;
+
+pub use vmtest_macros::vm_test;
+
+/// Defines `main` for a test binary with `harness = false`.
+#[macro_export]
+macro_rules! main {
+    () => {
+        fn main() {
+            $crate::__private::main()
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::{ShouldPanic, TestDef, TestReturn, VmAttrs, TESTS};
+    pub use linkme;
+
+    /// The entry point behind [`main!`](crate::main).
+    pub fn main() -> ! {
+        todo!("harness")
+    }
+}
