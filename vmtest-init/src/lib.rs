@@ -10,3 +10,11 @@
 #![deny(missing_docs)]
 
 pub mod protocol;
+
+/// Runs as PID 1: prepares the guest, runs the plan, reports, powers off. Never returns.
+pub fn run_pid1() -> ! {
+    eprintln!("vmtest-init: not implemented");
+    loop {
+        std::thread::park();
+    }
+}

@@ -18,11 +18,20 @@
 
 #![deny(missing_docs)]
 
+mod accel;
 pub mod arch;
+mod child;
 mod elf;
+mod error;
+mod harness;
 mod initramfs;
 pub mod kernel;
+mod process;
+mod qemu;
 mod registry;
+mod vm;
+
+pub use error::Error;
 
 pub use vmtest_macros::vm_test;
 
@@ -41,8 +50,15 @@ pub mod __private {
     pub use crate::registry::{ShouldPanic, TestDef, TestReturn, VmAttrs, TESTS};
     pub use linkme;
 
-    /// The entry point behind [`main!`](crate::main).
+    /// The entry point behind [`main!`](crate::main): guest PID 1, guest test child, or host
+    /// harness.
     pub fn main() -> ! {
-        todo!("harness")
+        if std::process::id() == 1 {
+            vmtest_init::run_pid1();
+        }
+        if let Ok(name) = std::env::var(vmtest_init::protocol::TEST_ENV) {
+            crate::child::run_test(&name);
+        }
+        crate::harness::run_host()
     }
 }

@@ -1,0 +1,135 @@
+//! Choosing the accelerator: KVM only where it really works, TCG otherwise.
+//!
+//! `/dev/kvm` can exist, open, and still be unable to run a stock kernel (paravirtual KVM on
+//! some cloud machines): QEMU then reports a KVM internal error and hangs. So the probe also
+//! requires the CPU's virtualisation flags, and `VMTEST_ACCEL` overrides the choice.
+
+use std::fs::OpenOptions;
+
+use crate::arch::Arch;
+use crate::Error;
+
+/// Environment variable that forces the accelerator: `kvm`, `tcg` or `auto` (default).
+pub(crate) const ACCEL_ENV: &str = "VMTEST_ACCEL";
+
+/// Environment variable that overrides the factor applied to timeouts.
+pub(crate) const TIMEOUT_SCALE_ENV: &str = "VMTEST_TIMEOUT_SCALE";
+
+/// A QEMU accelerator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
+impl Accel {
+    /// The value of QEMU's `-accel`.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The accelerator for a run, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct AccelChoice {
+    pub accel: Accel,
+    /// Why KVM is not used, when it is not.
+    pub kvm_unusable: Option<String>,
+    /// Factor applied to test and boot timeouts (slower emulation needs more time).
+    pub timeout_scale: f64,
+}
+
+/// Chooses the accelerator for guests of `guest` architecture.
+pub(crate) fn choose(guest: Arch) -> Result<AccelChoice, Error> {
+    let forced = std::env::var(ACCEL_ENV).unwrap_or_default();
+    let probe = kvm_usable(guest);
+    let (accel, kvm_unusable) = match forced.as_str() {
+        "" | "auto" => match probe {
+            Ok(()) => (Accel::Kvm, None),
+            Err(why) => (Accel::Tcg, Some(why)),
+        },
+        "tcg" => (Accel::Tcg, Some(format!("{ACCEL_ENV}=tcg"))),
+        "kvm" => match probe {
+            Ok(()) => (Accel::Kvm, None),
+            Err(why) => {
+                return Err(Error::Config(format!(
+                    "{ACCEL_ENV}=kvm, but KVM cannot be used here: {why} \
+                     (unset {ACCEL_ENV} or set it to `tcg` to use software emulation)"
+                )))
+            }
+        },
+        other => {
+            return Err(Error::Config(format!(
+                "{ACCEL_ENV}={other:?} is not one of `kvm`, `tcg`, `auto`"
+            )))
+        }
+    };
+    let timeout_scale = timeout_scale(accel)?;
+    Ok(AccelChoice { accel, kvm_unusable, timeout_scale })
+}
+
+fn timeout_scale(accel: Accel) -> Result<f64, Error> {
+    match std::env::var(TIMEOUT_SCALE_ENV) {
+        Ok(value) => match value.parse::<f64>() {
+            Ok(scale) if scale.is_finite() && scale > 0.0 => Ok(scale),
+            _ => Err(Error::Config(format!(
+                "{TIMEOUT_SCALE_ENV}={value:?} is not a positive number"
+            ))),
+        },
+        Err(_) => Ok(match accel {
+            Accel::Kvm => 1.0,
+            Accel::Tcg => 3.0,
+        }),
+    }
+}
+
+/// `Ok` when KVM can run a guest of `guest` architecture on this host.
+fn kvm_usable(guest: Arch) -> Result<(), String> {
+    if guest != Arch::host() {
+        return Err(format!("the guest is {guest}, the host is {}", Arch::host()));
+    }
+    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        return Err(format!("failed to open /dev/kvm: {e}"));
+    }
+    if guest == Arch::X86_64 {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")
+            .map_err(|e| format!("failed to read /proc/cpuinfo: {e}"))?;
+        if !has_virtualisation_flag(&cpuinfo) {
+            return Err("/dev/kvm exists but the CPU has neither `vmx` nor `svm` \
+                        (paravirtual KVM cannot run stock kernels)"
+                .to_owned());
+        }
+    }
+    Ok(())
+}
+
+fn has_virtualisation_flag(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("flags"))
+        .flat_map(|line| line.split_whitespace())
+        .any(|flag| flag == "vmx" || flag == "svm")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_virtualisation_flags() {
+        assert!(has_virtualisation_flag("flags\t\t: fpu vme svm lm\n"));
+        assert!(has_virtualisation_flag("processor: 0\nflags : fpu vmx\n"));
+        assert!(!has_virtualisation_flag("flags\t\t: fpu vme hypervisor\nmodel name: vmx\n"));
+    }
+
+    #[test]
+    fn foreign_guests_never_use_kvm() {
+        let foreign = if Arch::host() == Arch::X86_64 { Arch::Aarch64 } else { Arch::X86_64 };
+        assert!(kvm_usable(foreign).unwrap_err().contains("the guest is"));
+    }
+}

@@ -1,0 +1,481 @@
+//! The host side: libtest's CLI over libtest-mimic, tests grouped into VM boots.
+//!
+//! Every test instance becomes a libtest-mimic [`Trial`] whose runner waits for the verdict of
+//! its test from its group's VM. The first trial of a group that runs starts the group's VM on a
+//! thread of its own; that VM runs every selected test of the group one after another and fills
+//! in their verdicts as they arrive. A semaphore caps how many VMs run at once.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, Once, OnceLock};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
+
+use crate::accel::{self, AccelChoice};
+use crate::arch::Arch;
+use crate::initramfs::Initramfs;
+use crate::kernel::{self, Kernel};
+use crate::registry::{TestDef, TESTS};
+use crate::vm::{self, VmSpec};
+use crate::Error;
+
+/// Timeout of a test without a `timeout` attribute, before scaling.
+const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time for a kernel to reach the harness, before scaling.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Extra time the host grants beyond a test's own timeout before it gives up on the guest.
+const HOST_GRACE: Duration = Duration::from_secs(30);
+/// Guest memory on top of what the initramfs needs.
+const BASE_MEMORY_MIB: u64 = 256;
+/// Where the guest finds modules inside the initramfs.
+const GUEST_MODULE_DIR: &str = "/vmtest/modules";
+
+/// Runs the host harness and exits with libtest's exit code.
+pub(crate) fn run_host() -> ! {
+    crate::process::install_signal_cleanup();
+    let args = Arguments::from_args();
+    match prepare(&args) {
+        Ok(trials) => libtest_mimic::run(&args, trials).exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// One test on one kernel.
+struct Instance {
+    def: &'static TestDef,
+    /// libtest name of the function (what the guest child looks up).
+    base_name: String,
+    /// Name shown and filtered on: `base_name`, or `base_name[kernel]` for a kernel matrix.
+    name: String,
+    kernel: Option<&'static str>,
+    /// Reported as ignored with this reason instead of running.
+    skip: Option<String>,
+}
+
+fn instances(defs: &'static [TestDef], arch: Arch) -> Vec<Instance> {
+    let mut out = Vec::new();
+    for def in defs {
+        let base_name = def.test_name();
+        let skip = (!def.vm.arch.is_empty() && !def.vm.arch.contains(&arch.name()))
+            .then(|| format!("runs only on {}", def.vm.arch.join(", ")));
+        let kernels: Vec<Option<&'static str>> = match def.vm.kernels {
+            [] => vec![None],
+            list => list.iter().copied().map(Some).collect(),
+        };
+        let matrix = kernels.len() > 1;
+        for kernel in kernels {
+            let name = match kernel {
+                Some(kernel) if matrix => format!("{base_name}[{kernel}]"),
+                _ => base_name.clone(),
+            };
+            out.push(Instance { def, base_name: base_name.clone(), name, kernel, skip: skip.clone() });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// A test's verdict, filled in by its group's VM.
+#[derive(Default)]
+struct Slot {
+    verdict: Mutex<Option<Result<(), String>>>,
+    ready: Condvar,
+}
+
+impl Slot {
+    fn fill(&self, verdict: Result<(), String>) {
+        let mut slot = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(verdict);
+            self.ready.notify_all();
+        }
+    }
+
+    fn is_filled(&self) -> bool {
+        self.verdict.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        let mut slot = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(verdict) = slot.take() {
+                return verdict;
+            }
+            slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// What groups tests into one VM boot.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
+    kernel: PathBuf,
+    memory_mib: Option<u64>,
+    cpus: Option<u32>,
+    cmdline: Option<&'static str>,
+    modules: Vec<&'static str>,
+}
+
+struct Member {
+    id: u32,
+    name: String,
+    base_name: String,
+    timeout: Duration,
+    slot: Arc<Slot>,
+}
+
+/// Tests that share one VM boot.
+struct Group {
+    index: usize,
+    key: GroupKey,
+    kernel: Kernel,
+    members: Vec<Member>,
+    started: Once,
+}
+
+/// Settings shared by every group of a run.
+struct RunContext {
+    exe: PathBuf,
+    arch: Arch,
+    accel: AccelChoice,
+    capture: bool,
+    log_dir: PathBuf,
+    vms: Semaphore,
+}
+
+fn prepare(args: &Arguments) -> Result<Vec<Trial>, Error> {
+    let arch = Arch::host();
+    let instances = instances(&TESTS, arch);
+    let run_ignored = args.ignored || args.include_ignored;
+
+    let mut trials = Vec::with_capacity(instances.len());
+    let mut runnable = Vec::new();
+    for instance in instances {
+        let ignore = instance.def.ignore;
+        if let Some(reason) = instance.skip.clone() {
+            trials.push(Trial::ignorable_test(instance.name, move || {
+                Ok(Completion::ignored_with(reason))
+            }));
+            continue;
+        }
+        if let (Some(Some(reason)), false) = (ignore, run_ignored) {
+            trials.push(Trial::ignorable_test(instance.name.clone(), move || {
+                Ok(Completion::ignored_with(reason))
+            }));
+            continue;
+        }
+        let slot = Arc::new(Slot::default());
+        let group = Arc::new(OnceLock::<(Arc<Group>, Arc<RunContext>)>::new());
+        let trial = {
+            let slot = Arc::clone(&slot);
+            let group = Arc::clone(&group);
+            Trial::test(instance.name.clone(), move || {
+                let (group, context) = group.get().expect("every selected test has a group");
+                group.start(context);
+                slot.wait().map_err(Failed::from)
+            })
+            .with_ignored_flag(ignore.is_some())
+        };
+        if !args.list && !args.is_filtered_out(&trial) && !args.is_ignored(&trial) {
+            runnable.push((instance, slot, group));
+        }
+        trials.push(trial);
+    }
+    if runnable.is_empty() {
+        return Ok(trials);
+    }
+
+    let accel = accel::choose(arch)?;
+    vm::find_qemu(arch)?;
+    if let Some(why) = &accel.kvm_unusable {
+        eprintln!(
+            "vmtest: using TCG (KVM not used: {why}); timeouts scaled x{}",
+            accel.timeout_scale
+        );
+    }
+    let context = Arc::new(RunContext {
+        exe: std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?,
+        arch,
+        capture: !args.nocapture,
+        log_dir: log_dir()?,
+        vms: Semaphore::new(
+            args.test_threads
+                .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
+                .unwrap_or(1),
+        ),
+        accel,
+    });
+
+    // Resolve each kernel once; group by VM configuration.
+    let mut kernels: BTreeMap<Option<&'static str>, Kernel> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, (Kernel, Vec<Member>, Vec<Arc<OnceLock<_>>>)> =
+        BTreeMap::new();
+    for (id, (instance, slot, cell)) in runnable.into_iter().enumerate() {
+        let kernel = match kernels.get(&instance.kernel) {
+            Some(kernel) => kernel.clone(),
+            None => {
+                let kernel = kernel::resolve(instance.kernel, arch)?;
+                kernel.check_arch(arch)?;
+                kernels.insert(instance.kernel, kernel.clone());
+                kernel
+            }
+        };
+        let vm = &instance.def.vm;
+        let mut modules = vm.modules.to_vec();
+        modules.sort_unstable();
+        let key = GroupKey {
+            kernel: kernel.image.clone(),
+            memory_mib: vm.memory_mib,
+            cpus: vm.cpus,
+            cmdline: vm.cmdline,
+            modules,
+        };
+        let timeout = vm.timeout_ms.map_or(DEFAULT_TEST_TIMEOUT, Duration::from_millis);
+        let member = Member {
+            id: u32::try_from(id).expect("fewer than 2^32 tests"),
+            name: instance.name,
+            base_name: instance.base_name,
+            timeout: timeout.mul_f64(context.accel.timeout_scale),
+            slot,
+        };
+        let entry = groups.entry(key).or_insert_with(|| (kernel, Vec::new(), Vec::new()));
+        entry.1.push(member);
+        entry.2.push(cell);
+    }
+    for (index, (key, (kernel, members, cells))) in groups.into_iter().enumerate() {
+        let group = Arc::new(Group { index, key, kernel, members, started: Once::new() });
+        for cell in cells {
+            let _ = cell.set((Arc::clone(&group), Arc::clone(&context)));
+        }
+    }
+    Ok(trials)
+}
+
+/// `<target>/<profile>/vmtest/<binary name>/`, next to cargo's own output.
+fn log_dir() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?;
+    let stem = exe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    // Test binaries live in `<target>/<profile>/deps`.
+    let base = if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir };
+    Ok(base.join("vmtest").join(stem))
+}
+
+impl Group {
+    /// Starts the group's VM on its own thread, once.
+    fn start(self: &Arc<Self>, context: &Arc<RunContext>) {
+        self.started.call_once(|| {
+            let group = Arc::clone(self);
+            let context = Arc::clone(context);
+            std::thread::Builder::new()
+                .name(format!("vmtest-vm{}", self.index))
+                .spawn(move || group.run(&context))
+                .expect("failed to spawn a VM thread");
+        });
+    }
+
+    fn run(&self, context: &RunContext) {
+        let _permit = context.vms.acquire();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.boot(context)));
+        let problem = match outcome {
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(problem))) => Some(problem),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("the harness panicked while running this VM".to_owned()),
+        };
+        for member in &self.members {
+            member.slot.fill(Err(match &problem {
+                Some(problem) => problem.clone(),
+                None => "the guest did not report this test".to_owned(),
+            }));
+        }
+    }
+
+    fn console_log(&self, context: &RunContext) -> PathBuf {
+        let kernel: String = self
+            .kernel
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .collect();
+        context.log_dir.join(format!("vm{}-{kernel}.console.log", self.index))
+    }
+
+    /// Boots the VM and runs the group's tests. `Ok(Some(..))` describes a VM that failed.
+    fn boot(&self, context: &RunContext) -> Result<Option<String>, Error> {
+        let workdir = tempfile::Builder::new()
+            .prefix("vmtest-")
+            .tempdir()
+            .map_err(|e| Error::io("failed to create a temp dir", e))?;
+        let initrd = workdir.path().join("initrd.cpio");
+        let size = self.write_initramfs(context, &initrd)?;
+        let memory_mib = self.key.memory_mib.unwrap_or(BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20));
+        let scale = context.accel.timeout_scale;
+        let spec = VmSpec {
+            arch: context.arch,
+            accel: context.accel.accel,
+            kernel: self.kernel.image.clone(),
+            memory_mib,
+            cpus: self.key.cpus.unwrap_or(crate::qemu::profile(context.arch).default_cpus),
+            cmdline: self.key.cmdline.map(|c| c.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
+            boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
+        };
+        let console_log = self.console_log(context);
+        let mut running: Option<&Member> = None;
+        let by_id: BTreeMap<u32, &Member> = self.members.iter().map(|m| (m.id, m)).collect();
+        let gap = HOST_GRACE.mul_f64(scale);
+        let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
+            GuestMessage::TestStarted { id } => {
+                running = by_id.get(&id).copied();
+                running.map_or(gap, |m| m.timeout + gap)
+            }
+            GuestMessage::TestFinished { id, outcome, duration_ms: _, stdout, stderr } => {
+                if let Some(member) = by_id.get(&id) {
+                    member.slot.fill(verdict(&outcome, &stdout, &stderr, &console_log));
+                }
+                running = None;
+                gap
+            }
+            GuestMessage::Output { stream, bytes, .. } => {
+                let _ = match stream {
+                    Stream::Stdout => std::io::stdout().write_all(&bytes),
+                    Stream::Stderr => std::io::stderr().write_all(&bytes),
+                };
+                running.map_or(gap, |m| m.timeout + gap)
+            }
+            GuestMessage::Log(line) => {
+                eprintln!("vmtest: guest: {line}");
+                running.map_or(gap, |m| m.timeout + gap)
+            }
+            _ => running.map_or(gap, |m| m.timeout + gap),
+        })?;
+        let Some(problem) = end.problem else { return Ok(None) };
+        let report = format!(
+            "{problem}\nkernel console ({}), last lines:\n{}",
+            console_log.display(),
+            end.console_tail
+        );
+        if let Some(member) = running {
+            member.slot.fill(Err(format!("the VM failed while this test ran: {report}")));
+        }
+        let unfinished = self.members.iter().filter(|m| !m.slot.is_filled()).count();
+        Ok((unfinished > 0).then(|| format!("not run: {report}")))
+    }
+
+    fn write_initramfs(&self, context: &RunContext, path: &std::path::Path) -> Result<u64, Error> {
+        let mut initramfs = Initramfs::new();
+        initramfs
+            .add_elf_with_libraries("/init", &context.exe)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let mut modules = self.kernel.harness_modules()?;
+        let harness_count = modules.len();
+        modules.extend(self.kernel.module_closure(&self.key.modules)?);
+        let mut planned_modules = Vec::new();
+        for (index, module) in modules.iter().enumerate() {
+            let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
+            let guest = format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
+            initramfs.add_host_file(&guest, &module.host_path, 0o644);
+            let wanted_by =
+                if index < harness_count { vec![] } else { self.members.iter().map(|m| m.id).collect() };
+            planned_modules.push(protocol::Module { name: module.name.clone(), path: guest, wanted_by });
+        }
+        let plan = Plan {
+            modules: planned_modules,
+            tests: self.members.iter().map(|m| self.planned(m, context)).collect(),
+        };
+        let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
+        initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644);
+        let file = std::fs::File::create(path)
+            .map_err(|e| Error::io(format!("failed to create {}", path.display()), e))?;
+        let size = initramfs
+            .write_to(std::io::BufWriter::new(file))
+            .map_err(|e| Error::Config(format!("failed to write {}: {e}", path.display())))?;
+        Ok(size)
+    }
+
+    fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
+        let mut env = vec![
+            (protocol::TEST_ENV.to_owned(), member.base_name.clone()),
+            ("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
+            ("HOME".to_owned(), "/root".to_owned()),
+            ("TMPDIR".to_owned(), "/tmp".to_owned()),
+        ];
+        for name in ["RUST_BACKTRACE", "RUST_LOG", "RUST_MIN_STACK"] {
+            if let Ok(value) = std::env::var(name) {
+                env.push((name.to_owned(), value));
+            }
+        }
+        PlannedTest {
+            id: member.id,
+            name: member.name.clone(),
+            program: "/init".to_owned(),
+            args: vec![],
+            env,
+            cwd: "/".to_owned(),
+            timeout_ms: u64::try_from(member.timeout.as_millis()).unwrap_or(u64::MAX),
+            capture: context.capture,
+        }
+    }
+}
+
+/// Turns a guest outcome into libtest's verdict and failure text.
+fn verdict(outcome: &Outcome, stdout: &[u8], stderr: &[u8], console_log: &std::path::Path) -> Result<(), String> {
+    let why = match outcome {
+        Outcome::Exited(0) => return Ok(()),
+        Outcome::Exited(101) => None,
+        Outcome::Exited(code) => Some(format!("the test process exited with status {code}")),
+        Outcome::Signaled(signal) => Some(format!("the test process was killed by signal {signal}")),
+        Outcome::TimedOut { after_ms } => {
+            Some(format!("timed out after {} s", Duration::from_millis(*after_ms).as_secs_f64()))
+        }
+        Outcome::Error(message) => Some(message.clone()),
+    };
+    let mut text = String::new();
+    text.push_str(&String::from_utf8_lossy(stdout));
+    text.push_str(&String::from_utf8_lossy(stderr));
+    if let Some(why) = why {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&why);
+        text.push('\n');
+    }
+    text.push_str(&format!("kernel console: {}", console_log.display()));
+    Err(text)
+}
+
+/// Caps the number of VMs running at once.
+struct Semaphore {
+    free: Mutex<usize>,
+    released: Condvar,
+}
+
+struct Permit<'a>(&'a Semaphore);
+
+impl Semaphore {
+    fn new(count: usize) -> Self {
+        Semaphore { free: Mutex::new(count.max(1)), released: Condvar::new() }
+    }
+
+    fn acquire(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.released.notify_one();
+    }
+}
