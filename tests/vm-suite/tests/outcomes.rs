@@ -1,0 +1,258 @@
+//! Runs the fixture binaries as a user would (`cargo test` runs them the same way) and checks
+//! their output, exit codes, and that nothing is left behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FAILING: &str = env!("CARGO_BIN_EXE_fixture-failing");
+const MANY: &str = env!("CARGO_BIN_EXE_fixture-many");
+
+/// A private TMPDIR per harness run, so leftovers of exactly that run can be detected.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new(label: &str) -> RunDir {
+        let dir = std::env::temp_dir().join(format!("vmtest-outcomes-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        RunDir(dir)
+    }
+
+    fn command(&self, binary: &str) -> Command {
+        let mut command = Command::new(binary);
+        command.env("TMPDIR", &self.0).env_remove("VMTEST_TEST");
+        command
+    }
+
+    /// Asserts that no QEMU started for this run still runs and that the run's temp dir is empty.
+    fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let leaked = processes_mentioning(&self.0);
+            if leaked.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "QEMU processes left behind: {leaked:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let left: Vec<_> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "temp files left behind: {left:?}");
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Processes whose command line mentions `needle` (QEMU's mention their temp dir).
+fn processes_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+fn text(output: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn assert_contains(haystack: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(haystack.contains(needle), "missing {needle:?} in:\n{haystack}");
+    }
+}
+
+#[test]
+fn failing_tests_fail_with_their_output() {
+    let run = RunDir::new("failing");
+    let output = run
+        .command(FAILING)
+        .env("VMTEST_TIMEOUT_SCALE", "1")
+        .args(["--skip", "prints_kernel_release", "--test-threads", "1"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_contains(
+        &stdout,
+        &[
+            "running 7 tests",
+            "test passes ... ok",
+            "test panics ... FAILED",
+            "test assertion_fails ... FAILED",
+            "test exits_with_3 ... FAILED",
+            "test hangs ... FAILED",
+            "test returns_err ... FAILED",
+            "test does_not_panic_as_required ... FAILED",
+            "thread 'panics' panicked at",
+            "deliberate panic",
+            "captured stdout line",
+            "captured stderr line",
+            "arithmetic",
+            "exited with status 3",
+            "hang started",
+            "timed out after 2 s",
+            "Error: \"deliberate error\"",
+            "note: test did not panic as expected",
+            "test result: FAILED. 1 passed; 6 failed; 0 ignored; 0 measured; 1 filtered out",
+        ],
+    );
+    run.assert_clean();
+}
+
+#[test]
+fn guest_runs_the_kernel_it_was_given() {
+    let Ok(kernel) = std::env::var("VMTEST_KERNEL") else {
+        // The default kernel comes from the store; its release is what the harness resolved.
+        eprintln!("skipped: VMTEST_KERNEL is not set, nothing to compare the guest's release with");
+        return;
+    };
+    let run = RunDir::new("release");
+    let output = run
+        .command(FAILING)
+        .env("VMTEST_KERNEL", &kernel)
+        .args(["--exact", "prints_kernel_release", "--nocapture"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let release = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel release: "))
+        .unwrap_or_else(|| panic!("no release printed:\n{stdout}"));
+    let image = std::fs::read(&kernel).unwrap();
+    assert!(
+        image.windows(release.len()).any(|w| w == release.as_bytes()),
+        "the guest runs {release}, which is not the version in {kernel}"
+    );
+    run.assert_clean();
+}
+
+#[test]
+fn listing_boots_nothing() {
+    let run = RunDir::new("list");
+    // Neither QEMU nor a kernel can be found: listing must not need them.
+    let output = run
+        .command(MANY)
+        .env("PATH", &run.0)
+        .env("VMTEST_KERNEL", "/nonexistent/vmlinuz")
+        .arg("--list")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout.lines().filter(|l| l.ends_with(": test")).count(), 20, "{stdout}");
+    let output = run.command(MANY).env("PATH", &run.0).args(["--exact", "nothing"]).output().unwrap();
+    let (stdout, _) = text(&output);
+    assert!(output.status.success());
+    assert_contains(&stdout, &["running 0 tests", "20 filtered out"]);
+    run.assert_clean();
+}
+
+/// Runs the failing fixture's `passes` test with `env` and expects one clear error line.
+fn expect_setup_error(label: &str, env: &[(&str, &str)], expected: &[&str]) {
+    let run = RunDir::new(label);
+    let mut command = run.command(FAILING);
+    command.args(["--exact", "passes"]);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
+    assert_contains(errors[0], expected);
+    run.assert_clean();
+}
+
+#[test]
+fn missing_kernel_is_one_clear_error() {
+    expect_setup_error("nokernel", &[("VMTEST_KERNEL", "/nonexistent/vmlinuz")], &["/nonexistent/vmlinuz"]);
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_one_clear_error() {
+    let not_a_kernel = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    expect_setup_error("notkernel", &[("VMTEST_KERNEL", not_a_kernel)], &[not_a_kernel, "kernel"]);
+}
+
+#[test]
+fn missing_qemu_says_how_to_install_it() {
+    let empty = RunDir::new("emptypath");
+    expect_setup_error(
+        "noqemu",
+        &[("PATH", empty.0.to_str().unwrap())],
+        &["qemu-system-", "apt-get install -y --no-install-recommends qemu-system-"],
+    );
+}
+
+#[test]
+fn forcing_unusable_kvm_is_one_clear_error() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_flags = cpuinfo.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    if has_flags && std::fs::File::options().read(true).write(true).open("/dev/kvm").is_ok() {
+        eprintln!("skipped: KVM is usable on this machine, so forcing it is not an error");
+        return;
+    }
+    expect_setup_error("kvm", &[("VMTEST_ACCEL", "kvm")], &["VMTEST_ACCEL=kvm", "KVM cannot be used"]);
+}
+
+/// Starts the hanging test with live output, waits for `ready`, sends `signal`, and checks
+/// that the harness exits with 128 + signal and leaves nothing behind.
+fn interrupt(label: &str, signal: libc::c_int, ready: impl Fn(&str, &RunDir) -> bool) {
+    let run = RunDir::new(label);
+    let mut child = run
+        .command(FAILING)
+        .args(["--exact", "hangs", "--nocapture"])
+        .env("VMTEST_TIMEOUT_SCALE", "30")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = String::new();
+    while !ready(&seen, &run) {
+        assert!(Instant::now() < deadline, "never got ready; output so far:\n{seen}");
+        if let Ok(line) = receiver.recv_timeout(Duration::from_millis(20)) {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own child.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + signal), "{status}");
+    run.assert_clean();
+}
+
+#[test]
+fn sigint_during_boot_leaves_nothing_behind() {
+    interrupt("sigint", libc::SIGINT, |_, run| !processes_mentioning(&run.0).is_empty());
+}
+
+#[test]
+fn sigterm_during_a_test_leaves_nothing_behind() {
+    interrupt("sigterm", libc::SIGTERM, |seen, _| seen.contains("hang started"));
+}

@@ -1,0 +1,103 @@
+//! vm_tests that must pass inside the guest.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use vmtest::vm_test;
+
+fn mounts() -> String {
+    std::fs::read_to_string("/proc/self/mounts").expect("failed to read /proc/self/mounts")
+}
+
+#[vm_test]
+fn runs_as_root_in_a_child_of_pid1() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0);
+    assert_eq!(std::os::unix::process::parent_id(), 1, "the test's parent is the guest's PID 1");
+    assert_ne!(std::process::id(), 1);
+}
+
+#[vm_test]
+fn kernel_filesystems_are_mounted() {
+    let mounts = mounts();
+    for (target, fstype) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev", "devtmpfs"),
+        ("/tmp", "tmpfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
+        ("/sys/fs/bpf", "bpf"),
+    ] {
+        assert!(
+            mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(target)
+                && l.split_whitespace().nth(2) == Some(fstype)),
+            "{fstype} is not mounted on {target}:\n{mounts}"
+        );
+    }
+}
+
+#[vm_test]
+fn loopback_is_up() {
+    let flags = std::fs::read_to_string("/sys/class/net/lo/flags").unwrap();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "IFF_UP is not set on lo (flags {flags:#x})");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0; 4];
+    server.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[vm_test]
+fn runs_under_a_linux_kernel() {
+    let version = std::fs::read_to_string("/proc/version").unwrap();
+    assert!(version.starts_with("Linux version "), "{version}");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(version.contains(release.trim()), "{version} vs {release}");
+}
+
+#[vm_test(memory = "512M", cpus = 2, timeout = "60s", cmdline = "vmtest.marker=42")]
+fn sees_the_configured_vm() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    assert!((300 * 1024..=512 * 1024).contains(&total_kib), "MemTotal {total_kib} kB");
+    assert_eq!(std::thread::available_parallelism().unwrap().get(), 2);
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap();
+    assert!(cmdline.split_whitespace().any(|a| a == "vmtest.marker=42"), "{cmdline}");
+}
+
+#[vm_test]
+fn returns_ok() -> Result<(), std::io::Error> {
+    std::fs::metadata("/proc/self/exe")?;
+    Ok(())
+}
+
+#[vm_test]
+#[should_panic(expected = "expected boom")]
+fn should_panic_with_message() {
+    panic!("an expected boom");
+}
+
+#[vm_test]
+#[ignore = "shows that ignored tests are reported with their reason"]
+fn ignored_with_reason() {
+    panic!("ignored tests do not run");
+}
+
+mod nested {
+    #[vmtest::vm_test]
+    fn tests_in_modules_keep_their_path() {
+        assert_eq!(
+            std::env::var("VMTEST_TEST").as_deref(),
+            Ok("nested::tests_in_modules_keep_their_path")
+        );
+    }
+}
+
+vmtest::main!();
