@@ -1,20 +1,195 @@
 //! The guest side of vmtest.
 //!
 //! Inside the VM the test binary (or the static `vmtest-init` binary, in runner mode) is PID 1.
-//! It reads the [`protocol::Plan`] that the host packed into the initramfs, prepares the system
-//! (mounts, loopback, kernel modules), runs each planned program in a child process and reports
-//! over a named virtio-serial port with [`protocol`] frames, then powers off.
+//! [`run_pid1`] reads the [`protocol::Plan`] that the host packed into the initramfs, prepares
+//! the system (mounts, loopback, kernel modules), runs each planned program in a child process
+//! and reports over a named virtio-serial port with [`protocol`] frames, then powers off.
 //!
 //! [`protocol`] is also the host's decoder: both sides share one definition of the wire format.
+//!
+//! The console (fd 1 and 2 of PID 1) only carries short `vmtest-init:` diagnostics; results
+//! travel on the control port alone.
 
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+mod child;
+mod console;
+mod modules;
+mod mounts;
+mod net;
+mod output;
+mod ports;
+mod power;
 pub mod protocol;
 
-/// Runs as PID 1: prepares the guest, runs the plan, reports, powers off. Never returns.
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ports::Control;
+use protocol::{GuestMessage, Plan, PlannedTest, CONTROL_PORT, PLAN_PATH, PROTOCOL_VERSION};
+
+/// How long to wait for the control port to appear at boot.
+const PORT_PATIENCE: Duration = Duration::from_secs(5);
+/// How long the fatal path waits for anything (the port, the writer).
+const FATAL_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The control port, once open (and greeted with `Hello`); the fatal path reports through it.
+static CONTROL: OnceLock<Control> = OnceLock::new();
+/// The message of the last panic, recorded by the panic hook.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Whether this process is PID 1, i.e. the init of a vmtest VM.
+pub fn is_pid1() -> bool {
+    rustix::process::getpid().is_init()
+}
+
+/// Runs the guest side as PID 1: prepares the system, runs the plan at
+/// [`PLAN_PATH`](protocol::PLAN_PATH), reports on the control port, and powers the VM off.
+///
+/// Never returns and never unwinds: any error or panic is reported as
+/// [`GuestMessage::Fatal`] (when the control port is open) and on the console, then the VM is
+/// powered off.
+///
+/// Called by a process that is not PID 1 it refuses, prints why and exits with status 2,
+/// rather than power off the machine it runs on.
 pub fn run_pid1() -> ! {
-    eprintln!("vmtest-init: not implemented");
-    loop {
-        std::thread::park();
+    if !is_pid1() {
+        console::say("not PID 1: run_pid1 only runs as the init of a vmtest VM; refusing");
+        std::process::exit(2);
+    }
+    panic::set_hook(Box::new(on_panic));
+    let message = match panic::catch_unwind(guest_main) {
+        Ok(Ok(())) => power::power_off(),
+        Ok(Err(message)) => message,
+        Err(payload) => panic_message(payload.as_ref()),
+    };
+    fatal(&message)
+}
+
+fn guest_main() -> Result<(), String> {
+    console::ensure_stdio();
+    let mut logs = mounts::mount_all();
+    // Now that devtmpfs is on /dev, a console exists even if the initramfs had none.
+    console::ensure_stdio();
+    if let Err(e) = net::bring_up_loopback() {
+        logs.push(e);
+    }
+    for line in &logs {
+        console::say(line);
+    }
+
+    let plan = read_plan(Path::new(PLAN_PATH))?;
+    let loaded = modules::load_all(&plan.modules)?;
+    let control = open_control(PORT_PATIENCE)?;
+    for line in logs {
+        control.send(&GuestMessage::Log(line))?;
+    }
+    for test in &plan.tests {
+        control.send(&GuestMessage::TestStarted { id: test.id })?;
+        let finished = match loaded.failures.get(&test.id) {
+            Some(failures) => unrunnable(failures),
+            None => child::run(test, control)?,
+        };
+        report(control, test, finished)?;
+        child::reap(None);
+    }
+    control.send(&GuestMessage::Done)?;
+    control.close(FATAL_PATIENCE)?;
+    Ok(())
+}
+
+fn unrunnable(failures: &[String]) -> child::Finished {
+    child::Finished {
+        outcome: protocol::Outcome::Error(failures.join("; ")),
+        duration_ms: 0,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    }
+}
+
+fn report(control: &Control, test: &PlannedTest, finished: child::Finished) -> Result<(), String> {
+    control.send(&GuestMessage::TestFinished {
+        id: test.id,
+        outcome: finished.outcome,
+        duration_ms: finished.duration_ms,
+        stdout: finished.stdout,
+        stderr: finished.stderr,
+    })
+}
+
+fn read_plan(path: &Path) -> Result<Plan, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("failed to read the plan {}: {e}", path.display()))?;
+    protocol::decode_frame(&bytes)
+        .map_err(|e| format!("failed to decode the plan {}: {e}", path.display()))
+}
+
+/// Opens the control port and greets the host, once; later calls return the same port.
+fn open_control(patience: Duration) -> Result<&'static Control, String> {
+    if let Some(control) = CONTROL.get() {
+        return Ok(control);
+    }
+    let port = ports::open_port(
+        Path::new(ports::VIRTIO_PORTS_DIR),
+        Path::new("/dev"),
+        CONTROL_PORT,
+        patience,
+    )?;
+    let control = Control::start(port)?;
+    let kernel_release = rustix::system::uname().release().to_string_lossy().into_owned();
+    control.send(&GuestMessage::Hello { version: PROTOCOL_VERSION, kernel_release })?;
+    Ok(CONTROL.get_or_init(|| control))
+}
+
+/// Reports `message` wherever it can and powers off.
+fn fatal(message: &str) -> ! {
+    // Nothing here may unwind past PID 1's frame: a panic while reporting is swallowed.
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+        console::say(format_args!("fatal: {message}"));
+        let deadline = Instant::now() + FATAL_PATIENCE;
+        let control = match open_control(Duration::from_millis(200)) {
+            Ok(control) => control,
+            Err(e) => return console::say(format_args!("cannot report the error: {e}")),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let sent = control
+            .send_within(&GuestMessage::Fatal(message.to_owned()), left)
+            .and_then(|()| control.close(deadline.saturating_duration_since(Instant::now())));
+        if let Err(e) = sent {
+            console::say(format_args!("cannot report the error: {e}"));
+        }
+    }));
+    power::power_off()
+}
+
+fn on_panic(info: &panic::PanicHookInfo<'_>) {
+    let mut message = payload_text(info.payload());
+    if let Some(location) = info.location() {
+        message = format!("panicked at {location}: {message}");
+    }
+    console::say(&message);
+    *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+    if cfg!(panic = "abort") {
+        // No unwinding will reach `run_pid1`: report from here.
+        fatal(&message);
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let recorded = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
+    recorded.unwrap_or_else(|| payload_text(payload))
+}
+
+fn payload_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
     }
 }

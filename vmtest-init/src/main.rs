@@ -1,5 +1,5 @@
 //! Static PID 1 for running arbitrary programs inside a vmtest VM (runner mode).
 
 fn main() {
-    eprintln!("vmtest-init: not yet implemented");
+    vmtest_init::run_pid1()
 }

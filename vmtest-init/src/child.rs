@@ -1,0 +1,251 @@
+//! Running one planned program in a child process, and reaping.
+
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, WaitStatus};
+
+use crate::console;
+use crate::output::{TailBuffer, CAPTURE_LIMIT};
+use crate::ports::Control;
+use crate::protocol::{GuestMessage, Outcome, PlannedTest, Stream};
+
+/// How long output pipes may stay open after the test's process group is gone.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long a SIGKILLed child may take to die.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+/// Largest piece of streamed output per frame.
+const STREAM_CHUNK: usize = 64 << 10;
+/// Upper bound between two reaps of orphaned zombies while a test runs.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How a test run went, ready for `TestFinished`.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) outcome: Outcome,
+    pub(crate) duration_ms: u64,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+}
+
+/// Runs `test` in its own session and process group, with exactly its environment, and waits
+/// for it within its timeout. Whatever is left of its process group afterwards is killed.
+///
+/// Problems with the test itself (it cannot start, it times out) are outcomes; an `Err` means the
+/// harness could not do its job (the control port failed).
+pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, String> {
+    let mut command = Command::new(&test.program);
+    command
+        .args(&test.args)
+        .env_clear()
+        .envs(test.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&test.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec and only calls `setsid`, a single
+    // async-signal-safe system call; it allocates nothing and touches no shared state.
+    unsafe {
+        command.pre_exec(|| rustix::process::setsid().map(drop).map_err(io::Error::from));
+    }
+
+    let start = Instant::now();
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Ok(Finished {
+                outcome: Outcome::Error(format!("failed to start {}: {e}", test.program)),
+                duration_ms: 0,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            })
+        }
+    };
+    let pid = Pid::from_raw(i32::try_from(child.id()).map_err(|_| "child pid out of range")?)
+        .ok_or("child pid is zero")?;
+
+    let closed = Arc::new(AtomicBool::new(false));
+    let (done, results) = mpsc::channel();
+    let pipes: [(Stream, Option<OwnedFd>); 2] = [
+        (Stream::Stdout, child.stdout.take().map(OwnedFd::from)),
+        (Stream::Stderr, child.stderr.take().map(OwnedFd::from)),
+    ];
+    let mut pending = 0;
+    for (stream, pipe) in pipes {
+        let Some(pipe) = pipe else { continue };
+        let sink = if test.capture {
+            Sink::Capture(TailBuffer::new(CAPTURE_LIMIT))
+        } else {
+            Sink::Stream { control: control.clone(), id: test.id, stream, closed: closed.clone() }
+        };
+        let done = done.clone();
+        std::thread::Builder::new()
+            .name(format!("vmtest-{stream:?}").to_lowercase())
+            .spawn(move || {
+                let result = pump(std::fs::File::from(pipe), sink);
+                let _ = done.send((stream, result));
+            })
+            .map_err(|e| format!("failed to start an output reader: {e}"))?;
+        pending += 1;
+    }
+    drop(done);
+    // `child` is never waited on through std: PID 1 reaps with waitpid(-1), see `reap`.
+    drop(child);
+
+    let timeout = Duration::from_millis(test.timeout_ms);
+    let outcome = match wait_until(pid, start + timeout) {
+        Some(status) => outcome_of(status),
+        None => {
+            kill_group(pid);
+            if wait_until(pid, Instant::now() + KILL_GRACE).is_none() {
+                console::say(format_args!("{}: still alive after SIGKILL", test.name));
+            }
+            Outcome::TimedOut { after_ms: test.timeout_ms }
+        }
+    };
+    let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // Leftovers of the test (background processes in its group) must not outlive it, nor keep
+    // its output pipes open.
+    kill_group(pid);
+
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut port_error = None;
+    let drain_deadline = Instant::now() + DRAIN_GRACE;
+    while pending > 0 {
+        let left = drain_deadline.saturating_duration_since(Instant::now());
+        let (stream, result) = match results.recv_timeout(left) {
+            Ok(received) => received,
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(format!("an output reader of {} panicked", test.name));
+            }
+        };
+        pending -= 1;
+        match (stream, result) {
+            (_, Err(e)) => port_error = Some(e),
+            (Stream::Stdout, Ok(bytes)) => stdout = bytes,
+            (Stream::Stderr, Ok(bytes)) => stderr = bytes,
+        }
+    }
+    closed.store(true, Ordering::SeqCst);
+    if pending > 0 {
+        let note = b"\n[vmtest-init: output incomplete: a process outside the test's process \
+                     group kept its output open]\n";
+        stderr.extend_from_slice(note);
+    }
+    if let Some(e) = port_error {
+        return Err(e);
+    }
+    Ok(Finished { outcome, duration_ms, stdout, stderr })
+}
+
+enum Sink {
+    Capture(TailBuffer),
+    Stream { control: Control, id: u32, stream: Stream, closed: Arc<AtomicBool> },
+}
+
+/// Reads `pipe` to its end. Captured output is returned; streamed output is sent as it comes
+/// and an empty vector returned. Reading goes on after a port failure so the child never blocks
+/// on a full pipe; the failure is returned at the end.
+fn pump(mut pipe: std::fs::File, mut sink: Sink) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; STREAM_CHUNK];
+    let mut port_error = None;
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                console::say(format_args!("failed to read test output: {e}"));
+                break;
+            }
+        };
+        match &mut sink {
+            Sink::Capture(tail) => tail.push(&buf[..n]),
+            Sink::Stream { control, id, stream, closed } => {
+                if port_error.is_none() && !closed.load(Ordering::SeqCst) {
+                    let message =
+                        GuestMessage::Output { id: *id, stream: *stream, bytes: buf[..n].to_vec() };
+                    port_error = control.send(&message).err();
+                }
+            }
+        }
+    }
+    match (sink, port_error) {
+        (_, Some(e)) => Err(e),
+        (Sink::Capture(tail), None) => Ok(tail.finish()),
+        (Sink::Stream { .. }, None) => Ok(Vec::new()),
+    }
+}
+
+fn outcome_of(status: WaitStatus) -> Outcome {
+    if let Some(code) = status.exit_status() {
+        Outcome::Exited(code)
+    } else if let Some(signal) = status.terminating_signal() {
+        Outcome::Signaled(signal)
+    } else {
+        Outcome::Error(format!("unexpected wait status {status:?}"))
+    }
+}
+
+fn kill_group(pgid: Pid) {
+    match rustix::process::kill_process_group(pgid, Signal::KILL) {
+        Ok(()) | Err(Errno::SRCH) => {}
+        Err(e) => console::say(format_args!(
+            "failed to kill process group {}: {}",
+            pgid.as_raw_nonzero(),
+            io::Error::from(e)
+        )),
+    }
+}
+
+/// Waits for `pid` to end, reaping every other zombie on the way, until `deadline`.
+/// `None` if it is still running at the deadline.
+fn wait_until(pid: Pid, deadline: Instant) -> Option<WaitStatus> {
+    // A pidfd becomes readable when the process ends; without one (kernels before 5.3), poll.
+    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok();
+    loop {
+        if let Some(status) = reap(Some(pid)) {
+            return Some(status);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let nap = left.min(REAP_INTERVAL);
+        match &pidfd {
+            Some(fd) => {
+                let mut fds = [PollFd::new(fd, PollFlags::IN)];
+                let timeout = Timespec::try_from(nap).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
+                // EINTR and friends just mean another round.
+                let _ = poll(&mut fds, Some(&timeout));
+            }
+            None => std::thread::sleep(nap.min(Duration::from_millis(10))),
+        }
+    }
+}
+
+/// Reaps every zombie child (PID 1 inherits all orphans). Returns the status of `wanted` if it
+/// was among them.
+pub(crate) fn reap(wanted: Option<Pid>) -> Option<WaitStatus> {
+    let mut found = None;
+    loop {
+        match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            Ok(Some((pid, status))) => {
+                if Some(pid) == wanted {
+                    found = Some(status);
+                }
+            }
+            Err(Errno::INTR) => {}
+            Ok(None) | Err(_) => return found,
+        }
+    }
+}
