@@ -67,7 +67,7 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
 
         #(#cfgs)*
         #[doc(hidden)]
-        #[allow(non_upper_case_globals)]
+        #[allow(non_upper_case_globals, unused_qualifications)]
         #[#private::linkme::distributed_slice(#private::TESTS)]
         #[linkme(crate = #private::linkme)]
         static #static_ident: #private::TestDef = #private::TestDef {

@@ -524,6 +524,18 @@ pub(crate) fn signature(item: &ItemFn, test_attrs: &TestAttrs, errors: &mut Erro
     } else if let Some(variadic) = &sig.variadic {
         reject(variadic, "take arguments");
     }
+    let is_vm_test = |attr: &&syn::Attribute| {
+        attr.path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "vm_test")
+    };
+    if let Some(again) = item.attrs.iter().find(is_vm_test) {
+        errors.push(syn::Error::new_spanned(
+            again,
+            "duplicate `#[vm_test]` attribute",
+        ));
+    }
     if let Some(test) = item.attrs.iter().find(|a| a.path().is_ident("test")) {
         errors.push(syn::Error::new_spanned(
             test,

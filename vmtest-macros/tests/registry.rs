@@ -1,5 +1,8 @@
 //! The `TestDef`s `#[vm_test]` registers, read back through `vmtest::__private::TESTS`.
 
+// The expansion must not add warnings to the user's crate.
+#![deny(warnings, unused_qualifications, unreachable_pub, missing_docs)]
+
 use vmtest::__private::{ShouldPanic, TestDef, VmAttrs, TESTS};
 use vmtest::vm_test;
 
@@ -42,7 +45,7 @@ fn fails() -> Result<(), &'static str> {
 }
 
 mod nested {
-    pub mod deeper {
+    mod deeper {
         use vmtest::vm_test;
 
         #[vm_test(timeout = "1h")]

@@ -19,4 +19,8 @@ fn panics_with_result() -> Result<(), String> {
     Ok(())
 }
 
+#[vm_test]
+#[vmtest::vm_test]
+fn applied_twice() {}
+
 fn main() {}
