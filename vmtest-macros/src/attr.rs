@@ -25,7 +25,9 @@ impl Parse for Arg {
             None
         };
         if !input.is_empty() {
-            return Err(input.error("expected `,` between arguments, as in `memory = \"512M\", cpus = 2`"));
+            return Err(
+                input.error("expected `,` between arguments, as in `memory = \"512M\", cpus = 2`")
+            );
         }
         Ok(Arg { key, value })
     }
@@ -52,7 +54,10 @@ pub(crate) fn parse_args(tokens: TokenStream, errors: &mut Errors) -> Vec<Arg> {
             // Tolerate a trailing comma, not an empty argument in the middle.
             if let Some(TokenTree::Punct(comma)) = &next {
                 if tokens.peek().is_some() || args.is_empty() {
-                    errors.push(syn::Error::new(comma.span(), "expected an argument before `,`"));
+                    errors.push(syn::Error::new(
+                        comma.span(),
+                        "expected an argument before `,`",
+                    ));
                 }
             }
         } else {
@@ -93,7 +98,10 @@ pub(crate) fn take_test_attrs(attrs: &mut Vec<Attribute>, errors: &mut Errors) -
     attrs.retain(|attr| {
         if attr.path().is_ident("ignore") {
             if out.ignore.is_some() {
-                errors.push(syn::Error::new_spanned(attr, "duplicate `#[ignore]` attribute"));
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    "duplicate `#[ignore]` attribute",
+                ));
             }
             match parse_ignore(attr) {
                 Ok(reason) => out.ignore = Some(reason),
@@ -102,7 +110,10 @@ pub(crate) fn take_test_attrs(attrs: &mut Vec<Attribute>, errors: &mut Errors) -
             false
         } else if attr.path().is_ident("should_panic") {
             if out.should_panic_attr.is_some() {
-                errors.push(syn::Error::new_spanned(attr, "duplicate `#[should_panic]` attribute"));
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    "duplicate `#[should_panic]` attribute",
+                ));
             } else {
                 out.should_panic_attr = Some(attr.clone());
             }
@@ -122,7 +133,10 @@ fn parse_ignore(attr: &Attribute) -> syn::Result<Option<LitStr>> {
     match &attr.meta {
         Meta::Path(_) => Ok(None),
         Meta::NameValue(nv) => match unwrap_group(&nv.value) {
-            Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(reason), .. }) => Ok(Some(reason.clone())),
+            Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(reason),
+                ..
+            }) => Ok(Some(reason.clone())),
             other => Err(syn::Error::new_spanned(
                 other,
                 "expected a string, as in `#[ignore = \"needs a newer kernel\"]`",
@@ -136,14 +150,14 @@ fn parse_ignore(attr: &Attribute) -> syn::Result<Option<LitStr>> {
 }
 
 fn parse_should_panic(attr: &Attribute) -> syn::Result<ShouldPanic> {
-    const USAGE: &str =
-        "expected `#[should_panic]` or `#[should_panic(expected = \"message\")]`";
+    const USAGE: &str = "expected `#[should_panic]` or `#[should_panic(expected = \"message\")]`";
     match &attr.meta {
         Meta::Path(_) => Ok(ShouldPanic::Yes),
         Meta::NameValue(nv) => match unwrap_group(&nv.value) {
-            Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(msg), .. }) => {
-                Ok(ShouldPanic::WithMessage(msg.clone()))
-            }
+            Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(msg),
+                ..
+            }) => Ok(ShouldPanic::WithMessage(msg.clone())),
             other => Err(syn::Error::new_spanned(other, USAGE)),
         },
         Meta::List(list) => {

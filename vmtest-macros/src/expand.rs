@@ -31,7 +31,9 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
         ReturnType::Default => ident.span(),
         ReturnType::Type(_, ty) => ty.span(),
     };
-    let call = quote_spanned!(output_span=> #private::TestReturn::into_test_result(#ident()));
+    let mut callee = ident.clone();
+    callee.set_span(output_span);
+    let call = quote_spanned!(output_span=> #private::TestReturn::into_test_result(#callee()));
 
     let ignore = match &test_attrs.ignore {
         None => quote!(::core::option::Option::None),
@@ -54,7 +56,10 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
     let cmdline = option(config.cmdline.as_ref());
     let modules = &config.modules;
     let env = &config.env;
-    let files = config.files.iter().map(|(path, span)| LitStr::new(path, *span));
+    let files = config
+        .files
+        .iter()
+        .map(|(path, span)| LitStr::new(path, *span));
     let allow_kernel_warnings = config.allow_kernel_warnings;
 
     quote! {
@@ -62,7 +67,7 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
 
         #(#cfgs)*
         #[doc(hidden)]
-        #[allow(non_upper_case_globals)]
+        #[allow(non_upper_case_globals, unused_qualifications)]
         #[#private::linkme::distributed_slice(#private::TESTS)]
         #[linkme(crate = #private::linkme)]
         static #static_ident: #private::TestDef = #private::TestDef {

@@ -101,7 +101,10 @@ pub fn vm_test(args: TokenStream, input: TokenStream) -> TokenStream {
     vm_test_impl(args.into(), input.into()).into()
 }
 
-fn vm_test_impl(args: proc_macro2::TokenStream, input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+fn vm_test_impl(
+    args: proc_macro2::TokenStream,
+    input: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
     let mut errors = Errors::default();
     let args = attr::parse_args(args, &mut errors);
     let config = valid::config(args, &mut errors);

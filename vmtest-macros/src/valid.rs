@@ -7,26 +7,50 @@ use std::path::{Component, Path, PathBuf};
 
 use proc_macro2::Span;
 use quote::ToTokens;
-use syn::spanned::Spanned;
 use syn::{Expr, Ident, ItemFn, Lit, LitStr, ReturnType, Type};
 
 use crate::attr::{unwrap_group, Arg, ShouldPanic, TestAttrs};
 use crate::Errors;
 
-/// The keys `#[vm_test(...)]` accepts, each with an example for error messages.
-const KEYS: &[(&str, &str)] = &[
-    ("kernel", "kernel = \"6.12\""),
-    ("kernels", "kernels = [\"6.1\", \"6.12\"]"),
-    ("arch", "arch = \"aarch64\"` or `arch = [\"x86_64\", \"aarch64\"]"),
-    ("memory", "memory = \"512M\""),
-    ("cpus", "cpus = 2"),
-    ("timeout", "timeout = \"30s\""),
-    ("cmdline", "cmdline = \"quiet\""),
-    ("modules", "modules = [\"dummy\"]"),
-    ("env", "env = [\"RUST_LOG\"]"),
-    ("files", "files = [\"tests/data\"]"),
-    ("allow_kernel_warnings", "allow_kernel_warnings"),
-    ("crate", "crate = my_crate::vmtest"),
+/// The keys `#[vm_test(...)]` accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Kernel,
+    Kernels,
+    Arch,
+    Memory,
+    Cpus,
+    Timeout,
+    Cmdline,
+    Modules,
+    Env,
+    Files,
+    AllowKernelWarnings,
+    Crate,
+}
+
+/// Each key's name, and an example for error messages.
+const KEYS: &[(&str, Key, &str)] = &[
+    ("kernel", Key::Kernel, "kernel = \"6.12\""),
+    ("kernels", Key::Kernels, "kernels = [\"6.1\", \"6.12\"]"),
+    (
+        "arch",
+        Key::Arch,
+        "arch = \"aarch64\"` or `arch = [\"x86_64\", \"aarch64\"]",
+    ),
+    ("memory", Key::Memory, "memory = \"512M\""),
+    ("cpus", Key::Cpus, "cpus = 2"),
+    ("timeout", Key::Timeout, "timeout = \"30s\""),
+    ("cmdline", Key::Cmdline, "cmdline = \"quiet\""),
+    ("modules", Key::Modules, "modules = [\"dummy\"]"),
+    ("env", Key::Env, "env = [\"RUST_LOG\"]"),
+    ("files", Key::Files, "files = [\"tests/data\"]"),
+    (
+        "allow_kernel_warnings",
+        Key::AllowKernelWarnings,
+        "allow_kernel_warnings",
+    ),
+    ("crate", Key::Crate, "crate = my_crate::vmtest"),
 ];
 
 /// The smallest `memory` value: less does not boot a kernel with an initramfs reliably.
@@ -54,25 +78,31 @@ pub(crate) struct VmConfig {
 /// Checks every argument and collects what they say; every problem goes into `errors`.
 pub(crate) fn config(args: Vec<Arg>, errors: &mut Errors) -> VmConfig {
     let mut config = VmConfig::default();
-    let mut seen: Vec<&'static str> = Vec::new();
+    let mut seen: Vec<Key> = Vec::new();
     let mut kernel_key: Option<Ident> = None;
 
     for arg in args {
-        let key_name = arg.key.to_string();
-        let Some(&(key, example)) = KEYS.iter().find(|(k, _)| *k == key_name) else {
-            errors.push(syn::Error::new(arg.key.span(), unknown_key_message(&key_name)));
+        let name = arg.key.to_string();
+        let Some(&(_, key, example)) = KEYS.iter().find(|(k, _, _)| *k == name) else {
+            errors.push(syn::Error::new(arg.key.span(), unknown_key_message(&name)));
             continue;
         };
         if seen.contains(&key) {
-            errors.push(syn::Error::new(arg.key.span(), format!("duplicate key `{key}`")));
+            errors.push(syn::Error::new(
+                arg.key.span(),
+                format!("duplicate key `{name}`"),
+            ));
             continue;
         }
         seen.push(key);
 
-        if key == "allow_kernel_warnings" {
-            match arg.value.as_ref().map(unwrap_group) {
+        let value = arg.value.as_ref().map(unwrap_group);
+        if key == Key::AllowKernelWarnings {
+            match value {
                 None => config.allow_kernel_warnings = true,
-                Some(Expr::Lit(syn::ExprLit { lit: Lit::Bool(b), .. })) => {
+                Some(Expr::Lit(syn::ExprLit {
+                    lit: Lit::Bool(b), ..
+                })) => {
                     config.allow_kernel_warnings = b.value;
                 }
                 Some(other) => errors.push(syn::Error::new_spanned(
@@ -82,184 +112,206 @@ pub(crate) fn config(args: Vec<Arg>, errors: &mut Errors) -> VmConfig {
             }
             continue;
         }
-        let Some(value) = arg.value.as_ref().map(unwrap_group) else {
+        let Some(value) = value else {
             errors.push(syn::Error::new(
                 arg.key.span(),
-                format!("`{key}` needs a value, as in `{example}`"),
+                format!("`{name}` needs a value, as in `{example}`"),
             ));
             continue;
         };
 
         match key {
-            "kernel" | "kernels" => {
+            Key::Kernel | Key::Kernels => {
                 if let Some(first) = &kernel_key {
                     errors.push(syn::Error::new(
                         arg.key.span(),
                         format!(
-                            "`{key}` conflicts with `{first}`: use only \
+                            "`{name}` conflicts with `{first}`: use only \
                              `kernels = [\"6.1\", \"6.12\"]` to name several kernels"
                         ),
                     ));
                     continue;
                 }
                 kernel_key = Some(arg.key.clone());
-                let kernels = if key == "kernel" {
-                    string(value, example, errors).into_iter().collect()
-                } else {
-                    non_empty(string_array(value, example, errors), value, key, errors)
-                };
-                for kernel in &kernels {
-                    if kernel.value().trim().is_empty() {
-                        errors.push(syn::Error::new(kernel.span(), "kernel name is empty"));
-                    }
-                }
-                config.kernels = no_duplicates(kernels, "kernel", errors);
+                config.kernels = kernels(key, value, example, errors);
             }
-            "arch" => {
-                let names = match value {
-                    Expr::Array(_) => {
-                        non_empty(string_array(value, example, errors), value, key, errors)
-                    }
-                    _ => string(value, example, errors)
-                        .into_iter()
-                        .collect(),
-                };
-                for name in names {
-                    let Some(arch) = canonical_arch(&name.value()) else {
-                        errors.push(syn::Error::new(
-                            name.span(),
-                            format!(
-                                "unknown architecture `{}`; expected one of: x86_64 (or amd64), \
-                                 aarch64 (or arm64), riscv64 (or riscv64gc)",
-                                name.value()
-                            ),
-                        ));
-                        continue;
-                    };
-                    if config.arch.contains(&arch) {
-                        errors.push(syn::Error::new(
-                            name.span(),
-                            format!("duplicate architecture `{arch}`"),
-                        ));
-                        continue;
-                    }
-                    config.arch.push(arch);
-                }
+            Key::Arch => config.arch = arch(value, example, errors),
+            Key::Memory => {
+                config.memory_mib = parsed_string(value, example, errors, parse_memory_mib);
             }
-            "memory" => {
-                if let Some(lit) = string(value, example, errors) {
-                    match parse_memory_mib(&lit.value()) {
-                        Ok(mib) => config.memory_mib = Some(mib),
-                        Err(msg) => errors.push(syn::Error::new(lit.span(), msg)),
-                    }
-                }
+            Key::Cpus => config.cpus = cpus(value, example, errors),
+            Key::Timeout => {
+                config.timeout_ms = parsed_string(value, example, errors, parse_timeout_ms);
             }
-            "cpus" => match value {
-                Expr::Lit(syn::ExprLit { lit: Lit::Int(int), .. }) => {
-                    match int.base10_parse::<u32>() {
-                        Ok(n) if (1..=MAX_CPUS).contains(&n) => config.cpus = Some(n),
-                        _ => errors.push(syn::Error::new(
-                            int.span(),
-                            format!("`cpus` must be between 1 and {MAX_CPUS}, got {int}"),
-                        )),
-                    }
-                }
-                other => errors.push(expected("an integer", other, example)),
-            },
-            "timeout" => {
-                if let Some(lit) = string(value, example, errors) {
-                    match parse_timeout_ms(&lit.value()) {
-                        Ok(ms) => config.timeout_ms = Some(ms),
-                        Err(msg) => errors.push(syn::Error::new(lit.span(), msg)),
-                    }
-                }
-            }
-            "cmdline" => {
-                if let Some(lit) = string(value, example, errors) {
-                    if lit.value().chars().any(char::is_control) {
-                        errors.push(syn::Error::new(
-                            lit.span(),
-                            "the kernel command line cannot contain control characters \
-                             such as newlines",
-                        ));
-                    } else {
-                        config.cmdline = Some(lit);
-                    }
-                }
-            }
-            "modules" => {
-                let modules = string_array(value, example, errors);
-                for module in &modules {
-                    let name = module.value();
-                    if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
-                        errors.push(syn::Error::new(
-                            module.span(),
-                            "expected a kernel module name, like `dummy` or `veth` \
-                             (no path, no `.ko`)",
-                        ));
-                    } else if name.ends_with(".ko") {
-                        errors.push(syn::Error::new(
-                            module.span(),
-                            format!("write the module name without `.ko`: `{}`", &name[..name.len() - 3]),
-                        ));
-                    }
-                }
-                config.modules = no_duplicates(modules, "module", errors);
-            }
-            "env" => {
-                let vars = string_array(value, example, errors);
-                for var in &vars {
-                    if !is_env_name(&var.value()) {
-                        errors.push(syn::Error::new(
-                            var.span(),
-                            "expected an environment variable name: letters, digits and `_`, \
-                             not starting with a digit, like `RUST_LOG`",
-                        ));
-                    }
-                }
-                config.env = no_duplicates(vars, "environment variable", errors);
-            }
-            "files" => {
-                let files = string_array(value, example, errors);
-                let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
-                let mut resolved = HashSet::new();
-                for file in files {
-                    match resolve_file(&file.value(), manifest_dir.as_deref()) {
-                        Ok(path) => {
-                            if resolved.insert(path.clone()) {
-                                config.files.push((path, file.span()));
-                            } else {
-                                errors.push(syn::Error::new(
-                                    file.span(),
-                                    format!("duplicate file `{path}`"),
-                                ));
-                            }
-                        }
-                        Err(msg) => errors.push(syn::Error::new(file.span(), msg)),
-                    }
-                }
-            }
-            "crate" => match value {
+            Key::Cmdline => config.cmdline = cmdline(value, example, errors),
+            Key::Modules => config.modules = modules(value, example, errors),
+            Key::Env => config.env = env(value, example, errors),
+            Key::Files => config.files = files(value, example, errors),
+            Key::Crate => match value {
                 Expr::Path(path) if path.qself.is_none() && path.attrs.is_empty() => {
                     config.krate = Some(path.path.clone());
                 }
                 other => errors.push(expected("a path", other, example)),
             },
-            _ => unreachable!("every key in KEYS is handled"),
+            // Handled above, as the only key without a value.
+            Key::AllowKernelWarnings => {}
         }
     }
     config
 }
 
+fn kernels(key: Key, value: &Expr, example: &str, errors: &mut Errors) -> Vec<LitStr> {
+    let kernels = if key == Key::Kernel {
+        string(value, example, errors).into_iter().collect()
+    } else {
+        non_empty(
+            string_array(value, example, errors),
+            value,
+            "kernels",
+            errors,
+        )
+    };
+    for kernel in &kernels {
+        if kernel.value().trim().is_empty() {
+            errors.push(syn::Error::new(kernel.span(), "kernel name is empty"));
+        }
+    }
+    no_duplicates(kernels, "kernel", errors)
+}
+
+fn arch(value: &Expr, example: &str, errors: &mut Errors) -> Vec<&'static str> {
+    let names = match value {
+        Expr::Array(_) => non_empty(string_array(value, example, errors), value, "arch", errors),
+        _ => string(value, example, errors).into_iter().collect(),
+    };
+    let mut arch = Vec::new();
+    for name in names {
+        match canonical_arch(&name.value()) {
+            None => errors.push(syn::Error::new(
+                name.span(),
+                format!(
+                    "unknown architecture `{}`; expected one of: x86_64 (or amd64), \
+                     aarch64 (or arm64), riscv64 (or riscv64gc)",
+                    name.value()
+                ),
+            )),
+            Some(canonical) if arch.contains(&canonical) => errors.push(syn::Error::new(
+                name.span(),
+                format!("duplicate architecture `{canonical}`"),
+            )),
+            Some(canonical) => arch.push(canonical),
+        }
+    }
+    arch
+}
+
+/// A string value run through `parse`, whose error message is reported on the string.
+fn parsed_string(
+    value: &Expr,
+    example: &str,
+    errors: &mut Errors,
+    parse: fn(&str) -> Result<u64, String>,
+) -> Option<u64> {
+    let lit = string(value, example, errors)?;
+    parse(&lit.value())
+        .map_err(|msg| errors.push(syn::Error::new(lit.span(), msg)))
+        .ok()
+}
+
+fn cpus(value: &Expr, example: &str, errors: &mut Errors) -> Option<u32> {
+    let Expr::Lit(syn::ExprLit {
+        lit: Lit::Int(int), ..
+    }) = value
+    else {
+        errors.push(expected("an integer", value, example));
+        return None;
+    };
+    match int.base10_parse::<u32>() {
+        Ok(n) if (1..=MAX_CPUS).contains(&n) => Some(n),
+        _ => {
+            errors.push(syn::Error::new(
+                int.span(),
+                format!("`cpus` must be between 1 and {MAX_CPUS}, got {int}"),
+            ));
+            None
+        }
+    }
+}
+
+fn cmdline(value: &Expr, example: &str, errors: &mut Errors) -> Option<LitStr> {
+    let lit = string(value, example, errors)?;
+    if lit.value().chars().any(char::is_control) {
+        errors.push(syn::Error::new(
+            lit.span(),
+            "the kernel command line cannot contain control characters such as newlines",
+        ));
+        return None;
+    }
+    Some(lit)
+}
+
+fn modules(value: &Expr, example: &str, errors: &mut Errors) -> Vec<LitStr> {
+    let modules = string_array(value, example, errors);
+    for module in &modules {
+        let name = module.value();
+        if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+            errors.push(syn::Error::new(
+                module.span(),
+                "expected a kernel module name, like `dummy` or `veth` (no path, no `.ko`)",
+            ));
+        } else if let Some(stem) = name.strip_suffix(".ko") {
+            errors.push(syn::Error::new(
+                module.span(),
+                format!("write the module name without `.ko`: `{stem}`"),
+            ));
+        }
+    }
+    no_duplicates(modules, "module", errors)
+}
+
+fn env(value: &Expr, example: &str, errors: &mut Errors) -> Vec<LitStr> {
+    let vars = string_array(value, example, errors);
+    for var in &vars {
+        if !is_env_name(&var.value()) {
+            errors.push(syn::Error::new(
+                var.span(),
+                "expected an environment variable name: letters, digits and `_`, \
+                 not starting with a digit, like `RUST_LOG`",
+            ));
+        }
+    }
+    no_duplicates(vars, "environment variable", errors)
+}
+
+fn files(value: &Expr, example: &str, errors: &mut Errors) -> Vec<(String, Span)> {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let mut files = Vec::new();
+    let mut resolved = HashSet::new();
+    for file in string_array(value, example, errors) {
+        match resolve_file(&file.value(), manifest_dir.as_deref()) {
+            Ok(path) if !resolved.insert(path.clone()) => errors.push(syn::Error::new(
+                file.span(),
+                format!("duplicate file `{path}`"),
+            )),
+            Ok(path) => files.push((path, file.span())),
+            Err(msg) => errors.push(syn::Error::new(file.span(), msg)),
+        }
+    }
+    files
+}
+
 fn unknown_key_message(key: &str) -> String {
-    let valid: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    let valid: Vec<&str> = KEYS.iter().map(|(name, _, _)| *name).collect();
     let hint = match key {
         "ignore" | "should_panic" => {
             format!("; `{key}` is its own attribute: write `#[{key}]` on the function")
         }
         _ => String::new(),
     };
-    format!("unknown key `{key}`; expected one of: {}{hint}", valid.join(", "))
+    format!(
+        "unknown key `{key}`; expected one of: {}{hint}",
+        valid.join(", ")
+    )
 }
 
 fn expected(what: &str, found: &Expr, example: &str) -> syn::Error {
@@ -268,7 +320,9 @@ fn expected(what: &str, found: &Expr, example: &str) -> syn::Error {
 
 fn string(value: &Expr, example: &str, errors: &mut Errors) -> Option<LitStr> {
     match unwrap_group(value) {
-        Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => Some(s.clone()),
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Some(s.clone()),
         other => {
             errors.push(expected("a string", other, example));
             None
@@ -359,7 +413,9 @@ pub(crate) fn parse_memory_mib(s: &str) -> Result<u64, String> {
     }
     let mib = kib / 1024;
     if mib < MIN_MEMORY_MIB {
-        return Err(format!("memory size `{s}` is too small: the minimum is {MIN_MEMORY_MIB}M"));
+        return Err(format!(
+            "memory size `{s}` is too small: the minimum is {MIN_MEMORY_MIB}M"
+        ));
     }
     Ok(mib)
 }
@@ -446,7 +502,10 @@ pub(crate) fn signature(item: &ItemFn, test_attrs: &TestAttrs, errors: &mut Erro
         reject(token, "be `const`");
     }
     if let Some(token) = &sig.asyncness {
-        reject(token, "be `async`; block on the future inside the test instead");
+        reject(
+            token,
+            "be `async`; block on the future inside the test instead",
+        );
     }
     if let Some(token) = &sig.unsafety {
         reject(token, "be `unsafe`");
@@ -465,6 +524,18 @@ pub(crate) fn signature(item: &ItemFn, test_attrs: &TestAttrs, errors: &mut Erro
     } else if let Some(variadic) = &sig.variadic {
         reject(variadic, "take arguments");
     }
+    let is_vm_test = |attr: &&syn::Attribute| {
+        attr.path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "vm_test")
+    };
+    if let Some(again) = item.attrs.iter().find(is_vm_test) {
+        errors.push(syn::Error::new_spanned(
+            again,
+            "duplicate `#[vm_test]` attribute",
+        ));
+    }
     if let Some(test) = item.attrs.iter().find(|a| a.path().is_ident("test")) {
         errors.push(syn::Error::new_spanned(
             test,
@@ -473,8 +544,8 @@ pub(crate) fn signature(item: &ItemFn, test_attrs: &TestAttrs, errors: &mut Erro
     }
     if let (Some(attr), false) = (&test_attrs.should_panic_attr, returns_unit(&sig.output)) {
         if !matches!(test_attrs.should_panic, ShouldPanic::No) {
-            errors.push(syn::Error::new(
-                attr.span(),
+            errors.push(syn::Error::new_spanned(
+                attr,
                 "functions using `#[should_panic]` must return `()`",
             ));
         }
@@ -505,15 +576,23 @@ mod tests {
 
     #[test]
     fn bad_memory_sizes() {
-        for bad in ["lots", "", "M", "512", "512 M", "512m", "512MB", "-1G", "1.5G", "G512"] {
+        for bad in [
+            "lots", "", "M", "512", "512 M", "512m", "512MB", "-1G", "1.5G", "G512",
+        ] {
             let err = parse_memory_mib(bad).unwrap_err();
             assert!(err.contains("invalid memory size"), "{bad}: {err}");
         }
         assert!(parse_memory_mib("63M").unwrap_err().contains("too small"));
         assert!(parse_memory_mib("0G").unwrap_err().contains("too small"));
-        assert!(parse_memory_mib("65537K").unwrap_err().contains("whole number of MiB"));
-        assert!(parse_memory_mib("18446744073709551615G").unwrap_err().contains("too large"));
-        assert!(parse_memory_mib("99999999999999999999999M").unwrap_err().contains("invalid"));
+        assert!(parse_memory_mib("65537K")
+            .unwrap_err()
+            .contains("whole number of MiB"));
+        assert!(parse_memory_mib("18446744073709551615G")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_memory_mib("99999999999999999999999M")
+            .unwrap_err()
+            .contains("invalid"));
     }
 
     #[test]
@@ -526,13 +605,21 @@ mod tests {
 
     #[test]
     fn bad_timeouts() {
-        for bad in ["soon", "", "30", "30 s", "30S", "1.5s", "30sec", "1m30s", "s"] {
+        for bad in [
+            "soon", "", "30", "30 s", "30S", "1.5s", "30sec", "1m30s", "s",
+        ] {
             let err = parse_timeout_ms(bad).unwrap_err();
             assert!(err.contains("invalid timeout"), "{bad}: {err}");
         }
-        assert!(parse_timeout_ms("0s").unwrap_err().contains("greater than zero"));
-        assert!(parse_timeout_ms("0ms").unwrap_err().contains("greater than zero"));
-        assert!(parse_timeout_ms("18446744073709551615h").unwrap_err().contains("too large"));
+        assert!(parse_timeout_ms("0s")
+            .unwrap_err()
+            .contains("greater than zero"));
+        assert!(parse_timeout_ms("0ms")
+            .unwrap_err()
+            .contains("greater than zero"));
+        assert!(parse_timeout_ms("18446744073709551615h")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]
@@ -561,12 +648,23 @@ mod tests {
     #[test]
     fn files_resolve_against_manifest_dir() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let expected = dir.join("src/lib.rs").into_os_string().into_string().unwrap();
+        let expected = dir
+            .join("src/lib.rs")
+            .into_os_string()
+            .into_string()
+            .unwrap();
         assert_eq!(resolve_file("src/lib.rs", Some(dir)), Ok(expected.clone()));
-        assert_eq!(resolve_file("./src//lib.rs", Some(dir)), Ok(expected.clone()));
+        assert_eq!(
+            resolve_file("./src//lib.rs", Some(dir)),
+            Ok(expected.clone())
+        );
         assert_eq!(resolve_file(&expected, None), Ok(expected));
-        assert!(resolve_file("no/such/file", Some(dir)).unwrap_err().contains("not found"));
-        assert!(resolve_file("src/lib.rs", None).unwrap_err().contains("CARGO_MANIFEST_DIR"));
+        assert!(resolve_file("no/such/file", Some(dir))
+            .unwrap_err()
+            .contains("not found"));
+        assert!(resolve_file("src/lib.rs", None)
+            .unwrap_err()
+            .contains("CARGO_MANIFEST_DIR"));
         assert!(resolve_file("", Some(dir)).is_err());
     }
 }

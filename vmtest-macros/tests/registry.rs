@@ -1,5 +1,8 @@
 //! The `TestDef`s `#[vm_test]` registers, read back through `vmtest::__private::TESTS`.
 
+// The expansion must not add warnings to the user's crate.
+#![deny(warnings, unused_qualifications, unreachable_pub, missing_docs)]
+
 use vmtest::__private::{ShouldPanic, TestDef, VmAttrs, TESTS};
 use vmtest::vm_test;
 
@@ -42,7 +45,7 @@ fn fails() -> Result<(), &'static str> {
 }
 
 mod nested {
-    pub mod deeper {
+    mod deeper {
         use vmtest::vm_test;
 
         #[vm_test(timeout = "1h")]
@@ -52,7 +55,9 @@ mod nested {
 
 fn find(name: &str) -> &'static TestDef {
     let mut found = TESTS.iter().filter(|t| t.name == name);
-    let test = found.next().unwrap_or_else(|| panic!("`{name}` is not registered"));
+    let test = found
+        .next()
+        .unwrap_or_else(|| panic!("`{name}` is not registered"));
     assert!(found.next().is_none(), "`{name}` is registered twice");
     test
 }
@@ -80,7 +85,10 @@ fn plain_test_has_defaults() {
     assert_eq!(t.module_path, "registry");
     assert_eq!(t.file, file!());
     let source = include_str!("registry.rs");
-    assert_eq!(source.lines().nth(t.line as usize - 1), Some("fn plain() {}"));
+    assert_eq!(
+        source.lines().nth(t.line as usize - 1),
+        Some("fn plain() {}")
+    );
     assert_eq!(t.ignore, None);
     assert_eq!(t.should_panic, ShouldPanic::No);
     assert_eq!(t.vm, VmAttrs::default());

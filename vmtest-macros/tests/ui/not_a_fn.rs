@@ -1,0 +1,6 @@
+use vmtest::vm_test;
+
+#[vm_test]
+struct NotAFunction;
+
+fn main() {}
