@@ -377,6 +377,150 @@ mod tests {
         assert_eq!(dirs, vec![PathBuf::from("/opt/x")]);
     }
 
+    use crate::elf::test_support::{fake_elf, FakeElf, TempDir};
+
+    const EM_AARCH64: u16 = 183;
+    const EM_X86_64: u16 = 62;
+
+    fn write_elf(path: &Path, spec: FakeElf<'_>) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, fake_elf(&spec)).unwrap();
+    }
+
+    /// A fake aarch64 tree: `bin/app` needs libx (in `b/`; `a/` has an x86_64 libx and a text
+    /// file named liby that must be skipped), libx needs liby through its `$ORIGIN` RUNPATH.
+    fn fake_tree(root: &Path) -> LibrarySearch {
+        let app = FakeElf {
+            machine: EM_AARCH64,
+            interp: Some("/lib/ld-linux-aarch64.so.1"),
+            needed: &["libx.so.1", "libc.so.6"],
+            ..FakeElf::default()
+        };
+        write_elf(&root.join("bin/app"), app);
+        write_elf(
+            &root.join("a/libx.so.1"),
+            FakeElf {
+                machine: EM_X86_64,
+                ..FakeElf::default()
+            },
+        );
+        fs::write(root.join("a/liby.so.2"), "INPUT(-lz)\n").unwrap();
+        let libx = FakeElf {
+            machine: EM_AARCH64,
+            needed: &["liby.so.2", "libc.so.6"],
+            runpath: Some("$ORIGIN/private"),
+            ..FakeElf::default()
+        };
+        write_elf(&root.join("b/libx.so.1"), libx);
+        write_elf(
+            &root.join("b/private/liby.so.2"),
+            FakeElf {
+                machine: EM_AARCH64,
+                ..FakeElf::default()
+            },
+        );
+        write_elf(
+            &root.join("b/libc.so.6"),
+            FakeElf {
+                machine: EM_AARCH64,
+                ..FakeElf::default()
+            },
+        );
+        LibrarySearch {
+            conf_dirs: vec![root.join("a"), root.join("b")],
+            ..LibrarySearch::default()
+        }
+    }
+
+    #[test]
+    fn closure_follows_runpath_and_skips_foreign_candidates() {
+        let dir = TempDir::new("loader-tree");
+        let root = dir.path();
+        let search = fake_tree(root);
+        let closure = search.closure(&root.join("bin/app")).unwrap();
+        assert_eq!(
+            closure.interp,
+            Some(PathBuf::from("/lib/ld-linux-aarch64.so.1"))
+        );
+        let found: Vec<(&str, PathBuf)> = closure
+            .libraries
+            .iter()
+            .map(|l| (l.name.as_str(), l.path.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("libx.so.1", root.join("b/libx.so.1")),
+                ("libc.so.6", root.join("b/libc.so.6")),
+                ("liby.so.2", root.join("b/private/liby.so.2")),
+            ]
+        );
+    }
+
+    #[test]
+    fn runpath_does_not_apply_to_grandchildren_but_rpath_does() {
+        let dir = TempDir::new("loader-rpath");
+        let root = dir.path();
+        // app (RUNPATH or RPATH = r) -> liba (in r) -> libb (only in r)
+        let lib = FakeElf {
+            machine: EM_AARCH64,
+            needed: &["libb.so"],
+            ..FakeElf::default()
+        };
+        write_elf(&root.join("r/liba.so"), lib);
+        write_elf(
+            &root.join("r/libb.so"),
+            FakeElf {
+                machine: EM_AARCH64,
+                ..FakeElf::default()
+            },
+        );
+        let search = LibrarySearch::default();
+        for as_rpath in [false, true] {
+            let app = FakeElf {
+                machine: EM_AARCH64,
+                needed: &["liba.so"],
+                runpath: Some("$ORIGIN/r"),
+                as_rpath,
+                ..FakeElf::default()
+            };
+            write_elf(&root.join("app"), app);
+            let result = search.closure(&root.join("app"));
+            if as_rpath {
+                assert_eq!(result.unwrap().libraries.len(), 2);
+            } else {
+                let err = result.unwrap_err();
+                assert!(
+                    err.to_string()
+                        .starts_with("failed to find library libb.so"),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn missing_library_names_library_and_binary() {
+        let dir = TempDir::new("loader-missing");
+        let root = dir.path();
+        let search = fake_tree(root);
+        fs::remove_file(root.join("b/private/liby.so.2")).unwrap();
+        let err = search.closure(&root.join("bin/app")).unwrap_err();
+        let libx = root.join("b/libx.so.1");
+        let app = root.join("bin/app");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "failed to find library liby.so.2 (needed by {}) for {}: not in {}, {}, {}",
+                libx.display(),
+                app.display(),
+                root.join("b/private").display(),
+                root.join("a").display(),
+                root.join("b").display(),
+            )
+        );
+    }
+
     #[test]
     fn multiarch_defaults_come_first() {
         let dirs = default_dirs(object::elf::EM_AARCH64, true);
