@@ -403,3 +403,85 @@ fn libraries_in_the_same_file_are_added_once() {
         Node::Symlink(first.to_owned())
     );
 }
+
+/// Proves the library layout by booting: a dynamically linked Rust `/init` packed with its closure
+/// must print and power off. Needs QEMU and a kernel, so it runs only when asked:
+/// `VMTEST_BOOT_KERNEL=/path/to/vmlinuz cargo test -p vmtest --lib boots_ -- --ignored`.
+#[test]
+#[ignore = "boots QEMU; set VMTEST_BOOT_KERNEL to an x86_64 kernel image"]
+#[cfg(target_arch = "x86_64")]
+fn boots_a_dynamic_init() {
+    let Some(kernel) = std::env::var_os("VMTEST_BOOT_KERNEL") else {
+        eprintln!("skipping: VMTEST_BOOT_KERNEL is not set");
+        return;
+    };
+    let dir = TempDir::new("initramfs-boot");
+    let source = r#"
+        use std::io::Write;
+        extern "C" {
+            fn sync();
+            fn reboot(cmd: i32) -> i32;
+        }
+        const RB_POWER_OFF: i32 = 0x4321_fedc;
+        fn main() {
+            println!("hello from init");
+            std::io::stdout().flush().unwrap();
+            // SAFETY: plain syscalls without pointers; PID 1 powers the VM off.
+            unsafe {
+                sync();
+                reboot(RB_POWER_OFF);
+            }
+            eprintln!("reboot failed: {}", std::io::Error::last_os_error());
+        }
+    "#;
+    let binary = compile_rust(dir.path(), source, None).expect("rustc builds the init");
+    let info = crate::elf::read_elf(&binary).unwrap();
+    assert!(
+        info.interp.is_some(),
+        "the init under test must be dynamically linked"
+    );
+
+    let mut initramfs = Initramfs::new();
+    initramfs.add_elf_with_libraries("/init", &binary).unwrap();
+    for (path, mode) in initramfs.listing() {
+        eprintln!("{mode:06o} {path}");
+    }
+    let cpio = dir.path().join("initramfs.cpio");
+    let file = std::fs::File::create(&cpio).unwrap();
+    initramfs.write_to(std::io::BufWriter::new(file)).unwrap();
+
+    let output = std::process::Command::new("timeout")
+        .args([
+            "60",
+            "qemu-system-x86_64",
+            "-M",
+            "pc",
+            "-accel",
+            "tcg",
+            "-m",
+            "512M",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-no-reboot", "-kernel"])
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&cpio)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .output()
+        .expect("failed to run qemu-system-x86_64");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "QEMU: {}", output.status);
+    assert!(
+        stdout.contains("hello from init"),
+        "no greeting on the console"
+    );
+    assert!(!stdout.contains("Kernel panic"), "the guest panicked");
+}
