@@ -104,33 +104,34 @@ impl LibrarySearch {
     pub(crate) fn closure(&self, binary: &Path) -> Result<Closure, LibraryError> {
         let info = read_elf(binary)?;
         let interp = info.interp.as_ref().map(PathBuf::from);
-        let exe_rpath = if info.runpath_is_rpath {
-            info.runpath.clone()
+        let exe_rpath: &[String] = if info.runpath_is_rpath {
+            &info.runpath
         } else {
-            Vec::new()
+            &[]
         };
 
         let mut libraries = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
-        // (object, its info, the DT_RPATH inherited from the objects that loaded it)
+        // (object, its info, the DT_RPATH of the objects that loaded it, nearest first)
         let mut queue = VecDeque::from([(binary.to_owned(), info.clone(), Vec::new())]);
-        while let Some((object, object_info, inherited_rpath)) = queue.pop_front() {
-            let mut rpath: Vec<String> = Vec::new();
-            let mut runpath: &[String] = &[];
-            if object_info.runpath_is_rpath {
-                rpath.extend(object_info.runpath.iter().cloned());
+        while let Some((object, object_info, loaders_rpath)) = queue.pop_front() {
+            let own_rpath: &[String] = if object_info.runpath_is_rpath {
+                &object_info.runpath
             } else {
-                runpath = &object_info.runpath;
-            }
-            if runpath.is_empty() {
-                rpath.extend(inherited_rpath.iter().cloned());
-                rpath.extend(exe_rpath.iter().cloned());
-            }
+                &[]
+            };
+            let chain: Vec<String> = own_rpath.iter().chain(&loaders_rpath).cloned().collect();
+            // DT_RUNPATH, when present, disables every DT_RPATH (the executable's included).
+            let dirs = if object_info.runpath_is_rpath || object_info.runpath.is_empty() {
+                let rpath: Vec<String> = chain.iter().chain(exe_rpath).cloned().collect();
+                self.search_dirs(&info, &rpath, &[])
+            } else {
+                self.search_dirs(&info, &[], &object_info.runpath)
+            };
             for name in &object_info.needed {
                 if !seen.insert(name.clone()) {
                     continue;
                 }
-                let dirs = self.search_dirs(&info, &rpath, runpath);
                 let Some((path, lib_info)) = find(name, &dirs, &info)? else {
                     return Err(LibraryError::Missing {
                         library: name.clone(),
@@ -143,7 +144,7 @@ impl LibrarySearch {
                     name: name.clone(),
                     path: path.clone(),
                 });
-                queue.push_back((path, lib_info, rpath.clone()));
+                queue.push_back((path, lib_info, chain.clone()));
             }
         }
         Ok(Closure {
