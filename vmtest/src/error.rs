@@ -6,7 +6,7 @@ use crate::kernel::KernelError;
 
 /// Why the harness could not run the tests.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// A setting (attribute, environment variable) is invalid.
     #[error("{0}")]
     Config(String),
@@ -24,6 +24,9 @@ pub enum Error {
     /// A kernel could not be found or used.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The initramfs could not be built.
+    #[error(transparent)]
+    Initramfs(#[from] crate::initramfs::InitramfsError),
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -370,9 +370,9 @@ impl Group {
 
     fn write_initramfs(&self, context: &RunContext, path: &std::path::Path) -> Result<u64, Error> {
         let mut initramfs = Initramfs::new();
-        initramfs
-            .add_elf_with_libraries("/init", &context.exe)
-            .map_err(|e| Error::Config(e.to_string()))?;
+        initramfs.add_elf_with_libraries("/init", &context.exe)?;
+        // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
+        initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
         let mut modules = self.kernel.harness_modules()?;
         let harness_count = modules.len();
         modules.extend(self.kernel.module_closure(&self.key.modules)?);
@@ -380,7 +380,7 @@ impl Group {
         for (index, module) in modules.iter().enumerate() {
             let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
             let guest = format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
-            initramfs.add_host_file(&guest, &module.host_path, 0o644);
+            initramfs.add_host_file(&guest, &module.host_path, 0o644)?;
             let wanted_by =
                 if index < harness_count { vec![] } else { self.members.iter().map(|m| m.id).collect() };
             planned_modules.push(protocol::Module { name: module.name.clone(), path: guest, wanted_by });
@@ -390,12 +390,12 @@ impl Group {
             tests: self.members.iter().map(|m| self.planned(m, context)).collect(),
         };
         let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
-        initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644);
+        initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
         let file = std::fs::File::create(path)
             .map_err(|e| Error::io(format!("failed to create {}", path.display()), e))?;
-        let size = initramfs
-            .write_to(std::io::BufWriter::new(file))
-            .map_err(|e| Error::Config(format!("failed to write {}: {e}", path.display())))?;
+        let mut out = std::io::BufWriter::new(file);
+        let size = initramfs.write_to(&mut out)?;
+        out.flush().map_err(|e| Error::io(format!("failed to write {}", path.display()), e))?;
         Ok(size)
     }
 

@@ -31,7 +31,7 @@ mod qemu;
 mod registry;
 mod vm;
 
-pub use error::Error;
+pub(crate) use error::Error;
 
 pub use vmtest_macros::vm_test;
 
