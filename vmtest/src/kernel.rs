@@ -1,1 +1,0 @@
-//! Kernels: the store, name resolution, image headers and modules.
