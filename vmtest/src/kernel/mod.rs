@@ -12,6 +12,9 @@ mod modules;
 mod resolve;
 mod store;
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
