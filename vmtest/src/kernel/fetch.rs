@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::image::image_info;
 use super::resolve::{compare_versions, Series};
@@ -43,25 +43,24 @@ pub(crate) fn fetch(
     let series = Series::parse(spec).ok_or_else(|| KernelError::BadFetchSpec {
         spec: spec.to_owned(),
     })?;
-    for (tool, package) in [
-        ("apt-get", "apt"),
-        ("apt-cache", "apt"),
-        ("dpkg-deb", "dpkg"),
-    ] {
-        if !on_path(tool) {
-            return Err(KernelError::ToolMissing { tool, package });
-        }
-    }
+    require_tools(std::env::var_os("PATH").as_deref())?;
     let apt = Apt::new(store.root().join("apt").join(arch.debian_name()), arch)?;
     let apt_lock = apt.dir.join("vmtest.lock");
     let package = {
         let _lock = lock_file(&apt_lock, true)?;
-        progress(&format!(
-            "updating package lists for {} (apt state in {})",
-            arch.debian_name(),
-            apt.dir.display()
-        ));
-        apt.update()?;
+        if apt.lists_are_fresh() {
+            progress(&format!(
+                "package lists for {} are fresh",
+                arch.debian_name()
+            ));
+        } else {
+            progress(&format!(
+                "updating package lists for {} (apt state in {})",
+                arch.debian_name(),
+                apt.dir.display()
+            ));
+            apt.update()?;
+        }
         apt.resolve(&series, spec)?
     };
     let release = package.release().to_owned();
@@ -74,7 +73,11 @@ pub(crate) fn fetch(
         package.name, package.version
     ));
 
-    let _kernel_lock = store.lock(arch, &release)?;
+    let _kernel_lock = store.lock(arch, &release, &mut || {
+        progress(&format!(
+            "waiting for another fetch of {release} ({arch}) to finish"
+        ))
+    })?;
     let dest = store.arch_dir(arch).join(&release);
     if dest.join(store::META).is_file()
         && store::meta_field(&dest, "package_version").as_deref() == Some(&package.version)
@@ -181,6 +184,10 @@ fn assemble(
     Ok(kernel)
 }
 
+/// How long package lists count as current after an update (several fetches in a row update
+/// once).
+const LISTS_FRESH_FOR: Duration = Duration::from_secs(10 * 60);
+
 /// apt with its own state for one Debian arch.
 struct Apt {
     dir: PathBuf,
@@ -221,8 +228,17 @@ impl Apt {
         cmd
     }
 
+    /// Whether `update` ran successfully within [`LISTS_FRESH_FOR`].
+    fn lists_are_fresh(&self) -> bool {
+        fs::metadata(self.dir.join("updated"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < LISTS_FRESH_FOR))
+    }
+
     fn update(&self) -> Result<(), KernelError> {
-        run(self.command("apt-get").args(["-q", "update"])).map(drop)
+        run(self.command("apt-get").args(["-q", "update"]))?;
+        let stamp = self.dir.join("updated");
+        fs::write(&stamp, "").map_err(|e| KernelError::io("write", &stamp, e))
     }
 
     fn resolve(&self, series: &Series, spec: &str) -> Result<Package, KernelError> {
@@ -370,9 +386,19 @@ fn available_series(names: &[&str], flavour: Option<&str>, deb: &str) -> Vec<Str
     series
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+/// Checks that apt-get, apt-cache and dpkg-deb are on `path` (a `PATH` value).
+fn require_tools(path: Option<&OsStr>) -> Result<(), KernelError> {
+    for (tool, package) in [
+        ("apt-get", "apt"),
+        ("apt-cache", "apt"),
+        ("dpkg-deb", "dpkg"),
+    ] {
+        let found = path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(tool).is_file()));
+        if !found {
+            return Err(KernelError::ToolMissing { tool, package });
+        }
+    }
+    Ok(())
 }
 
 /// Runs a command to completion; its stdout, or an error with the command and its stderr.
@@ -448,6 +474,47 @@ mod tests {
             (vec![], vec!["linux-image-6.12.117+deb12-arm64"])
         );
         assert_eq!(available_series(NAMES, None, "amd64"), ["6.1", "6.12"]);
+    }
+
+    #[test]
+    fn missing_tools_say_how_to_install_them() {
+        let dir = crate::kernel::tests::scratch_dir("no-tools");
+        let err = require_tools(Some(dir.as_os_str()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`apt-get`") && err.contains("apt-get install apt"),
+            "{err}"
+        );
+        fs::write(dir.join("apt-get"), "").unwrap();
+        fs::write(dir.join("apt-cache"), "").unwrap();
+        let err = require_tools(Some(dir.as_os_str()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`dpkg-deb`") && err.contains("apt-get install dpkg"),
+            "{err}"
+        );
+        let err = require_tools(None).unwrap_err().to_string();
+        assert!(err.contains("`apt-get`"), "{err}");
+    }
+
+    #[test]
+    fn fetch_wants_a_series() {
+        let dir = crate::kernel::tests::scratch_dir("fetch-spec");
+        let store = Store::at(&dir);
+        let err = store
+            .fetch("bpf-next", Arch::X86_64, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("failed to fetch `bpf-next`") && err.contains("`6.1-cloud`"),
+            "{err}"
+        );
+        assert!(
+            !dir.join("apt").exists(),
+            "nothing is set up for a bad name"
+        );
     }
 
     #[test]

@@ -24,9 +24,10 @@ pub struct ImageInfo {
 pub fn image_info(path: &Path) -> Result<ImageInfo, KernelError> {
     let io_err = |source| KernelError::io("read kernel image", path, source);
     let mut file = File::open(path).map_err(io_err)?;
-    let mut head = Vec::with_capacity(4096);
+    // Enough for the bzImage's version string, which a 16-bit pointer locates.
+    let mut head = Vec::with_capacity(HEAD_LEN);
     (&mut file)
-        .take(4096)
+        .take(HEAD_LEN as u64)
         .read_to_end(&mut head)
         .map_err(io_err)?;
     let not_a_kernel = |reason: &str| KernelError::NotAKernel {
@@ -84,6 +85,8 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, KernelError> {
     ))
 }
 
+const HEAD_LEN: usize = 0x200 + 0x10000;
+
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -104,8 +107,9 @@ fn bzimage_version(head: &[u8]) -> Option<Option<String>> {
         return Some(None);
     }
     // The pointer is relative to the end of the 0x200-byte boot sector.
-    let at = ptr + 0x200;
-    let text = head.get(at..)?;
+    let Some(text) = head.get(ptr + 0x200..) else {
+        return Some(None);
+    };
     let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
     let version = String::from_utf8_lossy(text)
         .split_whitespace()
@@ -189,13 +193,13 @@ pub(crate) mod tests {
 
     /// A minimal bzImage: boot sector, `HdrS`, and a version string the header points to.
     pub(crate) fn fake_bzimage(version: &str) -> Vec<u8> {
-        let mut img = vec![0u8; 0x1000];
+        let mut img = vec![0u8; 0x2000];
         img[0..2].copy_from_slice(b"MZ");
         img[0x1FE] = 0x55;
         img[0x1FF] = 0xAA;
         img[0x202..0x206].copy_from_slice(b"HdrS");
         img[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
-        let ptr: u16 = 0x300;
+        let ptr: u16 = 0x1300; // past the first 4 KiB, as in real images
         img[0x20E..0x210].copy_from_slice(&ptr.to_le_bytes());
         let text = format!("{version} (builder@host) #1 SMP PREEMPT_DYNAMIC\0");
         let at = usize::from(ptr) + 0x200;

@@ -157,7 +157,7 @@ impl Store {
         let info = image_info(image)?;
         let modules = modules.map(find_release_dir).transpose()?;
         let arch_dir = self.arch_dir(info.arch);
-        let _lock = self.lock(info.arch, name)?;
+        let _lock = self.lock(info.arch, name, &mut || {})?;
         let dest = arch_dir.join(name);
         if dest.exists() {
             return Err(KernelError::AlreadyStored {
@@ -189,10 +189,26 @@ impl Store {
         Ok(kernel)
     }
 
-    /// Takes the lock for writing kernel `name` of `arch`, waiting for another holder.
-    pub(crate) fn lock(&self, arch: Arch, name: &str) -> Result<File, KernelError> {
-        let dir = self.arch_dir(arch).join(".locks");
-        lock_file(&dir.join(format!("{name}.lock")), true)
+    /// Takes the lock for writing kernel `name` of `arch`; if another process holds it, calls
+    /// `on_wait` and waits.
+    pub(crate) fn lock(
+        &self,
+        arch: Arch,
+        name: &str,
+        on_wait: &mut dyn FnMut(),
+    ) -> Result<File, KernelError> {
+        use rustix::fs::{flock, FlockOperation};
+        let path = self
+            .arch_dir(arch)
+            .join(".locks")
+            .join(format!("{name}.lock"));
+        let file = open_lock_file(&path)?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            on_wait();
+            flock(&file, FlockOperation::LockExclusive)
+                .map_err(|e| KernelError::io("lock", &path, e.into()))?;
+        }
+        Ok(file)
     }
 
     /// A fresh, empty `.tmp-<name>` dir (removing one an interrupted run left). Call with the
@@ -225,9 +241,20 @@ impl Store {
     }
 }
 
-/// Opens (creating) `path` and takes an flock on it.
+/// Opens (creating) `path` and takes an flock on it, waiting for other holders.
 pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<File, KernelError> {
     use rustix::fs::{flock, FlockOperation};
+    let file = open_lock_file(path)?;
+    let op = if exclusive {
+        FlockOperation::LockExclusive
+    } else {
+        FlockOperation::LockShared
+    };
+    flock(&file, op).map_err(|e| KernelError::io("lock", path, e.into()))?;
+    Ok(file)
+}
+
+fn open_lock_file(path: &Path) -> Result<File, KernelError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| KernelError::io("create", dir, e))?;
     }
@@ -237,12 +264,6 @@ pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<File, KernelErro
         .write(true)
         .open(path)
         .map_err(|e| KernelError::io("open lock file", path, e))?;
-    let op = if exclusive {
-        FlockOperation::LockExclusive
-    } else {
-        FlockOperation::LockShared
-    };
-    flock(&file, op).map_err(|e| KernelError::io("lock", path, e.into()))?;
     Ok(file)
 }
 
