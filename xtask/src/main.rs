@@ -1,6 +1,29 @@
 //! `cargo xtask`: development tasks for the vmtest workspace.
 
-fn main() {
-    eprintln!("usage: cargo xtask <command>");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+mod kernel;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.split_first() {
+        Some((cmd, rest)) if cmd == "kernel" => kernel::run(rest),
+        Some((cmd, _)) if cmd == "-h" || cmd == "--help" || cmd == "help" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some((cmd, _)) => {
+            eprintln!("error: unknown command `{cmd}`\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        None => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
 }

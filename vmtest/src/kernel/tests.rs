@@ -1,0 +1,292 @@
+//! Tests across the kernel modules, including ones on the real store's kernels when present
+//! (`VMTEST_KERNELS`, else the default store; fetch with `cargo xtask kernel fetch 6.1 6.12`).
+
+use std::fs;
+use std::path::PathBuf;
+
+use super::*;
+
+/// An empty dir for one test, unique to this process.
+pub(crate) fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmtest-kernel-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The stored kernel `spec` for `arch`, or `None` after printing why the test is skipped.
+fn stored(spec: &str, arch: Arch) -> Option<Kernel> {
+    let store = Store::open().ok()?;
+    match store.find(spec, arch) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("skipped: kernel {spec} ({arch}) is not in the store: {e}");
+            None
+        }
+    }
+}
+
+fn names(modules: &[ModuleFile]) -> Vec<&str> {
+    modules.iter().map(|m| m.name.as_str()).collect()
+}
+
+/// Checks that every module comes after the modules its `.modinfo` depends on.
+fn assert_load_order(modules: &[ModuleFile]) {
+    for (i, m) in modules.iter().enumerate() {
+        for dep in modules::read_modinfo(&m.host_path).unwrap().depends {
+            let at = modules.iter().position(|d| d.name == dep);
+            assert!(
+                at.is_some_and(|at| at < i),
+                "{} before its dependency {dep}",
+                m.name
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_name_lists_stored_and_the_fetch_command() {
+    let dir = scratch_dir("unknown-name");
+    let store = Store::at(&dir);
+    let err = store.find("6.1", Arch::X86_64).unwrap_err().to_string();
+    assert!(
+        err.contains("failed to find kernel `6.1` for x86_64"),
+        "{err}"
+    );
+    assert!(err.contains("nothing is stored for x86_64"), "{err}");
+    assert!(
+        err.contains("`cargo vmtest kernel fetch 6.1 --arch x86_64`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`cargo xtask kernel fetch 6.1 --arch x86_64`"),
+        "{err}"
+    );
+
+    let image = dir.join("bzImage");
+    fs::write(&image, image::tests::fake_bzimage("6.12.5+deb12-amd64")).unwrap();
+    store.add("6.12.5+deb12-amd64", &image, None, None).unwrap();
+    let err = store
+        .find("6.1-cloud", Arch::X86_64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("stored for x86_64: 6.12.5+deb12-amd64"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kernel fetch 6.1-cloud --arch x86_64"),
+        "{err}"
+    );
+    let err = store.find("6.12", Arch::Aarch64).unwrap_err().to_string();
+    assert!(
+        err.contains("nothing is stored for aarch64") && err.contains("--arch aarch64"),
+        "{err}"
+    );
+    let err = store
+        .find("my-build", Arch::X86_64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cargo vmtest kernel add my-build --image"),
+        "{err}"
+    );
+    assert_eq!(
+        store.find("6.12", Arch::X86_64).unwrap().name,
+        "6.12.5+deb12-amd64"
+    );
+}
+
+#[test]
+fn path_spec_reads_the_header_and_finds_modules() {
+    // An unpacked Debian package: <root>/boot/vmlinuz-<ver>, <root>/lib/modules/<ver>.
+    let dir = scratch_dir("path-spec");
+    let ver = "6.1.0-99-amd64";
+    fs::create_dir_all(dir.join("boot")).unwrap();
+    let image = dir.join(format!("boot/vmlinuz-{ver}"));
+    fs::write(&image, image::tests::fake_bzimage(ver)).unwrap();
+    fs::write(dir.join(format!("boot/config-{ver}")), "CONFIG_VIRTIO=m\n").unwrap();
+    let mods = dir.join("lib/modules").join(ver);
+    modules::tests::fake_module(&mods.join("kernel"), "drivers/net/dummy.ko", &[]);
+
+    let k = resolve(Some(image.to_str().unwrap()), Arch::Aarch64).unwrap();
+    assert_eq!(
+        k.arch,
+        Arch::X86_64,
+        "a path kernel's arch comes from its header"
+    );
+    assert_eq!(k.version.as_deref(), Some(ver));
+    assert_eq!(k.modules_dir.as_deref(), Some(mods.as_path()));
+    assert_eq!(k.config, Some(dir.join(format!("boot/config-{ver}"))));
+    assert_eq!(names(&k.module_closure(&["dummy"]).unwrap()), ["dummy"]);
+
+    let err = k.check_arch(Arch::Aarch64).unwrap_err().to_string();
+    assert!(
+        err.contains("is for x86_64, the test binary is for aarch64"),
+        "{err}"
+    );
+    assert!(err.contains(&image.display().to_string()), "{err}");
+    k.check_arch(Arch::X86_64).unwrap();
+
+    let err = resolve(Some("/nonexistent/bzImage"), Arch::X86_64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("failed to read kernel image /nonexistent/bzImage"),
+        "{err}"
+    );
+}
+
+#[test]
+fn modules_without_a_modules_dir() {
+    let dir = scratch_dir("no-modules");
+    let image = dir.join("bzImage");
+    fs::write(&image, image::tests::fake_bzimage("6.15.0")).unwrap();
+    let k = Kernel::from_image(&image, None).unwrap();
+    assert_eq!(k.modules_dir, None);
+    assert!(
+        k.harness_modules().unwrap().is_empty(),
+        "nothing says the drivers are modules"
+    );
+    let err = k.module_closure(&["dummy"]).unwrap_err().to_string();
+    assert!(
+        err.contains("module `dummy`") && err.contains("no modules dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn harness_modules_from_fixture() {
+    let dir = scratch_dir("harness-fixture");
+    let image = dir.join("bzImage");
+    fs::write(&image, image::tests::fake_bzimage("6.1.0-1-amd64")).unwrap();
+    fs::write(
+        dir.join("config"),
+        "CONFIG_VIRTIO=m\nCONFIG_VIRTIO_PCI=m\nCONFIG_VIRTIO_CONSOLE=m\n",
+    )
+    .unwrap();
+    let k = dir.join("modules/kernel");
+    modules::tests::fake_module(&k, "virtio.ko", &[]);
+    modules::tests::fake_module(&k, "virtio_ring.ko", &["virtio"]);
+    modules::tests::fake_module(&k, "virtio_pci_modern_dev.ko", &[]);
+    modules::tests::fake_module(
+        &k,
+        "virtio_pci.ko",
+        &["virtio_pci_modern_dev", "virtio_ring", "virtio"],
+    );
+    modules::tests::fake_module(&k, "virtio_console.ko", &["virtio_ring", "virtio"]);
+    let kernel = Kernel::from_image(&image, None).unwrap();
+    assert_eq!(
+        names(&kernel.harness_modules().unwrap()),
+        [
+            "virtio",
+            "virtio_ring",
+            "virtio_pci_modern_dev",
+            "virtio_pci",
+            "virtio_console"
+        ]
+    );
+
+    // The config says module, but the file is gone: a clear error, not a hang in the guest.
+    fs::remove_file(k.join("virtio_console.ko")).unwrap();
+    let err = kernel.harness_modules().unwrap_err().to_string();
+    assert!(
+        err.contains("virtio_console") && err.contains("CONFIG_VIRTIO_CONSOLE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn real_6_1_amd64() {
+    let Some(k) = stored("6.1", Arch::X86_64) else {
+        return;
+    };
+    let info = image_info(&k.image).unwrap();
+    assert_eq!(info.arch, Arch::X86_64);
+    assert_eq!(info.version.as_deref(), Some(k.name.as_str()));
+    assert!(k.name.starts_with("6.1.0-"), "{}", k.name);
+
+    let harness = k.harness_modules().unwrap();
+    assert_load_order(&harness);
+    let mut set = names(&harness);
+    set.sort();
+    assert_eq!(
+        set,
+        [
+            "virtio",
+            "virtio_console",
+            "virtio_pci",
+            "virtio_pci_legacy_dev",
+            "virtio_pci_modern_dev",
+            "virtio_ring"
+        ]
+    );
+    assert_eq!(harness.last().unwrap().name, "virtio_console");
+    assert!(harness.iter().all(|m| m.host_path.is_file()));
+
+    // Debian 6.1: virtio depends on virtio_ring, virtio_console on both.
+    let console = k.module_closure(&["virtio_console"]).unwrap();
+    assert_eq!(names(&console), ["virtio_ring", "virtio", "virtio_console"]);
+    assert_eq!(names(&k.module_closure(&["dummy"]).unwrap()), ["dummy"]);
+    assert_eq!(names(&k.module_closure(&["veth"]).unwrap()), ["veth"]);
+
+    let err = k.module_closure(&["dumy"]).unwrap_err().to_string();
+    assert!(err.contains(&k.name) && err.contains("dummy"), "{err}");
+
+    let err = k.check_arch(Arch::Aarch64).unwrap_err().to_string();
+    assert!(
+        err.contains("for x86_64, the test binary is for aarch64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn real_6_12_amd64() {
+    let Some(k) = stored("6.12", Arch::X86_64) else {
+        return;
+    };
+    let info = image_info(&k.image).unwrap();
+    assert_eq!(
+        (info.arch, info.version.as_deref()),
+        (Arch::X86_64, Some(k.name.as_str()))
+    );
+    assert!(
+        k.harness_modules().unwrap().is_empty(),
+        "6.12 has virtio built in"
+    );
+    let dummy = k.module_closure(&["dummy"]).unwrap();
+    assert_eq!(names(&dummy), ["dummy"]);
+    assert!(dummy[0].host_path.to_string_lossy().ends_with(".ko.xz"));
+    // Reading `.modinfo` through xz: veth's dependencies come first when it has any.
+    let veth = k.module_closure(&["veth"]).unwrap();
+    assert_eq!(veth.last().unwrap().name, "veth");
+    // A module with a known modular dependency chain.
+    let vxlan = k.module_closure(&["vxlan"]).unwrap();
+    assert_load_order(&vxlan);
+    assert_eq!(vxlan.last().unwrap().name, "vxlan");
+    assert!(vxlan.len() > 1, "{:?}", names(&vxlan));
+}
+
+#[test]
+fn real_6_12_arm64() {
+    let Some(k) = stored("6.12", Arch::Aarch64) else {
+        return;
+    };
+    let info = image_info(&k.image).unwrap();
+    assert_eq!(
+        (info.arch, info.version.as_deref()),
+        (Arch::Aarch64, Some(k.name.as_str()))
+    );
+    assert!(k.harness_modules().unwrap().is_empty());
+    let err = k.check_arch(Arch::X86_64).unwrap_err().to_string();
+    assert!(
+        err.contains("for aarch64, the test binary is for x86_64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(human_size(512), "512 B");
+    assert_eq!(human_size(98_300_000), "98.3 MB");
+}
