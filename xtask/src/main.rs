@@ -2,16 +2,23 @@
 
 use std::process::ExitCode;
 
+mod exec;
 mod kernel;
+mod setup;
+mod test;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  setup                   install QEMU (Debian packages), musl targets and the suite's kernels
+  test [<cargo test args>] run the workspace's tests (every VM suite boots real kernels)
   kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.split_first() {
+        Some((cmd, rest)) if cmd == "setup" => setup::run_setup(rest),
+        Some((cmd, rest)) if cmd == "test" => test::run_test(rest),
         Some((cmd, rest)) if cmd == "kernel" => kernel::run(rest),
         Some((cmd, _)) if cmd == "-h" || cmd == "--help" || cmd == "help" => {
             println!("{USAGE}");

@@ -1,0 +1,71 @@
+//! `cargo xtask setup`: install what the test suite needs on a Debian machine.
+//!
+//! QEMU from Debian's packages (when missing; needs root), the musl rustup targets, and the
+//! kernels the suite boots, fetched into the kernel store.
+
+use std::process::ExitCode;
+
+use vmtest::arch::Arch;
+use vmtest::kernel::Store;
+
+use crate::exec::{have, run};
+
+/// QEMU system emulators and the Debian packages that provide them.
+const QEMU: [(&str, &str); 2] =
+    [("qemu-system-x86_64", "qemu-system-x86"), ("qemu-system-aarch64", "qemu-system-arm")];
+
+/// The kernels the workspace's suites boot, per architecture.
+pub const SUITE_KERNELS: [(Arch, &[&str]); 2] =
+    [(Arch::X86_64, &["6.1", "6.12"]), (Arch::Aarch64, &["6.12"])];
+
+pub fn run_setup(args: &[String]) -> ExitCode {
+    if let Some(arg) = args.first() {
+        eprintln!("error: `cargo xtask setup` takes no arguments (got `{arg}`)");
+        return ExitCode::from(2);
+    }
+    match setup() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn setup() -> Result<(), String> {
+    let missing: Vec<&str> =
+        QEMU.iter().filter(|(binary, _)| !have(binary)).map(|&(_, package)| package).collect();
+    if !missing.is_empty() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(format!(
+                "QEMU is missing; install it with \
+                 `sudo apt-get install -y --no-install-recommends {}`",
+                missing.join(" ")
+            ));
+        }
+        eprintln!("setup: installing {}", missing.join(" "));
+        run("apt-get", &["update", "-qq"])?;
+        let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        install.extend(&missing);
+        run("apt-get", &install)?;
+    }
+    if have("rustup") {
+        let targets: Vec<&str> = Arch::ALL[..2].iter().map(|a| a.musl_target()).collect();
+        let mut add = vec!["target", "add"];
+        add.extend(&targets);
+        run("rustup", &add)?;
+    } else {
+        eprintln!("setup: rustup not found; cross-arch runs need the musl targets installed");
+    }
+    let store = Store::open().map_err(|e| e.to_string())?;
+    for (arch, series) in SUITE_KERNELS {
+        for spec in series {
+            let fetched = store
+                .fetch(spec, arch, &mut |step| eprintln!("setup: kernel {spec} ({arch}): {step}"))
+                .map_err(|e| e.to_string())?;
+            eprintln!("setup: kernel {spec} ({arch}): {}", fetched.kernel().describe());
+        }
+    }
+    Ok(())
+}
