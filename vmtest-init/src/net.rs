@@ -18,13 +18,13 @@ pub(crate) fn bring_up_loopback() -> Result<(), String> {
     }
     // SAFETY: the socket is open, `req` is a valid `ifreq` naming `lo`, and SIOCGIFFLAGS only
     // writes `ifr_flags` inside it.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } == -1 {
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } == -1 {
         return Err(fail("SIOCGIFFLAGS", io::Error::last_os_error()));
     }
     // SAFETY: SIOCGIFFLAGS succeeded, so `ifr_flags` is the initialised union member.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } == -1 {
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } == -1 {
         return Err(fail("SIOCSIFFLAGS", io::Error::last_os_error()));
     }
     Ok(())
