@@ -72,7 +72,7 @@ pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, Str
         .ok_or("child pid is zero")?;
 
     let closed = Arc::new(AtomicBool::new(false));
-    let (done, results) = mpsc::channel();
+    let (events_tx, events) = mpsc::channel();
     let pipes: [(Stream, Option<OwnedFd>); 2] = [
         (Stream::Stdout, child.stdout.take().map(OwnedFd::from)),
         (Stream::Stderr, child.stderr.take().map(OwnedFd::from)),
@@ -85,17 +85,19 @@ pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, Str
         } else {
             Sink::Stream { control: control.clone(), id: test.id, stream, closed: closed.clone() }
         };
-        let done = done.clone();
+        let events_tx = events_tx.clone();
         std::thread::Builder::new()
             .name(format!("vmtest-{stream:?}").to_lowercase())
             .spawn(move || {
-                let result = pump(std::fs::File::from(pipe), sink);
-                let _ = done.send((stream, result));
+                let result = pump(std::fs::File::from(pipe), sink, || {
+                    let _ = events_tx.send(Event::Eof(stream));
+                });
+                let _ = events_tx.send(Event::Result(stream, result));
             })
             .map_err(|e| format!("failed to start an output reader: {e}"))?;
         pending += 1;
     }
-    drop(done);
+    drop(events_tx);
     // `child` is never waited on through std: PID 1 reaps with waitpid(-1), see `reap`.
     drop(child);
 
@@ -115,20 +117,33 @@ pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, Str
     // its output pipes open.
     kill_group(pid);
 
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let mut port_error = None;
+    // First wait (bounded) for the pipes to reach their end; then collect what the readers made
+    // of them, which takes as long as it takes (it is bounded work).
+    let mut at_eof = Vec::new();
     let drain_deadline = Instant::now() + DRAIN_GRACE;
-    while pending > 0 {
+    let mut results = Vec::new();
+    while at_eof.len() < pending {
         let left = drain_deadline.saturating_duration_since(Instant::now());
-        let (stream, result) = match results.recv_timeout(left) {
-            Ok(received) => received,
+        match events.recv_timeout(left) {
+            Ok(Event::Eof(stream)) => at_eof.push(stream),
+            Ok(Event::Result(stream, result)) => results.push((stream, result)),
             Err(mpsc::RecvTimeoutError::Timeout) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(format!("an output reader of {} panicked", test.name));
             }
-        };
-        pending -= 1;
+        }
+    }
+    while results.len() < at_eof.len() {
+        match events.recv() {
+            Ok(Event::Result(stream, result)) => results.push((stream, result)),
+            Ok(Event::Eof(_)) => {}
+            Err(_) => return Err(format!("an output reader of {} panicked", test.name)),
+        }
+    }
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut port_error = None;
+    for (stream, result) in results {
         match (stream, result) {
             (_, Err(e)) => port_error = Some(e),
             (Stream::Stdout, Ok(bytes)) => stdout = bytes,
@@ -136,7 +151,7 @@ pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, Str
         }
     }
     closed.store(true, Ordering::SeqCst);
-    if pending > 0 {
+    if at_eof.len() < pending {
         let note = b"\n[vmtest-init: output incomplete: a process outside the test's process \
                      group kept its output open]\n";
         stderr.extend_from_slice(note);
@@ -147,6 +162,14 @@ pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, Str
     Ok(Finished { outcome, duration_ms, stdout, stderr })
 }
 
+/// What an output reader tells `run`.
+enum Event {
+    /// The pipe reached its end: every writer is gone.
+    Eof(Stream),
+    /// The reader is done: the captured bytes, or a control port failure.
+    Result(Stream, Result<Vec<u8>, String>),
+}
+
 enum Sink {
     Capture(TailBuffer),
     Stream { control: Control, id: u32, stream: Stream, closed: Arc<AtomicBool> },
@@ -154,8 +177,8 @@ enum Sink {
 
 /// Reads `pipe` to its end. Captured output is returned; streamed output is sent as it comes
 /// and an empty vector returned. Reading goes on after a port failure so the child never blocks
-/// on a full pipe; the failure is returned at the end.
-fn pump(mut pipe: std::fs::File, mut sink: Sink) -> Result<Vec<u8>, String> {
+/// on a full pipe; the failure is returned at the end. `at_eof` is called when the pipe ends.
+fn pump(mut pipe: std::fs::File, mut sink: Sink, at_eof: impl FnOnce()) -> Result<Vec<u8>, String> {
     let mut buf = vec![0u8; STREAM_CHUNK];
     let mut port_error = None;
     loop {
@@ -179,6 +202,7 @@ fn pump(mut pipe: std::fs::File, mut sink: Sink) -> Result<Vec<u8>, String> {
             }
         }
     }
+    at_eof();
     match (sink, port_error) {
         (_, Some(e)) => Err(e),
         (Sink::Capture(tail), None) => Ok(tail.finish()),
@@ -238,7 +262,8 @@ fn wait_until(pid: Pid, deadline: Instant) -> Option<WaitStatus> {
 pub(crate) fn reap(wanted: Option<Pid>) -> Option<WaitStatus> {
     let mut found = None;
     loop {
-        match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+        // `wait` is waitpid(-1): any child. (`waitpid(None)` would be 0: only our own group.)
+        match rustix::process::wait(WaitOptions::NOHANG) {
             Ok(Some((pid, status))) => {
                 if Some(pid) == wanted {
                     found = Some(status);
@@ -247,5 +272,82 @@ pub(crate) fn reap(wanted: Option<Pid>) -> Option<WaitStatus> {
             Err(Errno::INTR) => {}
             Ok(None) | Err(_) => return found,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use super::*;
+
+    fn sh(id: u32, script: &str, timeout_ms: u64) -> PlannedTest {
+        PlannedTest {
+            id,
+            name: format!("sh{id}"),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("ONLY".into(), "this".into())],
+            cwd: "/".into(),
+            timeout_ms,
+            capture: true,
+        }
+    }
+
+    /// `run` reaps any child, so tests that spawn must not overlap.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn control() -> Control {
+        Control::start(File::options().write(true).open("/dev/null").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn captures_output_exit_code_and_exact_environment() {
+        let _serial = serial();
+        let script = "echo out; echo err >&2; env; pwd; exit 3";
+        let finished = run(&sh(0, script, 30_000), &control()).unwrap();
+        assert_eq!(finished.outcome, Outcome::Exited(3));
+        let stdout = String::from_utf8(finished.stdout).unwrap();
+        assert!(stdout.starts_with("out\n"), "{stdout}");
+        assert!(stdout.contains("ONLY=this\n"), "{stdout}");
+        assert!(!stdout.contains("HOME="), "{stdout}");
+        assert!(stdout.ends_with("/\n"), "{stdout}");
+        assert_eq!(finished.stderr, b"err\n");
+    }
+
+    #[test]
+    fn kills_the_whole_group_on_timeout() {
+        let _serial = serial();
+        let started = Instant::now();
+        let finished = run(&sh(1, "sleep 100 & sleep 100", 300), &control()).unwrap();
+        assert_eq!(finished.outcome, Outcome::TimedOut { after_ms: 300 });
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn reports_signals_and_start_failures() {
+        let _serial = serial();
+        let finished = run(&sh(2, "kill -9 $$", 30_000), &control()).unwrap();
+        assert_eq!(finished.outcome, Outcome::Signaled(9));
+        let mut test = sh(3, "", 30_000);
+        test.program = "/nonexistent/program".into();
+        let finished = run(&test, &control()).unwrap();
+        assert!(
+            matches!(finished.outcome, Outcome::Error(e) if e.contains("/nonexistent/program"))
+        );
+    }
+
+    #[test]
+    fn leftovers_do_not_hold_the_output_open() {
+        let _serial = serial();
+        let started = Instant::now();
+        let finished = run(&sh(4, "sleep 100 & echo done", 30_000), &control()).unwrap();
+        assert_eq!(finished.outcome, Outcome::Exited(0));
+        assert_eq!(finished.stdout, b"done\n");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     }
 }

@@ -120,10 +120,9 @@ pub(crate) fn mount_all() -> Vec<String> {
 fn mount_one(spec: &MountSpec) -> Result<(), String> {
     std::fs::create_dir_all(spec.target)
         .map_err(|e| format!("failed to create mount point {}: {e}", spec.target))?;
-    rustix::mount::mount(spec.source, spec.target, spec.fstype, spec.flags, spec.data)
-        .map_err(|e| {
-            format!("failed to mount {} on {}: {}", spec.fstype, spec.target, io::Error::from(e))
-        })
+    rustix::mount::mount(spec.source, spec.target, spec.fstype, spec.flags, spec.data).map_err(
+        |e| format!("failed to mount {} on {}: {}", spec.fstype, spec.target, io::Error::from(e)),
+    )
 }
 
 #[cfg(test)]

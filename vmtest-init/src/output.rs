@@ -39,18 +39,17 @@ impl TailBuffer {
 
     /// The kept bytes, preceded by a one-line note when anything was dropped.
     pub(crate) fn finish(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.kept.len() + 96);
-        if self.dropped > 0 {
-            out.extend_from_slice(
-                format!(
-                    "[vmtest-init: output truncated: {} earlier bytes dropped, last {} kept]\n",
-                    self.dropped,
-                    self.kept.len()
-                )
-                .as_bytes(),
-            );
+        let kept = Vec::from(self.kept);
+        if self.dropped == 0 {
+            return kept;
         }
-        out.extend(self.kept);
+        let mut out = format!(
+            "[vmtest-init: output truncated: {} earlier bytes dropped, last {} kept]\n",
+            self.dropped,
+            kept.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&kept);
         out
     }
 }

@@ -15,10 +15,7 @@ pub(crate) fn power_off() -> ! {
     loop {
         if let Err(e) = rustix::system::reboot(RebootCommand::PowerOff) {
             if !reported {
-                console::say(format_args!(
-                    "failed to power off: {}",
-                    std::io::Error::from(e)
-                ));
+                console::say(format_args!("failed to power off: {}", std::io::Error::from(e)));
                 reported = true;
             }
         }
