@@ -38,7 +38,15 @@ pub(crate) fn run_host() -> ! {
     crate::process::install_signal_cleanup();
     let args = Arguments::from_args();
     match prepare(&args) {
-        Ok(trials) => libtest_mimic::run(&args, trials).exit(),
+        Ok((trials, context)) => {
+            let conclusion = libtest_mimic::run(&args, trials);
+            // Verdicts arrive before QEMU has shut down; wait for every VM to be gone and its
+            // temp dir removed before exiting.
+            if let Some(context) = context {
+                context.join_vms();
+            }
+            conclusion.exit()
+        }
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);
@@ -147,9 +155,20 @@ struct RunContext {
     capture: bool,
     log_dir: PathBuf,
     vms: Semaphore,
+    /// Threads of the VMs started so far.
+    vm_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-fn prepare(args: &Arguments) -> Result<Vec<Trial>, Error> {
+impl RunContext {
+    fn join_vms(&self) {
+        let threads = std::mem::take(&mut *self.vm_threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Error> {
     let arch = Arch::host();
     let instances = instances(&TESTS, arch);
     let run_ignored = args.ignored || args.include_ignored;
@@ -188,7 +207,7 @@ fn prepare(args: &Arguments) -> Result<Vec<Trial>, Error> {
         trials.push(trial);
     }
     if runnable.is_empty() {
-        return Ok(trials);
+        return Ok((trials, None));
     }
 
     let accel = accel::choose(arch)?;
@@ -210,6 +229,7 @@ fn prepare(args: &Arguments) -> Result<Vec<Trial>, Error> {
                 .unwrap_or(1),
         ),
         accel,
+        vm_threads: Mutex::new(Vec::new()),
     });
 
     // Resolve each kernel once; group by VM configuration.
@@ -254,7 +274,7 @@ fn prepare(args: &Arguments) -> Result<Vec<Trial>, Error> {
             let _ = cell.set((Arc::clone(&group), Arc::clone(&context)));
         }
     }
-    Ok(trials)
+    Ok((trials, Some(context)))
 }
 
 /// `<target>/<profile>/vmtest/<binary name>/`, next to cargo's own output.
@@ -273,10 +293,14 @@ impl Group {
         self.started.call_once(|| {
             let group = Arc::clone(self);
             let context = Arc::clone(context);
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("vmtest-vm{}", self.index))
-                .spawn(move || group.run(&context))
+                .spawn({
+                    let context = Arc::clone(&context);
+                    move || group.run(&context)
+                })
                 .expect("failed to spawn a VM thread");
+            context.vm_threads.lock().unwrap_or_else(|e| e.into_inner()).push(thread);
         });
     }
 
