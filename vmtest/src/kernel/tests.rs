@@ -203,7 +203,7 @@ fn real_6_1_amd64() {
     };
     let info = image_info(&k.image).unwrap();
     assert_eq!(info.arch, Arch::X86_64);
-    assert_eq!(info.version.as_deref(), Some(k.name.as_str()));
+    assert_eq!(info.version.as_deref(), k.version.as_deref());
     assert!(k.name.starts_with("6.1.0-"), "{}", k.name);
 
     let harness = k.harness_modules().unwrap();
@@ -248,7 +248,7 @@ fn real_6_12_amd64() {
     let info = image_info(&k.image).unwrap();
     assert_eq!(
         (info.arch, info.version.as_deref()),
-        (Arch::X86_64, Some(k.name.as_str()))
+        (Arch::X86_64, k.version.as_deref())
     );
     assert!(
         k.harness_modules().unwrap().is_empty(),
@@ -275,7 +275,7 @@ fn real_6_12_arm64() {
     let info = image_info(&k.image).unwrap();
     assert_eq!(
         (info.arch, info.version.as_deref()),
-        (Arch::Aarch64, Some(k.name.as_str()))
+        (Arch::Aarch64, k.version.as_deref())
     );
     assert!(k.harness_modules().unwrap().is_empty());
     let err = k.check_arch(Arch::X86_64).unwrap_err().to_string();
@@ -283,6 +283,30 @@ fn real_6_12_arm64() {
         err.contains("for aarch64, the test binary is for x86_64"),
         "{err}"
     );
+}
+
+#[test]
+fn default_and_environment() {
+    assert_eq!(choose_spec(Some("6.1"), Some("6.12".into())), "6.1");
+    assert_eq!(
+        choose_spec(None, Some("/boot/vmlinuz".into())),
+        "/boot/vmlinuz"
+    );
+    assert_eq!(choose_spec(None, Some(String::new())), DEFAULT_KERNEL);
+    assert_eq!(choose_spec(None, None), "6.12");
+    assert!(looks_like_path("./bzImage") && looks_like_path("/boot/vmlinuz"));
+    assert!(!looks_like_path("6.12") && !looks_like_path("6.1-cloud"));
+}
+
+#[test]
+fn real_6_1_cloud_amd64() {
+    let Some(k) = stored("6.1-cloud", Arch::X86_64) else {
+        return;
+    };
+    assert_eq!(k.flavour.as_deref(), Some("cloud"));
+    let harness = k.harness_modules().unwrap();
+    assert_load_order(&harness);
+    assert_eq!(harness.last().unwrap().name, "virtio_console");
 }
 
 #[test]
