@@ -33,7 +33,7 @@ struct UsageError(String);
 pub fn kernel(program: &str, args: &[String]) -> ExitCode {
     match parse(args) {
         Ok(Command::Help) => {
-            println!("{}", usage(program));
+            print_all(&format!("{}\n", usage(program)));
             ExitCode::SUCCESS
         }
         Ok(command) => match execute(program, command) {
