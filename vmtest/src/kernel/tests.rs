@@ -2,16 +2,31 @@
 //! (`VMTEST_KERNELS`, else the default store; fetch with `cargo xtask kernel fetch 6.1 6.12`).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::*;
 
-/// An empty dir for one test, unique to this process.
-pub(crate) fn scratch_dir(name: &str) -> PathBuf {
+/// An empty dir for one test, unique to this process, removed when dropped.
+pub(crate) struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn scratch_dir(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("vmtest-kernel-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// The stored kernel `spec` for `arch`, or `None` after printing why the test is skipped.
@@ -47,7 +62,7 @@ fn assert_load_order(modules: &[ModuleFile]) {
 #[test]
 fn unknown_name_lists_stored_and_the_fetch_command() {
     let dir = scratch_dir("unknown-name");
-    let store = Store::at(&dir);
+    let store = Store::at(&*dir);
     let err = store.find("6.1", Arch::X86_64).unwrap_err().to_string();
     assert!(
         err.contains("failed to find kernel `6.1` for x86_64"),
