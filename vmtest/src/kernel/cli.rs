@@ -33,10 +33,10 @@ struct UsageError(String);
 pub fn kernel(program: &str, args: &[String]) -> ExitCode {
     match parse(args) {
         Ok(Command::Help) => {
-            println!("{}", usage(program));
+            print_all(&format!("{}\n", usage(program)));
             ExitCode::SUCCESS
         }
-        Ok(command) => match execute(command) {
+        Ok(command) => match execute(program, command) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -177,7 +177,7 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
     }
 }
 
-fn execute(command: Command) -> Result<ExitCode, super::KernelError> {
+fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelError> {
     let store = Store::open()?;
     match command {
         Command::Help => unreachable!("handled by the caller"),
@@ -200,13 +200,24 @@ fn execute(command: Command) -> Result<ExitCode, super::KernelError> {
             })
         }
         Command::List { arch } => {
+            let listed_arch = arch;
             let kernels = match arch {
                 Some(arch) => store.list_arch(arch)?,
                 None => store.list()?,
             };
-            println!("kernel store: {}", store.root().display());
+            let mut out = format!("kernel store: {}\n", store.root().display());
             if kernels.is_empty() {
-                println!("(empty: fetch one with `kernel fetch 6.12`)");
+                let arch = arch.unwrap_or(Arch::host());
+                out += &format!(
+                    "no kernels{}; fetch one with `{program} kernel fetch {} --arch {arch}`\n",
+                    if listed_arch.is_some() {
+                        format!(" for {arch}")
+                    } else {
+                        String::new()
+                    },
+                    super::DEFAULT_KERNEL,
+                );
+                print_all(&out);
                 return Ok(ExitCode::SUCCESS);
             }
             let rows: Vec<[String; 5]> = kernels
@@ -234,8 +245,10 @@ fn execute(command: Command) -> Result<ExitCode, super::KernelError> {
                     .zip(widths)
                     .map(|(c, w)| format!("{c:<w$}"))
                     .collect();
-                println!("{}", line.join("  ").trim_end());
+                out += line.join("  ").trim_end();
+                out.push('\n');
             }
+            print_all(&out);
             Ok(ExitCode::SUCCESS)
         }
         Command::Add {
@@ -259,6 +272,12 @@ fn execute(command: Command) -> Result<ExitCode, super::KernelError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) ends the output quietly.
+fn print_all(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 #[cfg(test)]

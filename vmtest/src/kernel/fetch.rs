@@ -502,7 +502,7 @@ mod tests {
     #[test]
     fn fetch_wants_a_series() {
         let dir = crate::kernel::tests::scratch_dir("fetch-spec");
-        let store = Store::at(&dir);
+        let store = Store::at(&*dir);
         let err = store
             .fetch("bpf-next", Arch::X86_64, &mut |_| {})
             .unwrap_err()

@@ -217,16 +217,16 @@ pub(crate) mod tests {
         img
     }
 
-    fn write_temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    fn write_temp(name: &str, bytes: &[u8]) -> (super::super::tests::Scratch, std::path::PathBuf) {
         let dir = super::super::tests::scratch_dir(name);
         let path = dir.join("image");
         std::fs::write(&path, bytes).unwrap();
-        path
+        (dir, path)
     }
 
     #[test]
     fn synthetic_bzimage() {
-        let path = write_temp("bzimage", &fake_bzimage("6.9.0-test"));
+        let (_dir, path) = write_temp("bzimage", &fake_bzimage("6.9.0-test"));
         let info = image_info(&path).unwrap();
         assert_eq!(
             info,
@@ -240,7 +240,7 @@ pub(crate) mod tests {
     #[test]
     fn synthetic_arm64_plain_and_gzip() {
         let img = fake_arm64_image("6.13.0-rc1+");
-        let path = write_temp("arm64", &img);
+        let (_dir, path) = write_temp("arm64", &img);
         let want = ImageInfo {
             arch: Arch::Aarch64,
             version: Some("6.13.0-rc1+".into()),
@@ -249,7 +249,7 @@ pub(crate) mod tests {
 
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &img).unwrap();
-        let path = write_temp("arm64-gz", &gz.finish().unwrap());
+        let (_dir, path) = write_temp("arm64-gz", &gz.finish().unwrap());
         assert_eq!(image_info(&path).unwrap(), want);
     }
 
@@ -269,7 +269,7 @@ pub(crate) mod tests {
         zboot[0x80..0x84].copy_from_slice(b"PE\0\0");
         zboot[0x84..0x86].copy_from_slice(&0xAA64u16.to_le_bytes());
         zboot.extend_from_slice(&payload);
-        let path = write_temp("zboot", &zboot);
+        let (_dir, path) = write_temp("zboot", &zboot);
         let info = image_info(&path).unwrap();
         assert_eq!(
             info,
@@ -281,7 +281,7 @@ pub(crate) mod tests {
 
         // An unknown payload compression still yields the machine from the PE header.
         zboot[24..28].copy_from_slice(b"lz4\0");
-        let path = write_temp("zboot-lz4", &zboot);
+        let (_dir, path) = write_temp("zboot-lz4", &zboot);
         assert_eq!(
             image_info(&path).unwrap(),
             ImageInfo {
@@ -301,7 +301,7 @@ pub(crate) mod tests {
 
     #[test]
     fn not_a_kernel_names_the_path() {
-        let path = write_temp("not-a-kernel", b"#!/bin/sh\necho hello\n");
+        let (_dir, path) = write_temp("not-a-kernel", b"#!/bin/sh\necho hello\n");
         let err = image_info(&path).unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(err.contains("not a kernel image"), "{err}");

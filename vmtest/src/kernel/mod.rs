@@ -297,13 +297,7 @@ fn unknown_kernel_message(
 /// dir; otherwise one is looked for next to the image. A path kernel's arch comes from its
 /// header: check it with [`Kernel::check_arch`].
 pub fn resolve(spec: Option<&str>, arch: Arch) -> Result<Kernel, KernelError> {
-    let from_env = std::env::var("VMTEST_KERNEL")
-        .ok()
-        .filter(|v| !v.is_empty());
-    let spec = spec
-        .map(str::to_owned)
-        .or(from_env)
-        .unwrap_or_else(|| DEFAULT_KERNEL.to_owned());
+    let spec = choose_spec(spec, std::env::var("VMTEST_KERNEL").ok());
     if looks_like_path(&spec) {
         let modules = std::env::var_os("VMTEST_KERNEL_MODULES")
             .filter(|v| !v.is_empty())
@@ -311,6 +305,13 @@ pub fn resolve(spec: Option<&str>, arch: Arch) -> Result<Kernel, KernelError> {
         return Kernel::from_image(Path::new(&spec), modules);
     }
     Store::open()?.find(&spec, arch)
+}
+
+/// The attribute's value, else `VMTEST_KERNEL` (if not empty), else [`DEFAULT_KERNEL`].
+fn choose_spec(spec: Option<&str>, env: Option<String>) -> String {
+    spec.map(str::to_owned)
+        .or(env.filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| DEFAULT_KERNEL.to_owned())
 }
 
 fn looks_like_path(spec: &str) -> bool {

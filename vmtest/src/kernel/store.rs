@@ -491,7 +491,7 @@ mod tests {
     #[test]
     fn half_written_kernels_do_not_count() {
         let dir = scratch_dir("store-partial");
-        let store = Store::at(&dir);
+        let store = Store::at(&*dir);
         fs::create_dir_all(dir.join("x86_64/.tmp-6.12.1+deb12-amd64")).unwrap();
         fs::create_dir_all(dir.join("x86_64/6.12.2+deb12-amd64")).unwrap(); // no kernel.meta
         assert!(store.list().unwrap().is_empty());

@@ -2,16 +2,31 @@
 //! (`VMTEST_KERNELS`, else the default store; fetch with `cargo xtask kernel fetch 6.1 6.12`).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::*;
 
-/// An empty dir for one test, unique to this process.
-pub(crate) fn scratch_dir(name: &str) -> PathBuf {
+/// An empty dir for one test, unique to this process, removed when dropped.
+pub(crate) struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn scratch_dir(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("vmtest-kernel-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// The stored kernel `spec` for `arch`, or `None` after printing why the test is skipped.
@@ -47,7 +62,7 @@ fn assert_load_order(modules: &[ModuleFile]) {
 #[test]
 fn unknown_name_lists_stored_and_the_fetch_command() {
     let dir = scratch_dir("unknown-name");
-    let store = Store::at(&dir);
+    let store = Store::at(&*dir);
     let err = store.find("6.1", Arch::X86_64).unwrap_err().to_string();
     assert!(
         err.contains("failed to find kernel `6.1` for x86_64"),
@@ -203,7 +218,7 @@ fn real_6_1_amd64() {
     };
     let info = image_info(&k.image).unwrap();
     assert_eq!(info.arch, Arch::X86_64);
-    assert_eq!(info.version.as_deref(), Some(k.name.as_str()));
+    assert_eq!(info.version.as_deref(), k.version.as_deref());
     assert!(k.name.starts_with("6.1.0-"), "{}", k.name);
 
     let harness = k.harness_modules().unwrap();
@@ -248,7 +263,7 @@ fn real_6_12_amd64() {
     let info = image_info(&k.image).unwrap();
     assert_eq!(
         (info.arch, info.version.as_deref()),
-        (Arch::X86_64, Some(k.name.as_str()))
+        (Arch::X86_64, k.version.as_deref())
     );
     assert!(
         k.harness_modules().unwrap().is_empty(),
@@ -275,7 +290,7 @@ fn real_6_12_arm64() {
     let info = image_info(&k.image).unwrap();
     assert_eq!(
         (info.arch, info.version.as_deref()),
-        (Arch::Aarch64, Some(k.name.as_str()))
+        (Arch::Aarch64, k.version.as_deref())
     );
     assert!(k.harness_modules().unwrap().is_empty());
     let err = k.check_arch(Arch::X86_64).unwrap_err().to_string();
@@ -283,6 +298,30 @@ fn real_6_12_arm64() {
         err.contains("for aarch64, the test binary is for x86_64"),
         "{err}"
     );
+}
+
+#[test]
+fn default_and_environment() {
+    assert_eq!(choose_spec(Some("6.1"), Some("6.12".into())), "6.1");
+    assert_eq!(
+        choose_spec(None, Some("/boot/vmlinuz".into())),
+        "/boot/vmlinuz"
+    );
+    assert_eq!(choose_spec(None, Some(String::new())), DEFAULT_KERNEL);
+    assert_eq!(choose_spec(None, None), "6.12");
+    assert!(looks_like_path("./bzImage") && looks_like_path("/boot/vmlinuz"));
+    assert!(!looks_like_path("6.12") && !looks_like_path("6.1-cloud"));
+}
+
+#[test]
+fn real_6_1_cloud_amd64() {
+    let Some(k) = stored("6.1-cloud", Arch::X86_64) else {
+        return;
+    };
+    assert_eq!(k.flavour.as_deref(), Some("cloud"));
+    let harness = k.harness_modules().unwrap();
+    assert_load_order(&harness);
+    assert_eq!(harness.last().unwrap().name, "virtio_console");
 }
 
 #[test]
