@@ -17,7 +17,7 @@ use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stre
 use crate::accel::{self, AccelChoice};
 use crate::arch::Arch;
 use crate::initramfs::Initramfs;
-use crate::kernel::{self, Kernel};
+use crate::kernel::{self, Kernel, ModuleFile};
 use crate::registry::{TestDef, TESTS};
 use crate::vm::{self, VmSpec};
 use crate::Error;
@@ -143,6 +143,10 @@ struct Group {
     index: usize,
     key: GroupKey,
     kernel: Kernel,
+    /// Drivers the harness needs that the kernel does not build in, in load order.
+    harness_modules: Vec<ModuleFile>,
+    /// The tests' `modules` and their dependencies, in load order.
+    test_modules: Vec<ModuleFile>,
     members: Vec<Member>,
     started: Once,
 }
@@ -269,7 +273,18 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
         entry.2.push(cell);
     }
     for (index, (key, (kernel, members, cells))) in groups.into_iter().enumerate() {
-        let group = Arc::new(Group { index, key, kernel, members, started: Once::new() });
+        // Resolve modules now, so an unknown name is a setup error, not a boot failure.
+        let harness_modules = kernel.harness_modules()?;
+        let test_modules = kernel.module_closure(&key.modules)?;
+        let group = Arc::new(Group {
+            index,
+            key,
+            kernel,
+            harness_modules,
+            test_modules,
+            members,
+            started: Once::new(),
+        });
         for cell in cells {
             let _ = cell.set((Arc::clone(&group), Arc::clone(&context)));
         }
@@ -397,16 +412,14 @@ impl Group {
         initramfs.add_elf_with_libraries("/init", &context.exe)?;
         // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
         initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
-        let mut modules = self.kernel.harness_modules()?;
-        let harness_count = modules.len();
-        modules.extend(self.kernel.module_closure(&self.key.modules)?);
+        let everyone: Vec<u32> = self.members.iter().map(|m| m.id).collect();
+        let modules = (self.harness_modules.iter().map(|m| (m, Vec::new())))
+            .chain(self.test_modules.iter().map(|m| (m, everyone.clone())));
         let mut planned_modules = Vec::new();
-        for (index, module) in modules.iter().enumerate() {
+        for (module, wanted_by) in modules {
             let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
             let guest = format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
             initramfs.add_host_file(&guest, &module.host_path, 0o644)?;
-            let wanted_by =
-                if index < harness_count { vec![] } else { self.members.iter().map(|m| m.id).collect() };
             planned_modules.push(protocol::Module { name: module.name.clone(), path: guest, wanted_by });
         }
         let plan = Plan {
@@ -426,6 +439,8 @@ impl Group {
     fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
         let mut env = vec![
             (protocol::TEST_ENV.to_owned(), member.base_name.clone()),
+            // The name libtest shows, with the kernel suffix of a matrix instance.
+            ("VMTEST_TEST_INSTANCE".to_owned(), member.name.clone()),
             ("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
             ("HOME".to_owned(), "/root".to_owned()),
             ("TMPDIR".to_owned(), "/tmp".to_owned()),

@@ -198,6 +198,23 @@ fn a_file_that_is_not_a_kernel_is_one_clear_error() {
 }
 
 #[test]
+fn unknown_kernel_name_lists_the_store_and_the_fetch_command() {
+    expect_setup_error("unknownkernel", &[("VMTEST_KERNEL", "5.99")], &["5.99", "kernel fetch 5.99"]);
+}
+
+#[test]
+fn unknown_module_is_one_clear_error() {
+    let run = RunDir::new("badmodule");
+    let output = run.command(env!("CARGO_BIN_EXE_fixture-badmodule")).output().unwrap();
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
+    assert_contains(errors[0], &["dummmy", "6.12", "dummy"]);
+    run.assert_clean();
+}
+
+#[test]
 fn missing_qemu_says_how_to_install_it() {
     let empty = RunDir::new("emptypath");
     expect_setup_error(
