@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::protocol::Module;
@@ -43,11 +43,12 @@ fn load(module: &Module) -> Result<(), String> {
     let fail = |detail: String| format!("failed to load module {}: {detail}", module.name);
     let file = File::open(&module.path)
         .map_err(|e| fail(format!("failed to open {}: {e}", module.path)))?;
+    let log = KernelLog::from_now();
     match rustix::system::finit_module(&file, c"", finit_flags(&module.path)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
         Err(e) => {
             let mut detail = io::Error::from(e).to_string();
-            let lines = relevant_kernel_lines(&module.name);
+            let lines = log.relevant_lines(&module.name);
             if !lines.is_empty() {
                 detail.push_str("; dmesg: ");
                 detail.push_str(&lines.join(" | "));
@@ -66,13 +67,30 @@ fn finit_flags(path: &str) -> libc::c_int {
     }
 }
 
-/// The last kernel log lines that mention `module`, or the last lines overall if none does.
-fn relevant_kernel_lines(module: &str) -> Vec<String> {
-    let records = match read_kmsg() {
-        Ok(records) => records,
-        Err(e) => return vec![format!("(cannot read /dev/kmsg: {e})")],
-    };
-    pick_relevant(&records, module)
+/// The kernel log from a point in time on.
+struct KernelLog(io::Result<File>);
+
+impl KernelLog {
+    /// Starts reading after the newest record.
+    fn from_now() -> Self {
+        let open = || -> io::Result<File> {
+            let mut kmsg = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open("/dev/kmsg")?;
+            kmsg.seek(SeekFrom::End(0))?;
+            Ok(kmsg)
+        };
+        Self(open())
+    }
+
+    /// The last new lines that mention `module`, or the last new lines if none does.
+    fn relevant_lines(self, module: &str) -> Vec<String> {
+        match self.0.and_then(read_records) {
+            Ok(records) => pick_relevant(&records, module),
+            Err(e) => vec![format!("(cannot read /dev/kmsg: {e})")],
+        }
+    }
 }
 
 fn pick_relevant(records: &[String], module: &str) -> Vec<String> {
@@ -97,10 +115,8 @@ fn truncate(line: &str, max: usize) -> String {
     format!("{}...", &line[..end])
 }
 
-/// Reads every record currently in the kernel log, message text only.
-fn read_kmsg() -> io::Result<Vec<String>> {
-    let mut kmsg =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg")?;
+/// Reads the records available from `kmsg` on, message text only.
+fn read_records(mut kmsg: File) -> io::Result<Vec<String>> {
     let mut records = Vec::new();
     let mut buf = vec![0u8; 8192];
     loop {

@@ -125,8 +125,10 @@ impl Control {
         message: &GuestMessage,
         patience: Duration,
     ) -> Result<(), String> {
-        let mut request = Request::Frame(encode(message)?);
-        let deadline = Instant::now() + patience;
+        self.request_within(Request::Frame(encode(message)?), Instant::now() + patience)
+    }
+
+    fn request_within(&self, mut request: Request, deadline: Instant) -> Result<(), String> {
         loop {
             match self.queue.try_send(request) {
                 Ok(()) => return Ok(()),
@@ -143,9 +145,11 @@ impl Control {
     /// Writes everything queued so far, closes the port and waits (at most `patience`) until
     /// the writer is done. Later sends fail.
     pub(crate) fn close(&self, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
         let (ack, acked) = mpsc::channel();
-        self.queue.send(Request::Close(ack)).map_err(|_| self.stopped())?;
-        acked.recv_timeout(patience).map_err(|e| match e {
+        self.request_within(Request::Close(ack), deadline)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        acked.recv_timeout(left).map_err(|e| match e {
             mpsc::RecvTimeoutError::Timeout => {
                 format!("control port writer did not finish within {patience:?}")
             }
@@ -164,7 +168,7 @@ fn encode(message: &GuestMessage) -> Result<Vec<u8>, String> {
 }
 
 fn write_frames(mut port: File, requests: Receiver<Request>, failure: &Mutex<Option<String>>) {
-    for request in requests {
+    while let Ok(request) = requests.recv() {
         match request {
             Request::Frame(frame) => {
                 if let Err(e) = write_all(&mut port, &frame) {
@@ -176,6 +180,8 @@ fn write_frames(mut port: File, requests: Receiver<Request>, failure: &Mutex<Opt
             }
             Request::Close(ack) => {
                 drop(port);
+                // Refuse further frames before acknowledging, so none is silently lost.
+                drop(requests);
                 let _ = ack.send(());
                 return;
             }

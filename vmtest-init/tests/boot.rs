@@ -3,6 +3,7 @@
 //! Needs `qemu-system-x86_64`, the `x86_64-unknown-linux-musl` target and a kernel with
 //! virtio_pci and virtio_console built in, named by `VMTEST_KERNEL` (path to a bzImage).
 //! `VMTEST_KERNEL_MODULES` (a `lib/modules/<release>` directory) adds a module-loading check.
+//! `VMTEST_KEEP=1` keeps the scratch directory (initramfs, console log, control stream).
 //! Run with `cargo test -p vmtest-init --test boot -- --ignored`.
 
 use std::io::Write;
@@ -97,6 +98,7 @@ fn runs_a_plan_and_powers_off() {
             }
             GuestMessage::TestFinished { id, outcome, duration_ms, stdout, stderr } => {
                 assert_eq!(current.take(), Some(id));
+                eprintln!("test {id}: {outcome:?} in {duration_ms} ms");
                 finished.insert(id, (outcome, duration_ms, stdout, stderr));
             }
             GuestMessage::Done => done = true,
@@ -104,6 +106,9 @@ fn runs_a_plan_and_powers_off() {
         }
     }
     assert!(done, "no Done\n{}", env.console());
+    let console = env.console();
+    let diagnostics: Vec<&str> = console.lines().filter(|l| l.contains("vmtest-init:")).collect();
+    assert!(diagnostics.is_empty(), "unexpected diagnostics on the console:\n{console}");
     assert_eq!(finished.len(), plan.tests.len());
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
 
@@ -166,7 +171,7 @@ fn runs_a_plan_and_powers_off() {
     match &finished[&9].0 {
         Outcome::Error(e) => {
             assert!(e.starts_with("failed to load module bogus: "), "{e}");
-            assert!(e.contains("dmesg: "), "{e}");
+            assert!(e.contains("dmesg: Invalid ELF header"), "{e}");
         }
         other => panic!("{other:?}"),
     }
@@ -269,7 +274,7 @@ impl BootEnv {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        eprintln!("QEMU exited ({status}) after {:?}", start.elapsed());
+        eprintln!("QEMU exited ({status}) after {:?} ({})", start.elapsed(), self.dir.display());
         assert!(status.success(), "QEMU failed: {status}\n{}", self.console());
 
         let bytes = std::fs::read(&control).unwrap();
@@ -288,7 +293,7 @@ impl BootEnv {
 
 impl Drop for BootEnv {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("VMTEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
