@@ -91,7 +91,7 @@ fn guest_main() -> Result<(), String> {
         control.send(&GuestMessage::Log(line))?;
     }
     for test in &plan.tests {
-        control.send(&GuestMessage::TestStarted { id: test.id })?;
+        control.send_written(&GuestMessage::TestStarted { id: test.id })?;
         let finished = match loaded.failures.get(&test.id) {
             Some(failures) => unrunnable(failures),
             None => child::run(test, control)?,

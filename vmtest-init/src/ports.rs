@@ -87,6 +87,8 @@ pub(crate) fn open_port(
 
 enum Request {
     Frame(Vec<u8>),
+    /// Acknowledge once everything queued before has been written.
+    Sync(mpsc::Sender<()>),
     /// Close the port (after everything queued before) and acknowledge.
     Close(mpsc::Sender<()>),
 }
@@ -116,6 +118,15 @@ impl Control {
     pub(crate) fn send(&self, message: &GuestMessage) -> Result<(), String> {
         let frame = encode(message)?;
         self.queue.send(Request::Frame(frame)).map_err(|_| self.stopped())
+    }
+
+    /// Sends one message and waits until the writer has written it to the port, so that it
+    /// reaches the host even if what follows (a test that panics the kernel) stops the guest.
+    pub(crate) fn send_written(&self, message: &GuestMessage) -> Result<(), String> {
+        self.send(message)?;
+        let (ack, acked) = mpsc::channel();
+        self.queue.send(Request::Sync(ack)).map_err(|_| self.stopped())?;
+        acked.recv().map_err(|_| self.stopped())
     }
 
     /// Queues one message, giving up after `patience` if the queue stays full (used on the
@@ -177,6 +188,9 @@ fn write_frames(mut port: File, requests: Receiver<Request>, failure: &Mutex<Opt
                     *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
                     return;
                 }
+            }
+            Request::Sync(ack) => {
+                let _ = ack.send(());
             }
             Request::Close(ack) => {
                 drop(port);

@@ -112,8 +112,8 @@ impl Slot {
     fn wait(&self) -> Result<(), String> {
         let mut slot = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(verdict) = slot.take() {
-                return verdict;
+            if let Some(verdict) = slot.as_ref() {
+                return verdict.clone();
             }
             slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
         }
@@ -319,41 +319,57 @@ impl Group {
         });
     }
 
+    /// Boots VMs until every test has a verdict: when a VM dies (a kernel panic, a crash), the
+    /// test that was running fails and the tests after it run in a fresh VM.
     fn run(&self, context: &RunContext) {
         let _permit = context.vms.acquire();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.boot(context)));
-        let problem = match outcome {
-            Ok(Ok(None)) => None,
-            Ok(Ok(Some(problem))) => Some(problem),
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("the harness panicked while running this VM".to_owned()),
-        };
+        let mut problem = None;
+        for attempt in 0.. {
+            let pending: Vec<&Member> = self.members.iter().filter(|m| !m.slot.is_filled()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.boot(context, &pending, attempt)
+            }));
+            problem = match outcome {
+                Ok(Ok(None)) => None,
+                Ok(Ok(Some(problem))) => Some(problem),
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the harness panicked while running this VM".to_owned()),
+            };
+            let progressed = pending.iter().any(|m| m.slot.is_filled());
+            if problem.is_none() || !progressed {
+                break;
+            }
+        }
         for member in &self.members {
             member.slot.fill(Err(match &problem {
-                Some(problem) => problem.clone(),
+                Some(problem) => format!("not run: {problem}"),
                 None => "the guest did not report this test".to_owned(),
             }));
         }
     }
 
-    fn console_log(&self, context: &RunContext) -> PathBuf {
+    fn console_log(&self, context: &RunContext, attempt: u32) -> PathBuf {
         let kernel: String = self
             .kernel
             .name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
             .collect();
-        context.log_dir.join(format!("vm{}-{kernel}.console.log", self.index))
+        let retry = if attempt == 0 { String::new() } else { format!("-retry{attempt}") };
+        context.log_dir.join(format!("vm{}{retry}-{kernel}.console.log", self.index))
     }
 
     /// Boots the VM and runs the group's tests. `Ok(Some(..))` describes a VM that failed.
-    fn boot(&self, context: &RunContext) -> Result<Option<String>, Error> {
+    fn boot(&self, context: &RunContext, pending: &[&Member], attempt: u32) -> Result<Option<String>, Error> {
         let workdir = tempfile::Builder::new()
             .prefix("vmtest-")
             .tempdir()
             .map_err(|e| Error::io("failed to create a temp dir", e))?;
         let initrd = workdir.path().join("initrd.cpio");
-        let size = self.write_initramfs(context, &initrd)?;
+        let size = self.write_initramfs(context, pending, &initrd)?;
         let memory_mib = self.key.memory_mib.unwrap_or(BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20));
         let scale = context.accel.timeout_scale;
         let spec = VmSpec {
@@ -365,9 +381,9 @@ impl Group {
             cmdline: self.key.cmdline.map(|c| c.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
             boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
         };
-        let console_log = self.console_log(context);
+        let console_log = self.console_log(context, attempt);
         let mut running: Option<&Member> = None;
-        let by_id: BTreeMap<u32, &Member> = self.members.iter().map(|m| (m.id, m)).collect();
+        let by_id: BTreeMap<u32, &Member> = pending.iter().map(|m| (m.id, *m)).collect();
         let gap = HOST_GRACE.mul_f64(scale);
         let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
             GuestMessage::TestStarted { id } => {
@@ -403,16 +419,21 @@ impl Group {
         if let Some(member) = running {
             member.slot.fill(Err(format!("the VM failed while this test ran: {report}")));
         }
-        let unfinished = self.members.iter().filter(|m| !m.slot.is_filled()).count();
-        Ok((unfinished > 0).then(|| format!("not run: {report}")))
+        let unfinished = pending.iter().filter(|m| !m.slot.is_filled()).count();
+        Ok((unfinished > 0).then_some(report))
     }
 
-    fn write_initramfs(&self, context: &RunContext, path: &std::path::Path) -> Result<u64, Error> {
+    fn write_initramfs(
+        &self,
+        context: &RunContext,
+        pending: &[&Member],
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
         let mut initramfs = Initramfs::new();
         initramfs.add_elf_with_libraries("/init", &context.exe)?;
         // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
         initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
-        let everyone: Vec<u32> = self.members.iter().map(|m| m.id).collect();
+        let everyone: Vec<u32> = pending.iter().map(|m| m.id).collect();
         let modules = (self.harness_modules.iter().map(|m| (m, Vec::new())))
             .chain(self.test_modules.iter().map(|m| (m, everyone.clone())));
         let mut planned_modules = Vec::new();
@@ -424,7 +445,7 @@ impl Group {
         }
         let plan = Plan {
             modules: planned_modules,
-            tests: self.members.iter().map(|m| self.planned(m, context)).collect(),
+            tests: pending.iter().map(|m| self.planned(m, context)).collect(),
         };
         let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
         initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;

@@ -123,6 +123,30 @@ fn failing_tests_fail_with_their_output() {
 }
 
 #[test]
+fn a_kernel_panic_fails_its_test_and_the_rest_run_in_a_fresh_vm() {
+    let run = RunDir::new("crash");
+    let output = run
+        .command(env!("CARGO_BIN_EXE_fixture-crash"))
+        .args(["--test-threads", "1"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_contains(
+        &stdout,
+        &[
+            "test a_runs_before_the_crash ... ok",
+            "test b_panics_the_kernel ... FAILED",
+            "test c_runs_in_a_fresh_vm ... ok",
+            "the VM failed while this test ran",
+            "Kernel panic",
+            "test result: FAILED. 2 passed; 1 failed",
+        ],
+    );
+    run.assert_clean();
+}
+
+#[test]
 fn guest_runs_the_kernel_it_was_given() {
     // The kernel the harness would pick by default, given to it explicitly as a path.
     let kernel = vmtest::kernel::resolve(None, vmtest::arch::Arch::host()).unwrap().image;
