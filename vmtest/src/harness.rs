@@ -18,7 +18,8 @@ use crate::accel::{self, AccelChoice};
 use crate::arch::Arch;
 use crate::initramfs::Initramfs;
 use crate::kernel::{self, Kernel};
-use crate::registry::{TestDef, TESTS};
+use crate::registry::{TestDef, VmAttrs, TESTS};
+use crate::{fixtures, guest_env};
 use crate::vm::{self, VmSpec};
 use crate::Error;
 
@@ -136,6 +137,8 @@ struct Member {
     base_name: String,
     timeout: Duration,
     slot: Arc<Slot>,
+    /// The test's attribute values (`env`, `files`).
+    vm: VmAttrs,
 }
 
 /// Tests that share one VM boot.
@@ -247,6 +250,7 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
             }
         };
         let vm = &instance.def.vm;
+        fixtures::check(vm.files)?;
         let mut modules = vm.modules.to_vec();
         modules.sort_unstable();
         let key = GroupKey {
@@ -263,6 +267,7 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
             base_name: instance.base_name,
             timeout: timeout.mul_f64(context.accel.timeout_scale),
             slot,
+            vm: *vm,
         };
         let entry = groups.entry(key).or_insert_with(|| (kernel, Vec::new(), Vec::new()));
         entry.1.push(member);
@@ -397,6 +402,13 @@ impl Group {
         initramfs.add_elf_with_libraries("/init", &context.exe)?;
         // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
         initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
+        for file in self.members.iter().flat_map(|m| m.vm.files) {
+            fixtures::add(&mut initramfs, file)?;
+        }
+        let cwd = guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR"));
+        if cwd != "/" && !initramfs.contains(&cwd) {
+            initramfs.add_dir(&cwd, 0o755)?;
+        }
         let mut modules = self.kernel.harness_modules()?;
         let harness_count = modules.len();
         modules.extend(self.kernel.module_closure(&self.key.modules)?);
@@ -424,24 +436,16 @@ impl Group {
     }
 
     fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
-        let mut env = vec![
-            (protocol::TEST_ENV.to_owned(), member.base_name.clone()),
-            ("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
-            ("HOME".to_owned(), "/root".to_owned()),
-            ("TMPDIR".to_owned(), "/tmp".to_owned()),
-        ];
-        for name in ["RUST_BACKTRACE", "RUST_LOG", "RUST_MIN_STACK"] {
-            if let Ok(value) = std::env::var(name) {
-                env.push((name.to_owned(), value));
-            }
-        }
+        let mut env = guest_env::test_env(std::env::vars_os(), member.vm.env);
+        env.retain(|(name, _)| name != protocol::TEST_ENV);
+        env.push((protocol::TEST_ENV.to_owned(), member.base_name.clone()));
         PlannedTest {
             id: member.id,
             name: member.name.clone(),
             program: "/init".to_owned(),
             args: vec![],
             env,
-            cwd: "/".to_owned(),
+            cwd: guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR")),
             timeout_ms: u64::try_from(member.timeout.as_millis()).unwrap_or(u64::MAX),
             capture: context.capture,
         }
