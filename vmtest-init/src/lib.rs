@@ -2,7 +2,7 @@
 //!
 //! Inside the VM the test binary (or the static `vmtest-init` binary, in runner mode) is PID 1.
 //! [`run_pid1`] reads the [`protocol::Plan`] that the host packed into the initramfs, prepares
-//! the system (mounts, loopback, kernel modules), runs each planned program in a child process
+//! the system (mounts, loopback, hostname and `/etc`, kernel modules), runs each planned program in a child process
 //! and reports over a named virtio-serial port with [`protocol`] frames, then powers off.
 //!
 //! [`protocol`] is also the host's decoder: both sides share one definition of the wire format.
@@ -15,6 +15,7 @@
 
 mod child;
 mod console;
+mod identity;
 mod modules;
 mod mounts;
 mod net;
@@ -80,6 +81,7 @@ fn guest_main() -> Result<(), String> {
     if let Err(e) = net::bring_up_loopback() {
         logs.push(e);
     }
+    logs.extend(identity::set_up(Path::new("/")));
     for line in &logs {
         console::say(line);
     }

@@ -18,7 +18,8 @@ use crate::accel::{self, AccelChoice};
 use crate::arch::Arch;
 use crate::initramfs::Initramfs;
 use crate::kernel::{self, Kernel, ModuleFile};
-use crate::registry::{TestDef, TESTS};
+use crate::registry::{TestDef, VmAttrs, TESTS};
+use crate::{fixtures, guest_env};
 use crate::vm::{self, VmSpec};
 use crate::Error;
 
@@ -30,6 +31,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
 const HOST_GRACE: Duration = Duration::from_secs(30);
 /// Guest memory on top of what the initramfs needs.
 const BASE_MEMORY_MIB: u64 = 256;
+/// Environment variable that carries a test's shown name (`test[kernel]`) into the guest.
+const INSTANCE_ENV: &str = "VMTEST_TEST_INSTANCE";
 /// Where the guest finds modules inside the initramfs.
 const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 
@@ -136,6 +139,8 @@ struct Member {
     base_name: String,
     timeout: Duration,
     slot: Arc<Slot>,
+    /// The test's attribute values (`env`, `files`).
+    vm: VmAttrs,
 }
 
 /// Tests that share one VM boot.
@@ -251,6 +256,7 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
             }
         };
         let vm = &instance.def.vm;
+        fixtures::check(vm.files)?;
         let mut modules = vm.modules.to_vec();
         modules.sort_unstable();
         let key = GroupKey {
@@ -267,6 +273,7 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
             base_name: instance.base_name,
             timeout: timeout.mul_f64(context.accel.timeout_scale),
             slot,
+            vm: *vm,
         };
         let entry = groups.entry(key).or_insert_with(|| (kernel, Vec::new(), Vec::new()));
         entry.1.push(member);
@@ -433,6 +440,13 @@ impl Group {
         initramfs.add_elf_with_libraries("/init", &context.exe)?;
         // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
         initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
+        for file in pending.iter().flat_map(|m| m.vm.files) {
+            fixtures::add(&mut initramfs, file)?;
+        }
+        let cwd = guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR"));
+        if cwd != "/" && !initramfs.contains(&cwd) {
+            initramfs.add_dir(&cwd, 0o755)?;
+        }
         let everyone: Vec<u32> = pending.iter().map(|m| m.id).collect();
         let modules = (self.harness_modules.iter().map(|m| (m, Vec::new())))
             .chain(self.test_modules.iter().map(|m| (m, everyone.clone())));
@@ -458,26 +472,18 @@ impl Group {
     }
 
     fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
-        let mut env = vec![
-            (protocol::TEST_ENV.to_owned(), member.base_name.clone()),
-            // The name libtest shows, with the kernel suffix of a matrix instance.
-            ("VMTEST_TEST_INSTANCE".to_owned(), member.name.clone()),
-            ("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
-            ("HOME".to_owned(), "/root".to_owned()),
-            ("TMPDIR".to_owned(), "/tmp".to_owned()),
-        ];
-        for name in ["RUST_BACKTRACE", "RUST_LOG", "RUST_MIN_STACK"] {
-            if let Ok(value) = std::env::var(name) {
-                env.push((name.to_owned(), value));
-            }
-        }
+        let mut env = guest_env::test_env(std::env::vars_os(), member.vm.env);
+        env.retain(|(name, _)| name != protocol::TEST_ENV && name != INSTANCE_ENV);
+        env.push((protocol::TEST_ENV.to_owned(), member.base_name.clone()));
+        // The name libtest shows, with the kernel suffix of a matrix instance.
+        env.push((INSTANCE_ENV.to_owned(), member.name.clone()));
         PlannedTest {
             id: member.id,
             name: member.name.clone(),
             program: "/init".to_owned(),
             args: vec![],
             env,
-            cwd: "/".to_owned(),
+            cwd: guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR")),
             timeout_ms: u64::try_from(member.timeout.as_millis()).unwrap_or(u64::MAX),
             capture: context.capture,
         }

@@ -395,7 +395,7 @@ impl Initramfs {
 
     /// The entries in archive order, as (guest path, mode with file type), for tests.
     #[cfg(test)]
-    fn listing(&self) -> Vec<(String, u32)> {
+    pub(crate) fn listing(&self) -> Vec<(String, u32)> {
         self.entries
             .iter()
             .map(|(k, e)| {

@@ -23,6 +23,8 @@ pub mod arch;
 mod child;
 mod elf;
 mod error;
+mod fixtures;
+mod guest_env;
 mod harness;
 mod initramfs;
 pub mod kernel;

@@ -132,6 +132,9 @@ impl QemuCommand {
             .opt("-cpu", cpu)
             .opt("-m", format!("{}M", self.memory_mib))
             .opt("-smp", self.cpus.to_string())
+            // The guest's wall clock starts at the host's time: the kernel sets its clock from
+            // this RTC at boot (CONFIG_RTC_HCTOSYS). QEMU's default, spelled out.
+            .opt("-rtc", "base=utc")
             // The kernel console goes to QEMU's stdout, which the host reads and logs.
             .opt("-serial", "stdio");
         if !self.ports.is_empty() {
@@ -202,7 +205,7 @@ mod tests {
         assert_eq!(
             joined(&command(Arch::X86_64, Accel::Tcg)),
             "-nodefaults -no-user-config -no-reboot -display none -M pc -accel tcg -cpu max \
-             -m 512M -smp 2 -serial stdio -device virtio-serial-pci,id=vser0 \
+             -m 512M -smp 2 -rtc base=utc -serial stdio -device virtio-serial-pci,id=vser0 \
              -chardev socket,id=port0,path=/t/ctl.sock \
              -device virtserialport,bus=vser0.0,chardev=port0,name=vmtest.control \
              -kernel /k/vmlinuz -initrd /t/initrd,1 \
@@ -216,7 +219,7 @@ mod tests {
         assert_eq!(
             joined(&command(Arch::Aarch64, Accel::Tcg)),
             "-nodefaults -no-user-config -no-reboot -display none -M virt -accel tcg \
-             -cpu max,pauth-impdef=on -m 512M -smp 2 -serial stdio \
+             -cpu max,pauth-impdef=on -m 512M -smp 2 -rtc base=utc -serial stdio \
              -device virtio-serial-pci,id=vser0 -chardev socket,id=port0,path=/t/ctl.sock \
              -device virtserialport,bus=vser0.0,chardev=port0,name=vmtest.control \
              -kernel /k/vmlinuz -initrd /t/initrd,1 \

@@ -307,3 +307,85 @@ fn sigint_during_boot_leaves_nothing_behind() {
 fn sigterm_during_a_test_leaves_nothing_behind() {
     interrupt("sigterm", libc::SIGTERM, |seen, _| seen.contains("hang started"));
 }
+
+const GUEST: &str = env!("CARGO_BIN_EXE_fixture-guest");
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn guest_clock_matches_the_host() {
+    let run = RunDir::new("clock");
+    let mut child = run
+        .command(GUEST)
+        .args(["--exact", "prints_guest_clock", "--nocapture"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The line streams out while the VM runs: compare with the host's clock when it arrives.
+    let mut seen = None;
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(guest) = line.strip_prefix("guest clock: ") {
+            seen = Some((guest.parse::<f64>().unwrap(), unix_now()));
+        }
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "stdout:\n{}\nstderr:\n{stderr}", lines.join("\n"));
+    let (guest, host) = seen.unwrap_or_else(|| panic!("no guest clock printed:\n{}", lines.join("\n")));
+    // The RTC has whole seconds; the line takes a moment to reach the host.
+    let skew = host - guest;
+    assert!((-1.5..3.0).contains(&skew), "guest clock {guest} vs host {host}: off by {skew:.3} s");
+    run.assert_clean();
+}
+
+#[test]
+fn a_vanished_fixture_is_one_clear_error() {
+    // A copy of the binary whose fixture path names a file that does not exist: as if the file
+    // had been removed after the test was compiled.
+    let listed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vanishing.txt");
+    let vanished = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vanishing.txx");
+    let mut binary = std::fs::read(GUEST).unwrap();
+    let mut patched = 0;
+    let mut at = 0;
+    while let Some(pos) = binary[at..].windows(listed.len()).position(|w| w == listed.as_bytes()) {
+        binary[at + pos..at + pos + listed.len()].copy_from_slice(vanished.as_bytes());
+        at += pos + listed.len();
+        patched += 1;
+    }
+    assert!(patched > 0, "{listed} not found in {GUEST}");
+    let dir = RunDir::new("patched");
+    let copy = dir.0.join("fixture-guest");
+    std::fs::write(&copy, binary).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let run = RunDir::new("vanished");
+    let output = run.command(copy.to_str().unwrap()).args(["--exact", "reads_a_fixture"]).output().unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
+    assert_contains(errors[0], &[vanished, "fixture"]);
+    run.assert_clean();
+}
+
+#[test]
+fn rust_backtrace_shows_symbols_from_the_guest() {
+    let run = RunDir::new("backtrace");
+    let output = run
+        .command(FAILING)
+        .env("RUST_BACKTRACE", "1")
+        .args(["--exact", "panics"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_contains(&stdout, &["deliberate panic", "stack backtrace:", "fixture_failing::panics"]);
+    run.assert_clean();
+}

@@ -1,0 +1,20 @@
+//! vm_tests that `tests/outcomes.rs` checks from the host: the guest's clock against the host's,
+//! and a fixture that has vanished since compile time (in a patched copy of this binary).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use vmtest::vm_test;
+
+#[vm_test]
+fn prints_guest_clock() {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    println!("guest clock: {}.{:09}", now.as_secs(), now.subsec_nanos());
+}
+
+#[vm_test(files = ["tests/data/vanishing.txt"])]
+fn reads_a_fixture() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vanishing.txt");
+    assert!(std::fs::read_to_string(path).unwrap().contains("fixture-guest"));
+}
+
+vmtest::main!();
