@@ -33,7 +33,11 @@ fn getrandom_is_ready_at_boot() {
 fn sees_forwarded_variables_only() {
     // `.cargo/config.toml` sets both for every cargo command of this workspace.
     assert_eq!(std::env::var("VMTEST_SUITE_MARKER").as_deref(), Ok("forwarded"));
-    assert_eq!(std::env::var_os("VMTEST_SUITE_UNLISTED"), None, "a variable that is not listed leaked");
+    assert_eq!(
+        std::env::var_os("VMTEST_SUITE_UNLISTED"),
+        None,
+        "a variable that is not listed leaked"
+    );
     assert_eq!(std::env::var("CARGO_MANIFEST_DIR").as_deref(), Ok(env!("CARGO_MANIFEST_DIR")));
     assert_eq!(std::env::var("CARGO_PKG_NAME").as_deref(), Ok("vm-suite"));
     assert_eq!(std::env::var("HOME").as_deref(), Ok("/root"));
@@ -45,8 +49,16 @@ fn sees_forwarded_variables_only() {
         assert!(
             name.starts_with("CARGO_")
                 || name.starts_with("RUST_")
-                || ["VMTEST_SUITE_MARKER", "VMTEST_TEST", "HOME", "TMPDIR", "USER", "PATH"]
-                    .contains(&name.as_str()),
+                || [
+                    "VMTEST_SUITE_MARKER",
+                    "VMTEST_TEST",
+                    "VMTEST_TEST_INSTANCE",
+                    "HOME",
+                    "TMPDIR",
+                    "USER",
+                    "PATH"
+                ]
+                .contains(&name.as_str()),
             "unexpected variable {name} in {names:?}"
         );
     }
@@ -57,9 +69,15 @@ fn reads_fixtures_at_their_host_path() {
     assert_eq!(std::fs::read(FIXTURE).unwrap(), include_bytes!("data/fixture.bin"));
     // The working directory is the manifest dir, as under cargo.
     assert_eq!(std::env::current_dir().unwrap(), Path::new(env!("CARGO_MANIFEST_DIR")));
-    assert_eq!(std::fs::read("tests/data/fixture.bin").unwrap(), include_bytes!("data/fixture.bin"));
+    assert_eq!(
+        std::fs::read("tests/data/fixture.bin").unwrap(),
+        include_bytes!("data/fixture.bin")
+    );
     assert_eq!(std::fs::read_link("tests/data/fixture-link").unwrap(), Path::new("fixture.bin"));
-    assert_eq!(std::fs::read("tests/data/fixture-link").unwrap(), include_bytes!("data/fixture.bin"));
+    assert_eq!(
+        std::fs::read("tests/data/fixture-link").unwrap(),
+        include_bytes!("data/fixture.bin")
+    );
 }
 
 #[vm_test]
@@ -82,10 +100,11 @@ fn runs_an_added_host_binary() {
 fn has_a_hostname_and_resolves_localhost() {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(hostname.trim(), "vmtest");
-    let addrs: Vec<IpAddr> =
-        ("localhost", 80).to_socket_addrs().unwrap().map(|a| a.ip()).collect();
+    let addrs: Vec<IpAddr> = ("localhost", 80).to_socket_addrs().unwrap().map(|a| a.ip()).collect();
     assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
-    assert!(addrs.iter().all(|a| *a == IpAddr::V4(Ipv4Addr::LOCALHOST) || *a == IpAddr::V6(Ipv6Addr::LOCALHOST)));
+    assert!(addrs
+        .iter()
+        .all(|a| *a == IpAddr::V4(Ipv4Addr::LOCALHOST) || *a == IpAddr::V6(Ipv6Addr::LOCALHOST)));
     let own: Vec<IpAddr> = ("vmtest", 0).to_socket_addrs().unwrap().map(|a| a.ip()).collect();
     assert!(own.iter().all(IpAddr::is_loopback) && !own.is_empty(), "{own:?}");
 }

@@ -22,7 +22,8 @@ fn create_link(name: &str, kind: &str) -> std::io::Result<()> {
     let mut body = vec![0u8; std::mem::size_of::<libc::ifinfomsg>()];
     attr(&mut body, libc::IFLA_IFNAME, &name_z);
     attr(&mut body, libc::IFLA_LINKINFO, &info);
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+    let flags =
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
     let mut message = Vec::new();
     message.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
     message.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
@@ -32,7 +33,9 @@ fn create_link(name: &str, kind: &str) -> std::io::Result<()> {
     message.extend_from_slice(&body);
 
     // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    let fd = unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

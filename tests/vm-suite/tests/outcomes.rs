@@ -14,7 +14,8 @@ struct RunDir(PathBuf);
 
 impl RunDir {
     fn new(label: &str) -> RunDir {
-        let dir = std::env::temp_dir().join(format!("vmtest-outcomes-{label}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("vmtest-outcomes-{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         RunDir(dir)
@@ -72,7 +73,9 @@ fn text(output: &Output) -> (String, String) {
 /// `test name    ... ok` -> `test name ... ok`.
 fn unpad(line: &str) -> String {
     match line.split_once(" ... ") {
-        Some((name, rest)) if line.starts_with("test ") => format!("{} ... {rest}", name.trim_end()),
+        Some((name, rest)) if line.starts_with("test ") => {
+            format!("{} ... {rest}", name.trim_end())
+        }
         _ => line.to_owned(),
     }
 }
@@ -186,7 +189,8 @@ fn listing_boots_nothing() {
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(stdout.lines().filter(|l| l.ends_with(": test")).count(), 20, "{stdout}");
-    let output = run.command(MANY).env("PATH", &run.0).args(["--exact", "nothing"]).output().unwrap();
+    let output =
+        run.command(MANY).env("PATH", &run.0).args(["--exact", "nothing"]).output().unwrap();
     let (stdout, _) = text(&output);
     assert!(output.status.success());
     assert_contains(&stdout, &["running 0 tests", "20 filtered out"]);
@@ -212,7 +216,11 @@ fn expect_setup_error(label: &str, env: &[(&str, &str)], expected: &[&str]) {
 
 #[test]
 fn missing_kernel_is_one_clear_error() {
-    expect_setup_error("nokernel", &[("VMTEST_KERNEL", "/nonexistent/vmlinuz")], &["/nonexistent/vmlinuz"]);
+    expect_setup_error(
+        "nokernel",
+        &[("VMTEST_KERNEL", "/nonexistent/vmlinuz")],
+        &["/nonexistent/vmlinuz"],
+    );
 }
 
 #[test]
@@ -223,7 +231,11 @@ fn a_file_that_is_not_a_kernel_is_one_clear_error() {
 
 #[test]
 fn unknown_kernel_name_lists_the_store_and_the_fetch_command() {
-    expect_setup_error("unknownkernel", &[("VMTEST_KERNEL", "5.99")], &["5.99", "kernel fetch 5.99"]);
+    expect_setup_error(
+        "unknownkernel",
+        &[("VMTEST_KERNEL", "5.99")],
+        &["5.99", "kernel fetch 5.99"],
+    );
 }
 
 #[test]
@@ -256,7 +268,11 @@ fn forcing_unusable_kvm_is_one_clear_error() {
         eprintln!("skipped: KVM is usable on this machine, so forcing it is not an error");
         return;
     }
-    expect_setup_error("kvm", &[("VMTEST_ACCEL", "kvm")], &["VMTEST_ACCEL=kvm", "KVM cannot be used"]);
+    expect_setup_error(
+        "kvm",
+        &[("VMTEST_ACCEL", "kvm")],
+        &["VMTEST_ACCEL=kvm", "KVM cannot be used"],
+    );
 }
 
 /// Starts the hanging test with live output, waits for `ready`, sends `signal`, and checks
@@ -338,7 +354,8 @@ fn guest_clock_matches_the_host() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "stdout:\n{}\nstderr:\n{stderr}", lines.join("\n"));
-    let (guest, host) = seen.unwrap_or_else(|| panic!("no guest clock printed:\n{}", lines.join("\n")));
+    let (guest, host) =
+        seen.unwrap_or_else(|| panic!("no guest clock printed:\n{}", lines.join("\n")));
     // The RTC has whole seconds; the line takes a moment to reach the host.
     let skew = host - guest;
     assert!((-1.5..3.0).contains(&skew), "guest clock {guest} vs host {host}: off by {skew:.3} s");
@@ -366,7 +383,8 @@ fn a_vanished_fixture_is_one_clear_error() {
     std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     let run = RunDir::new("vanished");
-    let output = run.command(copy.to_str().unwrap()).args(["--exact", "reads_a_fixture"]).output().unwrap();
+    let output =
+        run.command(copy.to_str().unwrap()).args(["--exact", "reads_a_fixture"]).output().unwrap();
     let (stdout, stderr) = text(&output);
     assert!(!output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
