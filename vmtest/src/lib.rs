@@ -26,6 +26,7 @@ mod error;
 mod harness;
 mod initramfs;
 pub mod kernel;
+mod meta;
 mod process;
 mod qemu;
 mod registry;
@@ -47,6 +48,7 @@ macro_rules! main {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::meta::{encode as meta_record, encoded_len as meta_len, SECTION};
     pub use crate::registry::{ShouldPanic, TestDef, TestReturn, VmAttrs, TESTS};
     pub use linkme;
 
