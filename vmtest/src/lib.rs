@@ -27,9 +27,11 @@ mod harness;
 mod initramfs;
 pub mod kernel;
 mod meta;
+mod plain;
 mod process;
 mod qemu;
 mod registry;
+pub mod runner;
 mod vm;
 
 pub(crate) use error::Error;
