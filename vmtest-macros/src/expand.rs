@@ -1,5 +1,6 @@
-//! Expansion: the function as written plus a static that registers it in
-//! `vmtest::__private::TESTS`.
+//! Expansion: the function as written, a static that registers it in
+//! `vmtest::__private::TESTS` (what the guest runs), and a metadata record in the ELF section
+//! `vmtest::__private::SECTION` (what a host lists without executing the binary).
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned, ToTokens};
@@ -20,6 +21,7 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
     let ident = &item.sig.ident;
     let name = LitStr::new(&ident.unraw().to_string(), ident.span());
     let static_ident = format_ident!("__VMTEST_TEST_{}", ident);
+    let meta_ident = format_ident!("__VMTEST_META_{}", ident);
     // `cfg` on the function applies to its registration too.
     let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
 
@@ -61,9 +63,20 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
         .iter()
         .map(|(path, span)| LitStr::new(path, *span));
     let allow_kernel_warnings = config.allow_kernel_warnings;
+    let meta_fields = meta_fields(&name, test_attrs, config, &file, &line);
+    let cfgs: Vec<_> = cfgs.collect();
 
     quote! {
         #item
+
+        // The record is referenced from the registration below, so the linker keeps it.
+        #(#cfgs)*
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, unused_qualifications)]
+        #[used]
+        #[unsafe(link_section = "vmtest_tests")]
+        static #meta_ident: [u8; #private::meta_len(&[#(#meta_fields),*])] =
+            #private::meta_record(&[#(#meta_fields),*]);
 
         #(#cfgs)*
         #[doc(hidden)]
@@ -78,6 +91,7 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
             run: || #call,
             ignore: #ignore,
             should_panic: #should_panic,
+            meta: &#meta_ident,
             vm: #private::VmAttrs {
                 kernels: &[#(#kernels),*],
                 arch: &[#(#arch),*],
@@ -92,6 +106,66 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
             },
         };
     }
+}
+
+/// The metadata record's key/value fields (see `vmtest`'s `meta` module), as `&str`
+/// expressions: literals, or `concat!` of `module_path!()`, `file!()` and `line!()`.
+fn meta_fields(
+    name: &LitStr,
+    test_attrs: &TestAttrs,
+    config: &VmConfig,
+    file: &TokenStream,
+    line: &TokenStream,
+) -> Vec<TokenStream> {
+    let mut fields = Vec::new();
+    let mut pair = |key: &str, value: TokenStream| {
+        fields.push(quote!(#key));
+        fields.push(value);
+    };
+    pair("module_path", quote!(::core::module_path!()));
+    pair("name", quote!(#name));
+    pair("file", file.clone());
+    pair("line", quote!(::core::concat!(#line)));
+    match &test_attrs.ignore {
+        None => {}
+        Some(None) => pair("ignore", quote!("")),
+        Some(Some(reason)) => pair("ignore_reason", quote!(#reason)),
+    }
+    for kernel in &config.kernels {
+        pair("kernel", quote!(#kernel));
+    }
+    for arch in &config.arch {
+        pair("arch", quote!(#arch));
+    }
+    let call_site = proc_macro2::Span::call_site();
+    let numbers = [
+        ("memory_mib", config.memory_mib),
+        ("cpus", config.cpus.map(u64::from)),
+        ("timeout_ms", config.timeout_ms),
+    ];
+    for (key, value) in numbers {
+        if let Some(value) = value {
+            let value = LitStr::new(&value.to_string(), call_site);
+            pair(key, quote!(#value));
+        }
+    }
+    if let Some(cmdline) = &config.cmdline {
+        pair("cmdline", quote!(#cmdline));
+    }
+    for module in &config.modules {
+        pair("module", quote!(#module));
+    }
+    for env in &config.env {
+        pair("env", quote!(#env));
+    }
+    for (path, span) in &config.files {
+        let path = LitStr::new(path, *span);
+        pair("files", quote!(#path));
+    }
+    if config.allow_kernel_warnings {
+        pair("allow_kernel_warnings", quote!("true"));
+    }
+    fields
 }
 
 fn option<T: ToTokens>(value: Option<T>) -> TokenStream {

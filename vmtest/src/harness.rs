@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Once, OnceLock};
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use crate::accel::{self, AccelChoice};
 use crate::arch::Arch;
 use crate::initramfs::Initramfs;
 use crate::kernel::{self, Kernel, ModuleFile};
-use crate::registry::{TestDef, VmAttrs, TESTS};
+use crate::meta::{self, TestMeta};
+use crate::registry::TESTS;
 use crate::{fixtures, guest_env};
 use crate::vm::{self, VmSpec};
 use crate::Error;
@@ -36,56 +37,117 @@ const INSTANCE_ENV: &str = "VMTEST_TEST_INSTANCE";
 /// Where the guest finds modules inside the initramfs.
 const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 
-/// Runs the host harness and exits with libtest's exit code.
+/// A test binary and the vmtest tests it holds: what the engine runs.
+#[derive(Clone, Debug)]
+pub(crate) struct TestBinary {
+    /// The binary; it becomes the guest's `/init`.
+    pub path: PathBuf,
+    /// Its architecture (from its ELF header), which the guest must have.
+    pub arch: Arch,
+    /// Its tests, in any order.
+    pub tests: Vec<TestMeta>,
+}
+
+impl TestBinary {
+    /// The running binary, with the tests registered in it.
+    pub(crate) fn current() -> Result<TestBinary, Error> {
+        let path = std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?;
+        Ok(TestBinary { path, arch: Arch::host(), tests: TESTS.iter().map(TestMeta::from).collect() })
+    }
+
+    /// Reads the binary at `path` without executing it: its architecture from the ELF header,
+    /// its tests from the `vmtest_tests` section. `None` when it has no such section (it was
+    /// not built with vmtest).
+    pub(crate) fn read(path: &Path) -> Result<Option<TestBinary>, Error> {
+        let arch = elf_arch(path)?;
+        let section = crate::elf::read_section(path, meta::SECTION).map_err(|e| Error::Config(e.to_string()))?;
+        let Some(section) = section else { return Ok(None) };
+        let tests = meta::decode(&section).map_err(|e| {
+            Error::Config(format!(
+                "failed to read the vmtest tests of {} (section {}): {e}",
+                path.display(),
+                meta::SECTION
+            ))
+        })?;
+        Ok(Some(TestBinary { path: path.to_owned(), arch, tests }))
+    }
+}
+
+/// The architecture of the ELF file at `path`.
+pub(crate) fn elf_arch(path: &Path) -> Result<Arch, Error> {
+    let info = crate::elf::read_elf(path).map_err(|e| Error::Config(e.to_string()))?;
+    Arch::from_elf_machine(info.machine).ok_or_else(|| {
+        Error::Config(format!(
+            "{} is for ELF machine {}, which vmtest cannot boot",
+            path.display(),
+            info.machine
+        ))
+    })
+}
+
+/// Runs the host harness for the running binary and exits with libtest's exit code.
 pub(crate) fn run_host() -> ! {
-    crate::process::install_signal_cleanup();
     let args = Arguments::from_args();
-    match prepare(&args) {
+    let code = TestBinary::current().map_or_else(
+        |e| {
+            eprintln!("error: {e}");
+            1
+        },
+        |binary| run(&binary, &args),
+    );
+    std::process::exit(code)
+}
+
+/// Runs `binary`'s tests as libtest would with `args`; returns the exit code.
+pub(crate) fn run(binary: &TestBinary, args: &Arguments) -> i32 {
+    crate::process::install_signal_cleanup();
+    match prepare(binary, args) {
         Ok((trials, context)) => {
-            let conclusion = libtest_mimic::run(&args, trials);
+            let conclusion = libtest_mimic::run(args, trials);
             // Verdicts arrive before QEMU has shut down; wait for every VM to be gone and its
             // temp dir removed before exiting.
             if let Some(context) = context {
                 context.join_vms();
             }
-            conclusion.exit()
+            if conclusion.has_failed() { 101 } else { 0 }
         }
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::exit(1);
+            1
         }
     }
 }
 
 /// One test on one kernel.
 struct Instance {
-    def: &'static TestDef,
+    def: Arc<TestMeta>,
     /// libtest name of the function (what the guest child looks up).
     base_name: String,
     /// Name shown and filtered on: `base_name`, or `base_name[kernel]` for a kernel matrix.
     name: String,
-    kernel: Option<&'static str>,
+    kernel: Option<String>,
     /// Reported as ignored with this reason instead of running.
     skip: Option<String>,
 }
 
-fn instances(defs: &'static [TestDef], arch: Arch) -> Vec<Instance> {
+fn instances(defs: &[TestMeta], arch: Arch) -> Vec<Instance> {
     let mut out = Vec::new();
     for def in defs {
+        let def = Arc::new(def.clone());
         let base_name = def.test_name();
-        let skip = (!def.vm.arch.is_empty() && !def.vm.arch.contains(&arch.name()))
+        let skip = (!def.vm.arch.is_empty() && !def.vm.arch.iter().any(|a| a == arch.name()))
             .then(|| format!("runs only on {}", def.vm.arch.join(", ")));
-        let kernels: Vec<Option<&'static str>> = match def.vm.kernels {
+        let kernels: Vec<Option<String>> = match def.vm.kernels.as_slice() {
             [] => vec![None],
-            list => list.iter().copied().map(Some).collect(),
+            list => list.iter().cloned().map(Some).collect(),
         };
         let matrix = kernels.len() > 1;
         for kernel in kernels {
-            let name = match kernel {
+            let name = match &kernel {
                 Some(kernel) if matrix => format!("{base_name}[{kernel}]"),
                 _ => base_name.clone(),
             };
-            out.push(Instance { def, base_name: base_name.clone(), name, kernel, skip: skip.clone() });
+            out.push(Instance { def: Arc::clone(&def), base_name: base_name.clone(), name, kernel, skip: skip.clone() });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -129,8 +191,8 @@ struct GroupKey {
     kernel: PathBuf,
     memory_mib: Option<u64>,
     cpus: Option<u32>,
-    cmdline: Option<&'static str>,
-    modules: Vec<&'static str>,
+    cmdline: Option<String>,
+    modules: Vec<String>,
 }
 
 struct Member {
@@ -139,8 +201,10 @@ struct Member {
     base_name: String,
     timeout: Duration,
     slot: Arc<Slot>,
-    /// The test's attribute values (`env`, `files`).
-    vm: VmAttrs,
+    /// `env = [...]` of the test.
+    env: Vec<String>,
+    /// `files = [...]` of the test.
+    files: Vec<String>,
 }
 
 /// Tests that share one VM boot.
@@ -177,22 +241,22 @@ impl RunContext {
     }
 }
 
-fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Error> {
-    let arch = Arch::host();
-    let instances = instances(&TESTS, arch);
+fn prepare(binary: &TestBinary, args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Error> {
+    let arch = binary.arch;
+    let instances = instances(&binary.tests, arch);
     let run_ignored = args.ignored || args.include_ignored;
 
     let mut trials = Vec::with_capacity(instances.len());
     let mut runnable = Vec::new();
     for instance in instances {
-        let ignore = instance.def.ignore;
+        let ignore = instance.def.ignore.clone();
         if let Some(reason) = instance.skip.clone() {
             trials.push(Trial::ignorable_test(instance.name, move || {
                 Ok(Completion::ignored_with(reason))
             }));
             continue;
         }
-        if let (Some(Some(reason)), false) = (ignore, run_ignored) {
+        if let (Some(Some(reason)), false) = (ignore.clone(), run_ignored) {
             trials.push(Trial::ignorable_test(instance.name.clone(), move || {
                 Ok(Completion::ignored_with(reason))
             }));
@@ -228,10 +292,10 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
         );
     }
     let context = Arc::new(RunContext {
-        exe: std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?,
+        exe: binary.path.clone(),
         arch,
         capture: !args.nocapture,
-        log_dir: log_dir()?,
+        log_dir: log_dir(&binary.path),
         vms: Semaphore::new(
             args.test_threads
                 .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
@@ -242,28 +306,28 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
     });
 
     // Resolve each kernel once; group by VM configuration.
-    let mut kernels: BTreeMap<Option<&'static str>, Kernel> = BTreeMap::new();
+    let mut kernels: BTreeMap<Option<String>, Kernel> = BTreeMap::new();
     let mut groups: BTreeMap<GroupKey, (Kernel, Vec<Member>, Vec<Arc<OnceLock<_>>>)> =
         BTreeMap::new();
     for (id, (instance, slot, cell)) in runnable.into_iter().enumerate() {
         let kernel = match kernels.get(&instance.kernel) {
             Some(kernel) => kernel.clone(),
             None => {
-                let kernel = kernel::resolve(instance.kernel, arch)?;
+                let kernel = kernel::resolve(instance.kernel.as_deref(), arch)?;
                 kernel.check_arch(arch)?;
-                kernels.insert(instance.kernel, kernel.clone());
+                kernels.insert(instance.kernel.clone(), kernel.clone());
                 kernel
             }
         };
         let vm = &instance.def.vm;
-        fixtures::check(vm.files)?;
-        let mut modules = vm.modules.to_vec();
+        fixtures::check(&vm.files.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let mut modules = vm.modules.clone();
         modules.sort_unstable();
         let key = GroupKey {
             kernel: kernel.image.clone(),
             memory_mib: vm.memory_mib,
             cpus: vm.cpus,
-            cmdline: vm.cmdline,
+            cmdline: vm.cmdline.clone(),
             modules,
         };
         let timeout = vm.timeout_ms.map_or(DEFAULT_TEST_TIMEOUT, Duration::from_millis);
@@ -273,7 +337,8 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
             base_name: instance.base_name,
             timeout: timeout.mul_f64(context.accel.timeout_scale),
             slot,
-            vm: *vm,
+            env: vm.env.clone(),
+            files: vm.files.clone(),
         };
         let entry = groups.entry(key).or_insert_with(|| (kernel, Vec::new(), Vec::new()));
         entry.1.push(member);
@@ -282,7 +347,8 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
     for (index, (key, (kernel, members, cells))) in groups.into_iter().enumerate() {
         // Resolve modules now, so an unknown name is a setup error, not a boot failure.
         let harness_modules = kernel.harness_modules()?;
-        let test_modules = kernel.module_closure(&key.modules)?;
+        let wanted: Vec<&str> = key.modules.iter().map(String::as_str).collect();
+        let test_modules = kernel.module_closure(&wanted)?;
         let group = Arc::new(Group {
             index,
             key,
@@ -300,13 +366,12 @@ fn prepare(args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Er
 }
 
 /// `<target>/<profile>/vmtest/<binary name>/`, next to cargo's own output.
-fn log_dir() -> Result<PathBuf, Error> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?;
+fn log_dir(exe: &Path) -> PathBuf {
     let stem = exe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     // Test binaries live in `<target>/<profile>/deps`.
     let base = if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir };
-    Ok(base.join("vmtest").join(stem))
+    base.join("vmtest").join(stem)
 }
 
 impl Group {
@@ -385,7 +450,7 @@ impl Group {
             kernel: self.kernel.image.clone(),
             memory_mib,
             cpus: self.key.cpus.unwrap_or(crate::qemu::profile(context.arch).default_cpus),
-            cmdline: self.key.cmdline.map(|c| c.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
+            cmdline: self.key.cmdline.as_deref().map(|c| c.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
             boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
         };
         let console_log = self.console_log(context, attempt);
@@ -440,7 +505,7 @@ impl Group {
         initramfs.add_elf_with_libraries("/init", &context.exe)?;
         // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
         initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
-        for file in pending.iter().flat_map(|m| m.vm.files) {
+        for file in pending.iter().flat_map(|m| m.files.iter()) {
             fixtures::add(&mut initramfs, file)?;
         }
         let cwd = guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR"));
@@ -472,7 +537,8 @@ impl Group {
     }
 
     fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
-        let mut env = guest_env::test_env(std::env::vars_os(), member.vm.env);
+        let listed: Vec<&str> = member.env.iter().map(String::as_str).collect();
+        let mut env = guest_env::test_env(std::env::vars_os(), &listed);
         env.retain(|(name, _)| name != protocol::TEST_ENV && name != INSTANCE_ENV);
         env.push((protocol::TEST_ENV.to_owned(), member.base_name.clone()));
         // The name libtest shows, with the kernel suffix of a matrix instance.

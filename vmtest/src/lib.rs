@@ -28,9 +28,12 @@ mod guest_env;
 mod harness;
 mod initramfs;
 pub mod kernel;
+mod meta;
+mod plain;
 mod process;
 mod qemu;
 mod registry;
+pub mod runner;
 mod vm;
 
 pub(crate) use error::Error;
@@ -49,6 +52,7 @@ macro_rules! main {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::meta::{encode as meta_record, encoded_len as meta_len, SECTION};
     pub use crate::registry::{ShouldPanic, TestDef, TestReturn, VmAttrs, TESTS};
     pub use linkme;
 

@@ -26,6 +26,9 @@ pub struct TestDef {
     pub ignore: Option<Option<&'static str>>,
     /// `#[should_panic]`.
     pub should_panic: ShouldPanic,
+    /// The test's record in the ELF section `vmtest_tests` (see `crate::meta`); referencing it
+    /// keeps the linker from discarding it.
+    pub meta: &'static [u8],
     /// The VM the test needs.
     pub vm: VmAttrs,
 }

@@ -262,7 +262,7 @@ impl ConsoleReader {
         }
         let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let bytes: Vec<u8> = tail.iter().copied().collect();
-        last_lines(&String::from_utf8_lossy(&bytes), 40)
+        last_lines(&String::from_utf8_lossy(&bytes), 100)
     }
 }
 
@@ -295,9 +295,13 @@ pub(crate) fn copy_atomically(from: &Path, to: &Path) -> Result<(), Error> {
 
 /// Finds the QEMU binary for `arch` on `PATH`.
 pub(crate) fn find_qemu(arch: Arch) -> Result<PathBuf, Error> {
+    find_qemu_in(arch, &std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// Finds the QEMU binary for `arch` in the directories of `path` (a `PATH` value).
+fn find_qemu_in(arch: Arch, path: &std::ffi::OsStr) -> Result<PathBuf, Error> {
     let profile = profile(arch);
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    std::env::split_paths(path)
         .map(|dir| dir.join(profile.binary))
         .find(|candidate| candidate.is_file())
         .ok_or(Error::QemuMissing { binary: profile.binary, package: profile.package })
@@ -306,6 +310,13 @@ pub(crate) fn find_qemu(arch: Arch) -> Result<PathBuf, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_qemu_for_arm64_names_the_package() {
+        let message = find_qemu_in(Arch::Aarch64, std::ffi::OsStr::new("/nonexistent")).unwrap_err().to_string();
+        assert!(message.contains("`qemu-system-aarch64`"), "{message}");
+        assert!(message.contains("apt-get install -y --no-install-recommends qemu-system-arm"), "{message}");
+    }
 
     #[test]
     fn keeps_last_lines() {

@@ -12,6 +12,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup                   install QEMU (Debian packages), musl targets and the suite's kernels
   test [<cargo test args>] run the workspace's tests (every VM suite boots real kernels)
+  test --arch <arch> [<cargo test args>] [-- <test args>]
+                          cross-build the VM suites for <arch> (x86_64, aarch64/arm64) and run
+                          them under that arch's QEMU through `cargo-vmtest run`
   kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)";
 
 fn main() -> ExitCode {

@@ -1,23 +1,126 @@
-//! `cargo xtask test [<cargo test args>]`: the workspace's whole test suite.
+//! `cargo xtask test [--arch <arch>] [<cargo test args>] [-- <test args>]`.
 //!
-//! `cargo test --workspace`, then the boot tests that need a kernel path handed to them
-//! (they are `#[ignore]`d in a plain `cargo test` because they cannot find a kernel by
-//! themselves): the guest init booted on its own, and a dynamic `/init` packed by the
-//! initramfs builder.
+//! Without `--arch`: the workspace's whole test suite, natively (`cargo test --workspace`), then
+//! the boot tests that need a kernel path handed to them (they are `#[ignore]`d in a plain
+//! `cargo test` because they cannot find a kernel by themselves): the guest init booted on its
+//! own, and a dynamic `/init` packed by the initramfs builder. With `--arch`: the suites that
+//! run inside VMs, cross-built for `<arch>-unknown-linux-musl` (linked by rust-lld) and run
+//! through `cargo-vmtest run` as the target runner, under QEMU for that arch.
 
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use vmtest::arch::Arch;
+use vmtest::runner::{ensure_target, run_command, CrossTest};
 
 use crate::exec::status;
 
+/// What a cross run tests, as `cargo test` selections, and why the rest is left out.
+const CROSS_SELECTIONS: [&[&str]; 2] = [
+    // The vm_tests of the workspace's suite, through the vmtest engine.
+    &["-p", "vm-suite", "--test", "vm"],
+    // An ordinary #[test] crate, booted under vmtest-init.
+    &["-p", "plain-crate"],
+];
+const CROSS_EXCLUDED: &str = "cross run leaves out: vmtest, vmtest-init, xtask (host tools: their \
+    tests drive QEMU and the kernel store from the host), vmtest-macros (trybuild compile tests \
+    of the host toolchain), vm-suite's outcomes and runner tests (they run QEMU from the host \
+    as subprocesses)";
+
 pub fn run_test(args: &[String]) -> ExitCode {
+    let (before, test_args) = match args.iter().position(|a| a == "--") {
+        Some(at) => (&args[..at], &args[at + 1..]),
+        None => (args, &[][..]),
+    };
+    let mut arch = None;
+    let mut cargo_args = Vec::new();
+    let mut iter = before.iter();
+    while let Some(arg) = iter.next() {
+        let value = match arg.strip_prefix("--arch") {
+            Some("") => iter.next().map(String::as_str),
+            Some(rest) if rest.starts_with('=') => Some(&rest[1..]),
+            _ => {
+                cargo_args.push(arg.clone());
+                continue;
+            }
+        };
+        match value.map(str::parse::<Arch>) {
+            Some(Ok(parsed)) => arch = Some(parsed),
+            Some(Err(e)) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            None => {
+                eprintln!("error: --arch needs a value (x86_64, aarch64/arm64, riscv64)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match arch {
+        None => native(args),
+        Some(arch) => match cross(arch, &cargo_args, test_args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn native(args: &[String]) -> ExitCode {
     match test(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn cross(arch: Arch, cargo_args: &[String], test_args: &[String]) -> Result<ExitCode, String> {
+    let triple = arch.musl_target();
+    ensure_target(triple)?;
+    status(
+        cargo().args(["build", "-q", "-p", "vmtest", "--features", "cli", "--bin", "cargo-vmtest"]),
+        "cargo build -p vmtest --features cli --bin cargo-vmtest",
+    )?;
+    let linker = format!("CARGO_TARGET_{}_LINKER", triple.to_uppercase().replace('-', "_"));
+    status(
+        cargo().args(["build", "-q", "-p", "vmtest-init", "--target", triple]).env(&linker, "rust-lld"),
+        &format!("cargo build -p vmtest-init --target {triple}"),
+    )?;
+    let target_dir = target_dir();
+    eprintln!("xtask: {CROSS_EXCLUDED}");
+    let mut result = ExitCode::SUCCESS;
+    for selection in CROSS_SELECTIONS {
+        let mut args: Vec<String> = selection.iter().map(|s| (*s).to_owned()).collect();
+        args.extend(cargo_args.iter().cloned());
+        let test = CrossTest {
+            arch,
+            runner: target_dir.join("debug/cargo-vmtest"),
+            init: Some(target_dir.join(triple).join("debug/vmtest-init")),
+            cargo_args: args,
+            test_args: test_args.to_vec(),
+        };
+        eprintln!("xtask: cargo test --target {triple} {}", selection.join(" "));
+        let code = run_command(test.command());
+        if code != ExitCode::SUCCESS {
+            result = code;
+        }
+    }
+    Ok(result)
+}
+
+/// The workspace's target dir: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
     }
 }
 

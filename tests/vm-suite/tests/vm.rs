@@ -90,6 +90,30 @@ fn ignored_with_reason() {
     panic!("ignored tests do not run");
 }
 
+/// `uname -m` of the running kernel.
+fn machine() -> String {
+    // SAFETY: utsname is plain bytes, valid when zeroed; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid, writable utsname.
+    assert_eq!(unsafe { libc::uname(&mut uts) }, 0, "uname failed");
+    // SAFETY: uname NUL-terminates every field.
+    let machine = unsafe { std::ffi::CStr::from_ptr(uts.machine.as_ptr()) };
+    machine.to_string_lossy().into_owned()
+}
+
+#[vm_test]
+fn guest_machine_is_the_binary_arch() {
+    // `consts::ARCH` is what the binary was compiled for; `uname` asks the running kernel.
+    assert_eq!(machine(), std::env::consts::ARCH);
+}
+
+#[vm_test(arch = "arm64")]
+fn runs_on_aarch64_under_arm64() {
+    assert_eq!(machine(), "aarch64");
+    let arch = std::fs::read_to_string("/proc/sys/kernel/arch").unwrap_or_default();
+    assert!(arch.is_empty() || arch.trim() == "aarch64", "/proc/sys/kernel/arch: {arch}");
+}
+
 mod nested {
     #[vmtest::vm_test]
     fn tests_in_modules_keep_their_path() {

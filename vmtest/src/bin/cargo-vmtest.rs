@@ -1,9 +1,15 @@
-//! `cargo vmtest`: manage the kernels vmtest boots (`cargo install vmtest --features cli`).
+//! `cargo vmtest`: manage the kernels vmtest boots, run test binaries in VMs (as a cargo target
+//! runner), and run a crate's tests for another architecture (`cargo install vmtest --features cli`).
 
+use std::path::Path;
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: cargo vmtest kernel <fetch|list|add> ... (see `cargo vmtest kernel help`)";
+const USAGE: &str = "usage:
+  cargo vmtest kernel <fetch|list|add> ...   manage kernels (see `cargo vmtest kernel help`)
+  cargo vmtest run <binary> [args]           run a test binary in a VM; usable as a runner:
+      CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=\"cargo-vmtest run\"
+  cargo vmtest test --arch <arch> [cargo test args] [-- test args]
+      `cargo test --target <arch>-unknown-linux-musl`, linked with rust-lld, run in VMs";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -13,6 +19,14 @@ fn main() -> ExitCode {
     }
     match args.split_first() {
         Some((cmd, rest)) if cmd == "kernel" => vmtest::kernel::cli::kernel("cargo vmtest", rest),
+        Some((cmd, rest)) if cmd == "run" => match rest.split_first() {
+            Some((binary, test_args)) => vmtest::runner::run(Path::new(binary), test_args),
+            None => {
+                eprintln!("error: `run` needs a binary\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
+        Some((cmd, rest)) if cmd == "test" => vmtest::runner::cross_test("cargo vmtest", rest),
         Some((cmd, _)) if cmd == "-h" || cmd == "--help" || cmd == "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

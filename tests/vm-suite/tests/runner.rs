@@ -1,0 +1,122 @@
+//! The runner (`cargo vmtest run`) on this machine's arch: a vmtest binary is listed from its
+//! ELF metadata exactly as it lists itself; an ordinary `#[test]` crate (`tests/plain-crate`)
+//! boots under a static vmtest-init, its output shows, its exit code propagates.
+//!
+//! The plain crate and the static vmtest-init are built by nested cargo commands in a target
+//! dir of their own (the outer `cargo test` holds the lock of the workspace's).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const RUNNER: &str = env!("CARGO_BIN_EXE_runner");
+const MANY: &str = env!("CARGO_BIN_EXE_fixture-many");
+const FAILING: &str = env!("CARGO_BIN_EXE_fixture-failing");
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace()).env("CARGO_TARGET_DIR", workspace().join("target/runner-tests"));
+    command
+}
+
+/// The plain crate's test binary and a static vmtest-init for this arch, built once.
+fn plain_build() -> &'static (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let triple = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+        let status = cargo().args(["build", "-q", "-p", "vmtest-init", "--target", &triple]).status().unwrap();
+        assert!(status.success(), "building vmtest-init for {triple} failed");
+        let init = workspace().join("target/runner-tests").join(&triple).join("debug/vmtest-init");
+        let output = cargo()
+            .args(["test", "-q", "-p", "plain-crate", "--lib", "--no-run", "--message-format=json"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let binary = stdout
+            .lines()
+            .filter(|l| l.contains("\"plain_crate\"") || l.contains("plain-crate"))
+            .find_map(|l| l.split("\"executable\":\"").nth(1)?.split('"').next())
+            .expect("cargo names the plain crate's test executable");
+        (PathBuf::from(binary), init)
+    })
+}
+
+fn run_plain(args: &[&str]) -> (Output, String, String) {
+    let (binary, init) = plain_build();
+    let output = Command::new(RUNNER).arg(binary).args(args).env("VMTEST_INIT", init).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+#[test]
+fn lists_a_vmtest_binary_from_its_elf_like_the_binary_itself() {
+    for args in [&["--list"][..], &["--list", "--ignored"], &["--list", "t1", "--skip", "t12"]] {
+        let direct = Command::new(MANY).args(args).env_remove("VMTEST_TEST").output().unwrap();
+        let through = Command::new(RUNNER).arg(MANY).args(args).output().unwrap();
+        assert!(direct.status.success() && through.status.success());
+        assert_eq!(String::from_utf8_lossy(&through.stdout), String::from_utf8_lossy(&direct.stdout), "{args:?}");
+    }
+}
+
+#[test]
+fn plain_crate_passes_in_a_vm() {
+    let (output, stdout, stderr) = run_plain(&[]);
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("test tests::adds ... ok"), "{stdout}");
+    assert!(stdout.contains("test tests::sees_a_linux_kernel ... ok"), "{stdout}");
+    assert!(stdout.contains("test tests::fails_on_purpose ... ignored"), "{stdout}");
+}
+
+#[test]
+fn plain_crate_failure_and_exit_code_propagate() {
+    let (output, stdout, stderr) = run_plain(&["--include-ignored", "--test-threads", "1"]);
+    assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("test tests::fails_on_purpose ... FAILED"), "{stdout}");
+    assert!(stdout.contains("test tests::adds ... ok"), "{stdout}");
+    assert!(format!("{stdout}{stderr}").contains("plain-crate failure marker"), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn plain_binary_without_vmtest_init_is_a_clear_error() {
+    let (binary, _) = plain_build();
+    // The nested build put a vmtest-init beside the binary, so only a moved binary misses it.
+    let moved = std::env::temp_dir().join(format!("vmtest-plain-{}", std::process::id()));
+    std::fs::create_dir_all(&moved).unwrap();
+    let copy = moved.join("plain");
+    std::fs::copy(binary, &copy).unwrap();
+    let missing = Command::new(RUNNER).arg(&copy).env_remove("VMTEST_INIT").output().unwrap();
+    let _ = std::fs::remove_dir_all(&moved);
+    let missing_stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{missing_stderr}");
+    assert!(missing_stderr.contains("VMTEST_INIT=<path>"), "{missing_stderr}");
+    assert!(missing_stderr.contains("cargo build -p vmtest-init --target"), "{missing_stderr}");
+}
+
+#[test]
+fn a_kernel_for_another_arch_is_a_clear_error() {
+    let other = match std::env::consts::ARCH {
+        "aarch64" => vmtest::arch::Arch::X86_64,
+        _ => vmtest::arch::Arch::Aarch64,
+    };
+    let store = vmtest::kernel::Store::open().unwrap();
+    let Some(kernel) = store.list_arch(other).unwrap().into_iter().next() else {
+        eprintln!("skipped: no {other} kernel in the store (`cargo xtask setup` fetches one)");
+        return;
+    };
+    let output = Command::new(FAILING)
+        .args(["--exact", "passes"])
+        .env_remove("VMTEST_TEST")
+        .env("VMTEST_KERNEL", &kernel.image)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let expected = format!("is for {other}, the test binary is for {}", std::env::consts::ARCH);
+    assert!(stderr.contains(&expected), "{stderr}");
+}

@@ -1,0 +1,345 @@
+//! Test metadata stored in the ELF section [`SECTION`], so the host can list the tests of a
+//! binary it cannot execute (one built for another architecture).
+//!
+//! `#[vm_test]` emits one record per test: a `[u8; N]` static in [`SECTION`], built at compile
+//! time by [`encode`] from string fields. The bytes need no relocations, so they read the same
+//! from the file as from memory.
+//!
+//! A record is [`MAGIC`], then the payload length (u32 little-endian), then the payload: fields,
+//! each a u32 little-endian length and that many UTF-8 bytes. Fields come in key/value pairs;
+//! list-valued keys repeat. The linker may pad between records with zero bytes; [`decode`]
+//! skips them. [`decode`] treats its input as untrusted: it is bounded and never panics.
+
+use std::fmt;
+
+/// The ELF section that holds the records.
+pub const SECTION: &str = "vmtest_tests";
+
+/// First bytes of every record (the last byte is the format version).
+pub const MAGIC: [u8; 4] = *b"VMT\x01";
+
+/// Largest number of records [`decode`] accepts.
+const MAX_RECORDS: usize = 100_000;
+/// Largest payload of one record.
+const MAX_RECORD_LEN: usize = 1 << 20;
+
+/// Bytes [`encode`] produces for `fields`.
+pub const fn encoded_len(fields: &[&str]) -> usize {
+    let mut len = MAGIC.len() + 4;
+    let mut i = 0;
+    while i < fields.len() {
+        len += 4 + fields[i].len();
+        i += 1;
+    }
+    len
+}
+
+/// One record holding `fields`; `N` must be [`encoded_len`]`(fields)` (a mismatch fails to
+/// compile, as the evaluation of a static's initializer panics).
+pub const fn encode<const N: usize>(fields: &[&str]) -> [u8; N] {
+    assert!(N == encoded_len(fields), "record length mismatch");
+    let mut out = [0u8; N];
+    let mut at = 0;
+    while at < MAGIC.len() {
+        out[at] = MAGIC[at];
+        at += 1;
+    }
+    at = put_u32(&mut out, at, N - MAGIC.len() - 4);
+    let mut i = 0;
+    while i < fields.len() {
+        let bytes = fields[i].as_bytes();
+        at = put_u32(&mut out, at, bytes.len());
+        let mut j = 0;
+        while j < bytes.len() {
+            out[at] = bytes[j];
+            at += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+const fn put_u32<const N: usize>(out: &mut [u8; N], at: usize, value: usize) -> usize {
+    assert!(value <= u32::MAX as usize, "field too long");
+    let bytes = (value as u32).to_le_bytes();
+    let mut i = 0;
+    while i < 4 {
+        out[at + i] = bytes[i];
+        i += 1;
+    }
+    at + 4
+}
+
+/// One test as the host sees it: what it is called and the VM it needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TestMeta {
+    /// `module_path!()` where the function is defined.
+    pub module_path: String,
+    /// The function's name.
+    pub name: String,
+    /// Source file, for messages.
+    pub file: String,
+    /// Line of the function in `file`.
+    pub line: u32,
+    /// `#[ignore]`: `Some(reason)` (the reason may be absent).
+    pub ignore: Option<Option<String>>,
+    /// The VM the test needs.
+    pub vm: VmMeta,
+}
+
+/// The `#[vm_test(...)]` arguments; see [`crate::registry::VmAttrs`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct VmMeta {
+    pub kernels: Vec<String>,
+    pub arch: Vec<String>,
+    pub memory_mib: Option<u64>,
+    pub cpus: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub cmdline: Option<String>,
+    pub modules: Vec<String>,
+    pub env: Vec<String>,
+    pub files: Vec<String>,
+    pub allow_kernel_warnings: bool,
+}
+
+impl TestMeta {
+    /// The name libtest would give the test: the module path without the crate, then the name.
+    pub fn test_name(&self) -> String {
+        match self.module_path.split_once("::") {
+            Some((_crate, rest)) => format!("{rest}::{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+impl From<&crate::registry::TestDef> for TestMeta {
+    fn from(def: &crate::registry::TestDef) -> TestMeta {
+        let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        TestMeta {
+            module_path: def.module_path.to_owned(),
+            name: def.name.to_owned(),
+            file: def.file.to_owned(),
+            line: def.line,
+            ignore: def.ignore.map(|reason| reason.map(str::to_owned)),
+            vm: VmMeta {
+                kernels: strings(def.vm.kernels),
+                arch: strings(def.vm.arch),
+                memory_mib: def.vm.memory_mib,
+                cpus: def.vm.cpus,
+                timeout_ms: def.vm.timeout_ms,
+                cmdline: def.vm.cmdline.map(str::to_owned),
+                modules: strings(def.vm.modules),
+                env: strings(def.vm.env),
+                files: strings(def.vm.files),
+                allow_kernel_warnings: def.vm.allow_kernel_warnings,
+            },
+        }
+    }
+}
+
+/// Why [`decode`] rejected a section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DecodeError {
+    /// Byte offset in the section where the problem is.
+    pub offset: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at byte {}: {}", self.offset, self.reason)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes every record of a [`SECTION`]'s contents, in file order.
+pub(crate) fn decode(section: &[u8]) -> Result<Vec<TestMeta>, DecodeError> {
+    let mut tests = Vec::new();
+    let mut at = 0;
+    loop {
+        while section.get(at) == Some(&0) {
+            at += 1;
+        }
+        if at >= section.len() {
+            return Ok(tests);
+        }
+        let fail = |offset: usize, reason: String| DecodeError { offset, reason };
+        if section.get(at..at + MAGIC.len()) != Some(&MAGIC[..]) {
+            return Err(fail(at, "not a vmtest record (bad magic or version)".to_owned()));
+        }
+        if tests.len() >= MAX_RECORDS {
+            return Err(fail(at, format!("more than {MAX_RECORDS} records")));
+        }
+        let len = read_u32(section, at + MAGIC.len())
+            .ok_or_else(|| fail(at, "truncated record header".to_owned()))?;
+        if len > MAX_RECORD_LEN {
+            return Err(fail(at, format!("record of {len} bytes is too large")));
+        }
+        let start = at + MAGIC.len() + 4;
+        let payload = start
+            .checked_add(len)
+            .and_then(|end| section.get(start..end))
+            .ok_or_else(|| fail(at, format!("record of {len} bytes runs past the section")))?;
+        let test = record(payload).map_err(|(offset, reason)| fail(start + offset, reason))?;
+        tests.push(test);
+        at = start + len;
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(raw)).ok()
+}
+
+/// Decodes one record's payload; errors carry an offset into the payload.
+fn record(payload: &[u8]) -> Result<TestMeta, (usize, String)> {
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let len = read_u32(payload, at).ok_or((at, "truncated field length".to_owned()))?;
+        let bytes = (at + 4)
+            .checked_add(len)
+            .and_then(|end| payload.get(at + 4..end))
+            .ok_or((at, format!("field of {len} bytes runs past its record")))?;
+        let text = std::str::from_utf8(bytes).map_err(|_| (at, "field is not UTF-8".to_owned()))?;
+        fields.push((at, text));
+        at += 4 + len;
+    }
+    if fields.len() % 2 != 0 {
+        return Err((0, "odd number of fields (keys without values)".to_owned()));
+    }
+    let mut test = TestMeta::default();
+    for pair in fields.chunks_exact(2) {
+        let ((offset, key), (_, value)) = (pair[0], pair[1]);
+        let number = |what: &str| -> Result<u64, (usize, String)> {
+            value.parse().map_err(|_| (offset, format!("{what} `{value}` is not a number")))
+        };
+        let vm = &mut test.vm;
+        match key {
+            "module_path" => test.module_path = value.to_owned(),
+            "name" => test.name = value.to_owned(),
+            "file" => test.file = value.to_owned(),
+            "line" => {
+                test.line = u32::try_from(number("line")?).map_err(|_| (offset, "line too large".to_owned()))?
+            }
+            "ignore" => test.ignore = Some(None),
+            "ignore_reason" => test.ignore = Some(Some(value.to_owned())),
+            "kernel" => vm.kernels.push(value.to_owned()),
+            "arch" => vm.arch.push(value.to_owned()),
+            "memory_mib" => vm.memory_mib = Some(number("memory_mib")?),
+            "cpus" => {
+                vm.cpus = Some(u32::try_from(number("cpus")?).map_err(|_| (offset, "cpus too large".to_owned()))?)
+            }
+            "timeout_ms" => vm.timeout_ms = Some(number("timeout_ms")?),
+            "cmdline" => vm.cmdline = Some(value.to_owned()),
+            "module" => vm.modules.push(value.to_owned()),
+            "env" => vm.env.push(value.to_owned()),
+            "files" => vm.files.push(value.to_owned()),
+            "allow_kernel_warnings" => vm.allow_kernel_warnings = value == "true",
+            // Keys from a newer vmtest are skipped: they cannot change what the host must do
+            // without a new MAGIC version.
+            _ => {}
+        }
+    }
+    if test.name.is_empty() || test.module_path.is_empty() {
+        return Err((0, "record without a module_path or name".to_owned()));
+    }
+    Ok(test)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIELDS: &[&str] = &[
+        "module_path", "suite::net", "name", "pings", "file", "tests/net.rs", "line", "12",
+        "ignore_reason", "slow", "kernel", "6.1", "kernel", "6.12", "arch", "aarch64",
+        "memory_mib", "512", "cpus", "2", "timeout_ms", "30000", "cmdline", "a=1 b",
+        "module", "dummy", "env", "RUST_LOG", "files", "/etc/hosts",
+        "allow_kernel_warnings", "true", "from_the_future", "x",
+    ];
+    static RECORD: [u8; encoded_len(FIELDS)] = encode(FIELDS);
+    const SMALL: &[&str] = &["module_path", "c", "name", "t"];
+    static SMALL_RECORD: [u8; encoded_len(SMALL)] = encode(SMALL);
+
+    #[test]
+    fn round_trips_every_field() {
+        let tests = decode(&RECORD).unwrap();
+        assert_eq!(
+            tests,
+            vec![TestMeta {
+                module_path: "suite::net".into(),
+                name: "pings".into(),
+                file: "tests/net.rs".into(),
+                line: 12,
+                ignore: Some(Some("slow".into())),
+                vm: VmMeta {
+                    kernels: vec!["6.1".into(), "6.12".into()],
+                    arch: vec!["aarch64".into()],
+                    memory_mib: Some(512),
+                    cpus: Some(2),
+                    timeout_ms: Some(30_000),
+                    cmdline: Some("a=1 b".into()),
+                    modules: vec!["dummy".into()],
+                    env: vec!["RUST_LOG".into()],
+                    files: vec!["/etc/hosts".into()],
+                    allow_kernel_warnings: true,
+                },
+            }]
+        );
+        assert_eq!(tests[0].test_name(), "net::pings");
+    }
+
+    #[test]
+    fn skips_padding_between_records() {
+        let mut section = vec![0u8; 3];
+        section.extend_from_slice(&RECORD);
+        section.extend_from_slice(&[0; 13]);
+        section.extend_from_slice(&SMALL_RECORD);
+        section.extend_from_slice(&[0; 5]);
+        let tests = decode(&section).unwrap();
+        assert_eq!(tests.len(), 2);
+        assert_eq!(tests[1].test_name(), "t");
+        assert!(decode(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        assert!(decode(b"garbage").is_err());
+        assert!(decode(b"VMT\x02\0\0\0\0").is_err(), "another format version");
+        // Every truncation and every single-byte corruption either decodes or errors.
+        for end in 0..RECORD.len() {
+            let _ = decode(&RECORD[..end]);
+            assert!(end == 0 || decode(&RECORD[..end]).is_err(), "truncated at {end}");
+        }
+        for at in 0..RECORD.len() {
+            for byte in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut bytes = RECORD.to_vec();
+                bytes[at] = byte;
+                let _ = decode(&bytes);
+            }
+        }
+        // A huge declared length is refused, not allocated.
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&huge).unwrap_err().reason.contains("too large"));
+        let mut inner = MAGIC.to_vec();
+        inner.extend_from_slice(&8u32.to_le_bytes());
+        inner.extend_from_slice(&u32::MAX.to_le_bytes());
+        inner.extend_from_slice(b"abcd");
+        assert!(decode(&inner).unwrap_err().reason.contains("runs past"));
+    }
+
+    #[test]
+    fn requires_a_name() {
+        const NO_NAME: &[&str] = &["module_path", "c"];
+        static R: [u8; encoded_len(NO_NAME)] = encode(NO_NAME);
+        assert!(decode(&R).unwrap_err().reason.contains("without"));
+        const ODD: &[&str] = &["module_path"];
+        static O: [u8; encoded_len(ODD)] = encode(ODD);
+        assert!(decode(&O).unwrap_err().reason.contains("odd"));
+    }
+}

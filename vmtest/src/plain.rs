@@ -1,0 +1,196 @@
+//! Runner mode for a binary without vmtest tests (an ordinary `#[test]` suite, or any program):
+//! it boots under a static `vmtest-init` as `/init`, runs once as `/main` with the runner's
+//! arguments, its output streams live, and its exit code becomes the runner's.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
+
+use crate::arch::Arch;
+use crate::harness::elf_arch;
+use crate::initramfs::Initramfs;
+use crate::vm::{self, VmSpec};
+use crate::{accel, kernel, Error};
+
+/// Names the static `vmtest-init` to boot plain binaries under.
+pub const INIT_ENV: &str = "VMTEST_INIT";
+
+/// How long the program may run, before scaling, unless `VMTEST_PLAIN_TIMEOUT` (seconds) says.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
+const BASE_MEMORY_MIB: u64 = 256;
+const GUEST_MODULE_DIR: &str = "/vmtest/modules";
+
+/// Runs `binary` with `args` in a VM; returns its exit code (or 1 when it could not run).
+pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
+    crate::process::install_signal_cleanup();
+    let arch = elf_arch(binary)?;
+    let init = find_init(binary, arch)?;
+    let init_arch = elf_arch(&init)?;
+    if init_arch != arch {
+        return Err(Error::Config(format!(
+            "{} is a vmtest-init for {init_arch}, but {} is for {arch}: point {INIT_ENV} at a \
+             vmtest-init built with `--target {}`",
+            init.display(),
+            binary.display(),
+            arch.musl_target()
+        )));
+    }
+    let accel = accel::choose(arch)?;
+    vm::find_qemu(arch)?;
+    let kernel = kernel::resolve(None, arch)?;
+    kernel.check_arch(arch)?;
+    let scale = accel.timeout_scale;
+    let timeout = match std::env::var("VMTEST_PLAIN_TIMEOUT") {
+        Ok(secs) => Duration::from_secs(secs.parse().map_err(|_| {
+            Error::Config(format!("VMTEST_PLAIN_TIMEOUT={secs:?} is not a number of seconds"))
+        })?),
+        Err(_) => DEFAULT_TIMEOUT.mul_f64(scale),
+    };
+
+    let workdir = tempfile::Builder::new()
+        .prefix("vmtest-")
+        .tempdir()
+        .map_err(|e| Error::io("failed to create a temp dir", e))?;
+    let initrd = workdir.path().join("initrd.cpio");
+    let mut initramfs = Initramfs::new();
+    initramfs.add_elf_with_libraries("/init", &init)?;
+    initramfs.add_elf_with_libraries("/main", binary)?;
+    initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
+    let mut modules = Vec::new();
+    for module in kernel.harness_modules()? {
+        let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
+        let guest = format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
+        initramfs.add_host_file(&guest, &module.host_path, 0o644)?;
+        modules.push(protocol::Module { name: module.name.clone(), path: guest, wanted_by: vec![] });
+    }
+    let mut env = vec![
+        ("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
+        ("HOME".to_owned(), "/root".to_owned()),
+        ("TMPDIR".to_owned(), "/tmp".to_owned()),
+    ];
+    for name in ["RUST_BACKTRACE", "RUST_LOG", "RUST_MIN_STACK", "RUST_TEST_THREADS", "NO_COLOR"] {
+        if let Ok(value) = std::env::var(name) {
+            env.push((name.to_owned(), value));
+        }
+    }
+    let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let plan = Plan {
+        modules,
+        tests: vec![PlannedTest {
+            id: 0,
+            name: name.clone(),
+            program: "/main".to_owned(),
+            args: args.to_vec(),
+            env,
+            cwd: "/".to_owned(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            capture: false,
+        }],
+    };
+    let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
+    initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
+    let size = {
+        let file = std::fs::File::create(&initrd)
+            .map_err(|e| Error::io(format!("failed to create {}", initrd.display()), e))?;
+        let mut out = std::io::BufWriter::new(file);
+        let size = initramfs.write_to(&mut out)?;
+        out.flush().map_err(|e| Error::io(format!("failed to write {}", initrd.display()), e))?;
+        size
+    };
+
+    let spec = VmSpec {
+        arch,
+        accel: accel.accel,
+        kernel: kernel.image.clone(),
+        memory_mib: BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20),
+        cpus: crate::qemu::profile(arch).default_cpus,
+        cmdline: Vec::new(),
+        boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
+    };
+    let console_log = log_path(binary);
+    let gap = Duration::from_secs(30).mul_f64(scale);
+    let mut outcome = None;
+    let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
+        GuestMessage::Output { stream, bytes, .. } => {
+            let _ = match stream {
+                Stream::Stdout => std::io::stdout().write_all(&bytes).and_then(|()| std::io::stdout().flush()),
+                Stream::Stderr => std::io::stderr().write_all(&bytes),
+            };
+            timeout + gap
+        }
+        GuestMessage::TestFinished { outcome: finished, .. } => {
+            outcome = Some(finished);
+            gap
+        }
+        GuestMessage::Log(line) => {
+            eprintln!("vmtest: guest: {line}");
+            timeout + gap
+        }
+        _ => timeout + gap,
+    })?;
+    let console = || format!("kernel console ({}), last lines:\n{}", console_log.display(), end.console_tail);
+    let code = match (&outcome, &end.problem) {
+        (Some(Outcome::Exited(code)), _) => *code,
+        (Some(Outcome::Signaled(signal)), _) => {
+            eprintln!("vmtest: {name} was killed by signal {signal} in the VM");
+            128 + signal
+        }
+        (Some(Outcome::TimedOut { after_ms }), _) => {
+            eprintln!("vmtest: {name} timed out after {} s in the VM", after_ms / 1000);
+            1
+        }
+        (Some(Outcome::Error(message)), _) => {
+            eprintln!("vmtest: {name} could not run in the VM: {message}");
+            1
+        }
+        (None, Some(problem)) => {
+            eprintln!("vmtest: {name} did not finish: {problem}\n{}", console());
+            1
+        }
+        (None, None) => {
+            eprintln!("vmtest: the guest did not report how {name} ended\n{}", console());
+            1
+        }
+    };
+    Ok(code)
+}
+
+/// `<target>/<triple>/<profile>/vmtest/<binary name>.console.log`, next to cargo's output.
+fn log_path(binary: &Path) -> PathBuf {
+    let stem = binary.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = binary.parent().map(PathBuf::from).unwrap_or_default();
+    let base = if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir };
+    base.join("vmtest").join(format!("{stem}.console.log"))
+}
+
+/// The static `vmtest-init` for `arch`: `$VMTEST_INIT`, else one built in the target dir that
+/// holds `binary` (`<target>/<musl triple>/{debug,release}/vmtest-init`).
+pub(crate) fn find_init(binary: &Path, arch: Arch) -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os(INIT_ENV).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(Error::Config(format!("{INIT_ENV}={} is not a file", path.display())));
+        }
+        return Ok(path);
+    }
+    let triple = arch.musl_target();
+    let binary = std::path::absolute(binary).unwrap_or_else(|_| binary.to_owned());
+    for dir in binary.ancestors().skip(1) {
+        for profile in ["debug", "release"] {
+            let candidate = dir.join(triple).join(profile).join("vmtest-init");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(Error::Config(format!(
+        "failed to find a static vmtest-init for {arch} to boot {} (it has no vmtest tests, so \
+         it runs under vmtest-init): set {INIT_ENV}=<path> to one built with \
+         `cargo build -p vmtest-init --target {triple}` (in the vmtest workspace) or \
+         `cargo install vmtest-init --target {triple} --root <dir>`",
+        binary.display()
+    )))
+}

@@ -1,0 +1,232 @@
+//! Runner mode and cross-architecture runs: `cargo vmtest run` and `cargo vmtest test --arch`.
+//!
+//! [`run`] is a cargo target runner (`CARGO_TARGET_<TRIPLE>_RUNNER="cargo-vmtest run"`): given a
+//! test binary and its libtest arguments, it drives the same engine as a native `vmtest::main!()`
+//! binary when the binary has vmtest tests (read from its ELF, never executed on the host), and
+//! boots any other binary under a static `vmtest-init` (see [`crate::plain`]).
+//!
+//! [`cross_test`] runs `cargo test --target <arch>-unknown-linux-musl` with the runner set and
+//! the target linked by `rust-lld`, after making sure the rustup target is installed.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use libtest_mimic::Arguments;
+
+use crate::arch::Arch;
+use crate::harness::{self, TestBinary};
+
+/// `run <binary> [libtest args]`: runs the binary's tests in VMs; returns its exit code.
+pub fn run(binary: &Path, args: &[String]) -> ExitCode {
+    exit_code(run_code(binary, args))
+}
+
+fn run_code(binary: &Path, args: &[String]) -> i32 {
+    match TestBinary::read(binary) {
+        Ok(Some(binary)) => {
+            let argv = std::iter::once(binary.path.display().to_string()).chain(args.iter().cloned());
+            // Like a native binary: a bad argument prints libtest's usage and exits.
+            harness::run(&binary, &Arguments::from_iter(argv))
+        }
+        Ok(None) => crate::plain::run(binary, args).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            1
+        }),
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// An exit code as a process would see it (only the low 8 bits travel).
+pub fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+}
+
+/// A `cargo test` run for another architecture, through the runner.
+#[derive(Clone, Debug)]
+pub struct CrossTest {
+    /// The guest architecture.
+    pub arch: Arch,
+    /// The runner program (`cargo-vmtest`); it is invoked as `<runner> run <binary> <args>`.
+    pub runner: PathBuf,
+    /// Static `vmtest-init` for plain binaries, if known (else the runner looks for one).
+    pub init: Option<PathBuf>,
+    /// Arguments to `cargo test` after `--target <triple>` (packages, targets, features).
+    pub cargo_args: Vec<String>,
+    /// Arguments for the test binaries (after `--`).
+    pub test_args: Vec<String>,
+}
+
+impl CrossTest {
+    /// The `cargo test` command, with the target's linker and runner set.
+    pub fn command(&self) -> Command {
+        let triple = self.arch.musl_target();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+        let mut command = Command::new(cargo);
+        command.args(["test", "--target", triple]).args(&self.cargo_args);
+        if !self.test_args.is_empty() {
+            command.arg("--").args(&self.test_args);
+        }
+        let var = triple.to_uppercase().replace('-', "_");
+        command.env(format!("CARGO_TARGET_{var}_LINKER"), "rust-lld");
+        command.env(format!("CARGO_TARGET_{var}_RUNNER"), format!("{} run", self.runner.display()));
+        if let Some(init) = &self.init {
+            command.env(crate::plain::INIT_ENV, init);
+        }
+        command
+    }
+}
+
+/// Makes sure the Rust standard library for `triple` is installed: present in the sysroot, or
+/// added with `rustup target add`. The error says how to install it when that is not possible.
+pub fn ensure_target(triple: &str) -> Result<(), String> {
+    let sysroot = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let rustup = find_on_path("rustup");
+    ensure_target_with(triple, sysroot.as_deref(), rustup.as_deref())
+}
+
+fn ensure_target_with(triple: &str, sysroot: Option<&Path>, rustup: Option<&Path>) -> Result<(), String> {
+    if sysroot.is_some_and(|root| root.join("lib/rustlib").join(triple).join("lib").is_dir()) {
+        return Ok(());
+    }
+    let Some(rustup) = rustup else {
+        return Err(format!(
+            "failed to find the Rust target `{triple}` (its standard library is not in the \
+             toolchain's sysroot) and rustup is not on PATH to add it: install rustup and run \
+             `rustup target add {triple}`, or install your toolchain's rust-std for {triple}"
+        ));
+    };
+    eprintln!("vmtest: installing the Rust target {triple} (rustup target add {triple})");
+    let status = Command::new(rustup)
+        .args(["target", "add", triple])
+        .status()
+        .map_err(|e| format!("failed to run `rustup target add {triple}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`rustup target add {triple}` failed ({status})"))
+    }
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+/// `cargo vmtest test --arch <arch> [cargo test args] [-- test args]` for any crate: installs the
+/// target if missing and runs `cargo test` for it through this program as the runner.
+pub fn cross_test(program: &str, args: &[String]) -> ExitCode {
+    let usage = format!(
+        "usage: {program} test --arch <x86_64|aarch64|arm64|riscv64> [cargo test args] [-- test args]"
+    );
+    let (before, test_args) = match args.iter().position(|a| a == "--") {
+        Some(at) => (&args[..at], args[at + 1..].to_vec()),
+        None => (args, Vec::new()),
+    };
+    let mut arch = None;
+    let mut cargo_args = Vec::new();
+    let mut iter = before.iter();
+    while let Some(arg) = iter.next() {
+        let value = if arg == "--arch" {
+            iter.next().cloned()
+        } else if let Some(value) = arg.strip_prefix("--arch=") {
+            Some(value.to_owned())
+        } else {
+            cargo_args.push(arg.clone());
+            continue;
+        };
+        match value.as_deref().map(str::parse::<Arch>) {
+            Some(Ok(parsed)) => arch = Some(parsed),
+            Some(Err(e)) => {
+                eprintln!("error: {e}\n{usage}");
+                return ExitCode::from(2);
+            }
+            None => {
+                eprintln!("error: --arch needs a value\n{usage}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(arch) = arch else {
+        eprintln!("error: --arch is required\n{usage}");
+        return ExitCode::from(2);
+    };
+    let runner = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: failed to find this program's path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = ensure_target(arch.musl_target()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let test = CrossTest { arch, runner, init: None, cargo_args, test_args };
+    run_command(test.command())
+}
+
+/// Runs `command` and returns its exit code; the error names the command.
+pub fn run_command(mut command: Command) -> ExitCode {
+    match command.status() {
+        Ok(status) => exit_code(status.code().unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: failed to run {command:?}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_target_without_rustup_says_how_to_install_it() {
+        let sysroot = std::env::temp_dir().join(format!("vmtest-no-sysroot-{}", std::process::id()));
+        let err = ensure_target_with("aarch64-unknown-linux-musl", Some(&sysroot), None).unwrap_err();
+        assert!(err.contains("rustup target add aarch64-unknown-linux-musl"), "{err}");
+        assert!(err.contains("failed to find the Rust target"), "{err}");
+    }
+
+    #[test]
+    fn installed_target_needs_nothing() {
+        let root = std::env::temp_dir().join(format!("vmtest-sysroot-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("lib/rustlib/x-unknown-linux-musl/lib")).unwrap();
+        let result = ensure_target_with("x-unknown-linux-musl", Some(&root), None);
+        let _ = std::fs::remove_dir_all(&root);
+        result.unwrap();
+    }
+
+    #[test]
+    fn cross_command_sets_linker_and_runner() {
+        let test = CrossTest {
+            arch: Arch::Aarch64,
+            runner: "/bin/cargo-vmtest".into(),
+            init: Some("/t/vmtest-init".into()),
+            cargo_args: vec!["-p".into(), "x".into()],
+            test_args: vec!["--exact".into()],
+        };
+        let command = test.command();
+        let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["test", "--target", "aarch64-unknown-linux-musl", "-p", "x", "--", "--exact"]);
+        let envs: Vec<_> = command
+            .get_envs()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned())))
+            .collect();
+        assert!(envs.contains(&("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER".into(), Some("rust-lld".into()))));
+        assert!(envs.contains(&(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER".into(),
+            Some("/bin/cargo-vmtest run".into())
+        )));
+        assert!(envs.contains(&("VMTEST_INIT".into(), Some("/t/vmtest-init".into()))));
+    }
+}
