@@ -54,10 +54,7 @@ pub(crate) fn parse_args(tokens: TokenStream, errors: &mut Errors) -> Vec<Arg> {
             // Tolerate a trailing comma, not an empty argument in the middle.
             if let Some(TokenTree::Punct(comma)) = &next {
                 if tokens.peek().is_some() || args.is_empty() {
-                    errors.push(syn::Error::new(
-                        comma.span(),
-                        "expected an argument before `,`",
-                    ));
+                    errors.push(syn::Error::new(comma.span(), "expected an argument before `,`"));
                 }
             }
         } else {
@@ -90,18 +87,12 @@ pub(crate) enum ShouldPanic {
 
 /// Removes `#[ignore]` and `#[should_panic]` from `attrs` and parses them.
 pub(crate) fn take_test_attrs(attrs: &mut Vec<Attribute>, errors: &mut Errors) -> TestAttrs {
-    let mut out = TestAttrs {
-        ignore: None,
-        should_panic: ShouldPanic::No,
-        should_panic_attr: None,
-    };
+    let mut out =
+        TestAttrs { ignore: None, should_panic: ShouldPanic::No, should_panic_attr: None };
     attrs.retain(|attr| {
         if attr.path().is_ident("ignore") {
             if out.ignore.is_some() {
-                errors.push(syn::Error::new_spanned(
-                    attr,
-                    "duplicate `#[ignore]` attribute",
-                ));
+                errors.push(syn::Error::new_spanned(attr, "duplicate `#[ignore]` attribute"));
             }
             match parse_ignore(attr) {
                 Ok(reason) => out.ignore = Some(reason),
@@ -110,10 +101,7 @@ pub(crate) fn take_test_attrs(attrs: &mut Vec<Attribute>, errors: &mut Errors) -
             false
         } else if attr.path().is_ident("should_panic") {
             if out.should_panic_attr.is_some() {
-                errors.push(syn::Error::new_spanned(
-                    attr,
-                    "duplicate `#[should_panic]` attribute",
-                ));
+                errors.push(syn::Error::new_spanned(attr, "duplicate `#[should_panic]` attribute"));
             } else {
                 out.should_panic_attr = Some(attr.clone());
             }
@@ -133,19 +121,15 @@ fn parse_ignore(attr: &Attribute) -> syn::Result<Option<LitStr>> {
     match &attr.meta {
         Meta::Path(_) => Ok(None),
         Meta::NameValue(nv) => match unwrap_group(&nv.value) {
-            Expr::Lit(syn::ExprLit {
-                lit: syn::Lit::Str(reason),
-                ..
-            }) => Ok(Some(reason.clone())),
+            Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(reason), .. }) => Ok(Some(reason.clone())),
             other => Err(syn::Error::new_spanned(
                 other,
                 "expected a string, as in `#[ignore = \"needs a newer kernel\"]`",
             )),
         },
-        Meta::List(list) => Err(syn::Error::new_spanned(
-            list,
-            "expected `#[ignore]` or `#[ignore = \"reason\"]`",
-        )),
+        Meta::List(list) => {
+            Err(syn::Error::new_spanned(list, "expected `#[ignore]` or `#[ignore = \"reason\"]`"))
+        }
     }
 }
 
@@ -154,10 +138,9 @@ fn parse_should_panic(attr: &Attribute) -> syn::Result<ShouldPanic> {
     match &attr.meta {
         Meta::Path(_) => Ok(ShouldPanic::Yes),
         Meta::NameValue(nv) => match unwrap_group(&nv.value) {
-            Expr::Lit(syn::ExprLit {
-                lit: syn::Lit::Str(msg),
-                ..
-            }) => Ok(ShouldPanic::WithMessage(msg.clone())),
+            Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(msg), .. }) => {
+                Ok(ShouldPanic::WithMessage(msg.clone()))
+            }
             other => Err(syn::Error::new_spanned(other, USAGE)),
         },
         Meta::List(list) => {

@@ -58,10 +58,7 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
     let cmdline = option(config.cmdline.as_ref());
     let modules = &config.modules;
     let env = &config.env;
-    let files = config
-        .files
-        .iter()
-        .map(|(path, span)| LitStr::new(path, *span));
+    let files = config.files.iter().map(|(path, span)| LitStr::new(path, *span));
     let allow_kernel_warnings = config.allow_kernel_warnings;
     let meta_fields = meta_fields(&name, test_attrs, config, &file, &line);
     let cfgs: Vec<_> = cfgs.collect();

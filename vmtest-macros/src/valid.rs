@@ -33,11 +33,7 @@ enum Key {
 const KEYS: &[(&str, Key, &str)] = &[
     ("kernel", Key::Kernel, "kernel = \"6.12\""),
     ("kernels", Key::Kernels, "kernels = [\"6.1\", \"6.12\"]"),
-    (
-        "arch",
-        Key::Arch,
-        "arch = \"aarch64\"` or `arch = [\"x86_64\", \"aarch64\"]",
-    ),
+    ("arch", Key::Arch, "arch = \"aarch64\"` or `arch = [\"x86_64\", \"aarch64\"]"),
     ("memory", Key::Memory, "memory = \"512M\""),
     ("cpus", Key::Cpus, "cpus = 2"),
     ("timeout", Key::Timeout, "timeout = \"30s\""),
@@ -45,11 +41,7 @@ const KEYS: &[(&str, Key, &str)] = &[
     ("modules", Key::Modules, "modules = [\"dummy\"]"),
     ("env", Key::Env, "env = [\"RUST_LOG\"]"),
     ("files", Key::Files, "files = [\"tests/data\"]"),
-    (
-        "allow_kernel_warnings",
-        Key::AllowKernelWarnings,
-        "allow_kernel_warnings",
-    ),
+    ("allow_kernel_warnings", Key::AllowKernelWarnings, "allow_kernel_warnings"),
     ("crate", Key::Crate, "crate = my_crate::vmtest"),
 ];
 
@@ -88,10 +80,7 @@ pub(crate) fn config(args: Vec<Arg>, errors: &mut Errors) -> VmConfig {
             continue;
         };
         if seen.contains(&key) {
-            errors.push(syn::Error::new(
-                arg.key.span(),
-                format!("duplicate key `{name}`"),
-            ));
+            errors.push(syn::Error::new(arg.key.span(), format!("duplicate key `{name}`")));
             continue;
         }
         seen.push(key);
@@ -100,9 +89,7 @@ pub(crate) fn config(args: Vec<Arg>, errors: &mut Errors) -> VmConfig {
         if key == Key::AllowKernelWarnings {
             match value {
                 None => config.allow_kernel_warnings = true,
-                Some(Expr::Lit(syn::ExprLit {
-                    lit: Lit::Bool(b), ..
-                })) => {
+                Some(Expr::Lit(syn::ExprLit { lit: Lit::Bool(b), .. })) => {
                     config.allow_kernel_warnings = b.value;
                 }
                 Some(other) => errors.push(syn::Error::new_spanned(
@@ -164,12 +151,7 @@ fn kernels(key: Key, value: &Expr, example: &str, errors: &mut Errors) -> Vec<Li
     let kernels = if key == Key::Kernel {
         string(value, example, errors).into_iter().collect()
     } else {
-        non_empty(
-            string_array(value, example, errors),
-            value,
-            "kernels",
-            errors,
-        )
+        non_empty(string_array(value, example, errors), value, "kernels", errors)
     };
     for kernel in &kernels {
         if kernel.value().trim().is_empty() {
@@ -213,16 +195,11 @@ fn parsed_string(
     parse: fn(&str) -> Result<u64, String>,
 ) -> Option<u64> {
     let lit = string(value, example, errors)?;
-    parse(&lit.value())
-        .map_err(|msg| errors.push(syn::Error::new(lit.span(), msg)))
-        .ok()
+    parse(&lit.value()).map_err(|msg| errors.push(syn::Error::new(lit.span(), msg))).ok()
 }
 
 fn cpus(value: &Expr, example: &str, errors: &mut Errors) -> Option<u32> {
-    let Expr::Lit(syn::ExprLit {
-        lit: Lit::Int(int), ..
-    }) = value
-    else {
+    let Expr::Lit(syn::ExprLit { lit: Lit::Int(int), .. }) = value else {
         errors.push(expected("an integer", value, example));
         return None;
     };
@@ -289,10 +266,9 @@ fn files(value: &Expr, example: &str, errors: &mut Errors) -> Vec<(String, Span)
     let mut resolved = HashSet::new();
     for file in string_array(value, example, errors) {
         match resolve_file(&file.value(), manifest_dir.as_deref()) {
-            Ok(path) if !resolved.insert(path.clone()) => errors.push(syn::Error::new(
-                file.span(),
-                format!("duplicate file `{path}`"),
-            )),
+            Ok(path) if !resolved.insert(path.clone()) => {
+                errors.push(syn::Error::new(file.span(), format!("duplicate file `{path}`")))
+            }
             Ok(path) => files.push((path, file.span())),
             Err(msg) => errors.push(syn::Error::new(file.span(), msg)),
         }
@@ -308,10 +284,7 @@ fn unknown_key_message(key: &str) -> String {
         }
         _ => String::new(),
     };
-    format!(
-        "unknown key `{key}`; expected one of: {}{hint}",
-        valid.join(", ")
-    )
+    format!("unknown key `{key}`; expected one of: {}{hint}", valid.join(", "))
 }
 
 fn expected(what: &str, found: &Expr, example: &str) -> syn::Error {
@@ -320,9 +293,7 @@ fn expected(what: &str, found: &Expr, example: &str) -> syn::Error {
 
 fn string(value: &Expr, example: &str, errors: &mut Errors) -> Option<LitStr> {
     match unwrap_group(value) {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Str(s), ..
-        }) => Some(s.clone()),
+        Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => Some(s.clone()),
         other => {
             errors.push(expected("a string", other, example));
             None
@@ -332,11 +303,9 @@ fn string(value: &Expr, example: &str, errors: &mut Errors) -> Option<LitStr> {
 
 fn string_array(value: &Expr, example: &str, errors: &mut Errors) -> Vec<LitStr> {
     match value {
-        Expr::Array(array) => array
-            .elems
-            .iter()
-            .filter_map(|elem| string(elem, example, errors))
-            .collect(),
+        Expr::Array(array) => {
+            array.elems.iter().filter_map(|elem| string(elem, example, errors)).collect()
+        }
         other => {
             errors.push(expected("an array of strings", other, example));
             Vec::new()
@@ -413,9 +382,7 @@ pub(crate) fn parse_memory_mib(s: &str) -> Result<u64, String> {
     }
     let mib = kib / 1024;
     if mib < MIN_MEMORY_MIB {
-        return Err(format!(
-            "memory size `{s}` is too small: the minimum is {MIN_MEMORY_MIB}M"
-        ));
+        return Err(format!("memory size `{s}` is too small: the minimum is {MIN_MEMORY_MIB}M"));
     }
     Ok(mib)
 }
@@ -439,9 +406,7 @@ pub(crate) fn parse_timeout_ms(s: &str) -> Result<u64, String> {
     if number == 0 {
         return Err(format!("timeout `{s}` must be greater than zero"));
     }
-    number
-        .checked_mul(ms_per_unit)
-        .ok_or_else(|| format!("timeout `{s}` is too large"))
+    number.checked_mul(ms_per_unit).ok_or_else(|| format!("timeout `{s}` is too large"))
 }
 
 fn is_env_name(name: &str) -> bool {
@@ -469,10 +434,8 @@ fn resolve_file(path: &str, manifest_dir: Option<&Path>) -> Result<String, Strin
         }
     };
     // Drop `.` components and repeated separators; keep `..`, which may cross a symlink.
-    let absolute: PathBuf = joined
-        .components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .collect();
+    let absolute: PathBuf =
+        joined.components().filter(|c| !matches!(c, Component::CurDir)).collect();
     if std::fs::symlink_metadata(&absolute).is_err() {
         return Err(if given.is_absolute() {
             format!("file not found: `{path}`")
@@ -493,19 +456,14 @@ fn resolve_file(path: &str, manifest_dir: Option<&Path>) -> Result<String, Strin
 pub(crate) fn signature(item: &ItemFn, test_attrs: &TestAttrs, errors: &mut Errors) {
     let sig = &item.sig;
     let mut reject = |tokens: &dyn ToTokens, what: &str| {
-        errors.push(syn::Error::new_spanned(
-            tokens,
-            format!("`#[vm_test]` functions cannot {what}"),
-        ));
+        errors
+            .push(syn::Error::new_spanned(tokens, format!("`#[vm_test]` functions cannot {what}")));
     };
     if let Some(token) = &sig.constness {
         reject(token, "be `const`");
     }
     if let Some(token) = &sig.asyncness {
-        reject(
-            token,
-            "be `async`; block on the future inside the test instead",
-        );
+        reject(token, "be `async`; block on the future inside the test instead");
     }
     if let Some(token) = &sig.unsafety {
         reject(token, "be `unsafe`");
@@ -524,17 +482,10 @@ pub(crate) fn signature(item: &ItemFn, test_attrs: &TestAttrs, errors: &mut Erro
     } else if let Some(variadic) = &sig.variadic {
         reject(variadic, "take arguments");
     }
-    let is_vm_test = |attr: &&syn::Attribute| {
-        attr.path()
-            .segments
-            .last()
-            .is_some_and(|s| s.ident == "vm_test")
-    };
+    let is_vm_test =
+        |attr: &&syn::Attribute| attr.path().segments.last().is_some_and(|s| s.ident == "vm_test");
     if let Some(again) = item.attrs.iter().find(is_vm_test) {
-        errors.push(syn::Error::new_spanned(
-            again,
-            "duplicate `#[vm_test]` attribute",
-        ));
+        errors.push(syn::Error::new_spanned(again, "duplicate `#[vm_test]` attribute"));
     }
     if let Some(test) = item.attrs.iter().find(|a| a.path().is_ident("test")) {
         errors.push(syn::Error::new_spanned(
@@ -576,23 +527,15 @@ mod tests {
 
     #[test]
     fn bad_memory_sizes() {
-        for bad in [
-            "lots", "", "M", "512", "512 M", "512m", "512MB", "-1G", "1.5G", "G512",
-        ] {
+        for bad in ["lots", "", "M", "512", "512 M", "512m", "512MB", "-1G", "1.5G", "G512"] {
             let err = parse_memory_mib(bad).unwrap_err();
             assert!(err.contains("invalid memory size"), "{bad}: {err}");
         }
         assert!(parse_memory_mib("63M").unwrap_err().contains("too small"));
         assert!(parse_memory_mib("0G").unwrap_err().contains("too small"));
-        assert!(parse_memory_mib("65537K")
-            .unwrap_err()
-            .contains("whole number of MiB"));
-        assert!(parse_memory_mib("18446744073709551615G")
-            .unwrap_err()
-            .contains("too large"));
-        assert!(parse_memory_mib("99999999999999999999999M")
-            .unwrap_err()
-            .contains("invalid"));
+        assert!(parse_memory_mib("65537K").unwrap_err().contains("whole number of MiB"));
+        assert!(parse_memory_mib("18446744073709551615G").unwrap_err().contains("too large"));
+        assert!(parse_memory_mib("99999999999999999999999M").unwrap_err().contains("invalid"));
     }
 
     #[test]
@@ -605,21 +548,13 @@ mod tests {
 
     #[test]
     fn bad_timeouts() {
-        for bad in [
-            "soon", "", "30", "30 s", "30S", "1.5s", "30sec", "1m30s", "s",
-        ] {
+        for bad in ["soon", "", "30", "30 s", "30S", "1.5s", "30sec", "1m30s", "s"] {
             let err = parse_timeout_ms(bad).unwrap_err();
             assert!(err.contains("invalid timeout"), "{bad}: {err}");
         }
-        assert!(parse_timeout_ms("0s")
-            .unwrap_err()
-            .contains("greater than zero"));
-        assert!(parse_timeout_ms("0ms")
-            .unwrap_err()
-            .contains("greater than zero"));
-        assert!(parse_timeout_ms("18446744073709551615h")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(parse_timeout_ms("0s").unwrap_err().contains("greater than zero"));
+        assert!(parse_timeout_ms("0ms").unwrap_err().contains("greater than zero"));
+        assert!(parse_timeout_ms("18446744073709551615h").unwrap_err().contains("too large"));
     }
 
     #[test]
@@ -648,23 +583,12 @@ mod tests {
     #[test]
     fn files_resolve_against_manifest_dir() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let expected = dir
-            .join("src/lib.rs")
-            .into_os_string()
-            .into_string()
-            .unwrap();
+        let expected = dir.join("src/lib.rs").into_os_string().into_string().unwrap();
         assert_eq!(resolve_file("src/lib.rs", Some(dir)), Ok(expected.clone()));
-        assert_eq!(
-            resolve_file("./src//lib.rs", Some(dir)),
-            Ok(expected.clone())
-        );
+        assert_eq!(resolve_file("./src//lib.rs", Some(dir)), Ok(expected.clone()));
         assert_eq!(resolve_file(&expected, None), Ok(expected));
-        assert!(resolve_file("no/such/file", Some(dir))
-            .unwrap_err()
-            .contains("not found"));
-        assert!(resolve_file("src/lib.rs", None)
-            .unwrap_err()
-            .contains("CARGO_MANIFEST_DIR"));
+        assert!(resolve_file("no/such/file", Some(dir)).unwrap_err().contains("not found"));
+        assert!(resolve_file("src/lib.rs", None).unwrap_err().contains("CARGO_MANIFEST_DIR"));
         assert!(resolve_file("", Some(dir)).is_err());
     }
 }

@@ -55,9 +55,7 @@ mod nested {
 
 fn find(name: &str) -> &'static TestDef {
     let mut found = TESTS.iter().filter(|t| t.name == name);
-    let test = found
-        .next()
-        .unwrap_or_else(|| panic!("`{name}` is not registered"));
+    let test = found.next().unwrap_or_else(|| panic!("`{name}` is not registered"));
     assert!(found.next().is_none(), "`{name}` is registered twice");
     test
 }
@@ -85,10 +83,7 @@ fn plain_test_has_defaults() {
     assert_eq!(t.module_path, "registry");
     assert_eq!(t.file, file!());
     let source = include_str!("registry.rs");
-    assert_eq!(
-        source.lines().nth(t.line as usize - 1),
-        Some("fn plain() {}")
-    );
+    assert_eq!(source.lines().nth(t.line as usize - 1), Some("fn plain() {}"));
     assert_eq!(t.ignore, None);
     assert_eq!(t.should_panic, ShouldPanic::No);
     assert_eq!(t.vm, VmAttrs::default());

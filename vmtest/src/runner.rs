@@ -25,7 +25,8 @@ pub fn run(binary: &Path, args: &[String]) -> ExitCode {
 fn run_code(binary: &Path, args: &[String]) -> i32 {
     match TestBinary::read(binary) {
         Ok(Some(binary)) => {
-            let argv = std::iter::once(binary.path.display().to_string()).chain(args.iter().cloned());
+            let argv =
+                std::iter::once(binary.path.display().to_string()).chain(args.iter().cloned());
             // Like a native binary: a bad argument prints libtest's usage and exits.
             harness::run(&binary, &Arguments::from_iter(argv))
         }
@@ -93,7 +94,11 @@ pub fn ensure_target(triple: &str) -> Result<(), String> {
     ensure_target_with(triple, sysroot.as_deref(), rustup.as_deref())
 }
 
-fn ensure_target_with(triple: &str, sysroot: Option<&Path>, rustup: Option<&Path>) -> Result<(), String> {
+fn ensure_target_with(
+    triple: &str,
+    sysroot: Option<&Path>,
+    rustup: Option<&Path>,
+) -> Result<(), String> {
     if sysroot.is_some_and(|root| root.join("lib/rustlib").join(triple).join("lib").is_dir()) {
         return Ok(());
     }
@@ -121,40 +126,54 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
+/// The command line of a cross test run: `[--arch <arch>] [cargo test args] [-- test args]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CrossArgs {
+    /// The `--arch` value, if given.
+    pub arch: Option<Arch>,
+    /// Everything before `--` except `--arch`: for `cargo test`.
+    pub cargo_args: Vec<String>,
+    /// Everything after `--`: for the test binaries.
+    pub test_args: Vec<String>,
+}
+
+impl CrossArgs {
+    /// Splits `args`; the error names a missing or unknown `--arch` value.
+    pub fn parse(args: &[String]) -> Result<CrossArgs, String> {
+        let (before, test_args) = match args.iter().position(|a| a == "--") {
+            Some(at) => (&args[..at], args[at + 1..].to_vec()),
+            None => (args, Vec::new()),
+        };
+        let mut parsed = CrossArgs { test_args, ..CrossArgs::default() };
+        let mut iter = before.iter();
+        while let Some(arg) = iter.next() {
+            let value = if arg == "--arch" {
+                iter.next().ok_or("--arch needs a value (x86_64, aarch64/arm64, riscv64)")?
+            } else if let Some(value) = arg.strip_prefix("--arch=") {
+                value
+            } else {
+                parsed.cargo_args.push(arg.clone());
+                continue;
+            };
+            parsed.arch = Some(value.parse::<Arch>().map_err(|e| e.to_string())?);
+        }
+        Ok(parsed)
+    }
+}
+
 /// `cargo vmtest test --arch <arch> [cargo test args] [-- test args]` for any crate: installs the
 /// target if missing and runs `cargo test` for it through this program as the runner.
 pub fn cross_test(program: &str, args: &[String]) -> ExitCode {
     let usage = format!(
         "usage: {program} test --arch <x86_64|aarch64|arm64|riscv64> [cargo test args] [-- test args]"
     );
-    let (before, test_args) = match args.iter().position(|a| a == "--") {
-        Some(at) => (&args[..at], args[at + 1..].to_vec()),
-        None => (args, Vec::new()),
-    };
-    let mut arch = None;
-    let mut cargo_args = Vec::new();
-    let mut iter = before.iter();
-    while let Some(arg) = iter.next() {
-        let value = if arg == "--arch" {
-            iter.next().cloned()
-        } else if let Some(value) = arg.strip_prefix("--arch=") {
-            Some(value.to_owned())
-        } else {
-            cargo_args.push(arg.clone());
-            continue;
-        };
-        match value.as_deref().map(str::parse::<Arch>) {
-            Some(Ok(parsed)) => arch = Some(parsed),
-            Some(Err(e)) => {
-                eprintln!("error: {e}\n{usage}");
-                return ExitCode::from(2);
-            }
-            None => {
-                eprintln!("error: --arch needs a value\n{usage}");
-                return ExitCode::from(2);
-            }
+    let CrossArgs { arch, cargo_args, test_args } = match CrossArgs::parse(args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}\n{usage}");
+            return ExitCode::from(2);
         }
-    }
+    };
     let Some(arch) = arch else {
         eprintln!("error: --arch is required\n{usage}");
         return ExitCode::from(2);
@@ -191,8 +210,10 @@ mod tests {
 
     #[test]
     fn missing_target_without_rustup_says_how_to_install_it() {
-        let sysroot = std::env::temp_dir().join(format!("vmtest-no-sysroot-{}", std::process::id()));
-        let err = ensure_target_with("aarch64-unknown-linux-musl", Some(&sysroot), None).unwrap_err();
+        let sysroot =
+            std::env::temp_dir().join(format!("vmtest-no-sysroot-{}", std::process::id()));
+        let err =
+            ensure_target_with("aarch64-unknown-linux-musl", Some(&sysroot), None).unwrap_err();
         assert!(err.contains("rustup target add aarch64-unknown-linux-musl"), "{err}");
         assert!(err.contains("failed to find the Rust target"), "{err}");
     }
@@ -206,6 +227,33 @@ mod tests {
         result.unwrap();
     }
 
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn cross_args_split_arch_cargo_and_test_args() {
+        let parsed =
+            CrossArgs::parse(&strings(&["-p", "x", "--arch", "arm64", "--", "--exact", "--arch"]))
+                .unwrap();
+        assert_eq!(parsed.arch, Some(Arch::Aarch64));
+        assert_eq!(parsed.cargo_args, ["-p", "x"]);
+        assert_eq!(parsed.test_args, ["--exact", "--arch"]);
+        assert_eq!(
+            CrossArgs::parse(&strings(&["--arch=x86_64"])).unwrap().arch,
+            Some(Arch::X86_64)
+        );
+        assert_eq!(CrossArgs::parse(&strings(&["-q"])).unwrap().arch, None);
+    }
+
+    #[test]
+    fn cross_args_reject_a_missing_or_unknown_arch() {
+        let missing = CrossArgs::parse(&strings(&["--arch"])).unwrap_err();
+        assert!(missing.contains("--arch needs a value"), "{missing}");
+        let unknown = CrossArgs::parse(&strings(&["--arch", "sparc"])).unwrap_err();
+        assert!(unknown.contains("sparc"), "{unknown}");
+    }
+
     #[test]
     fn cross_command_sets_linker_and_runner() {
         let test = CrossTest {
@@ -217,12 +265,20 @@ mod tests {
         };
         let command = test.command();
         let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert_eq!(args, ["test", "--target", "aarch64-unknown-linux-musl", "-p", "x", "--", "--exact"]);
+        assert_eq!(
+            args,
+            ["test", "--target", "aarch64-unknown-linux-musl", "-p", "x", "--", "--exact"]
+        );
         let envs: Vec<_> = command
             .get_envs()
-            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned())))
+            .map(|(k, v)| {
+                (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned()))
+            })
             .collect();
-        assert!(envs.contains(&("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER".into(), Some("rust-lld".into()))));
+        assert!(envs.contains(&(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER".into(),
+            Some("rust-lld".into())
+        )));
         assert!(envs.contains(&(
             "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER".into(),
             Some("/bin/cargo-vmtest run".into())

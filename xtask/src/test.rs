@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use vmtest::arch::Arch;
-use vmtest::runner::{ensure_target, run_command, CrossTest};
+use vmtest::runner::{ensure_target, run_command, CrossArgs, CrossTest};
 
 use crate::exec::status;
 
@@ -28,37 +28,16 @@ const CROSS_EXCLUDED: &str = "cross run leaves out: vmtest, vmtest-init, xtask (
     as subprocesses)";
 
 pub fn run_test(args: &[String]) -> ExitCode {
-    let (before, test_args) = match args.iter().position(|a| a == "--") {
-        Some(at) => (&args[..at], &args[at + 1..]),
-        None => (args, &[][..]),
-    };
-    let mut arch = None;
-    let mut cargo_args = Vec::new();
-    let mut iter = before.iter();
-    while let Some(arg) = iter.next() {
-        let value = match arg.strip_prefix("--arch") {
-            Some("") => iter.next().map(String::as_str),
-            Some(rest) if rest.starts_with('=') => Some(&rest[1..]),
-            _ => {
-                cargo_args.push(arg.clone());
-                continue;
-            }
-        };
-        match value.map(str::parse::<Arch>) {
-            Some(Ok(parsed)) => arch = Some(parsed),
-            Some(Err(e)) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-            None => {
-                eprintln!("error: --arch needs a value (x86_64, aarch64/arm64, riscv64)");
-                return ExitCode::from(2);
-            }
+    let parsed = match CrossArgs::parse(args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
-    }
-    match arch {
+    };
+    match parsed.arch {
         None => native(args),
-        Some(arch) => match cross(arch, &cargo_args, test_args) {
+        Some(arch) => match cross(arch, &parsed.cargo_args, &parsed.test_args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -91,7 +70,9 @@ fn cross(arch: Arch, cargo_args: &[String], test_args: &[String]) -> Result<Exit
     )?;
     let linker = format!("CARGO_TARGET_{}_LINKER", triple.to_uppercase().replace('-', "_"));
     status(
-        cargo().args(["build", "-q", "-p", "vmtest-init", "--target", triple]).env(&linker, "rust-lld"),
+        cargo()
+            .args(["build", "-q", "-p", "vmtest-init", "--target", triple])
+            .env(&linker, "rust-lld"),
         &format!("cargo build -p vmtest-init --target {triple}"),
     )?;
     let target_dir = target_dir();
@@ -126,7 +107,10 @@ fn target_dir() -> PathBuf {
 
 fn test(args: &[String]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    status(Command::new(&cargo).args(["test", "--workspace"]).args(args), "cargo test --workspace")?;
+    status(
+        Command::new(&cargo).args(["test", "--workspace"]).args(args),
+        "cargo test --workspace",
+    )?;
     if !args.is_empty() {
         // Extra arguments select tests; the boot tests below are not among them.
         return Ok(());
