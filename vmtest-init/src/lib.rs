@@ -16,6 +16,7 @@
 mod child;
 mod console;
 mod identity;
+mod kmsg;
 mod modules;
 mod mounts;
 mod net;
@@ -89,6 +90,8 @@ fn guest_main() -> Result<(), String> {
     let plan = read_plan(Path::new(PLAN_PATH))?;
     let loaded = modules::load_all(&plan.modules)?;
     let control = open_control(PORT_PATIENCE)?;
+    // Opened after the modules: their load messages are not any test's.
+    let mut kmsg = kmsg::Kmsg::open().map_err(|e| logs.push(e)).ok();
     for line in logs {
         control.send(&GuestMessage::Log(line))?;
     }
@@ -98,6 +101,12 @@ fn guest_main() -> Result<(), String> {
             Some(failures) => unrunnable(failures),
             None => child::run(test, control)?,
         };
+        if let Some(kmsg) = &mut kmsg {
+            let bytes = kmsg.drain();
+            if !bytes.is_empty() {
+                control.send(&GuestMessage::KernelLog { id: test.id, bytes })?;
+            }
+        }
         report(control, test, finished)?;
         child::reap(None);
     }

@@ -162,6 +162,15 @@ pub enum GuestMessage {
     Fatal(String),
     /// Every planned test has been reported; the guest powers off next.
     Done,
+    /// The kernel log records written while a test ran (dmesg format, bounded), sent just
+    /// before its [`GuestMessage::TestFinished`]; the host looks for splats in them.
+    KernelLog {
+        /// [`PlannedTest::id`].
+        id: u32,
+        /// `[seconds.micros] text` lines.
+        #[serde(with = "bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// Byte buffers as serde bytes rather than a sequence of `u8`: postcard writes both the same way

@@ -221,6 +221,8 @@ struct Member {
     env: Vec<String>,
     /// `files = [...]` of the test.
     files: Vec<String>,
+    /// `allow_kernel_warnings`: a kernel WARNING alone does not fail the test.
+    allow_kernel_warnings: bool,
 }
 
 /// Tests that share one VM boot.
@@ -359,6 +361,7 @@ fn prepare(
             slot,
             env: vm.env.clone(),
             files: vm.files.clone(),
+            allow_kernel_warnings: vm.allow_kernel_warnings,
         };
         let entry = groups.entry(key).or_insert_with(|| (kernel, Vec::new(), Vec::new()));
         entry.1.push(member);
@@ -488,6 +491,7 @@ impl Group {
         };
         let console_log = self.console_log(context, attempt);
         let mut running: Option<&Member> = None;
+        let mut kernel_log = Vec::new();
         let by_id: BTreeMap<u32, &Member> = pending.iter().map(|m| (m.id, *m)).collect();
         let gap = HOST_GRACE.mul_f64(scale);
         let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
@@ -495,10 +499,23 @@ impl Group {
                 running = by_id.get(&id).copied();
                 running.map_or(gap, |m| m.timeout + gap)
             }
+            GuestMessage::KernelLog { id, bytes } => {
+                if running.is_some_and(|m| m.id == id) {
+                    kernel_log = bytes;
+                }
+                running.map_or(gap, |m| m.timeout + gap)
+            }
             GuestMessage::TestFinished { id, outcome, duration_ms: _, stdout, stderr } => {
                 if let Some(member) = by_id.get(&id) {
-                    member.slot.fill(verdict(&outcome, &stdout, &stderr, &console_log));
+                    let report = Report {
+                        outcome: &outcome,
+                        stdout: &stdout,
+                        stderr: &stderr,
+                        kernel_log: &kernel_log,
+                    };
+                    member.slot.fill(report.verdict(member.allow_kernel_warnings, &console_log));
                 }
+                kernel_log.clear();
                 running = None;
                 gap
             }
@@ -594,37 +611,52 @@ impl Group {
     }
 }
 
-/// Turns a guest outcome into libtest's verdict and failure text.
-fn verdict(
-    outcome: &Outcome,
-    stdout: &[u8],
-    stderr: &[u8],
-    console_log: &std::path::Path,
-) -> Result<(), String> {
-    let why = match outcome {
-        Outcome::Exited(0) => return Ok(()),
-        Outcome::Exited(101) => None,
-        Outcome::Exited(code) => Some(format!("the test process exited with status {code}")),
-        Outcome::Signaled(signal) => {
-            Some(format!("the test process was killed by signal {signal}"))
+/// What the guest reported about one test.
+struct Report<'a> {
+    outcome: &'a Outcome,
+    stdout: &'a [u8],
+    stderr: &'a [u8],
+    /// Kernel log records written while the test ran.
+    kernel_log: &'a [u8],
+}
+
+impl Report<'_> {
+    /// libtest's verdict and failure text: the test's own outcome, then any kernel splat
+    /// (a WARNING alone passes when `allow_warnings`).
+    fn verdict(&self, allow_warnings: bool, console_log: &Path) -> Result<(), String> {
+        let why = match self.outcome {
+            Outcome::Exited(0) => None,
+            Outcome::Exited(101) => Some(None),
+            Outcome::Exited(code) => {
+                Some(Some(format!("the test process exited with status {code}")))
+            }
+            Outcome::Signaled(signal) => {
+                Some(Some(format!("the test process was killed by signal {signal}")))
+            }
+            Outcome::TimedOut { after_ms } => Some(Some(format!(
+                "timed out after {} s",
+                Duration::from_millis(*after_ms).as_secs_f64()
+            ))),
+            Outcome::Error(message) => Some(Some(message.clone())),
+        };
+        let splat =
+            crate::splat::failure(&String::from_utf8_lossy(self.kernel_log), allow_warnings);
+        if why.is_none() && splat.is_none() {
+            return Ok(());
         }
-        Outcome::TimedOut { after_ms } => {
-            Some(format!("timed out after {} s", Duration::from_millis(*after_ms).as_secs_f64()))
-        }
-        Outcome::Error(message) => Some(message.clone()),
-    };
-    let mut text = String::new();
-    text.push_str(&String::from_utf8_lossy(stdout));
-    text.push_str(&String::from_utf8_lossy(stderr));
-    if let Some(why) = why {
-        if !text.is_empty() && !text.ends_with('\n') {
+        let mut text = String::new();
+        text.push_str(&String::from_utf8_lossy(self.stdout));
+        text.push_str(&String::from_utf8_lossy(self.stderr));
+        for line in why.flatten().into_iter().chain(splat) {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&line);
             text.push('\n');
         }
-        text.push_str(&why);
-        text.push('\n');
+        text.push_str(&format!("kernel console: {}", console_log.display()));
+        Err(text)
     }
-    text.push_str(&format!("kernel console: {}", console_log.display()));
-    Err(text)
 }
 
 /// Caps the number of VMs running at once.

@@ -34,6 +34,7 @@ mod process;
 mod qemu;
 mod registry;
 pub mod runner;
+mod splat;
 mod vm;
 
 pub(crate) use error::Error;

@@ -27,6 +27,16 @@ impl RunDir {
         command
     }
 
+    /// Runs `binary` with `args` and `env` to the end.
+    fn run(&self, binary: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
+        let mut command = self.command(binary);
+        command.args(args);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        Ran::from(command.output().unwrap())
+    }
+
     /// Asserts that no QEMU started for this run still runs and that the run's temp dir is empty.
     fn assert_clean(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -63,11 +73,39 @@ fn processes_mentioning(needle: &Path) -> Vec<String> {
     found
 }
 
-/// stdout and stderr; in stdout, the padding libtest-mimic puts after test names is removed.
-fn text(output: &Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stdout = stdout.lines().map(unpad).collect::<Vec<_>>().join("\n");
-    (stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+/// What a finished harness run printed; in stdout, the padding libtest-mimic puts after test
+/// names is removed.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(output: Output) -> Ran {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        Ran {
+            code: output.status.code(),
+            stdout: stdout.lines().map(unpad).collect::<Vec<_>>().join("\n"),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Ran {
+    /// Asserts the exit status, showing both streams when it differs.
+    fn expect_code(&self, code: i32) -> &Ran {
+        assert_eq!(self.code, Some(code), "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// Asserts a failing exit status and exactly one `error:` line on stderr holding `expected`.
+    fn expect_one_error(&self, expected: &[&str]) {
+        assert!(self.code != Some(0), "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        let errors: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "expected one error line:\n{}", self.stderr);
+        assert_contains(errors[0], expected);
+    }
 }
 
 /// `test name    ... ok` -> `test name ... ok`.
@@ -89,16 +127,13 @@ fn assert_contains(haystack: &str, needles: &[&str]) {
 #[test]
 fn failing_tests_fail_with_their_output() {
     let run = RunDir::new("failing");
-    let output = run
-        .command(FAILING)
-        .env("VMTEST_TIMEOUT_SCALE", "1")
-        .args(["--skip", "prints_kernel_release", "--test-threads", "1"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let ran = run.run(
+        FAILING,
+        &["--skip", "prints_kernel_release", "--test-threads", "1"],
+        &[("VMTEST_TIMEOUT_SCALE", "1")],
+    );
     assert_contains(
-        &stdout,
+        &ran.expect_code(101).stdout,
         &[
             "running 7 tests",
             "test passes ... ok",
@@ -128,15 +163,9 @@ fn failing_tests_fail_with_their_output() {
 #[test]
 fn a_kernel_panic_fails_its_test_and_the_rest_run_in_a_fresh_vm() {
     let run = RunDir::new("crash");
-    let output = run
-        .command(env!("CARGO_BIN_EXE_fixture-crash"))
-        .args(["--test-threads", "1"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let ran = run.run(env!("CARGO_BIN_EXE_fixture-crash"), &["--test-threads", "1"], &[]);
     assert_contains(
-        &stdout,
+        &ran.expect_code(101).stdout,
         &[
             "test a_runs_before_the_crash ... ok",
             "test b_panics_the_kernel ... FAILED",
@@ -150,24 +179,47 @@ fn a_kernel_panic_fails_its_test_and_the_rest_run_in_a_fresh_vm() {
 }
 
 #[test]
+fn kernel_splats_fail_the_test_that_was_running() {
+    let run = RunDir::new("splat");
+    let ran = run.run(env!("CARGO_BIN_EXE_fixture-splat"), &["--test-threads", "1"], &[]);
+    assert_contains(
+        &ran.expect_code(101).stdout,
+        &[
+            "test hung_task_fails ... FAILED",
+            "the kernel reported a hung task while this test ran",
+            "blocked for more than 1 seconds",
+            "test warning_fails ... FAILED",
+            "the kernel reported a kernel WARNING while this test ran (`allow_kernel_warnings`",
+            "at vmtest/fixture.c:1 injected_warning",
+            "test warning_allowed ... ok",
+            "test oops_fails_even_when_warnings_are_allowed ... FAILED",
+            "the kernel reported a kernel Oops",
+            "test quiet_kernel_passes ... ok",
+            "test result: FAILED. 2 passed; 3 failed",
+        ],
+    );
+    // Each splat is reported once, with the test that was running.
+    assert_eq!(ran.stdout.matches("injected_warning").count(), 1, "{}", ran.stdout);
+    run.assert_clean();
+}
+
+#[test]
 fn guest_runs_the_kernel_it_was_given() {
     // The kernel the harness would pick by default, given to it explicitly as a path.
     let kernel = vmtest::kernel::resolve(None, vmtest::arch::Arch::host()).unwrap().image;
     let kernel = kernel.to_str().unwrap();
     let run = RunDir::new("release");
-    let output = run
-        .command(FAILING)
-        .env("VMTEST_KERNEL", kernel)
-        .args(["--exact", "prints_kernel_release", "--nocapture"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let ran = run.run(
+        FAILING,
+        &["--exact", "prints_kernel_release", "--nocapture"],
+        &[("VMTEST_KERNEL", kernel)],
+    );
+    let stdout = &ran.expect_code(0).stdout;
     let release = stdout
         .lines()
         .find_map(|l| l.strip_prefix("kernel release: "))
         .unwrap_or_else(|| panic!("no release printed:\n{stdout}"));
-    let image = std::fs::read(&kernel).unwrap();
+    let image = std::fs::read(kernel).unwrap();
     assert!(
         image.windows(release.len()).any(|w| w == release.as_bytes()),
         "the guest runs {release}, which is not the version in {kernel}"
@@ -179,38 +231,20 @@ fn guest_runs_the_kernel_it_was_given() {
 fn listing_boots_nothing() {
     let run = RunDir::new("list");
     // Neither QEMU nor a kernel can be found: listing must not need them.
-    let output = run
-        .command(MANY)
-        .env("PATH", &run.0)
-        .env("VMTEST_KERNEL", "/nonexistent/vmlinuz")
-        .arg("--list")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert_eq!(stdout.lines().filter(|l| l.ends_with(": test")).count(), 20, "{stdout}");
-    let output =
-        run.command(MANY).env("PATH", &run.0).args(["--exact", "nothing"]).output().unwrap();
-    let (stdout, _) = text(&output);
-    assert!(output.status.success());
-    assert_contains(&stdout, &["running 0 tests", "20 filtered out"]);
+    let path = run.0.to_str().unwrap();
+    let ran =
+        run.run(MANY, &["--list"], &[("PATH", path), ("VMTEST_KERNEL", "/nonexistent/vmlinuz")]);
+    let listed = ran.expect_code(0).stdout.lines().filter(|l| l.ends_with(": test")).count();
+    assert_eq!(listed, 20, "{}", ran.stdout);
+    let ran = run.run(MANY, &["--exact", "nothing"], &[("PATH", path)]);
+    assert_contains(&ran.expect_code(0).stdout, &["running 0 tests", "20 filtered out"]);
     run.assert_clean();
 }
 
 /// Runs the failing fixture's `passes` test with `env` and expects one clear error line.
 fn expect_setup_error(label: &str, env: &[(&str, &str)], expected: &[&str]) {
     let run = RunDir::new(label);
-    let mut command = run.command(FAILING);
-    command.args(["--exact", "passes"]);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let output = command.output().unwrap();
-    let (stdout, stderr) = text(&output);
-    assert!(!output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
-    assert_contains(errors[0], expected);
+    run.run(FAILING, &["--exact", "passes"], env).expect_one_error(expected);
     run.assert_clean();
 }
 
@@ -241,12 +275,8 @@ fn unknown_kernel_name_lists_the_store_and_the_fetch_command() {
 #[test]
 fn unknown_module_is_one_clear_error() {
     let run = RunDir::new("badmodule");
-    let output = run.command(env!("CARGO_BIN_EXE_fixture-badmodule")).output().unwrap();
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
-    assert_contains(errors[0], &["dummmy", "6.12", "dummy"]);
+    let ran = run.run(env!("CARGO_BIN_EXE_fixture-badmodule"), &[], &[]);
+    ran.expect_code(1).expect_one_error(&["dummmy", "6.12", "dummy"]);
     run.assert_clean();
 }
 
@@ -383,27 +413,18 @@ fn a_vanished_fixture_is_one_clear_error() {
     std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     let run = RunDir::new("vanished");
-    let output =
-        run.command(copy.to_str().unwrap()).args(["--exact", "reads_a_fixture"]).output().unwrap();
-    let (stdout, stderr) = text(&output);
-    assert!(!output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
-    assert_contains(errors[0], &[vanished, "fixture"]);
+    let ran = run.run(copy.to_str().unwrap(), &["--exact", "reads_a_fixture"], &[]);
+    ran.expect_one_error(&[vanished, "fixture"]);
     run.assert_clean();
 }
 
 #[test]
 fn rust_backtrace_shows_symbols_from_the_guest() {
     let run = RunDir::new("backtrace");
-    let output = run
-        .command(FAILING)
-        .env("RUST_BACKTRACE", "1")
-        .args(["--exact", "panics"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert_contains(&stdout, &["deliberate panic", "stack backtrace:", "fixture_failing::panics"]);
+    let ran = run.run(FAILING, &["--exact", "panics"], &[("RUST_BACKTRACE", "1")]);
+    assert_contains(
+        &ran.expect_code(101).stdout,
+        &["deliberate panic", "stack backtrace:", "fixture_failing::panics"],
+    );
     run.assert_clean();
 }
