@@ -15,6 +15,10 @@ pub(crate) const ACCEL_ENV: &str = "VMTEST_ACCEL";
 /// Environment variable that overrides the factor applied to timeouts.
 pub(crate) const TIMEOUT_SCALE_ENV: &str = "VMTEST_TIMEOUT_SCALE";
 
+/// Environment variable: `trust` skips the CPU-flag check of the KVM probe (for hosts whose
+/// working KVM does not show `vmx`/`svm`); a KVM that then fails at boot still falls back.
+pub(crate) const KVM_PROBE_ENV: &str = "VMTEST_KVM_PROBE";
+
 /// A QEMU accelerator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Accel {
@@ -42,12 +46,41 @@ pub(crate) struct AccelChoice {
     pub kvm_unusable: Option<String>,
     /// Factor applied to test and boot timeouts (slower emulation needs more time).
     pub timeout_scale: f64,
+    /// KVM was chosen automatically: if it fails at boot, the run goes on under TCG.
+    pub may_fall_back: bool,
+}
+
+impl AccelChoice {
+    /// The choice after KVM failed to boot a guest: TCG, with TCG's timeout scale.
+    pub(crate) fn fallen_back(&self, why: &str) -> Result<AccelChoice, Error> {
+        Ok(AccelChoice {
+            accel: Accel::Tcg,
+            kvm_unusable: Some(why.to_owned()),
+            timeout_scale: timeout_scale(Accel::Tcg)?,
+            may_fall_back: false,
+        })
+    }
+}
+
+/// Whether a boot under KVM that failed before the guest started failed because of KVM:
+/// QEMU's own error output names it (`KVM internal error`, a failed `kvm_*` call).
+pub(crate) fn kvm_failed(qemu_stderr: &str) -> bool {
+    qemu_stderr.to_ascii_lowercase().contains("kvm")
 }
 
 /// Chooses the accelerator for guests of `guest` architecture.
 pub(crate) fn choose(guest: Arch) -> Result<AccelChoice, Error> {
     let forced = std::env::var(ACCEL_ENV).unwrap_or_default();
-    let probe = kvm_usable(guest);
+    let trust = match std::env::var(KVM_PROBE_ENV).unwrap_or_default().as_str() {
+        "" | "check" => false,
+        "trust" => true,
+        other => {
+            return Err(Error::Config(format!(
+                "{KVM_PROBE_ENV}={other:?} is not one of `check` (default), `trust`"
+            )))
+        }
+    };
+    let probe = kvm_usable(guest, trust);
     let (accel, kvm_unusable) = match forced.as_str() {
         "" | "auto" => match probe {
             Ok(()) => (Accel::Kvm, None),
@@ -70,7 +103,8 @@ pub(crate) fn choose(guest: Arch) -> Result<AccelChoice, Error> {
         }
     };
     let timeout_scale = timeout_scale(accel)?;
-    Ok(AccelChoice { accel, kvm_unusable, timeout_scale })
+    let may_fall_back = accel == Accel::Kvm && forced != "kvm";
+    Ok(AccelChoice { accel, kvm_unusable, timeout_scale, may_fall_back })
 }
 
 fn timeout_scale(accel: Accel) -> Result<f64, Error> {
@@ -88,15 +122,16 @@ fn timeout_scale(accel: Accel) -> Result<f64, Error> {
     }
 }
 
-/// `Ok` when KVM can run a guest of `guest` architecture on this host.
-fn kvm_usable(guest: Arch) -> Result<(), String> {
+/// `Ok` when KVM can run a guest of `guest` architecture on this host; `trust`: without
+/// checking the CPU's virtualisation flags.
+fn kvm_usable(guest: Arch, trust: bool) -> Result<(), String> {
     if guest != Arch::host() {
         return Err(format!("the guest is {guest}, the host is {}", Arch::host()));
     }
     if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         return Err(format!("failed to open /dev/kvm: {e}"));
     }
-    if guest == Arch::X86_64 {
+    if guest == Arch::X86_64 && !trust {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")
             .map_err(|e| format!("failed to read /proc/cpuinfo: {e}"))?;
         if !has_virtualisation_flag(&cpuinfo) {
@@ -130,6 +165,15 @@ mod tests {
     #[test]
     fn foreign_guests_never_use_kvm() {
         let foreign = if Arch::host() == Arch::X86_64 { Arch::Aarch64 } else { Arch::X86_64 };
-        assert!(kvm_usable(foreign).unwrap_err().contains("the guest is"));
+        assert!(kvm_usable(foreign, true).unwrap_err().contains("the guest is"));
+    }
+
+    #[test]
+    fn recognises_kvm_failures_in_qemu_output() {
+        assert!(kvm_failed("KVM internal error. Suberror: 1\nemulation failure\n"));
+        assert!(kvm_failed(
+            "qemu-system-x86_64: ../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion"
+        ));
+        assert!(!kvm_failed("qemu-system-x86_64: -initrd x: could not load initial ram disk"));
     }
 }

@@ -215,6 +215,7 @@ struct Member {
     id: u32,
     name: String,
     base_name: String,
+    /// The test's timeout before scaling.
     timeout: Duration,
     slot: Arc<Slot>,
     /// `env = [...]` of the test.
@@ -243,6 +244,8 @@ struct RunContext {
     exe: PathBuf,
     arch: Arch,
     accel: AccelChoice,
+    /// TCG after KVM, chosen automatically, failed to boot a guest.
+    fallback: OnceLock<AccelChoice>,
     capture: bool,
     log_dir: PathBuf,
     vms: Semaphore,
@@ -251,6 +254,24 @@ struct RunContext {
 }
 
 impl RunContext {
+    /// The accelerator for the next boot.
+    fn accel(&self) -> &AccelChoice {
+        self.fallback.get().unwrap_or(&self.accel)
+    }
+
+    /// Switches the rest of the run to TCG after KVM failed, with one warning line.
+    fn fall_back_to_tcg(&self, why: &str) -> Result<(), Error> {
+        let tcg = self.accel.fallen_back(why)?;
+        let scale = tcg.timeout_scale;
+        if self.fallback.set(tcg).is_ok() {
+            eprintln!(
+                "vmtest: warning: KVM failed to boot the guest; using TCG for the rest of this run, \
+                 timeouts scaled x{scale} (set VMTEST_ACCEL=tcg to skip KVM)"
+            );
+        }
+        Ok(())
+    }
+
     fn join_vms(&self) {
         let threads =
             std::mem::take(&mut *self.vm_threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -324,6 +345,7 @@ fn prepare(
                 .unwrap_or(1),
         ),
         accel,
+        fallback: OnceLock::new(),
         vm_threads: Mutex::new(Vec::new()),
     });
 
@@ -357,7 +379,7 @@ fn prepare(
             id: u32::try_from(id).expect("fewer than 2^32 tests"),
             name: instance.name,
             base_name: instance.base_name,
-            timeout: timeout.mul_f64(context.accel.timeout_scale),
+            timeout,
             slot,
             env: vm.env.clone(),
             files: vm.files.clone(),
@@ -474,10 +496,11 @@ impl Group {
         let size = self.write_initramfs(context, pending, &initrd)?;
         let memory_mib =
             self.key.memory_mib.unwrap_or(BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20));
-        let scale = context.accel.timeout_scale;
+        let accel = context.accel();
+        let scale = accel.timeout_scale;
         let spec = VmSpec {
             arch: context.arch,
-            accel: context.accel.accel,
+            accel: accel.accel,
             kernel: self.kernel.image.clone(),
             memory_mib,
             cpus: self.key.cpus.unwrap_or(crate::qemu::profile(context.arch).default_cpus),
@@ -497,13 +520,13 @@ impl Group {
         let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
             GuestMessage::TestStarted { id } => {
                 running = by_id.get(&id).copied();
-                running.map_or(gap, |m| m.timeout + gap)
+                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
             GuestMessage::KernelLog { id, bytes } => {
                 if running.is_some_and(|m| m.id == id) {
                     kernel_log = bytes;
                 }
-                running.map_or(gap, |m| m.timeout + gap)
+                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
             GuestMessage::TestFinished { id, outcome, duration_ms: _, stdout, stderr } => {
                 if let Some(member) = by_id.get(&id) {
@@ -524,15 +547,24 @@ impl Group {
                     Stream::Stdout => std::io::stdout().write_all(&bytes),
                     Stream::Stderr => std::io::stderr().write_all(&bytes),
                 };
-                running.map_or(gap, |m| m.timeout + gap)
+                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
             GuestMessage::Log(line) => {
                 eprintln!("vmtest: guest: {line}");
-                running.map_or(gap, |m| m.timeout + gap)
+                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
-            _ => running.map_or(gap, |m| m.timeout + gap),
+            _ => running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap),
         })?;
-        let Some(problem) = end.problem else { return Ok(None) };
+        let Some(mut problem) = end.problem else { return Ok(None) };
+        if end.kvm_failed && accel.may_fall_back {
+            context.fall_back_to_tcg(&problem)?;
+            return self.boot(context, pending, attempt);
+        }
+        if end.kvm_failed {
+            problem.push_str(
+                "\nKVM failed while forced by VMTEST_ACCEL=kvm; unset it to fall back to TCG",
+            );
+        }
         let report = format!(
             "{problem}\nkernel console ({}), last lines:\n{}",
             console_log.display(),
@@ -605,7 +637,10 @@ impl Group {
             args: vec![],
             env,
             cwd: guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR")),
-            timeout_ms: u64::try_from(member.timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(
+                member.timeout.mul_f64(context.accel().timeout_scale).as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             capture: context.capture,
         }
     }

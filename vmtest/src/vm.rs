@@ -10,6 +10,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +27,10 @@ use crate::Error;
 
 /// Bytes of kernel console kept in memory for failure messages.
 const CONSOLE_TAIL_BYTES: usize = 16 * 1024;
+/// What QEMU prints when KVM cannot run the guest (and then hangs).
+const KVM_INTERNAL_ERROR: &[u8] = b"KVM internal error";
+/// How often the boot wait looks for [`KVM_INTERNAL_ERROR`].
+const KVM_ERROR_POLL: Duration = Duration::from_millis(100);
 
 /// How a VM should be booted.
 #[derive(Clone, Debug)]
@@ -48,6 +53,8 @@ pub(crate) type NextDeadline = Duration;
 pub(crate) struct VmEnd {
     /// `None` when the guest sent `Done` and QEMU exited; else what went wrong.
     pub problem: Option<String>,
+    /// The VM ran under KVM and KVM failed before the guest started (QEMU said so).
+    pub kvm_failed: bool,
     /// The last lines of the kernel console.
     pub console_tail: String,
 }
@@ -87,10 +94,11 @@ pub(crate) fn run(
 
     let console_path = workdir.join("console.log");
     let console = ConsoleReader::start(process.child_mut().stdout.take(), &console_path)?;
-    let qemu_stderr = collect(process.child_mut().stderr.take());
+    let kvm_error = Arc::new(AtomicBool::new(false));
+    let qemu_stderr = collect_stderr(process.child_mut().stderr.take(), Arc::clone(&kvm_error));
 
-    let started = Instant::now();
-    let result = drive(spec, &listener, &mut process, started, &mut on_message);
+    let mut greeted = false;
+    let result = drive(spec, &listener, &mut process, &kvm_error, &mut greeted, &mut on_message);
     let status = match &result {
         Ok(()) => process.wait_or_kill(Duration::from_secs(10)),
         Err(_) => process.kill(),
@@ -101,6 +109,10 @@ pub(crate) fn run(
     }
     copy_atomically(&console_path, console_log)?;
     let console_tail = console.tail();
+    let kvm_failed = spec.accel == Accel::Kvm
+        && !greeted
+        && result.is_err()
+        && crate::accel::kvm_failed(&String::from_utf8_lossy(&stderr));
 
     let problem = match result {
         Ok(()) => None,
@@ -119,7 +131,7 @@ pub(crate) fn run(
             Some(text)
         }
     };
-    Ok(VmEnd { problem, console_tail })
+    Ok(VmEnd { problem, kvm_failed, console_tail })
 }
 
 /// The message loop. `Err` carries a description of what went wrong.
@@ -127,21 +139,30 @@ fn drive(
     spec: &VmSpec,
     listener: &UnixListener,
     process: &mut QemuProcess,
-    started: Instant,
+    kvm_error: &AtomicBool,
+    greeted: &mut bool,
     on_message: &mut impl FnMut(GuestMessage) -> NextDeadline,
 ) -> Result<(), String> {
+    let started = Instant::now();
     let boot_deadline = started + spec.boot_timeout;
     let stream = accept_until(listener, process, started + Duration::from_secs(30))?;
     let messages = spawn_frame_reader(stream);
 
     let mut deadline = boot_deadline;
-    let mut greeted = false;
     loop {
-        let timeout = deadline.saturating_duration_since(Instant::now());
+        let mut timeout = deadline.saturating_duration_since(Instant::now());
+        if !*greeted {
+            // KVM that fails prints an error and then hangs: look for it while booting.
+            if kvm_error.load(Ordering::Relaxed) {
+                return Err("KVM failed to run the guest".to_owned());
+            }
+            timeout = timeout.min(KVM_ERROR_POLL);
+        }
         let message = match messages.recv_timeout(timeout) {
             Ok(Ok(message)) => message,
             Ok(Err(e)) => return Err(format!("the guest sent a malformed message: {e}")),
-            Err(RecvTimeoutError::Timeout) if !greeted => {
+            Err(RecvTimeoutError::Timeout) if !*greeted && Instant::now() < deadline => continue,
+            Err(RecvTimeoutError::Timeout) if !*greeted => {
                 return Err(format!(
                     "the guest did not start the harness within {:.0} s of boot \
                      (wrong console, a missing virtio driver, or a kernel for another architecture?)",
@@ -151,7 +172,7 @@ fn drive(
             Err(RecvTimeoutError::Timeout) => {
                 return Err("the guest stopped answering (timed out waiting for it)".to_owned())
             }
-            Err(RecvTimeoutError::Disconnected) if !greeted => {
+            Err(RecvTimeoutError::Disconnected) if !*greeted => {
                 return Err("the VM stopped before the harness started in the guest".to_owned())
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -164,11 +185,11 @@ fn drive(
                     "the guest speaks protocol version {version}, the host {PROTOCOL_VERSION}"
                 ));
             }
-            GuestMessage::Hello { .. } if !greeted => {
-                greeted = true;
+            GuestMessage::Hello { .. } if !*greeted => {
+                *greeted = true;
                 deadline = Instant::now() + Duration::from_secs(30);
             }
-            _ if !greeted => return Err("the guest did not start with a greeting".to_owned()),
+            _ if !*greeted => return Err("the guest did not start with a greeting".to_owned()),
             GuestMessage::Done => return Ok(()),
             GuestMessage::Fatal(message) => return Err(format!("the guest failed: {message}")),
             other => deadline = Instant::now() + on_message(other),
@@ -274,11 +295,27 @@ pub(crate) fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn collect(stream: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+/// Collects QEMU's stderr (the first 64 KiB), raising `kvm_error` as soon as it reports a
+/// KVM internal error.
+fn collect_stderr(
+    stream: Option<impl Read + Send + 'static>,
+    kvm_error: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
-        if let Some(stream) = stream {
-            let _ = stream.take(64 * 1024).read_to_end(&mut bytes);
+        let Some(stream) = stream else { return bytes };
+        let mut stream = stream.take(64 * 1024);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+            if !kvm_error.load(Ordering::Relaxed)
+                && bytes.windows(KVM_INTERNAL_ERROR.len()).any(|w| w == KVM_INTERNAL_ERROR)
+            {
+                kvm_error.store(true, Ordering::Relaxed);
+            }
         }
         bytes
     })
@@ -321,6 +358,19 @@ mod tests {
             message.contains("apt-get install -y --no-install-recommends qemu-system-arm"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn notices_a_kvm_internal_error_on_stderr() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let stderr = b"warning: x\nKVM internal error. Suberror: 1\nemulation failure\n".to_vec();
+        let collected = collect_stderr(Some(io::Cursor::new(stderr.clone())), Arc::clone(&flag));
+        assert_eq!(collected.join().unwrap(), stderr);
+        assert!(flag.load(Ordering::Relaxed));
+        let flag = Arc::new(AtomicBool::new(false));
+        let _ =
+            collect_stderr(Some(io::Cursor::new(b"all fine".to_vec())), Arc::clone(&flag)).join();
+        assert!(!flag.load(Ordering::Relaxed));
     }
 
     #[test]

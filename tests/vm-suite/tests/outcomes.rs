@@ -305,6 +305,38 @@ fn forcing_unusable_kvm_is_one_clear_error() {
     );
 }
 
+#[test]
+fn kvm_that_fails_at_boot_falls_back_to_tcg() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_flags = cpuinfo.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    let opens = std::fs::File::options().read(true).write(true).open("/dev/kvm").is_ok();
+    if has_flags || !opens {
+        eprintln!(
+            "skipped: needs a /dev/kvm that opens but cannot run the guest (as on paravirtual KVM)"
+        );
+        return;
+    }
+    let run = RunDir::new("kvmfallback");
+    // Trusting /dev/kvm skips the CPU-flag check, so the first boot really tries KVM.
+    let ran = run.run(FAILING, &["--exact", "passes"], &[("VMTEST_KVM_PROBE", "trust")]);
+    assert_contains(&ran.expect_code(0).stdout, &["test passes ... ok"]);
+    let warnings: Vec<&str> = ran.stderr.lines().filter(|l| l.contains("KVM failed")).collect();
+    assert_eq!(warnings.len(), 1, "{}", ran.stderr);
+    assert_contains(warnings[0], &["vmtest: warning:", "using TCG"]);
+    run.assert_clean();
+    // Forced, the same failure is reported instead.
+    let ran = run.run(
+        FAILING,
+        &["--exact", "passes"],
+        &[("VMTEST_KVM_PROBE", "trust"), ("VMTEST_ACCEL", "kvm")],
+    );
+    assert_contains(
+        &ran.expect_code(101).stdout,
+        &["test passes ... FAILED", "KVM failed while forced by VMTEST_ACCEL=kvm"],
+    );
+    run.assert_clean();
+}
+
 /// Starts the hanging test with live output, waits for `ready`, sends `signal`, and checks
 /// that the harness exits with 128 + signal and leaves nothing behind.
 fn interrupt(label: &str, signal: libc::c_int, ready: impl Fn(&str, &RunDir) -> bool) {
