@@ -239,6 +239,11 @@ struct Group {
     started: Once,
 }
 
+/// Where a trial finds its group and the run, once grouping is done.
+type GroupCell = OnceLock<(Arc<Group>, Arc<RunContext>)>;
+/// A group while tests are sorted into it: its kernel, members, and their trials' cells.
+type GroupParts = (Kernel, Vec<Member>, Vec<Arc<GroupCell>>);
+
 /// Settings shared by every group of a run.
 struct RunContext {
     exe: PathBuf,
@@ -247,7 +252,8 @@ struct RunContext {
     /// TCG after KVM, chosen automatically, failed to boot a guest.
     fallback: OnceLock<AccelChoice>,
     capture: bool,
-    log_dir: PathBuf,
+    /// Where this run's console logs go; see [`LogDir`].
+    log_dir: LogDir,
     vms: Semaphore,
     /// Threads of the VMs started so far.
     vm_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -306,7 +312,7 @@ fn prepare(
             continue;
         }
         let slot = Arc::new(Slot::default());
-        let group = Arc::new(OnceLock::<(Arc<Group>, Arc<RunContext>)>::new());
+        let group = Arc::new(GroupCell::new());
         let trial = {
             let slot = Arc::clone(&slot);
             let group = Arc::clone(&group);
@@ -338,7 +344,7 @@ fn prepare(
         exe: binary.path.clone(),
         arch,
         capture: !args.nocapture,
-        log_dir: log_dir(&binary.path),
+        log_dir: LogDir::claim(log_dir(&binary.path))?,
         vms: Semaphore::new(
             args.test_threads
                 .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
@@ -351,8 +357,7 @@ fn prepare(
 
     // Resolve each kernel once; group by VM configuration.
     let mut kernels: BTreeMap<Option<String>, Kernel> = BTreeMap::new();
-    let mut groups: BTreeMap<GroupKey, (Kernel, Vec<Member>, Vec<Arc<OnceLock<_>>>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, GroupParts> = BTreeMap::new();
     for (id, (instance, slot, cell)) in runnable.into_iter().enumerate() {
         let kernel = match kernels.get(&instance.kernel) {
             Some(kernel) => kernel.clone(),
@@ -420,6 +425,34 @@ fn log_dir(exe: &Path) -> PathBuf {
     base.join("vmtest").join(stem)
 }
 
+/// The directory of one run's console logs. Runs of the same binary at the same time (two
+/// terminals, `cargo test` running suites in parallel) each claim their own: the first free
+/// of `<dir>/`, `<dir>/concurrent-1/`, `<dir>/concurrent-2/`, ..., held by an flock on a
+/// `.lock` file inside it for as long as the run lasts.
+struct LogDir {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl LogDir {
+    fn claim(base: PathBuf) -> Result<LogDir, Error> {
+        use rustix::fs::{flock, FlockOperation};
+        for slot in 0u32.. {
+            let path =
+                if slot == 0 { base.clone() } else { base.join(format!("concurrent-{slot}")) };
+            std::fs::create_dir_all(&path)
+                .map_err(|e| Error::io(format!("failed to create {}", path.display()), e))?;
+            let lock_path = path.join(".lock");
+            let lock = std::fs::File::create(&lock_path)
+                .map_err(|e| Error::io(format!("failed to create {}", lock_path.display()), e))?;
+            if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                return Ok(LogDir { path, _lock: lock });
+            }
+        }
+        unreachable!("some slot is free")
+    }
+}
+
 impl Group {
     /// Starts the group's VM on its own thread, once.
     fn start(self: &Arc<Self>, context: &Arc<RunContext>) {
@@ -478,7 +511,7 @@ impl Group {
             .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
             .collect();
         let retry = if attempt == 0 { String::new() } else { format!("-retry{attempt}") };
-        context.log_dir.join(format!("vm{}{retry}-{kernel}.console.log", self.index))
+        context.log_dir.path.join(format!("vm{}{retry}-{kernel}.console.log", self.index))
     }
 
     /// Boots the VM and runs the group's tests. `Ok(Some(..))` describes a VM that failed.

@@ -29,6 +29,8 @@ use crate::Error;
 const CONSOLE_TAIL_BYTES: usize = 16 * 1024;
 /// What QEMU prints when KVM cannot run the guest (and then hangs).
 const KVM_INTERNAL_ERROR: &[u8] = b"KVM internal error";
+/// How long a QEMU whose guest went silent may take to exit by itself before it is killed.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// How often the boot wait looks for [`KVM_INTERNAL_ERROR`].
 const KVM_ERROR_POLL: Duration = Duration::from_millis(100);
 
@@ -99,9 +101,17 @@ pub(crate) fn run(
 
     let mut greeted = false;
     let result = drive(spec, &listener, &mut process, &kvm_error, &mut greeted, &mut on_message);
+    // Whether QEMU had already ended by itself (crashed, killed from outside) when the loop gave up.
+    let mut ended_by_itself = false;
     let status = match &result {
         Ok(()) => process.wait_or_kill(Duration::from_secs(10)),
-        Err(_) => process.kill(),
+        Err(_) => match exited_within(&mut process, EXIT_GRACE) {
+            Some(status) => {
+                ended_by_itself = true;
+                Ok(status)
+            }
+            None => process.kill(),
+        },
     };
     let stderr = qemu_stderr.join().unwrap_or_default();
     if let Some(parent) = console_log.parent() {
@@ -119,7 +129,7 @@ pub(crate) fn run(
         Err(problem) => {
             let mut text = problem;
             if let Ok(status) = status {
-                if !status.success() && status.code().is_some() {
+                if !status.success() && (status.code().is_some() || ended_by_itself) {
                     text.push_str(&format!(" (QEMU {status})"));
                 }
             }
@@ -132,6 +142,21 @@ pub(crate) fn run(
         }
     };
     Ok(VmEnd { problem, kvm_failed, console_tail })
+}
+
+/// QEMU's exit status if it exits within `grace` (a QEMU that dies closes the control socket
+/// a moment before it can be reaped).
+fn exited_within(process: &mut QemuProcess, grace: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Ok(Some(status)) = process.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The message loop. `Err` carries a description of what went wrong.

@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 const FAILING: &str = env!("CARGO_BIN_EXE_fixture-failing");
@@ -204,6 +205,35 @@ fn kernel_splats_fail_the_test_that_was_running() {
 }
 
 #[test]
+fn concurrent_runs_of_one_binary_keep_their_own_logs() {
+    let run = RunDir::new("concurrent");
+    let start = || {
+        run.command(env!("CARGO_BIN_EXE_fixture-splat"))
+            .args(["--exact", "warning_fails"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (start(), start());
+    let logs: Vec<String> = [first, second]
+        .into_iter()
+        .map(|child| {
+            let ran = Ran::from(child.wait_with_output().unwrap());
+            assert_contains(&ran.expect_code(101).stdout, &["test warning_fails ... FAILED"]);
+            let log = ran.stdout.lines().find_map(|l| l.strip_prefix("kernel console: "));
+            log.unwrap_or_else(|| panic!("no console log named:\n{}", ran.stdout)).to_owned()
+        })
+        .collect();
+    assert_ne!(logs[0], logs[1], "both runs wrote the same console log");
+    for log in &logs {
+        let console = std::fs::read_to_string(log).unwrap();
+        assert_contains(&console, &["injected_warning", "reboot: Power down"]);
+    }
+    run.assert_clean();
+}
+
+#[test]
 fn guest_runs_the_kernel_it_was_given() {
     // The kernel the harness would pick by default, given to it explicitly as a path.
     let kernel = vmtest::kernel::resolve(None, vmtest::arch::Arch::host()).unwrap().image;
@@ -337,18 +367,14 @@ fn kvm_that_fails_at_boot_falls_back_to_tcg() {
     run.assert_clean();
 }
 
-/// Starts the hanging test with live output, waits for `ready`, sends `signal`, and checks
-/// that the harness exits with 128 + signal and leaves nothing behind.
-fn interrupt(label: &str, signal: libc::c_int, ready: impl Fn(&str, &RunDir) -> bool) {
-    let run = RunDir::new(label);
-    let mut child = run
-        .command(FAILING)
-        .args(["--exact", "hangs", "--nocapture"])
-        .env("VMTEST_TIMEOUT_SCALE", "30")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+/// Starts `command` with its stdout piped and waits until `ready` holds for the output so far
+/// (at most two minutes). Returns the child, that output, and the lines still to come; stderr
+/// is discarded.
+fn start_and_wait_until(
+    mut command: Command,
+    ready: impl Fn(&str) -> bool,
+) -> (Child, String, Receiver<String>) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -361,13 +387,50 @@ fn interrupt(label: &str, signal: libc::c_int, ready: impl Fn(&str, &RunDir) -> 
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = String::new();
-    while !ready(&seen, &run) {
+    while !ready(&seen) {
         assert!(Instant::now() < deadline, "never got ready; output so far:\n{seen}");
         if let Ok(line) = receiver.recv_timeout(Duration::from_millis(20)) {
             seen.push_str(&line);
             seen.push('\n');
         }
     }
+    (child, seen, receiver)
+}
+
+#[test]
+fn a_vm_killed_from_outside_fails_its_test_and_the_rest_run_in_a_fresh_vm() {
+    let run = RunDir::new("killed");
+    let mut command = run.command(env!("CARGO_BIN_EXE_fixture-killed"));
+    command.args(["--test-threads", "1", "--nocapture"]);
+    let (mut child, mut seen, rest) =
+        start_and_wait_until(command, |seen| seen.contains("waiting to be killed"));
+    let qemu = processes_mentioning(&run.0);
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    let pid: libc::pid_t = qemu[0].split(':').next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is the run's QEMU.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    seen.extend(rest.iter().map(|line| unpad(&line) + "\n"));
+    assert_eq!(child.wait().unwrap().code(), Some(101), "{seen}");
+    assert_contains(
+        &seen,
+        &[
+            "---- a_waits_to_be_killed ----",
+            "the VM failed while this test ran",
+            "(QEMU signal: 9 (SIGKILL))",
+            "b ran\nok",
+            "test result: FAILED. 1 passed; 1 failed",
+        ],
+    );
+    run.assert_clean();
+}
+
+/// Starts the hanging test with live output, waits for `ready`, sends `signal`, and checks
+/// that the harness exits with 128 + signal and leaves nothing behind.
+fn interrupt(label: &str, signal: libc::c_int, ready: impl Fn(&str, &RunDir) -> bool) {
+    let run = RunDir::new(label);
+    let mut command = run.command(FAILING);
+    command.args(["--exact", "hangs", "--nocapture"]).env("VMTEST_TIMEOUT_SCALE", "30");
+    let (mut child, _, _) = start_and_wait_until(command, |seen| ready(seen, &run));
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own child.
     assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
