@@ -51,6 +51,33 @@ macro_rules! main {
     };
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (`cargo xtask fuzz`); not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use std::path::Path;
+
+    /// Decodes a `vmtest_tests` section.
+    pub fn test_metadata(section: &[u8]) {
+        let _ = crate::meta::decode(section);
+    }
+
+    /// Reads `path` as a test binary: its ELF header, its tests, its loader's view.
+    pub fn binary_file(path: &Path) {
+        let _ = crate::harness::TestBinary::read(path);
+        let _ = crate::elf::read_elf(path);
+    }
+
+    /// Reads `path` as a kernel image.
+    pub fn kernel_image(path: &Path) {
+        let _ = crate::kernel::image_info(path);
+    }
+
+    /// Finds the splats in kernel log text and judges them.
+    pub fn kernel_log(text: &str) {
+        let _ = crate::splat::failure(text, false);
+    }
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::meta::{encode as meta_record, encoded_len as meta_len, SECTION};

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 mod exec;
+mod fuzz;
 mod kernel;
 mod setup;
 mod test;
@@ -15,7 +16,10 @@ commands:
   test --arch <arch> [<cargo test args>] [-- <test args>]
                           cross-build the VM suites for <arch> (x86_64, aarch64/arm64) and run
                           them under that arch's QEMU through `cargo-vmtest run`
-  kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)";
+  kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)
+  fuzz [--time S] [<target>...]
+                          run the fuzz targets in fuzz/ for S seconds each (default 20; needs
+                          nightly and cargo-fuzz, installed when missing)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +27,7 @@ fn main() -> ExitCode {
         Some((cmd, rest)) if cmd == "setup" => setup::run_setup(rest),
         Some((cmd, rest)) if cmd == "test" => test::run_test(rest),
         Some((cmd, rest)) if cmd == "kernel" => kernel::run(rest),
+        Some((cmd, rest)) if cmd == "fuzz" => fuzz::run_fuzz(rest),
         Some((cmd, _)) if cmd == "-h" || cmd == "--help" || cmd == "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
