@@ -107,6 +107,7 @@ pub(crate) fn run_host() -> ! {
 /// Runs `binary`'s tests as libtest would with `args`; returns the exit code.
 pub(crate) fn run(binary: &TestBinary, args: &Arguments) -> i32 {
     crate::process::install_signal_cleanup();
+    crate::process::remove_stale_workdirs();
     match prepare(binary, args) {
         Ok((trials, context)) => {
             let conclusion = libtest_mimic::run(args, trials);
@@ -460,7 +461,7 @@ impl Group {
             let group = Arc::clone(self);
             let context = Arc::clone(context);
             let thread = std::thread::Builder::new()
-                .name(format!("vmtest-vm{}", self.index))
+                .name(format!("{}{}", crate::process::VM_THREAD_PREFIX, self.index))
                 .spawn({
                     let context = Arc::clone(&context);
                     move || group.run(&context)
@@ -521,10 +522,7 @@ impl Group {
         pending: &[&Member],
         attempt: u32,
     ) -> Result<Option<String>, Error> {
-        let workdir = tempfile::Builder::new()
-            .prefix("vmtest-")
-            .tempdir()
-            .map_err(|e| Error::io("failed to create a temp dir", e))?;
+        let workdir = crate::process::vm_workdir()?;
         let initrd = workdir.path().join("initrd.cpio");
         let size = self.write_initramfs(context, pending, &initrd)?;
         let memory_mib =

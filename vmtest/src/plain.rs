@@ -50,10 +50,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         Err(_) => DEFAULT_TIMEOUT.mul_f64(scale),
     };
 
-    let workdir = tempfile::Builder::new()
-        .prefix("vmtest-")
-        .tempdir()
-        .map_err(|e| Error::io("failed to create a temp dir", e))?;
+    let workdir = crate::process::vm_workdir()?;
     let initrd = workdir.path().join("initrd.cpio");
     let mut initramfs = Initramfs::new();
     initramfs.add_elf_with_libraries("/init", &init)?;

@@ -5,9 +5,13 @@
 //! - [`install_signal_cleanup`] blocks SIGINT/SIGTERM/SIGHUP in every thread and handles them on
 //!   one thread that kills every live QEMU group, removes every live temp dir, and exits with
 //!   the conventional status (130 for Ctrl-C).
-//! - QEMU gets `PR_SET_PDEATHSIG(SIGKILL)` as the backstop when the harness is killed outright.
+//! - A panic on any thread but a VM's own (those are caught and reported per group) kills every
+//!   live QEMU group and removes its temp dir before the process unwinds out of `main`.
+//! - QEMU gets `PR_SET_PDEATHSIG(SIGKILL)` as the backstop when the harness is killed outright;
+//!   the temp dirs such a run leaves (named `vmtest-<pid>-*`) are removed by the next run
+//!   ([`remove_stale_workdirs`]).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -15,8 +19,22 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
-/// Process groups and temp dirs to clean up if the harness is interrupted, keyed by QEMU's pid.
-static LIVE: Mutex<BTreeMap<u32, PathBuf>> = Mutex::new(BTreeMap::new());
+/// What to clean up if the harness is interrupted or panics.
+struct Live {
+    /// QEMU pids, each the leader of its process group.
+    groups: BTreeSet<u32>,
+    /// VM temp dirs.
+    dirs: BTreeSet<PathBuf>,
+    /// Cleanup has run: no new QEMU or temp dir may appear (the process is about to end).
+    stopping: bool,
+}
+
+static LIVE: Mutex<Live> =
+    Mutex::new(Live { groups: BTreeSet::new(), dirs: BTreeSet::new(), stopping: false });
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 const CLEANUP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -32,11 +50,23 @@ fn cleanup_sigset() -> libc::sigset_t {
     set
 }
 
-/// Routes SIGINT, SIGTERM and SIGHUP to a cleanup thread. Call before spawning other threads
-/// (the signal mask is inherited by threads created afterwards). Idempotent.
+/// Name prefix of the VM threads: their panics are caught and reported by their group.
+pub(crate) const VM_THREAD_PREFIX: &str = "vmtest-vm";
+
+/// Routes SIGINT, SIGTERM and SIGHUP to a cleanup thread, and makes a harness panic clean up
+/// too. Call before spawning other threads (the signal mask is inherited by threads created
+/// afterwards). Idempotent.
 pub(crate) fn install_signal_cleanup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            if !name.starts_with(VM_THREAD_PREFIX) {
+                kill_everything();
+            }
+            previous(info);
+        }));
         let set = cleanup_sigset();
         // SAFETY: `set` is initialised; a null old-set pointer is allowed.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -59,9 +89,12 @@ pub(crate) fn install_signal_cleanup() {
 }
 
 fn kill_everything() {
-    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    for (&pid, dir) in live.iter() {
+    let mut live = live();
+    live.stopping = true;
+    for &pid in &live.groups {
         kill_group(pid);
+    }
+    for dir in &live.dirs {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
@@ -74,6 +107,56 @@ fn kill_group(pid: u32) {
     }
 }
 
+/// A private temp dir for one VM, `vmtest-<pid>-XXXXXX` in the temp dir, removed on drop and
+/// by the cleanup of an interrupted or panicking harness.
+pub(crate) struct WorkDir(tempfile::TempDir);
+
+impl WorkDir {
+    pub(crate) fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        live().dirs.remove(self.0.path());
+    }
+}
+
+/// Creates a [`WorkDir`]; refused once the harness is stopping.
+pub(crate) fn vm_workdir() -> Result<WorkDir, crate::Error> {
+    let mut live = live();
+    if live.stopping {
+        return Err(crate::Error::Config("the harness is stopping".to_owned()));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("vmtest-{}-", std::process::id()))
+        .tempdir()
+        .map_err(|e| crate::Error::io("failed to create a temp dir", e))?;
+    live.dirs.insert(dir.path().to_owned());
+    Ok(WorkDir(dir))
+}
+
+/// Removes the VM temp dirs of harness runs that no longer exist (killed with SIGKILL, which
+/// leaves no chance to clean up). Errors are ignored: another run may be removing the same.
+pub(crate) fn remove_stale_workdirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = stale_owner(&name.to_string_lossy()) else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The pid in a VM temp dir's name `vmtest-<pid>-<random>`.
+fn stale_owner(name: &str) -> Option<u32> {
+    let (pid, random) = name.strip_prefix("vmtest-")?.split_once('-')?;
+    (!random.is_empty() && !random.contains('-')).then_some(())?;
+    pid.parse().ok()
+}
+
 /// A running QEMU, in its own process group, killed and reaped on drop.
 pub(crate) struct QemuProcess {
     child: Child,
@@ -81,9 +164,8 @@ pub(crate) struct QemuProcess {
 }
 
 impl QemuProcess {
-    /// Spawns `command` in a new process group. `workdir` is removed if the harness is
-    /// interrupted while QEMU runs.
-    pub fn spawn(mut command: Command, workdir: PathBuf) -> io::Result<QemuProcess> {
+    /// Spawns `command` in a new process group; refused once the harness is stopping.
+    pub fn spawn(mut command: Command) -> io::Result<QemuProcess> {
         command.process_group(0);
         let unblock = cleanup_sigset();
         // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
@@ -99,9 +181,12 @@ impl QemuProcess {
                 Ok(())
             });
         }
-        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = live();
+        if live.stopping {
+            return Err(io::Error::other("the harness is stopping"));
+        }
         let child = command.spawn()?;
-        live.insert(child.id(), workdir);
+        live.groups.insert(child.id());
         Ok(QemuProcess { child, status: None })
     }
 
@@ -145,6 +230,20 @@ impl QemuProcess {
 impl Drop for QemuProcess {
     fn drop(&mut self) {
         let _ = self.kill();
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.child.id());
+        live().groups.remove(&self.child.id());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_vm_workdir_names_only() {
+        assert_eq!(stale_owner("vmtest-1234-a1B2c3"), Some(1234));
+        assert_eq!(stale_owner("vmtest-fixtures-abc"), None);
+        assert_eq!(stale_owner("vmtest-outcomes-kvm-55"), None);
+        assert_eq!(stale_owner("vmtest-12-"), None);
+        assert_eq!(stale_owner("other-12-abc"), None);
     }
 }

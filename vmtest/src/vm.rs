@@ -91,7 +91,7 @@ pub(crate) fn run(
     };
     let mut command = Command::new(&qemu_binary);
     command.args(qemu.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut process = QemuProcess::spawn(command, workdir.to_owned())
+    let mut process = QemuProcess::spawn(command)
         .map_err(|e| Error::io(format!("failed to start {}", qemu_binary.display()), e))?;
 
     let console_path = workdir.join("console.log");

@@ -440,6 +440,43 @@ fn interrupt(label: &str, signal: libc::c_int, ready: impl Fn(&str, &RunDir) -> 
 }
 
 #[test]
+fn a_harness_killed_outright_takes_its_vm_along_and_the_next_run_cleans_up() {
+    let run = RunDir::new("sigkill");
+    let mut command = run.command(FAILING);
+    command.args(["--exact", "hangs", "--nocapture"]).env("VMTEST_TIMEOUT_SCALE", "30");
+    let (mut child, _, _) = start_and_wait_until(command, |seen| seen.contains("hang started"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // QEMU dies with its parent (PR_SET_PDEATHSIG); its temp dir stays behind...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(&run.0).is_empty() {
+        assert!(Instant::now() < deadline, "QEMU outlived its harness");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        std::fs::read_dir(&run.0).unwrap().next().is_some(),
+        "expected the dead run's temp dir"
+    );
+    // ...until the next run, which works and removes it.
+    run.run(FAILING, &["--exact", "passes"], &[]).expect_code(0);
+    run.assert_clean();
+}
+
+#[test]
+fn a_panicking_harness_stops_its_vms_and_removes_their_temp_dirs() {
+    // `cargo test | head -1`: once the reader is gone, the harness's next line of output
+    // panics ("failed printing to stdout") while the VM still runs the other tests.
+    let run = RunDir::new("panic");
+    let mut command = run.command(MANY);
+    command.args(["--test-threads", "1"]);
+    let (mut child, _, rest) = start_and_wait_until(command, |seen| seen.contains(" ... ok"));
+    drop(rest);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(101), "{status}");
+    run.assert_clean();
+}
+
+#[test]
 fn sigint_during_boot_leaves_nothing_behind() {
     interrupt("sigint", libc::SIGINT, |_, run| !processes_mentioning(&run.0).is_empty());
 }
