@@ -440,6 +440,25 @@ fn interrupt(label: &str, signal: libc::c_int, ready: impl Fn(&str, &RunDir) -> 
 }
 
 #[test]
+fn a_guest_that_stops_answering_fails_at_the_host_deadline() {
+    let run = RunDir::new("frozen");
+    let mut command = run.command(FAILING);
+    command.args(["--exact", "hangs", "--nocapture"]).env("VMTEST_TIMEOUT_SCALE", "1");
+    let (mut child, mut seen, rest) =
+        start_and_wait_until(command, |seen| seen.contains("hang started"));
+    // A frozen VM: neither the guest's own timeout nor anything else gets through.
+    let qemu = processes_mentioning(&run.0);
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    let pid: libc::pid_t = qemu[0].split(':').next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is the run's QEMU.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    seen.extend(rest.iter().map(|line| unpad(&line) + "\n"));
+    assert_eq!(child.wait().unwrap().code(), Some(101), "{seen}");
+    assert_contains(&seen, &["---- hangs ----", "the guest stopped answering"]);
+    run.assert_clean();
+}
+
+#[test]
 fn a_harness_killed_outright_takes_its_vm_along_and_the_next_run_cleans_up() {
     let run = RunDir::new("sigkill");
     let mut command = run.command(FAILING);
