@@ -34,10 +34,12 @@ mod process;
 mod qemu;
 mod registry;
 pub mod runner;
+mod skip;
 mod vm;
 
 pub(crate) use error::Error;
 
+pub use skip::skip;
 pub use vmtest_macros::vm_test;
 
 /// Defines `main` for a test binary with `harness = false`.
