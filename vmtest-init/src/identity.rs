@@ -31,7 +31,10 @@ pub(crate) const ETC_FILES: &[(&str, &str)] = &[
 pub(crate) fn set_up(root: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) = rustix::system::sethostname(HOSTNAME.as_bytes()) {
-        problems.push(format!("failed to set the hostname to {HOSTNAME}: {}", io::Error::from(e)));
+        problems.push(format!(
+            "failed to set the hostname to {HOSTNAME}: {}",
+            io::Error::from(e)
+        ));
     }
     if let Err(e) = std::fs::create_dir_all(root.join("root")) {
         problems.push(format!("failed to create /root: {e}"));
@@ -50,7 +53,11 @@ fn write_new(path: &Path, contents: &str) -> io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
         Ok(mut file) => file.write_all(contents.as_bytes()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
@@ -62,7 +69,11 @@ mod tests {
     use super::*;
 
     fn etc(path: &str) -> &'static str {
-        ETC_FILES.iter().find(|(p, _)| *p == path).map(|(_, c)| *c).unwrap()
+        ETC_FILES
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, c)| *c)
+            .unwrap()
     }
 
     #[test]
@@ -87,8 +98,14 @@ mod tests {
         std::fs::write(dir.join("etc/hosts"), "mine\n").unwrap();
         write_new(&dir.join("etc/hosts"), "theirs\n").unwrap();
         write_new(&dir.join("etc/group"), "root:x:0:\n").unwrap();
-        assert_eq!(std::fs::read_to_string(dir.join("etc/hosts")).unwrap(), "mine\n");
-        assert_eq!(std::fs::read_to_string(dir.join("etc/group")).unwrap(), "root:x:0:\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etc/hosts")).unwrap(),
+            "mine\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etc/group")).unwrap(),
+            "root:x:0:\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

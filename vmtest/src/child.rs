@@ -16,8 +16,10 @@ pub(crate) fn run_test(name: &str) -> ! {
     };
     let run = def.run;
     // libtest runs each test on a thread named after it, so panic messages read the same.
-    let joined =
-        std::thread::Builder::new().name(name.to_owned()).spawn(run).map(|handle| handle.join());
+    let joined = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(run)
+        .map(|handle| handle.join());
     let code = match joined {
         Err(e) => {
             eprintln!("vmtest: failed to spawn the test thread: {e}");

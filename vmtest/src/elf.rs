@@ -63,7 +63,10 @@ pub(crate) enum ElfError {
 
 impl ElfError {
     fn malformed(path: &Path, cause: impl Into<String>) -> ElfError {
-        ElfError::Malformed { path: path.to_owned(), cause: cause.into() }
+        ElfError::Malformed {
+            path: path.to_owned(),
+            cause: cause.into(),
+        }
     }
 }
 
@@ -91,7 +94,10 @@ pub(crate) fn read_section(path: &Path, name: &str) -> Result<Option<Vec<u8>>, E
 
 /// Opens `path` and checks the ELF identification, returning whether the file is 64-bit.
 fn open(path: &Path) -> Result<(ReadCache<File>, bool), ElfError> {
-    let io = |source| ElfError::Io { path: path.to_owned(), source };
+    let io = |source| ElfError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(io)?;
     let mut ident = [0u8; 5];
     let mut filled = 0;
@@ -102,12 +108,19 @@ fn open(path: &Path) -> Result<(ReadCache<File>, bool), ElfError> {
         }
     }
     if filled < ident.len() || ident[..4] != ELFMAG {
-        return Err(ElfError::NotElf { path: path.to_owned() });
+        return Err(ElfError::NotElf {
+            path: path.to_owned(),
+        });
     }
     let is_64 = match ident[4] {
         ELFCLASS64 => true,
         ELFCLASS32 => false,
-        other => return Err(ElfError::malformed(path, format!("unknown ELF class {other}"))),
+        other => {
+            return Err(ElfError::malformed(
+                path,
+                format!("unknown ELF class {other}"),
+            ))
+        }
     };
     Ok((ReadCache::new(file), is_64))
 }
@@ -158,13 +171,17 @@ fn info<Elf: FileHeader<Endian = Endianness>>(
             _ => {}
         }
     }
-    let has_strings =
-        entries.iter().any(|e| matches!(e.tag32(endian), Some(DT_NEEDED | DT_RUNPATH | DT_RPATH)));
+    let has_strings = entries
+        .iter()
+        .any(|e| matches!(e.tag32(endian), Some(DT_NEEDED | DT_RUNPATH | DT_RPATH)));
     if !has_strings {
         return Ok(info);
     }
     let (Some(strtab), Some(strsz)) = (strtab, strsz) else {
-        return Err(ElfError::malformed(path, "dynamic section lacks DT_STRTAB or DT_STRSZ"));
+        return Err(ElfError::malformed(
+            path,
+            "dynamic section lacks DT_STRTAB or DT_STRSZ",
+        ));
     };
     let offset = segments
         .iter()
@@ -215,7 +232,8 @@ fn info<Elf: FileHeader<Endian = Endianness>>(
 /// Replaces `$ORIGIN` and `${ORIGIN}` in a run path entry by `origin`.
 fn expand_origin(dir: &str, origin: &Path) -> String {
     let origin = origin.to_string_lossy();
-    dir.replace("${ORIGIN}", &origin).replace("$ORIGIN", &origin)
+    dir.replace("${ORIGIN}", &origin)
+        .replace("$ORIGIN", &origin)
 }
 
 fn section<Elf: FileHeader<Endian = Endianness>>(
@@ -230,10 +248,12 @@ fn section<Elf: FileHeader<Endian = Endianness>>(
     let Some((_, section)) = sections.section_by_name(endian, name.as_bytes()) else {
         return Ok(None);
     };
-    let bytes = section.data(endian, data).map_err(|e| ElfError::Malformed {
-        path: path.to_owned(),
-        cause: format!("section {name}: {e}"),
-    })?;
+    let bytes = section
+        .data(endian, data)
+        .map_err(|e| ElfError::Malformed {
+            path: path.to_owned(),
+            cause: format!("section {name}: {e}"),
+        })?;
     Ok(Some(bytes.to_vec()))
 }
 

@@ -49,7 +49,12 @@ pub(crate) fn add(initramfs: &mut Initramfs, path: &str) -> Result<(), Error> {
 
 /// Adds one entry (recursively for a directory). For a symlink, returns the path it points to.
 fn add_entry(initramfs: &mut Initramfs, path: &Path) -> Result<Option<PathBuf>, Error> {
-    let fail = |e| Error::io(format!("failed to add the test fixture {}", path.display()), e);
+    let fail = |e| {
+        Error::io(
+            format!("failed to add the test fixture {}", path.display()),
+            e,
+        )
+    };
     let guest = guest_path(path)?;
     let metadata = std::fs::symlink_metadata(path).map_err(fail)?;
     let mode = metadata.permissions().mode() & 0o7777;
@@ -79,7 +84,12 @@ fn add_entry(initramfs: &mut Initramfs, path: &Path) -> Result<Option<PathBuf>, 
 }
 
 fn add_dir_contents(initramfs: &mut Initramfs, dir: &Path) -> Result<(), Error> {
-    let fail = |e| Error::io(format!("failed to read the test fixture {}", dir.display()), e);
+    let fail = |e| {
+        Error::io(
+            format!("failed to read the test fixture {}", dir.display()),
+            e,
+        )
+    };
     let mut children = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(fail)? {
         children.push(entry.map_err(fail)?.path());
@@ -135,7 +145,10 @@ mod tests {
     use super::*;
 
     fn scratch() -> tempfile::TempDir {
-        tempfile::Builder::new().prefix("vmtest-fixtures-").tempdir().unwrap()
+        tempfile::Builder::new()
+            .prefix("vmtest-fixtures-")
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -143,7 +156,9 @@ mod tests {
         let dir = scratch();
         let missing = dir.path().join("gone.txt");
         let missing = missing.to_str().unwrap();
-        let err = check(&[dir.path().to_str().unwrap(), missing]).unwrap_err().to_string();
+        let err = check(&[dir.path().to_str().unwrap(), missing])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(missing), "{err}");
         assert!(err.contains("fixture"), "{err}");
     }
@@ -154,8 +169,11 @@ mod tests {
         let root = dir.path();
         std::fs::create_dir(root.join("data")).unwrap();
         std::fs::write(root.join("data/a.txt"), "a").unwrap();
-        std::fs::set_permissions(root.join("data/a.txt"), std::fs::Permissions::from_mode(0o640))
-            .unwrap();
+        std::fs::set_permissions(
+            root.join("data/a.txt"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
         std::fs::create_dir(root.join("data/sub")).unwrap();
         std::fs::write(root.join("data/sub/script"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(
@@ -175,13 +193,22 @@ mod tests {
         let listing: std::collections::BTreeMap<String, u32> =
             initramfs.listing().into_iter().collect();
         let at = |p: &str| listing.get(root.join(p).to_str().unwrap()).copied();
-        let mode_of =
-            |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+        let mode_of = |p: &str| {
+            std::fs::metadata(root.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
         assert_eq!(at("data"), Some(0o040000 | mode_of("data")));
         assert_eq!(at("data/a.txt"), Some(0o100640));
         assert_eq!(at("data/sub/script"), Some(0o100755));
         assert_eq!(at("data/link"), Some(0o120777));
-        assert_eq!(at("data/dangling"), Some(0o120777), "a dangling link is kept");
+        assert_eq!(
+            at("data/dangling"),
+            Some(0o120777),
+            "a dangling link is kept"
+        );
         assert_eq!(at("outer-link"), Some(0o120777));
         assert_eq!(
             at("target.txt"),
@@ -196,15 +223,25 @@ mod tests {
         let mut initramfs = Initramfs::new();
         add(&mut initramfs, exe.to_str().unwrap()).unwrap();
         assert!(initramfs.contains(exe.to_str().unwrap()));
-        let interp = crate::elf::loader::LibrarySearch::host().closure(&exe).unwrap().interp;
+        let interp = crate::elf::loader::LibrarySearch::host()
+            .closure(&exe)
+            .unwrap()
+            .interp;
         if let Some(interp) = interp {
-            assert!(initramfs.contains(interp.to_str().unwrap()), "{}", interp.display());
+            assert!(
+                initramfs.contains(interp.to_str().unwrap()),
+                "{}",
+                interp.display()
+            );
         }
     }
 
     #[test]
     fn normalizes_lexically() {
-        assert_eq!(normalize(Path::new("/usr/sbin/../bin//ip")), Path::new("/usr/bin/ip"));
+        assert_eq!(
+            normalize(Path::new("/usr/sbin/../bin//ip")),
+            Path::new("/usr/bin/ip")
+        );
         assert_eq!(normalize(Path::new("/../x/./y")), Path::new("/x/y"));
     }
 }

@@ -7,7 +7,10 @@ use std::path::Path;
 
 /// Set in every test's environment; a forwarded variable of the same name wins.
 pub(crate) const GUEST_DEFAULTS: &[(&str, &str)] = &[
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
     ("HOME", "/root"),
     ("TMPDIR", "/tmp"),
     ("USER", "root"),
@@ -39,7 +42,9 @@ pub(crate) fn test_env(
         .iter()
         .find(|(name, _)| name == LIST_VAR)
         .map(|(_, list)| {
-            list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()).collect()
+            list.split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .collect()
         })
         .unwrap_or_default();
     let wanted = |name: &str| {
@@ -48,8 +53,10 @@ pub(crate) fn test_env(
             || listed.contains(&name)
             || from_list_var.contains(&name)
     };
-    let mut env: BTreeMap<String, String> =
-        GUEST_DEFAULTS.iter().map(|&(name, value)| (name.to_owned(), value.to_owned())).collect();
+    let mut env: BTreeMap<String, String> = GUEST_DEFAULTS
+        .iter()
+        .map(|&(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
     for (name, value) in &host {
         if wanted(name) {
             env.insert(name.clone(), value.clone());
@@ -129,14 +136,24 @@ mod tests {
     #[test]
     fn the_list_variable_names_more_variables() {
         let env = test_env(
-            host(&[(LIST_VAR, " A,B \tC,,"), ("A", "1"), ("B", "2"), ("C", "3"), ("D", "4")]),
+            host(&[
+                (LIST_VAR, " A,B \tC,,"),
+                ("A", "1"),
+                ("B", "2"),
+                ("C", "3"),
+                ("D", "4"),
+            ]),
             &[],
         );
         assert_eq!(get(&env, "A"), Some("1"));
         assert_eq!(get(&env, "B"), Some("2"));
         assert_eq!(get(&env, "C"), Some("3"));
         assert_eq!(get(&env, "D"), None);
-        assert_eq!(get(&env, LIST_VAR), None, "the list itself stays on the host");
+        assert_eq!(
+            get(&env, LIST_VAR),
+            None,
+            "the list itself stays on the host"
+        );
     }
 
     #[test]

@@ -20,9 +20,9 @@ use crate::initramfs::Initramfs;
 use crate::kernel::{self, Kernel, ModuleFile};
 use crate::meta::{self, TestMeta};
 use crate::registry::TESTS;
+use crate::{fixtures, guest_env};
 use crate::vm::{self, VmSpec};
 use crate::Error;
-use crate::{fixtures, guest_env};
 
 /// Timeout of a test without a `timeout` attribute, before scaling.
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,13 +51,8 @@ pub(crate) struct TestBinary {
 impl TestBinary {
     /// The running binary, with the tests registered in it.
     pub(crate) fn current() -> Result<TestBinary, Error> {
-        let path =
-            std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?;
-        Ok(TestBinary {
-            path,
-            arch: Arch::host(),
-            tests: TESTS.iter().map(TestMeta::from).collect(),
-        })
+        let path = std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?;
+        Ok(TestBinary { path, arch: Arch::host(), tests: TESTS.iter().map(TestMeta::from).collect() })
     }
 
     /// Reads the binary at `path` without executing it: its architecture from the ELF header,
@@ -65,8 +60,7 @@ impl TestBinary {
     /// not built with vmtest).
     pub(crate) fn read(path: &Path) -> Result<Option<TestBinary>, Error> {
         let arch = elf_arch(path)?;
-        let section = crate::elf::read_section(path, meta::SECTION)
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let section = crate::elf::read_section(path, meta::SECTION).map_err(|e| Error::Config(e.to_string()))?;
         let Some(section) = section else { return Ok(None) };
         let tests = meta::decode(&section).map_err(|e| {
             Error::Config(format!(
@@ -115,11 +109,7 @@ pub(crate) fn run(binary: &TestBinary, args: &Arguments) -> i32 {
             if let Some(context) = context {
                 context.join_vms();
             }
-            if conclusion.has_failed() {
-                101
-            } else {
-                0
-            }
+            if conclusion.has_failed() { 101 } else { 0 }
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -157,13 +147,7 @@ fn instances(defs: &[TestMeta], arch: Arch) -> Vec<Instance> {
                 Some(kernel) if matrix => format!("{base_name}[{kernel}]"),
                 _ => base_name.clone(),
             };
-            out.push(Instance {
-                def: Arc::clone(&def),
-                base_name: base_name.clone(),
-                name,
-                kernel,
-                skip: skip.clone(),
-            });
+            out.push(Instance { def: Arc::clone(&def), base_name: base_name.clone(), name, kernel, skip: skip.clone() });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -254,18 +238,14 @@ struct RunContext {
 
 impl RunContext {
     fn join_vms(&self) {
-        let threads =
-            std::mem::take(&mut *self.vm_threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *self.vm_threads.lock().unwrap_or_else(|e| e.into_inner()));
         for thread in threads {
             let _ = thread.join();
         }
     }
 }
 
-fn prepare(
-    binary: &TestBinary,
-    args: &Arguments,
-) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Error> {
+fn prepare(binary: &TestBinary, args: &Arguments) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Error> {
     let arch = binary.arch;
     let instances = instances(&binary.tests, arch);
     let run_ignored = args.ignored || args.include_ignored;
@@ -397,8 +377,7 @@ fn log_dir(exe: &Path) -> PathBuf {
     let stem = exe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     // Test binaries live in `<target>/<profile>/deps`.
-    let base =
-        if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir };
+    let base = if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir };
     base.join("vmtest").join(stem)
 }
 
@@ -425,8 +404,7 @@ impl Group {
         let _permit = context.vms.acquire();
         let mut problem = None;
         for attempt in 0.. {
-            let pending: Vec<&Member> =
-                self.members.iter().filter(|m| !m.slot.is_filled()).collect();
+            let pending: Vec<&Member> = self.members.iter().filter(|m| !m.slot.is_filled()).collect();
             if pending.is_empty() {
                 break;
             }
@@ -464,20 +442,14 @@ impl Group {
     }
 
     /// Boots the VM and runs the group's tests. `Ok(Some(..))` describes a VM that failed.
-    fn boot(
-        &self,
-        context: &RunContext,
-        pending: &[&Member],
-        attempt: u32,
-    ) -> Result<Option<String>, Error> {
+    fn boot(&self, context: &RunContext, pending: &[&Member], attempt: u32) -> Result<Option<String>, Error> {
         let workdir = tempfile::Builder::new()
             .prefix("vmtest-")
             .tempdir()
             .map_err(|e| Error::io("failed to create a temp dir", e))?;
         let initrd = workdir.path().join("initrd.cpio");
         let size = self.write_initramfs(context, pending, &initrd)?;
-        let memory_mib =
-            self.key.memory_mib.unwrap_or(BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20));
+        let memory_mib = self.key.memory_mib.unwrap_or(BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20));
         let scale = context.accel.timeout_scale;
         let spec = VmSpec {
             arch: context.arch,
@@ -485,12 +457,7 @@ impl Group {
             kernel: self.kernel.image.clone(),
             memory_mib,
             cpus: self.key.cpus.unwrap_or(crate::qemu::profile(context.arch).default_cpus),
-            cmdline: self
-                .key
-                .cmdline
-                .as_deref()
-                .map(|c| c.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default(),
+            cmdline: self.key.cmdline.as_deref().map(|c| c.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
             boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
         };
         let console_log = self.console_log(context, attempt);
@@ -558,14 +525,9 @@ impl Group {
         let mut planned_modules = Vec::new();
         for (module, wanted_by) in modules {
             let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
-            let guest =
-                format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
+            let guest = format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
             initramfs.add_host_file(&guest, &module.host_path, 0o644)?;
-            planned_modules.push(protocol::Module {
-                name: module.name.clone(),
-                path: guest,
-                wanted_by,
-            });
+            planned_modules.push(protocol::Module { name: module.name.clone(), path: guest, wanted_by });
         }
         let plan = Plan {
             modules: planned_modules,
@@ -602,20 +564,13 @@ impl Group {
 }
 
 /// Turns a guest outcome into libtest's verdict and failure text.
-fn verdict(
-    outcome: &Outcome,
-    stdout: &[u8],
-    stderr: &[u8],
-    console_log: &std::path::Path,
-) -> Verdict {
+fn verdict(outcome: &Outcome, stdout: &[u8], stderr: &[u8], console_log: &std::path::Path) -> Verdict {
     let why = match outcome {
         Outcome::Exited(0) => return Ok(None),
         Outcome::Skipped(reason) => return Ok(Some(reason.clone())),
         Outcome::Exited(101) => None,
         Outcome::Exited(code) => Some(format!("the test process exited with status {code}")),
-        Outcome::Signaled(signal) => {
-            Some(format!("the test process was killed by signal {signal}"))
-        }
+        Outcome::Signaled(signal) => Some(format!("the test process was killed by signal {signal}")),
         Outcome::TimedOut { after_ms } => {
             Some(format!("timed out after {} s", Duration::from_millis(*after_ms).as_secs_f64()))
         }

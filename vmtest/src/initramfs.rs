@@ -105,14 +105,23 @@ pub(crate) enum InitramfsError {
     #[error(
         "failed to add /{path} to the initramfs: {what} {value} exceeds newc's limit of {max}"
     )]
-    TooLarge { path: String, what: &'static str, value: u64, max: u64 },
+    TooLarge {
+        path: String,
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
     /// A host file changed size while it was being copied.
     #[error(
         "failed to add {} to the initramfs: it changed size while being written \
          (expected {expected} bytes, got {actual})",
         path.display()
     )]
-    Changed { path: PathBuf, expected: u64, actual: u64 },
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
     /// The output could not be written.
     #[error("failed to write /{path} to the initramfs: {source}")]
     Write {
@@ -161,12 +170,21 @@ impl Initramfs {
         mode: u32,
     ) -> Result<&mut Self, InitramfsError> {
         let path = host_path.as_ref().to_owned();
-        let metadata = std::fs::metadata(&path)
-            .map_err(|source| InitramfsError::ReadHost { path: path.clone(), source })?;
+        let metadata = std::fs::metadata(&path).map_err(|source| InitramfsError::ReadHost {
+            path: path.clone(),
+            source,
+        })?;
         if !metadata.is_file() {
             return Err(InitramfsError::NotAFile { path });
         }
-        self.insert(guest_path, Node::HostFile { path, size: metadata.len() }, mode)
+        self.insert(
+            guest_path,
+            Node::HostFile {
+                path,
+                size: metadata.len(),
+            },
+            mode,
+        )
     }
 
     /// Adds a symbolic link to `target` (stored as given: relative targets are relative to the
@@ -234,7 +252,10 @@ impl Initramfs {
             let guest = if library.name.contains('/') {
                 PathBuf::from(&library.name)
             } else {
-                let dir = lib_dir.as_deref().or(real.parent()).unwrap_or(Path::new("/lib"));
+                let dir = lib_dir
+                    .as_deref()
+                    .or(real.parent())
+                    .unwrap_or(Path::new("/lib"));
                 dir.join(&library.name)
             };
             let guest = guest_str(&guest)?;
@@ -276,7 +297,10 @@ impl Initramfs {
         let mut out = CountingWriter { inner: w, count: 0 };
         for (index, (name, entry)) in self.entries.iter().enumerate() {
             let ino = newc_field(name, "entry count", index as u64 + 1)?;
-            let write_err = |source| InitramfsError::Write { path: name.clone(), source };
+            let write_err = |source| InitramfsError::Write {
+                path: name.clone(),
+                source,
+            };
             let (file_type, nlink) = match entry.node {
                 Node::Dir => (ModeFileType::Directory, 2),
                 Node::Bytes(_) | Node::HostFile { .. } => (ModeFileType::Regular, 1),
@@ -303,10 +327,14 @@ impl Initramfs {
                 Node::HostFile { path, .. } => write_host_file(header, &mut out, name, path)?,
             }
         }
-        newc::trailer(&mut out)
-            .map_err(|source| InitramfsError::Write { path: TRAILER_NAME.into(), source })?;
-        out.flush()
-            .map_err(|source| InitramfsError::Write { path: TRAILER_NAME.into(), source })?;
+        newc::trailer(&mut out).map_err(|source| InitramfsError::Write {
+            path: TRAILER_NAME.into(),
+            source,
+        })?;
+        out.flush().map_err(|source| InitramfsError::Write {
+            path: TRAILER_NAME.into(),
+            source,
+        })?;
         Ok(out.count)
     }
 
@@ -322,7 +350,9 @@ impl Initramfs {
         for (i, _) in key.match_indices('/') {
             let parent = &key[..i];
             match self.entries.get(parent) {
-                Some(Entry { node: Node::Dir, .. }) => {}
+                Some(Entry {
+                    node: Node::Dir, ..
+                }) => {}
                 Some(_) => {
                     return Err(InitramfsError::ParentNotDirectory {
                         path: key.clone(),
@@ -337,15 +367,30 @@ impl Initramfs {
             return Err(InitramfsError::ReplacesDirectory { path: key });
         }
         for parent in parents {
-            self.entries.insert(parent, Entry { node: Node::Dir, mode: 0o755 });
+            self.entries.insert(
+                parent,
+                Entry {
+                    node: Node::Dir,
+                    mode: 0o755,
+                },
+            );
         }
-        self.entries.insert(key, Entry { node, mode: mode & 0o7777 });
+        self.entries.insert(
+            key,
+            Entry {
+                node,
+                mode: mode & 0o7777,
+            },
+        );
         Ok(self)
     }
 
     fn has_children(&self, key: &str) -> bool {
         let prefix = format!("{key}/");
-        self.entries.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+        self.entries
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix))
     }
 
     /// The entries in archive order, as (guest path, mode with file type), for tests.
@@ -379,7 +424,10 @@ impl Node {
 
 /// Turns `/a//b/./c` into `a/b/c`, rejecting what cannot be a guest path.
 fn normalize(guest_path: &str) -> Result<String, InitramfsError> {
-    let invalid = |reason| InitramfsError::InvalidPath { path: guest_path.to_owned(), reason };
+    let invalid = |reason| InitramfsError::InvalidPath {
+        path: guest_path.to_owned(),
+        reason,
+    };
     if !guest_path.starts_with('/') {
         return Err(invalid("a guest path must be absolute"));
     }
@@ -408,8 +456,10 @@ fn guest_str(path: &Path) -> Result<&str, InitramfsError> {
 }
 
 fn canonicalize(path: &Path) -> Result<PathBuf, InitramfsError> {
-    std::fs::canonicalize(path)
-        .map_err(|source| InitramfsError::ReadHost { path: path.to_owned(), source })
+    std::fs::canonicalize(path).map_err(|source| InitramfsError::ReadHost {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Converts a value for a 32-bit newc header field, or says which entry it broke.
@@ -443,7 +493,10 @@ fn write_all<W: Write>(
     bytes: &[u8],
 ) -> Result<(), InitramfsError> {
     let size = newc_file_size(name, bytes.len() as u64)?;
-    let write_err = |source| InitramfsError::Write { path: name.to_owned(), source };
+    let write_err = |source| InitramfsError::Write {
+        path: name.to_owned(),
+        source,
+    };
     let mut writer = header.write(out, size);
     writer.write_all(bytes).map_err(write_err)?;
     writer.finish().map_err(write_err)?;
@@ -456,15 +509,23 @@ fn write_host_file<W: Write>(
     name: &str,
     path: &Path,
 ) -> Result<(), InitramfsError> {
-    let read_err = |source| InitramfsError::ReadHost { path: path.to_owned(), source };
-    let write_err = |source| InitramfsError::Write { path: name.to_owned(), source };
+    let read_err = |source| InitramfsError::ReadHost {
+        path: path.to_owned(),
+        source,
+    };
+    let write_err = |source| InitramfsError::Write {
+        path: name.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(read_err)?;
     let len = file.metadata().map_err(read_err)?.len();
     let mut writer = header.write(out, newc_file_size(name, len)?);
     let mut buf = vec![0u8; 256 * 1024];
     let mut copied = 0u64;
     while copied < len {
-        let want = usize::try_from(len - copied).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(len - copied)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = match file.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,

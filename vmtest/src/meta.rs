@@ -223,8 +223,7 @@ fn record(payload: &[u8]) -> Result<TestMeta, (usize, String)> {
             "name" => test.name = value.to_owned(),
             "file" => test.file = value.to_owned(),
             "line" => {
-                test.line = u32::try_from(number("line")?)
-                    .map_err(|_| (offset, "line too large".to_owned()))?
+                test.line = u32::try_from(number("line")?).map_err(|_| (offset, "line too large".to_owned()))?
             }
             "ignore" => test.ignore = Some(None),
             "ignore_reason" => test.ignore = Some(Some(value.to_owned())),
@@ -232,10 +231,7 @@ fn record(payload: &[u8]) -> Result<TestMeta, (usize, String)> {
             "arch" => vm.arch.push(value.to_owned()),
             "memory_mib" => vm.memory_mib = Some(number("memory_mib")?),
             "cpus" => {
-                vm.cpus = Some(
-                    u32::try_from(number("cpus")?)
-                        .map_err(|_| (offset, "cpus too large".to_owned()))?,
-                )
+                vm.cpus = Some(u32::try_from(number("cpus")?).map_err(|_| (offset, "cpus too large".to_owned()))?)
             }
             "timeout_ms" => vm.timeout_ms = Some(number("timeout_ms")?),
             "cmdline" => vm.cmdline = Some(value.to_owned()),
@@ -259,40 +255,11 @@ mod tests {
     use super::*;
 
     const FIELDS: &[&str] = &[
-        "module_path",
-        "suite::net",
-        "name",
-        "pings",
-        "file",
-        "tests/net.rs",
-        "line",
-        "12",
-        "ignore_reason",
-        "slow",
-        "kernel",
-        "6.1",
-        "kernel",
-        "6.12",
-        "arch",
-        "aarch64",
-        "memory_mib",
-        "512",
-        "cpus",
-        "2",
-        "timeout_ms",
-        "30000",
-        "cmdline",
-        "a=1 b",
-        "module",
-        "dummy",
-        "env",
-        "RUST_LOG",
-        "files",
-        "/etc/hosts",
-        "allow_kernel_warnings",
-        "true",
-        "from_the_future",
-        "x",
+        "module_path", "suite::net", "name", "pings", "file", "tests/net.rs", "line", "12",
+        "ignore_reason", "slow", "kernel", "6.1", "kernel", "6.12", "arch", "aarch64",
+        "memory_mib", "512", "cpus", "2", "timeout_ms", "30000", "cmdline", "a=1 b",
+        "module", "dummy", "env", "RUST_LOG", "files", "/etc/hosts",
+        "allow_kernel_warnings", "true", "from_the_future", "x",
     ];
     static RECORD: [u8; encoded_len(FIELDS)] = encode(FIELDS);
     const SMALL: &[&str] = &["module_path", "c", "name", "t"];

@@ -64,17 +64,10 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
         let guest = format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
         initramfs.add_host_file(&guest, &module.host_path, 0o644)?;
-        modules.push(protocol::Module {
-            name: module.name.clone(),
-            path: guest,
-            wanted_by: vec![],
-        });
+        modules.push(protocol::Module { name: module.name.clone(), path: guest, wanted_by: vec![] });
     }
     let mut env = vec![
-        (
-            "PATH".to_owned(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-        ),
+        ("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
         ("HOME".to_owned(), "/root".to_owned()),
         ("TMPDIR".to_owned(), "/tmp".to_owned()),
     ];
@@ -123,9 +116,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
     let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
         GuestMessage::Output { stream, bytes, .. } => {
             let _ = match stream {
-                Stream::Stdout => {
-                    std::io::stdout().write_all(&bytes).and_then(|()| std::io::stdout().flush())
-                }
+                Stream::Stdout => std::io::stdout().write_all(&bytes).and_then(|()| std::io::stdout().flush()),
                 Stream::Stderr => std::io::stderr().write_all(&bytes),
             };
             timeout + gap
@@ -140,8 +131,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         }
         _ => timeout + gap,
     })?;
-    let console =
-        || format!("kernel console ({}), last lines:\n{}", console_log.display(), end.console_tail);
+    let console = || format!("kernel console ({}), last lines:\n{}", console_log.display(), end.console_tail);
     let code = match (&outcome, &end.problem) {
         (Some(Outcome::Exited(code)), _) => *code,
         (Some(Outcome::Signaled(signal)), _) => {
@@ -176,8 +166,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
 fn log_path(binary: &Path) -> PathBuf {
     let stem = binary.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = binary.parent().map(PathBuf::from).unwrap_or_default();
-    let base =
-        if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir };
+    let base = if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir };
     base.join("vmtest").join(format!("{stem}.console.log"))
 }
 

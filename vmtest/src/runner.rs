@@ -25,8 +25,7 @@ pub fn run(binary: &Path, args: &[String]) -> ExitCode {
 fn run_code(binary: &Path, args: &[String]) -> i32 {
     match TestBinary::read(binary) {
         Ok(Some(binary)) => {
-            let argv =
-                std::iter::once(binary.path.display().to_string()).chain(args.iter().cloned());
+            let argv = std::iter::once(binary.path.display().to_string()).chain(args.iter().cloned());
             // Like a native binary: a bad argument prints libtest's usage and exits.
             harness::run(&binary, &Arguments::from_iter(argv))
         }
@@ -94,11 +93,7 @@ pub fn ensure_target(triple: &str) -> Result<(), String> {
     ensure_target_with(triple, sysroot.as_deref(), rustup.as_deref())
 }
 
-fn ensure_target_with(
-    triple: &str,
-    sysroot: Option<&Path>,
-    rustup: Option<&Path>,
-) -> Result<(), String> {
+fn ensure_target_with(triple: &str, sysroot: Option<&Path>, rustup: Option<&Path>) -> Result<(), String> {
     if sysroot.is_some_and(|root| root.join("lib/rustlib").join(triple).join("lib").is_dir()) {
         return Ok(());
     }
@@ -196,10 +191,8 @@ mod tests {
 
     #[test]
     fn missing_target_without_rustup_says_how_to_install_it() {
-        let sysroot =
-            std::env::temp_dir().join(format!("vmtest-no-sysroot-{}", std::process::id()));
-        let err =
-            ensure_target_with("aarch64-unknown-linux-musl", Some(&sysroot), None).unwrap_err();
+        let sysroot = std::env::temp_dir().join(format!("vmtest-no-sysroot-{}", std::process::id()));
+        let err = ensure_target_with("aarch64-unknown-linux-musl", Some(&sysroot), None).unwrap_err();
         assert!(err.contains("rustup target add aarch64-unknown-linux-musl"), "{err}");
         assert!(err.contains("failed to find the Rust target"), "{err}");
     }
@@ -224,20 +217,12 @@ mod tests {
         };
         let command = test.command();
         let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert_eq!(
-            args,
-            ["test", "--target", "aarch64-unknown-linux-musl", "-p", "x", "--", "--exact"]
-        );
+        assert_eq!(args, ["test", "--target", "aarch64-unknown-linux-musl", "-p", "x", "--", "--exact"]);
         let envs: Vec<_> = command
             .get_envs()
-            .map(|(k, v)| {
-                (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned()))
-            })
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned())))
             .collect();
-        assert!(envs.contains(&(
-            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER".into(),
-            Some("rust-lld".into())
-        )));
+        assert!(envs.contains(&("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER".into(), Some("rust-lld".into()))));
         assert!(envs.contains(&(
             "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER".into(),
             Some("/bin/cargo-vmtest run".into())

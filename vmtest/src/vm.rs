@@ -14,9 +14,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmtest_init::protocol::{
-    FrameError, FrameReader, GuestMessage, CONTROL_PORT, PROTOCOL_VERSION,
-};
+use vmtest_init::protocol::{FrameError, FrameReader, GuestMessage, CONTROL_PORT, PROTOCOL_VERSION};
 
 use crate::accel::Accel;
 use crate::arch::Arch;
@@ -287,10 +285,12 @@ fn collect(stream: Option<impl Read + Send + 'static>) -> std::thread::JoinHandl
 /// Copies `from` to `to` through a temp file in `to`'s directory, so `to` is never half-written.
 pub(crate) fn copy_atomically(from: &Path, to: &Path) -> Result<(), Error> {
     let tmp = to.with_extension("partial");
-    std::fs::copy(from, &tmp).and_then(|_| std::fs::rename(&tmp, to)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("failed to save {}", to.display()), e)
-    })
+    std::fs::copy(from, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, to))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("failed to save {}", to.display()), e)
+        })
 }
 
 /// Finds the QEMU binary for `arch` on `PATH`.
@@ -313,14 +313,9 @@ mod tests {
 
     #[test]
     fn missing_qemu_for_arm64_names_the_package() {
-        let message = find_qemu_in(Arch::Aarch64, std::ffi::OsStr::new("/nonexistent"))
-            .unwrap_err()
-            .to_string();
+        let message = find_qemu_in(Arch::Aarch64, std::ffi::OsStr::new("/nonexistent")).unwrap_err().to_string();
         assert!(message.contains("`qemu-system-aarch64`"), "{message}");
-        assert!(
-            message.contains("apt-get install -y --no-install-recommends qemu-system-arm"),
-            "{message}"
-        );
+        assert!(message.contains("apt-get install -y --no-install-recommends qemu-system-arm"), "{message}");
     }
 
     #[test]

@@ -19,9 +19,7 @@ fn workspace() -> PathBuf {
 
 fn cargo() -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command
-        .current_dir(workspace())
-        .env("CARGO_TARGET_DIR", workspace().join("target/runner-tests"));
+    command.current_dir(workspace()).env("CARGO_TARGET_DIR", workspace().join("target/runner-tests"));
     command
 }
 
@@ -30,10 +28,7 @@ fn plain_build() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
         let triple = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
-        let status = cargo()
-            .args(["build", "-q", "-p", "vmtest-init", "--target", &triple])
-            .status()
-            .unwrap();
+        let status = cargo().args(["build", "-q", "-p", "vmtest-init", "--target", &triple]).status().unwrap();
         assert!(status.success(), "building vmtest-init for {triple} failed");
         let init = workspace().join("target/runner-tests").join(&triple).join("debug/vmtest-init");
         let output = cargo()
@@ -53,8 +48,7 @@ fn plain_build() -> &'static (PathBuf, PathBuf) {
 
 fn run_plain(args: &[&str]) -> (Output, String, String) {
     let (binary, init) = plain_build();
-    let output =
-        Command::new(RUNNER).arg(binary).args(args).env("VMTEST_INIT", init).output().unwrap();
+    let output = Command::new(RUNNER).arg(binary).args(args).env("VMTEST_INIT", init).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (output, stdout, stderr)
@@ -66,11 +60,7 @@ fn lists_a_vmtest_binary_from_its_elf_like_the_binary_itself() {
         let direct = Command::new(MANY).args(args).env_remove("VMTEST_TEST").output().unwrap();
         let through = Command::new(RUNNER).arg(MANY).args(args).output().unwrap();
         assert!(direct.status.success() && through.status.success());
-        assert_eq!(
-            String::from_utf8_lossy(&through.stdout),
-            String::from_utf8_lossy(&direct.stdout),
-            "{args:?}"
-        );
+        assert_eq!(String::from_utf8_lossy(&through.stdout), String::from_utf8_lossy(&direct.stdout), "{args:?}");
     }
 }
 
@@ -89,10 +79,7 @@ fn plain_crate_failure_and_exit_code_propagate() {
     assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("test tests::fails_on_purpose ... FAILED"), "{stdout}");
     assert!(stdout.contains("test tests::adds ... ok"), "{stdout}");
-    assert!(
-        format!("{stdout}{stderr}").contains("plain-crate failure marker"),
-        "{stdout}\n{stderr}"
-    );
+    assert!(format!("{stdout}{stderr}").contains("plain-crate failure marker"), "{stdout}\n{stderr}");
 }
 
 #[test]

@@ -34,7 +34,12 @@ pub(crate) enum LibraryError {
         binary.display(),
         display_dirs(searched)
     )]
-    Missing { library: String, needed_by: PathBuf, binary: PathBuf, searched: Vec<PathBuf> },
+    Missing {
+        library: String,
+        needed_by: PathBuf,
+        binary: PathBuf,
+        searched: Vec<PathBuf>,
+    },
 }
 
 fn display_dirs(dirs: &[PathBuf]) -> String {
@@ -78,11 +83,19 @@ impl LibrarySearch {
     /// file counts as empty) and the default directories.
     pub(crate) fn host() -> LibrarySearch {
         let env_dirs = std::env::var_os("LD_LIBRARY_PATH")
-            .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+            .map(|v| {
+                std::env::split_paths(&v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         let mut conf_dirs = Vec::new();
         read_ld_so_conf(Path::new("/etc/ld.so.conf"), 0, &mut conf_dirs);
-        LibrarySearch { env_dirs, conf_dirs, default_dirs: true }
+        LibrarySearch {
+            env_dirs,
+            conf_dirs,
+            default_dirs: true,
+        }
     }
 
     /// Resolves the interpreter and the transitive `DT_NEEDED` closure of `binary`.
@@ -91,15 +104,22 @@ impl LibrarySearch {
     pub(crate) fn closure(&self, binary: &Path) -> Result<Closure, LibraryError> {
         let info = read_elf(binary)?;
         let interp = info.interp.as_ref().map(PathBuf::from);
-        let exe_rpath: &[String] = if info.runpath_is_rpath { &info.runpath } else { &[] };
+        let exe_rpath: &[String] = if info.runpath_is_rpath {
+            &info.runpath
+        } else {
+            &[]
+        };
 
         let mut libraries = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         // (object, its info, the DT_RPATH of the objects that loaded it, nearest first)
         let mut queue = VecDeque::from([(binary.to_owned(), info.clone(), Vec::new())]);
         while let Some((object, object_info, loaders_rpath)) = queue.pop_front() {
-            let own_rpath: &[String] =
-                if object_info.runpath_is_rpath { &object_info.runpath } else { &[] };
+            let own_rpath: &[String] = if object_info.runpath_is_rpath {
+                &object_info.runpath
+            } else {
+                &[]
+            };
             let chain: Vec<String> = own_rpath.iter().chain(&loaders_rpath).cloned().collect();
             // DT_RUNPATH, when present, disables every DT_RPATH (the executable's included).
             let dirs = if object_info.runpath_is_rpath || object_info.runpath.is_empty() {
@@ -120,11 +140,18 @@ impl LibrarySearch {
                         searched: dirs,
                     });
                 };
-                libraries.push(Library { name: name.clone(), path: path.clone() });
+                libraries.push(Library {
+                    name: name.clone(),
+                    path: path.clone(),
+                });
                 queue.push_back((path, lib_info, chain.clone()));
             }
         }
-        Ok(Closure { info, interp, libraries })
+        Ok(Closure {
+            info,
+            interp,
+            libraries,
+        })
     }
 
     /// The directories to try, in order, for a library needed by an object with these run paths.
@@ -136,12 +163,20 @@ impl LibrarySearch {
             }
         };
         let expandable = |d: &&String| !d.contains('$');
-        rpath.iter().filter(expandable).for_each(|d| push(PathBuf::from(d)));
+        rpath
+            .iter()
+            .filter(expandable)
+            .for_each(|d| push(PathBuf::from(d)));
         self.env_dirs.iter().for_each(|d| push(d.clone()));
-        runpath.iter().filter(expandable).for_each(|d| push(PathBuf::from(d)));
+        runpath
+            .iter()
+            .filter(expandable)
+            .for_each(|d| push(PathBuf::from(d)));
         self.conf_dirs.iter().for_each(|d| push(d.clone()));
         if self.default_dirs {
-            default_dirs(binary.machine, binary.is_64).into_iter().for_each(push);
+            default_dirs(binary.machine, binary.is_64)
+                .into_iter()
+                .for_each(push);
         }
         dirs
     }
@@ -363,7 +398,13 @@ mod tests {
             ..FakeElf::default()
         };
         write_elf(&root.join("bin/app"), app);
-        write_elf(&root.join("a/libx.so.1"), FakeElf { machine: EM_X86_64, ..FakeElf::default() });
+        write_elf(
+            &root.join("a/libx.so.1"),
+            FakeElf {
+                machine: EM_X86_64,
+                ..FakeElf::default()
+            },
+        );
         fs::write(root.join("a/liby.so.2"), "INPUT(-lz)\n").unwrap();
         let libx = FakeElf {
             machine: EM_AARCH64,
@@ -374,9 +415,18 @@ mod tests {
         write_elf(&root.join("b/libx.so.1"), libx);
         write_elf(
             &root.join("b/private/liby.so.2"),
-            FakeElf { machine: EM_AARCH64, ..FakeElf::default() },
+            FakeElf {
+                machine: EM_AARCH64,
+                ..FakeElf::default()
+            },
         );
-        write_elf(&root.join("b/libc.so.6"), FakeElf { machine: EM_AARCH64, ..FakeElf::default() });
+        write_elf(
+            &root.join("b/libc.so.6"),
+            FakeElf {
+                machine: EM_AARCH64,
+                ..FakeElf::default()
+            },
+        );
         LibrarySearch {
             conf_dirs: vec![root.join("a"), root.join("b")],
             ..LibrarySearch::default()
@@ -389,9 +439,15 @@ mod tests {
         let root = dir.path();
         let search = fake_tree(root);
         let closure = search.closure(&root.join("bin/app")).unwrap();
-        assert_eq!(closure.interp, Some(PathBuf::from("/lib/ld-linux-aarch64.so.1")));
-        let found: Vec<(&str, PathBuf)> =
-            closure.libraries.iter().map(|l| (l.name.as_str(), l.path.clone())).collect();
+        assert_eq!(
+            closure.interp,
+            Some(PathBuf::from("/lib/ld-linux-aarch64.so.1"))
+        );
+        let found: Vec<(&str, PathBuf)> = closure
+            .libraries
+            .iter()
+            .map(|l| (l.name.as_str(), l.path.clone()))
+            .collect();
         assert_eq!(
             found,
             [
@@ -407,9 +463,19 @@ mod tests {
         let dir = TempDir::new("loader-rpath");
         let root = dir.path();
         // app (RUNPATH or RPATH = r) -> liba (in r) -> libb (only in r)
-        let lib = FakeElf { machine: EM_AARCH64, needed: &["libb.so"], ..FakeElf::default() };
+        let lib = FakeElf {
+            machine: EM_AARCH64,
+            needed: &["libb.so"],
+            ..FakeElf::default()
+        };
         write_elf(&root.join("r/liba.so"), lib);
-        write_elf(&root.join("r/libb.so"), FakeElf { machine: EM_AARCH64, ..FakeElf::default() });
+        write_elf(
+            &root.join("r/libb.so"),
+            FakeElf {
+                machine: EM_AARCH64,
+                ..FakeElf::default()
+            },
+        );
         let search = LibrarySearch::default();
         for as_rpath in [false, true] {
             let app = FakeElf {
@@ -425,7 +491,11 @@ mod tests {
                 assert_eq!(result.unwrap().libraries.len(), 2);
             } else {
                 let err = result.unwrap_err();
-                assert!(err.to_string().starts_with("failed to find library libb.so"), "{err}");
+                assert!(
+                    err.to_string()
+                        .starts_with("failed to find library libb.so"),
+                    "{err}"
+                );
             }
         }
     }

@@ -47,7 +47,11 @@ pub(crate) fn compile_rust(dir: &Path, source: &str, target: Option<&str>) -> Op
     let out = dir.join(format!("prog-{}", target.unwrap_or("host")));
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let mut cmd = Command::new(&rustc);
-    cmd.arg("--edition=2021").arg("-O").arg("-o").arg(&out).arg(&src);
+    cmd.arg("--edition=2021")
+        .arg("-O")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src);
     if let Some(target) = target {
         cmd.args(["--target", target]);
     }

@@ -10,10 +10,16 @@ const EM_AARCH64: u16 = 183;
 fn reads_the_running_test_binary() {
     let exe = std::env::current_exe().unwrap();
     let info = read_elf(&exe).unwrap();
-    assert_eq!(crate::arch::Arch::from_elf_machine(info.machine), Some(crate::arch::Arch::host()));
+    assert_eq!(
+        crate::arch::Arch::from_elf_machine(info.machine),
+        Some(crate::arch::Arch::host())
+    );
     assert_eq!(info.is_64, cfg!(target_pointer_width = "64"));
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
-        assert!(info.interp.as_deref().is_some_and(|i| i.starts_with('/')), "{info:?}");
+        assert!(
+            info.interp.as_deref().is_some_and(|i| i.starts_with('/')),
+            "{info:?}"
+        );
         assert!(info.needed.iter().any(|n| n == "libc.so.6"), "{info:?}");
     }
 }
@@ -39,7 +45,11 @@ fn reads_a_foreign_architecture() {
             is_64: true,
             interp: Some("/lib/ld-linux-aarch64.so.1".into()),
             needed: vec!["libbar.so.1".into(), "libc.so.6".into()],
-            runpath: vec![format!("{origin}/../lib"), "/opt/x".into(), format!("{origin}")],
+            runpath: vec![
+                format!("{origin}/../lib"),
+                "/opt/x".into(),
+                format!("{origin}")
+            ],
             runpath_is_rpath: false,
         }
     );
@@ -73,13 +83,19 @@ fn non_elf_files_are_named_in_the_error() {
     for path in [&text, &empty] {
         let err = read_elf(path).unwrap_err();
         assert!(matches!(err, ElfError::NotElf { .. }), "{err:?}");
-        assert_eq!(err.to_string(), format!("{} is not an ELF file", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("{} is not an ELF file", path.display())
+        );
     }
 
     let kernel = Path::new("/work/kernels/6.12/boot/vmlinuz-6.12.117+deb12-amd64");
     if kernel.exists() {
         let err = read_elf(kernel).unwrap_err();
-        assert_eq!(err.to_string(), format!("{} is not an ELF file", kernel.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("{} is not an ELF file", kernel.display())
+        );
     }
 }
 
@@ -87,17 +103,24 @@ fn non_elf_files_are_named_in_the_error() {
 fn truncated_and_missing_files_are_errors() {
     let dir = TempDir::new("elf-bad");
     let truncated = dir.path().join("truncated");
-    let mut bytes = fake_elf(&FakeElf { machine: EM_X86_64, ..FakeElf::default() });
+    let mut bytes = fake_elf(&FakeElf {
+        machine: EM_X86_64,
+        ..FakeElf::default()
+    });
     bytes.truncate(40);
     std::fs::write(&truncated, bytes).unwrap();
     let err = read_elf(&truncated).unwrap_err();
     assert!(matches!(err, ElfError::Malformed { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("failed to parse ELF file: "), "{err}");
+    assert!(
+        err.to_string().starts_with("failed to parse ELF file: "),
+        "{err}"
+    );
 
     let missing = dir.path().join("missing");
     let err = read_elf(&missing).unwrap_err();
     assert!(
-        err.to_string().starts_with(&format!("failed to read {}: ", missing.display())),
+        err.to_string()
+            .starts_with(&format!("failed to read {}: ", missing.display())),
         "{err}"
     );
 }
@@ -111,12 +134,20 @@ fn reads_a_named_section() {
         Some(i) => assert_eq!(interp, Some(format!("{i}\0").into_bytes())),
         None => assert_eq!(interp, None),
     }
-    assert!(read_section(&exe, ".text").unwrap().is_some_and(|t| !t.is_empty()));
+    assert!(read_section(&exe, ".text")
+        .unwrap()
+        .is_some_and(|t| !t.is_empty()));
     assert_eq!(read_section(&exe, ".no-such-section").unwrap(), None);
 
     let dir = TempDir::new("elf-nosections");
     let path = dir.path().join("stripped");
-    std::fs::write(&path, fake_elf(&FakeElf { machine: EM_AARCH64, ..FakeElf::default() }))
-        .unwrap();
+    std::fs::write(
+        &path,
+        fake_elf(&FakeElf {
+            machine: EM_AARCH64,
+            ..FakeElf::default()
+        }),
+    )
+    .unwrap();
     assert_eq!(read_section(&path, ".text").unwrap(), None);
 }

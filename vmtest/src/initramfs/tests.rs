@@ -35,7 +35,11 @@ fn read_back(archive: &[u8]) -> Vec<ReadEntry> {
         });
         input = reader.finish().unwrap();
     }
-    assert_eq!(input.position() as usize, archive.len(), "bytes after the trailer");
+    assert_eq!(
+        input.position() as usize,
+        archive.len(),
+        "bytes after the trailer"
+    );
     entries
 }
 
@@ -43,7 +47,11 @@ fn write(initramfs: &Initramfs) -> Vec<u8> {
     let mut out = Vec::new();
     let written = initramfs.write_to(&mut out).unwrap();
     assert_eq!(written, out.len() as u64);
-    assert_eq!(initramfs.total_size(), written, "total_size is exact when no file changed");
+    assert_eq!(
+        initramfs.total_size(),
+        written,
+        "total_size is exact when no file changed"
+    );
     out
 }
 
@@ -96,17 +104,30 @@ fn written_archive_reads_back() {
 #[test]
 fn output_is_deterministic_and_independent_of_insertion_order() {
     let mut a = Initramfs::new();
-    a.add_bytes("/b/x", "1", 0o644).unwrap().add_bytes("/a", "2", 0o644).unwrap();
+    a.add_bytes("/b/x", "1", 0o644)
+        .unwrap()
+        .add_bytes("/a", "2", 0o644)
+        .unwrap();
     let mut b = Initramfs::new();
-    b.add_bytes("/a", "2", 0o644).unwrap().add_bytes("/b/x", "1", 0o644).unwrap();
+    b.add_bytes("/a", "2", 0o644)
+        .unwrap()
+        .add_bytes("/b/x", "1", 0o644)
+        .unwrap();
     assert_eq!(write(&a), write(&b));
 }
 
 #[test]
 fn parents_precede_children_even_with_sibling_prefixes() {
     let mut initramfs = Initramfs::new();
-    initramfs.add_bytes("/a-b", "", 0o644).unwrap().add_bytes("/a/b", "", 0o644).unwrap();
-    let names: Vec<String> = read_back(&write(&initramfs)).into_iter().map(|e| e.name).collect();
+    initramfs
+        .add_bytes("/a-b", "", 0o644)
+        .unwrap()
+        .add_bytes("/a/b", "", 0o644)
+        .unwrap();
+    let names: Vec<String> = read_back(&write(&initramfs))
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["a", "a-b", "a/b"]);
 }
 
@@ -139,14 +160,18 @@ fn conflicting_additions_are_errors_and_change_nothing() {
     let mut initramfs = Initramfs::new();
     initramfs.add_bytes("/lib", "a file", 0o644).unwrap();
     let before = initramfs.listing();
-    let err = initramfs.add_bytes("/lib/x/libc.so.6", "", 0o644).unwrap_err();
+    let err = initramfs
+        .add_bytes("/lib/x/libc.so.6", "", 0o644)
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "failed to add /lib/x/libc.so.6 to the initramfs: /lib is not a directory"
     );
     assert_eq!(initramfs.listing(), before);
 
-    initramfs.add_bytes("/usr/lib/libc.so.6", "", 0o644).unwrap();
+    initramfs
+        .add_bytes("/usr/lib/libc.so.6", "", 0o644)
+        .unwrap();
     let err = initramfs.add_symlink("/usr/lib", "lib64").unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -165,7 +190,10 @@ fn invalid_guest_paths_are_rejected() {
         ("/a\0b", "NUL"),
     ] {
         let err = initramfs.add_dir(path, 0o755).unwrap_err();
-        assert!(matches!(err, InitramfsError::InvalidPath { .. }), "{path:?}: {err}");
+        assert!(
+            matches!(err, InitramfsError::InvalidPath { .. }),
+            "{path:?}: {err}"
+        );
         assert!(err.to_string().contains(reason), "{path:?}: {err}");
     }
     assert!(initramfs.add_symlink("/x", "").is_err());
@@ -178,8 +206,12 @@ fn missing_host_files_fail_when_added() {
     let mut initramfs = Initramfs::new();
     let missing = dir.path().join("nope");
     let err = initramfs.add_host_file("/x", &missing, 0o644).unwrap_err();
-    assert!(err.to_string().starts_with(&format!("failed to read {}: ", missing.display())));
-    let err = initramfs.add_host_file("/x", dir.path(), 0o644).unwrap_err();
+    assert!(err
+        .to_string()
+        .starts_with(&format!("failed to read {}: ", missing.display())));
+    let err = initramfs
+        .add_host_file("/x", dir.path(), 0o644)
+        .unwrap_err();
     assert!(matches!(err, InitramfsError::NotAFile { .. }), "{err}");
 }
 
@@ -223,7 +255,10 @@ fn write_errors_name_the_entry() {
     let mut initramfs = Initramfs::new();
     initramfs.add_bytes("/init", "x", 0o755).unwrap();
     let err = initramfs.write_to(Full).unwrap_err();
-    assert_eq!(err.to_string(), "failed to write /init to the initramfs: disk full");
+    assert_eq!(
+        err.to_string(),
+        "failed to write /init to the initramfs: disk full"
+    );
 }
 
 /// The real dynamic binary under test: the running test executable, which is a glibc binary on
@@ -244,7 +279,10 @@ fn closure_of_a_dynamic_host_binary() {
         return;
     };
     let closure = LibrarySearch::host().closure(&exe).unwrap();
-    let interp = closure.interp.clone().expect("a dynamic binary has an interpreter");
+    let interp = closure
+        .interp
+        .clone()
+        .expect("a dynamic binary has an interpreter");
     assert!(interp.exists(), "{}", interp.display());
     let names: Vec<&str> = closure.libraries.iter().map(|l| l.name.as_str()).collect();
     assert!(names.contains(&"libc.so.6"), "{names:?}");
@@ -262,17 +300,27 @@ fn closure_of_a_dynamic_host_binary() {
     let mode_of = |p: &str| listing.iter().find(|(n, _)| n == p).map(|(_, m)| *m);
     assert_eq!(mode_of("/init"), Some(0o100755));
     assert_eq!(mode_of(interp_guest), Some(0o100755), "{listing:?}");
-    assert_eq!(mode_of(libc_guest.to_str().unwrap()), Some(0o100755), "{listing:?}");
+    assert_eq!(
+        mode_of(libc_guest.to_str().unwrap()),
+        Some(0o100755),
+        "{listing:?}"
+    );
     // The loader, needed again by its soname from the library directory, is a symlink to the
     // one copy at the PT_INTERP path (unless both are the same path).
     let loader_in_lib_dir = lib_dir.join(loader_name);
     if loader_in_lib_dir != interp {
-        assert_eq!(mode_of(loader_in_lib_dir.to_str().unwrap()), Some(0o120777), "{listing:?}");
+        assert_eq!(
+            mode_of(loader_in_lib_dir.to_str().unwrap()),
+            Some(0o120777),
+            "{listing:?}"
+        );
     }
     // Every entry is a real directory, file or symlink to a file: no directory symlinks.
     for (name, mode) in &listing {
         if mode & 0o170000 == 0o120000 {
-            let Node::Symlink(target) = &initramfs.entries[&name[1..]].node else { panic!() };
+            let Node::Symlink(target) = &initramfs.entries[&name[1..]].node else {
+                panic!()
+            };
             assert_eq!(mode_of(target), Some(0o100755), "{name} -> {target}");
         }
     }
@@ -290,8 +338,13 @@ fn static_musl_binary_has_no_closure() {
     assert!(closure.libraries.is_empty(), "{:?}", closure.libraries);
 
     let mut initramfs = Initramfs::new();
-    initramfs.add_elf_with_libraries("/sbin/init", &binary).unwrap();
-    assert_eq!(initramfs.listing(), [("/sbin".into(), 0o040755), ("/sbin/init".into(), 0o100755)]);
+    initramfs
+        .add_elf_with_libraries("/sbin/init", &binary)
+        .unwrap();
+    assert_eq!(
+        initramfs.listing(),
+        [("/sbin".into(), 0o040755), ("/sbin/init".into(), 0o100755)]
+    );
 }
 
 #[test]
@@ -300,8 +353,13 @@ fn non_elf_binaries_are_a_clear_error() {
     let script = dir.path().join("run.sh");
     std::fs::write(&script, "#!/bin/sh\n").unwrap();
     let mut initramfs = Initramfs::new();
-    let err = initramfs.add_elf_with_libraries("/init", &script).unwrap_err();
-    assert_eq!(err.to_string(), format!("{} is not an ELF file", script.display()));
+    let err = initramfs
+        .add_elf_with_libraries("/init", &script)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{} is not an ELF file", script.display())
+    );
     assert!(initramfs.listing().is_empty());
 }
 
@@ -312,24 +370,38 @@ fn libraries_in_the_same_file_are_added_once() {
     let dir = TempDir::new("initramfs-alias");
     let lib = dir.path().join("lib");
     std::fs::create_dir(&lib).unwrap();
-    let spec = FakeElf { machine: 183, ..FakeElf::default() };
+    let spec = FakeElf {
+        machine: 183,
+        ..FakeElf::default()
+    };
     std::fs::write(lib.join("libfoo.so.1"), fake_elf(&spec)).unwrap();
     std::os::unix::fs::symlink("libfoo.so.1", lib.join("libfoo.so")).unwrap();
     let bin = dir.path().join("bin");
-    let spec =
-        FakeElf { machine: 183, needed: &["libfoo.so.1", "libfoo.so"], ..FakeElf::default() };
+    let spec = FakeElf {
+        machine: 183,
+        needed: &["libfoo.so.1", "libfoo.so"],
+        ..FakeElf::default()
+    };
     std::fs::write(&bin, fake_elf(&spec)).unwrap();
 
-    let search = LibrarySearch { conf_dirs: vec![lib.clone()], ..LibrarySearch::default() };
+    let search = LibrarySearch {
+        conf_dirs: vec![lib.clone()],
+        ..LibrarySearch::default()
+    };
     let mut initramfs = Initramfs::new();
-    initramfs.add_elf_with_libraries_from(&search, "/bin/x", &bin).unwrap();
+    initramfs
+        .add_elf_with_libraries_from(&search, "/bin/x", &bin)
+        .unwrap();
     // No interpreter: libraries go to the directory they really are in on the host.
     let real_lib = std::fs::canonicalize(&lib).unwrap();
     let first = real_lib.join("libfoo.so.1");
     let first = first.to_str().unwrap();
     let second = format!("{}/libfoo.so", real_lib.display());
     assert!(initramfs.contains(first));
-    assert_eq!(initramfs.entries[&second[1..]].node, Node::Symlink(first.to_owned()));
+    assert_eq!(
+        initramfs.entries[&second[1..]].node,
+        Node::Symlink(first.to_owned())
+    );
 }
 
 /// Proves the library layout by booting: a dynamically linked Rust `/init` packed with its closure
@@ -364,7 +436,10 @@ fn boots_a_dynamic_init() {
     "#;
     let binary = compile_rust(dir.path(), source, None).expect("rustc builds the init");
     let info = crate::elf::read_elf(&binary).unwrap();
-    assert!(info.interp.is_some(), "the init under test must be dynamically linked");
+    assert!(
+        info.interp.is_some(),
+        "the init under test must be dynamically linked"
+    );
 
     let mut initramfs = Initramfs::new();
     initramfs.add_elf_with_libraries("/init", &binary).unwrap();
@@ -376,8 +451,24 @@ fn boots_a_dynamic_init() {
     initramfs.write_to(std::io::BufWriter::new(file)).unwrap();
 
     let output = std::process::Command::new("timeout")
-        .args(["60", "qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", "512M"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio"])
+        .args([
+            "60",
+            "qemu-system-x86_64",
+            "-M",
+            "pc",
+            "-accel",
+            "tcg",
+            "-m",
+            "512M",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
         .args(["-no-reboot", "-kernel"])
         .arg(&kernel)
         .arg("-initrd")
@@ -388,6 +479,9 @@ fn boots_a_dynamic_init() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "QEMU: {}", output.status);
-    assert!(stdout.contains("hello from init"), "no greeting on the console");
+    assert!(
+        stdout.contains("hello from init"),
+        "no greeting on the console"
+    );
     assert!(!stdout.contains("Kernel panic"), "the guest panicked");
 }

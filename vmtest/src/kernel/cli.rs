@@ -53,9 +53,19 @@ pub fn kernel(program: &str, args: &[String]) -> ExitCode {
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
     Help,
-    Fetch { specs: Vec<String>, arch: Arch },
-    List { arch: Option<Arch> },
-    Add { name: String, image: PathBuf, modules: Option<PathBuf>, config: Option<PathBuf> },
+    Fetch {
+        specs: Vec<String>,
+        arch: Arch,
+    },
+    List {
+        arch: Option<Arch>,
+    },
+    Add {
+        name: String,
+        image: PathBuf,
+        modules: Option<PathBuf>,
+        config: Option<PathBuf>,
+    },
 }
 
 /// `--flag value` pairs, in order.
@@ -83,9 +93,9 @@ fn split<'a>(
             }
             let value = match value {
                 Some(v) => v,
-                None => {
-                    iter.next().ok_or_else(|| UsageError(format!("`--{flag}` needs a value")))?
-                }
+                None => iter
+                    .next()
+                    .ok_or_else(|| UsageError(format!("`--{flag}` needs a value")))?,
             };
             if options.iter().any(|(f, _)| *f == flag) {
                 return Err(UsageError(format!("`--{flag}` given twice")));
@@ -105,7 +115,9 @@ fn option<'a>(options: &[(&str, &'a str)], flag: &str) -> Option<&'a str> {
 }
 
 fn parse_arch(value: Option<&str>) -> Result<Option<Arch>, UsageError> {
-    value.map(|v| v.parse::<Arch>().map_err(|e| UsageError(e.to_string()))).transpose()
+    value
+        .map(|v| v.parse::<Arch>().map_err(|e| UsageError(e.to_string())))
+        .transpose()
 }
 
 fn parse(args: &[String]) -> Result<Command, UsageError> {
@@ -116,7 +128,9 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
         "help" | "-h" | "--help" => return Ok(Command::Help),
         "fetch" => split(rest, &["arch"]).and_then(|(pos, opts)| {
             if pos.is_empty() {
-                return Err(UsageError("`fetch` needs at least one series, e.g. `6.12`".into()));
+                return Err(UsageError(
+                    "`fetch` needs at least one series, e.g. `6.12`".into(),
+                ));
             }
             Ok(Command::Fetch {
                 specs: pos.into_iter().map(str::to_owned).collect(),
@@ -125,15 +139,23 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
         }),
         "list" => split(rest, &["arch"]).and_then(|(pos, opts)| {
             if let Some(extra) = pos.first() {
-                return Err(UsageError(format!("`list` takes no argument, got `{extra}`")));
+                return Err(UsageError(format!(
+                    "`list` takes no argument, got `{extra}`"
+                )));
             }
-            Ok(Command::List { arch: parse_arch(option(&opts, "arch"))? })
+            Ok(Command::List {
+                arch: parse_arch(option(&opts, "arch"))?,
+            })
         }),
         "add" => split(rest, &["image", "modules", "config"]).and_then(|(pos, opts)| {
             let [name] = pos.as_slice() else {
                 return Err(UsageError(format!(
                     "`add` takes exactly one name, got {}",
-                    if pos.is_empty() { "none".to_owned() } else { pos.join(" ") }
+                    if pos.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        pos.join(" ")
+                    }
                 )));
             };
             let image = option(&opts, "image")
@@ -145,7 +167,9 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
                 config: option(&opts, "config").map(PathBuf::from),
             })
         }),
-        other => Err(UsageError(format!("unknown command `{other}`: expected fetch, list or add"))),
+        other => Err(UsageError(format!(
+            "unknown command `{other}`: expected fetch, list or add"
+        ))),
     };
     match parsed {
         Err(UsageError(m)) if m.is_empty() => Ok(Command::Help),
@@ -169,7 +193,11 @@ fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelErr
                     }
                 }
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::List { arch } => {
             let listed_arch = arch;
@@ -182,7 +210,11 @@ fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelErr
                 let arch = arch.unwrap_or(Arch::host());
                 out += &format!(
                     "no kernels{}; fetch one with `{program} kernel fetch {} --arch {arch}`\n",
-                    if listed_arch.is_some() { format!(" for {arch}") } else { String::new() },
+                    if listed_arch.is_some() {
+                        format!(" for {arch}")
+                    } else {
+                        String::new()
+                    },
                     super::DEFAULT_KERNEL,
                 );
                 print_all(&out);
@@ -208,22 +240,34 @@ fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelErr
                 }
             }
             for row in std::iter::once(&header).chain(&rows) {
-                let line: Vec<String> =
-                    row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
                 out += line.join("  ").trim_end();
                 out.push('\n');
             }
             print_all(&out);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Add { name, image, modules, config } => {
+        Command::Add {
+            name,
+            image,
+            modules,
+            config,
+        } => {
             let kernel = store.add(&name, &image, modules.as_deref(), config.as_deref())?;
             println!(
                 "added {} ({}, version {}) at {}",
                 kernel.name,
                 kernel.arch,
                 kernel.version.as_deref().unwrap_or("unknown"),
-                kernel.store_dir.as_deref().unwrap_or(&kernel.image).display()
+                kernel
+                    .store_dir
+                    .as_deref()
+                    .unwrap_or(&kernel.image)
+                    .display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -249,15 +293,23 @@ mod tests {
     fn parses_commands() {
         assert_eq!(
             p(&["fetch", "6.1", "6.12", "--arch", "arm64"]).unwrap(),
-            Command::Fetch { specs: vec!["6.1".into(), "6.12".into()], arch: Arch::Aarch64 }
+            Command::Fetch {
+                specs: vec!["6.1".into(), "6.12".into()],
+                arch: Arch::Aarch64
+            }
         );
         assert_eq!(
             p(&["fetch", "6.12"]).unwrap(),
-            Command::Fetch { specs: vec!["6.12".into()], arch: Arch::host() }
+            Command::Fetch {
+                specs: vec!["6.12".into()],
+                arch: Arch::host()
+            }
         );
         assert_eq!(
             p(&["list", "--arch=x86_64"]).unwrap(),
-            Command::List { arch: Some(Arch::X86_64) }
+            Command::List {
+                arch: Some(Arch::X86_64)
+            }
         );
         assert_eq!(
             p(&["add", "bpf-next", "--image", "bzImage", "--modules", "m"]).unwrap(),
@@ -275,14 +327,22 @@ mod tests {
     fn usage_errors_are_clear() {
         assert!(p(&[]).unwrap_err().contains("missing a command"));
         assert!(p(&["fetch"]).unwrap_err().contains("at least one series"));
-        assert!(p(&["fetch", "6.1", "--arch"]).unwrap_err().contains("`--arch` needs a value"));
+        assert!(p(&["fetch", "6.1", "--arch"])
+            .unwrap_err()
+            .contains("`--arch` needs a value"));
         assert!(p(&["fetch", "6.1", "--arch", "sparc"])
             .unwrap_err()
             .contains("unknown architecture `sparc`"));
-        assert!(p(&["fetch", "6.1", "--force"]).unwrap_err().contains("unknown option `--force`"));
+        assert!(p(&["fetch", "6.1", "--force"])
+            .unwrap_err()
+            .contains("unknown option `--force`"));
         assert!(p(&["add", "x"]).unwrap_err().contains("--image"));
-        assert!(p(&["add", "--image", "i"]).unwrap_err().contains("exactly one name"));
+        assert!(p(&["add", "--image", "i"])
+            .unwrap_err()
+            .contains("exactly one name"));
         assert!(p(&["list", "extra"]).unwrap_err().contains("no argument"));
-        assert!(p(&["frobnicate"]).unwrap_err().contains("unknown command `frobnicate`"));
+        assert!(p(&["frobnicate"])
+            .unwrap_err()
+            .contains("unknown command `frobnicate`"));
     }
 }

@@ -40,15 +40,19 @@ pub(crate) fn fetch(
     arch: Arch,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Fetched, KernelError> {
-    let series =
-        Series::parse(spec).ok_or_else(|| KernelError::BadFetchSpec { spec: spec.to_owned() })?;
+    let series = Series::parse(spec).ok_or_else(|| KernelError::BadFetchSpec {
+        spec: spec.to_owned(),
+    })?;
     require_tools(std::env::var_os("PATH").as_deref())?;
     let apt = Apt::new(store.root().join("apt").join(arch.debian_name()), arch)?;
     let apt_lock = apt.dir.join("vmtest.lock");
     let package = {
         let _lock = lock_file(&apt_lock, true)?;
         if apt.lists_are_fresh() {
-            progress(&format!("package lists for {} are fresh", arch.debian_name()));
+            progress(&format!(
+                "package lists for {} are fresh",
+                arch.debian_name()
+            ));
         } else {
             progress(&format!(
                 "updating package lists for {} (apt state in {})",
@@ -60,24 +64,37 @@ pub(crate) fn fetch(
         apt.resolve(&series, spec)?
     };
     let release = package.release().to_owned();
-    let size = package.size.map(|s| format!(", {}", human_size(s))).unwrap_or_default();
-    progress(&format!("{spec} for {arch}: {} {}{size}", package.name, package.version));
+    let size = package
+        .size
+        .map(|s| format!(", {}", human_size(s)))
+        .unwrap_or_default();
+    progress(&format!(
+        "{spec} for {arch}: {} {}{size}",
+        package.name, package.version
+    ));
 
     let _kernel_lock = store.lock(arch, &release, &mut || {
-        progress(&format!("waiting for another fetch of {release} ({arch}) to finish"))
+        progress(&format!(
+            "waiting for another fetch of {release} ({arch}) to finish"
+        ))
     })?;
     let dest = store.arch_dir(arch).join(&release);
     if dest.join(store::META).is_file()
         && store::meta_field(&dest, "package_version").as_deref() == Some(&package.version)
     {
-        progress(&format!("{release} ({arch}) is already in the store and current: nothing to do"));
+        progress(&format!(
+            "{release} ({arch}) is already in the store and current: nothing to do"
+        ));
         return Ok(Fetched::AlreadyPresent(store::read_meta(&dest)?));
     }
 
     let tmp = store.temp_dir(arch, &release)?;
     let download = tmp.join("download");
     fs::create_dir_all(&download).map_err(|e| KernelError::io("create", &download, e))?;
-    progress(&format!("downloading {} {}{size}", package.name, package.version));
+    progress(&format!(
+        "downloading {} {}{size}",
+        package.name, package.version
+    ));
     let started = Instant::now();
     let deb = {
         let _lock = lock_file(&apt_lock, false)?;
@@ -247,7 +264,10 @@ impl Apt {
                 })
                 .ok_or_else(not_found)?;
             let stanzas = self.show(&[&target])?;
-            return stanzas.first().and_then(Stanza::package).ok_or_else(not_found);
+            return stanzas
+                .first()
+                .and_then(Stanza::package)
+                .ok_or_else(not_found);
         }
         if concrete.is_empty() {
             return Err(not_found());
@@ -264,7 +284,9 @@ impl Apt {
         let mut cmd = self.command("apt-cache");
         cmd.args(["show", "--no-all-versions"]).args(packages);
         // Some names may have no candidate; apt-cache then fails but still prints the others.
-        let out = cmd.output().map_err(|e| KernelError::io("run", Path::new("apt-cache"), e))?;
+        let out = cmd
+            .output()
+            .map_err(|e| KernelError::io("run", Path::new("apt-cache"), e))?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .split("\n\n")
             .filter(|s| !s.trim().is_empty())
@@ -274,7 +296,11 @@ impl Apt {
 
     fn download(&self, package: &Package, into: &Path) -> Result<PathBuf, KernelError> {
         let pin = format!("{}={}", package.name, package.version);
-        run(self.command("apt-get").current_dir(into).args(["-q", "download"]).arg(&pin))?;
+        run(self
+            .command("apt-get")
+            .current_dir(into)
+            .args(["-q", "download"])
+            .arg(&pin))?;
         let entries = fs::read_dir(into).map_err(|e| KernelError::io("read", into, e))?;
         entries
             .flatten()
@@ -292,7 +318,10 @@ struct Stanza(String);
 
 impl Stanza {
     fn field(&self, key: &str) -> Option<&str> {
-        self.0.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(str::trim)
     }
 
     fn package(&self) -> Option<Package> {
@@ -328,12 +357,17 @@ pub(crate) fn match_packages<'a>(
 /// `6.12.117+deb12` from `linux-image-6.12.117+deb12-<flavour>-<arch>`, if the name has
 /// exactly that flavour and arch.
 fn package_version_part<'a>(name: &'a str, flavour: Option<&str>, deb: &str) -> Option<&'a str> {
-    let rest = name.strip_prefix("linux-image-")?.strip_suffix(deb)?.strip_suffix('-')?;
+    let rest = name
+        .strip_prefix("linux-image-")?
+        .strip_suffix(deb)?
+        .strip_suffix('-')?;
     let rest = match flavour {
         Some(f) => rest.strip_suffix(f)?.strip_suffix('-')?,
         None => rest,
     };
-    let version_like = rest.split('-').all(|p| p.starts_with(|c: char| c.is_ascii_digit()));
+    let version_like = rest
+        .split('-')
+        .all(|p| p.starts_with(|c: char| c.is_ascii_digit()));
     version_like.then_some(rest)
 }
 
@@ -354,7 +388,11 @@ fn available_series(names: &[&str], flavour: Option<&str>, deb: &str) -> Vec<Str
 
 /// Checks that apt-get, apt-cache and dpkg-deb are on `path` (a `PATH` value).
 fn require_tools(path: Option<&OsStr>) -> Result<(), KernelError> {
-    for (tool, package) in [("apt-get", "apt"), ("apt-cache", "apt"), ("dpkg-deb", "dpkg")] {
+    for (tool, package) in [
+        ("apt-get", "apt"),
+        ("apt-cache", "apt"),
+        ("dpkg-deb", "dpkg"),
+    ] {
         let found = path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(tool).is_file()));
         if !found {
             return Err(KernelError::ToolMissing { tool, package });
@@ -368,11 +406,15 @@ fn run(cmd: &mut Command) -> Result<String, KernelError> {
     let line = format!(
         "{} {}",
         cmd.get_program().to_string_lossy(),
-        cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    let out = cmd
-        .output()
-        .map_err(|e| KernelError::Command { command: line.clone(), reason: e.to_string() })?;
+    let out = cmd.output().map_err(|e| KernelError::Command {
+        command: line.clone(),
+        reason: e.to_string(),
+    })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
@@ -411,11 +453,17 @@ mod tests {
         let s = |spec| Series::parse(spec).unwrap();
         assert_eq!(
             match_packages(NAMES, &s("6.12"), "amd64"),
-            (vec!["linux-image-6.12-amd64"], vec!["linux-image-6.12.117+deb12-amd64"])
+            (
+                vec!["linux-image-6.12-amd64"],
+                vec!["linux-image-6.12.117+deb12-amd64"]
+            )
         );
         assert_eq!(
             match_packages(NAMES, &s("6.1"), "amd64"),
-            (vec![], vec!["linux-image-6.1.0-50-amd64", "linux-image-6.1.0-56-amd64"])
+            (
+                vec![],
+                vec!["linux-image-6.1.0-50-amd64", "linux-image-6.1.0-56-amd64"]
+            )
         );
         assert_eq!(
             match_packages(NAMES, &s("6.1-cloud"), "amd64"),
@@ -431,12 +479,22 @@ mod tests {
     #[test]
     fn missing_tools_say_how_to_install_them() {
         let dir = crate::kernel::tests::scratch_dir("no-tools");
-        let err = require_tools(Some(dir.as_os_str())).unwrap_err().to_string();
-        assert!(err.contains("`apt-get`") && err.contains("apt-get install apt"), "{err}");
+        let err = require_tools(Some(dir.as_os_str()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`apt-get`") && err.contains("apt-get install apt"),
+            "{err}"
+        );
         fs::write(dir.join("apt-get"), "").unwrap();
         fs::write(dir.join("apt-cache"), "").unwrap();
-        let err = require_tools(Some(dir.as_os_str())).unwrap_err().to_string();
-        assert!(err.contains("`dpkg-deb`") && err.contains("apt-get install dpkg"), "{err}");
+        let err = require_tools(Some(dir.as_os_str()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`dpkg-deb`") && err.contains("apt-get install dpkg"),
+            "{err}"
+        );
         let err = require_tools(None).unwrap_err().to_string();
         assert!(err.contains("`apt-get`"), "{err}");
     }
@@ -445,9 +503,18 @@ mod tests {
     fn fetch_wants_a_series() {
         let dir = crate::kernel::tests::scratch_dir("fetch-spec");
         let store = Store::at(&*dir);
-        let err = store.fetch("bpf-next", Arch::X86_64, &mut |_| {}).unwrap_err().to_string();
-        assert!(err.contains("failed to fetch `bpf-next`") && err.contains("`6.1-cloud`"), "{err}");
-        assert!(!dir.join("apt").exists(), "nothing is set up for a bad name");
+        let err = store
+            .fetch("bpf-next", Arch::X86_64, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("failed to fetch `bpf-next`") && err.contains("`6.1-cloud`"),
+            "{err}"
+        );
+        assert!(
+            !dir.join("apt").exists(),
+            "nothing is set up for a bad name"
+        );
     }
 
     #[test]
@@ -462,6 +529,9 @@ mod tests {
             Some("linux-image-6.12.117+deb12-amd64 (= 6.12.117-1~deb12u1)")
         );
         let p = s.package().unwrap();
-        assert_eq!((p.version.as_str(), p.size), ("6.12.117-1~deb12u1", Some(1234)));
+        assert_eq!(
+            (p.version.as_str(), p.size),
+            ("6.12.117-1~deb12u1", Some(1234))
+        );
     }
 }

@@ -26,12 +26,20 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, KernelError> {
     let mut file = File::open(path).map_err(io_err)?;
     // Enough for the bzImage's version string, which a 16-bit pointer locates.
     let mut head = Vec::with_capacity(HEAD_LEN);
-    (&mut file).take(HEAD_LEN as u64).read_to_end(&mut head).map_err(io_err)?;
-    let not_a_kernel =
-        |reason: &str| KernelError::NotAKernel { path: path.to_owned(), reason: reason.to_owned() };
+    (&mut file)
+        .take(HEAD_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(io_err)?;
+    let not_a_kernel = |reason: &str| KernelError::NotAKernel {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
 
     if let Some(version) = bzimage_version(&head) {
-        return Ok(ImageInfo { arch: Arch::X86_64, version });
+        return Ok(ImageInfo {
+            arch: Arch::X86_64,
+            version,
+        });
     }
     if let Some(arch) = image_arch(&head) {
         let version = scan_banner(head.as_slice().chain(file)).map_err(io_err)?;
@@ -58,7 +66,10 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, KernelError> {
         }
         // Other payload compressions: the PE header still tells the machine.
         return match pe_machine(&head) {
-            Some(arch) => Ok(ImageInfo { arch, version: None }),
+            Some(arch) => Ok(ImageInfo {
+                arch,
+                version: None,
+            }),
             None => Err(not_a_kernel("an EFI zboot image for an unknown machine")),
         };
     }
@@ -100,7 +111,10 @@ fn bzimage_version(head: &[u8]) -> Option<Option<String>> {
         return Some(None);
     };
     let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
-    let version = String::from_utf8_lossy(text).split_whitespace().next().map(str::to_owned);
+    let version = String::from_utf8_lossy(text)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned);
     Some(version)
 }
 
@@ -214,14 +228,23 @@ pub(crate) mod tests {
     fn synthetic_bzimage() {
         let (_dir, path) = write_temp("bzimage", &fake_bzimage("6.9.0-test"));
         let info = image_info(&path).unwrap();
-        assert_eq!(info, ImageInfo { arch: Arch::X86_64, version: Some("6.9.0-test".into()) });
+        assert_eq!(
+            info,
+            ImageInfo {
+                arch: Arch::X86_64,
+                version: Some("6.9.0-test".into())
+            }
+        );
     }
 
     #[test]
     fn synthetic_arm64_plain_and_gzip() {
         let img = fake_arm64_image("6.13.0-rc1+");
         let (_dir, path) = write_temp("arm64", &img);
-        let want = ImageInfo { arch: Arch::Aarch64, version: Some("6.13.0-rc1+".into()) };
+        let want = ImageInfo {
+            arch: Arch::Aarch64,
+            version: Some("6.13.0-rc1+".into()),
+        };
         assert_eq!(image_info(&path).unwrap(), want);
 
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -248,12 +271,24 @@ pub(crate) mod tests {
         zboot.extend_from_slice(&payload);
         let (_dir, path) = write_temp("zboot", &zboot);
         let info = image_info(&path).unwrap();
-        assert_eq!(info, ImageInfo { arch: Arch::Aarch64, version: Some("6.14.0".into()) });
+        assert_eq!(
+            info,
+            ImageInfo {
+                arch: Arch::Aarch64,
+                version: Some("6.14.0".into())
+            }
+        );
 
         // An unknown payload compression still yields the machine from the PE header.
         zboot[24..28].copy_from_slice(b"lz4\0");
         let (_dir, path) = write_temp("zboot-lz4", &zboot);
-        assert_eq!(image_info(&path).unwrap(), ImageInfo { arch: Arch::Aarch64, version: None });
+        assert_eq!(
+            image_info(&path).unwrap(),
+            ImageInfo {
+                arch: Arch::Aarch64,
+                version: None
+            }
+        );
     }
 
     #[test]
@@ -272,6 +307,9 @@ pub(crate) mod tests {
         assert!(err.contains("not a kernel image"), "{err}");
         let missing = path.with_file_name("missing");
         let err = image_info(&missing).unwrap_err().to_string();
-        assert!(err.contains("failed to read kernel image") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("failed to read kernel image") && err.contains("missing"),
+            "{err}"
+        );
     }
 }

@@ -228,7 +228,11 @@ pub enum KernelError {
 
 impl KernelError {
     pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> KernelError {
-        KernelError::Io { action, path: path.to_owned(), source }
+        KernelError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -249,7 +253,10 @@ fn kernel_spec_hint(name: &str) -> Option<String> {
 
 fn fetch_hint(spec: Option<String>, arch: Arch) -> String {
     match spec {
-        Some(spec) => format!("; fetch a kernel for {arch} with {}", fetch_command(&spec, arch)),
+        Some(spec) => format!(
+            "; fetch a kernel for {arch} with {}",
+            fetch_command(&spec, arch)
+        ),
         None => String::new(),
     }
 }
@@ -292,8 +299,9 @@ fn unknown_kernel_message(
 pub fn resolve(spec: Option<&str>, arch: Arch) -> Result<Kernel, KernelError> {
     let spec = choose_spec(spec, std::env::var("VMTEST_KERNEL").ok());
     if looks_like_path(&spec) {
-        let modules =
-            std::env::var_os("VMTEST_KERNEL_MODULES").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let modules = std::env::var_os("VMTEST_KERNEL_MODULES")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         return Kernel::from_image(Path::new(&spec), modules);
     }
     Store::open()?.find(&spec, arch)
@@ -358,7 +366,11 @@ impl Kernel {
     /// [`HARNESS_MODULES`] this kernel builds as modules (per its `modules.builtin` or config),
     /// with their dependencies, in load order. Empty when they are built in.
     pub fn harness_modules(&self) -> Result<Vec<ModuleFile>, KernelError> {
-        let config = self.config.as_deref().map(modules::read_config).transpose()?;
+        let config = self
+            .config
+            .as_deref()
+            .map(modules::read_config)
+            .transpose()?;
         let builtin = match &self.modules_dir {
             Some(dir) => modules::read_builtin(dir)?,
             None => None,
@@ -432,7 +444,12 @@ fn find_config_near(image: &Path, dir: &Path, version: Option<&str>) -> Option<P
         candidates.push(dir.join(format!("config-{v}")));
     }
     // In a kernel build tree: arch/<arch>/boot/<image> -> .config at the top.
-    if image.components().rev().nth(1).is_some_and(|c| c.as_os_str() == "boot") {
+    if image
+        .components()
+        .rev()
+        .nth(1)
+        .is_some_and(|c| c.as_os_str() == "boot")
+    {
         if let Some(tree) = image.ancestors().nth(4) {
             candidates.push(tree.join(".config"));
         }

@@ -59,7 +59,9 @@ impl ModuleIndex {
             for entry in entries {
                 let entry = entry.map_err(|e| KernelError::io("read modules dir", &dir, e))?;
                 let path = entry.path();
-                let ty = entry.file_type().map_err(|e| KernelError::io("stat", &path, e))?;
+                let ty = entry
+                    .file_type()
+                    .map_err(|e| KernelError::io("stat", &path, e))?;
                 if ty.is_dir() {
                     stack.push(path);
                 } else if ty.is_file() {
@@ -112,7 +114,13 @@ impl ModuleIndex {
                     close: self.close_matches(&name),
                 });
             }
-            self.visit(&name, &mut Vec::new(), &mut done, &mut deps_cache, &mut order)?;
+            self.visit(
+                &name,
+                &mut Vec::new(),
+                &mut done,
+                &mut deps_cache,
+                &mut order,
+            )?;
         }
         Ok(order)
     }
@@ -146,7 +154,10 @@ impl ModuleIndex {
         }
         path_stack.pop();
         done.insert(name.to_owned());
-        order.push(ModuleFile { name: name.to_owned(), host_path: file.clone() });
+        order.push(ModuleFile {
+            name: name.to_owned(),
+            host_path: file.clone(),
+        });
         Ok(())
     }
 }
@@ -162,11 +173,17 @@ pub(crate) struct Modinfo {
 /// Reads `.modinfo` from a module file, decompressing it first if needed.
 pub(crate) fn read_modinfo(path: &Path) -> Result<Modinfo, KernelError> {
     let bytes = read_module(path)?;
-    let bad = |reason: String| KernelError::Modinfo { path: path.to_owned(), reason };
+    let bad = |reason: String| KernelError::Modinfo {
+        path: path.to_owned(),
+        reason,
+    };
     let obj = object::File::parse(&*bytes).map_err(|e| bad(format!("not an ELF object: {e}")))?;
-    let section =
-        obj.section_by_name(".modinfo").ok_or_else(|| bad("it has no .modinfo section".into()))?;
-    let data = section.data().map_err(|e| bad(format!("unreadable .modinfo: {e}")))?;
+    let section = obj
+        .section_by_name(".modinfo")
+        .ok_or_else(|| bad("it has no .modinfo section".into()))?;
+    let data = section
+        .data()
+        .map_err(|e| bad(format!("unreadable .modinfo: {e}")))?;
     Ok(parse_modinfo(data))
 }
 
@@ -180,9 +197,13 @@ pub(crate) fn parse_modinfo(data: &[u8]) -> Modinfo {
         match key {
             "name" => info.name = Some(value.to_owned()),
             "vermagic" => info.vermagic = Some(value.to_owned()),
-            "depends" => info
-                .depends
-                .extend(value.split(',').map(str::trim).filter(|d| !d.is_empty()).map(normalize)),
+            "depends" => info.depends.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(normalize),
+            ),
             _ => {}
         }
     }
@@ -195,20 +216,26 @@ fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
     let mut input = std::io::BufReader::new(file);
     let name = path.to_string_lossy();
     let mut out = Vec::new();
-    let bad = |reason: String| KernelError::Modinfo { path: path.to_owned(), reason };
+    let bad = |reason: String| KernelError::Modinfo {
+        path: path.to_owned(),
+        reason,
+    };
     if name.ends_with(".xz") {
         lzma_rs::xz_decompress(&mut input, &mut out)
             .map_err(|e| bad(format!("failed to decompress xz: {e}")))?;
     } else if name.ends_with(".zst") {
         let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut input)
             .map_err(|e| bad(format!("failed to decompress zstd: {e}")))?;
-        dec.read_to_end(&mut out).map_err(|e| bad(format!("failed to decompress zstd: {e}")))?;
+        dec.read_to_end(&mut out)
+            .map_err(|e| bad(format!("failed to decompress zstd: {e}")))?;
     } else if name.ends_with(".gz") {
         flate2::read::GzDecoder::new(input)
             .read_to_end(&mut out)
             .map_err(|e| bad(format!("failed to decompress gzip: {e}")))?;
     } else {
-        input.read_to_end(&mut out).map_err(|e| KernelError::io("read module", path, e))?;
+        input
+            .read_to_end(&mut out)
+            .map_err(|e| KernelError::io("read module", path, e))?;
     }
     Ok(out)
 }
@@ -233,7 +260,10 @@ pub(crate) fn read_builtin(modules_dir: &Path) -> Result<Option<HashSet<String>>
     let path = modules_dir.join("modules.builtin");
     match fs::read_to_string(&path) {
         Ok(text) => Ok(Some(
-            text.lines().filter_map(|l| l.rsplit('/').next()).filter_map(module_name).collect(),
+            text.lines()
+                .filter_map(|l| l.rsplit('/').next())
+                .filter_map(module_name)
+                .collect(),
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(KernelError::io("read", &path, e)),
@@ -296,8 +326,10 @@ pub(crate) mod tests {
     /// Writes a minimal relocatable ELF whose `.modinfo` says `depends=<deps>`.
     pub(crate) fn fake_module(dir: &Path, file_name: &str, deps: &[&str]) -> PathBuf {
         let name = module_name(file_name).unwrap();
-        let info =
-            format!("license=GPL\0depends={}\0name={name}\0vermagic=6.1.0 SMP\0", deps.join(","));
+        let info = format!(
+            "license=GPL\0depends={}\0name={name}\0vermagic=6.1.0 SMP\0",
+            deps.join(",")
+        );
         let bytes = elf_with_section(".modinfo", info.as_bytes());
         let path = dir.join(file_name);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -364,15 +396,28 @@ pub(crate) mod tests {
         fake_module(
             &k,
             "drivers/virtio/virtio_pci.ko",
-            &["virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio", "virtio_ring"],
+            &[
+                "virtio_pci_legacy_dev",
+                "virtio_pci_modern_dev",
+                "virtio",
+                "virtio_ring",
+            ],
         );
-        fake_module(&k, "drivers/char/virtio_console.ko", &["virtio", "virtio_ring"]);
+        fake_module(
+            &k,
+            "drivers/char/virtio_console.ko",
+            &["virtio", "virtio_ring"],
+        );
         fake_module(&k, "net/dummy.ko", &[]);
         fake_module(&k, "net/a-b.ko", &["builtin_thing", "dummy"]);
 
         let index = ModuleIndex::scan(&dir).unwrap();
         let names = |v: Vec<ModuleFile>| v.into_iter().map(|m| m.name).collect::<Vec<_>>();
-        let got = names(index.closure("fixture", &["virtio_pci", "virtio_console"]).unwrap());
+        let got = names(
+            index
+                .closure("fixture", &["virtio_pci", "virtio_console"])
+                .unwrap(),
+        );
         assert_eq!(
             got,
             [
@@ -385,7 +430,10 @@ pub(crate) mod tests {
             ]
         );
         // Dashes normalise; dependencies that are not files here are built in.
-        assert_eq!(names(index.closure("fixture", &["a-b"]).unwrap()), ["dummy", "a_b"]);
+        assert_eq!(
+            names(index.closure("fixture", &["a-b"]).unwrap()),
+            ["dummy", "a_b"]
+        );
 
         let err = index.closure("fixture", &["dumm"]).unwrap_err().to_string();
         assert!(
@@ -421,15 +469,25 @@ pub(crate) mod tests {
         let p = harness_provision(Some(&cfg612), None, None);
         assert!(p.iter().all(|(_, p)| *p == Provision::BuiltIn), "{p:?}");
         let p = harness_provision(Some(&cfg61), None, None);
-        assert!(p.iter().all(|(_, p)| matches!(p, Provision::Missing(_))), "{p:?}");
-        let builtin: HashSet<String> =
-            ["virtio", "virtio_ring", "virtio_pci", "virtio_console"].map(String::from).into();
+        assert!(
+            p.iter().all(|(_, p)| matches!(p, Provision::Missing(_))),
+            "{p:?}"
+        );
+        let builtin: HashSet<String> = ["virtio", "virtio_ring", "virtio_pci", "virtio_console"]
+            .map(String::from)
+            .into();
         let p = harness_provision(Some(&cfg61), Some(&builtin), None);
         assert!(p.iter().all(|(_, p)| *p == Provision::BuiltIn), "{p:?}");
         let p = harness_provision(None, None, None);
         assert!(p.iter().all(|(_, p)| *p == Provision::BuiltIn), "{p:?}");
         let p = harness_provision(Some(&parse_config("CONFIG_VIRTIO=y\n")), None, None);
-        assert_eq!(p[3], ("virtio_console", Provision::Missing("CONFIG_VIRTIO_CONSOLE")));
+        assert_eq!(
+            p[3],
+            (
+                "virtio_console",
+                Provision::Missing("CONFIG_VIRTIO_CONSOLE")
+            )
+        );
     }
 
     #[test]

@@ -20,13 +20,18 @@ impl Series {
             None => (spec, None),
         };
         let numeric = !series.is_empty()
-            && series.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            && series
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
         let flavour_ok = flavour.is_none_or(|f| {
             f.starts_with(|c: char| c.is_ascii_lowercase())
-                && f.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && f.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         });
-        (numeric && flavour_ok)
-            .then(|| Series { series: series.to_owned(), flavour: flavour.map(str::to_owned) })
+        (numeric && flavour_ok).then(|| Series {
+            series: series.to_owned(),
+            flavour: flavour.map(str::to_owned),
+        })
     }
 
     /// Whether a kernel release (`6.12.117+deb12-amd64`, `6.1.0-56-cloud-amd64`) belongs to
@@ -41,7 +46,10 @@ impl Series {
 /// Picks the stored kernel `spec` names: an exact name or version first, else the newest of
 /// the series with exactly the flavour asked for (none = the default flavour).
 pub(crate) fn select<'a>(spec: &str, kernels: &'a [Kernel]) -> Option<&'a Kernel> {
-    if let Some(k) = kernels.iter().find(|k| k.name == spec || k.version.as_deref() == Some(spec)) {
+    if let Some(k) = kernels
+        .iter()
+        .find(|k| k.name == spec || k.version.as_deref() == Some(spec))
+    {
         return Some(k);
     }
     let series = Series::parse(spec)?;
@@ -147,22 +155,37 @@ mod tests {
     #[test]
     fn debian_version_order() {
         use Ordering::*;
-        assert_eq!(compare_versions("6.12.117-1~deb12u1", "6.12.115-1~deb12u1"), Greater);
+        assert_eq!(
+            compare_versions("6.12.117-1~deb12u1", "6.12.115-1~deb12u1"),
+            Greater
+        );
         assert_eq!(compare_versions("6.1.192-2", "6.1.176-1"), Greater);
         assert_eq!(compare_versions("1.0~rc1", "1.0"), Less);
         assert_eq!(compare_versions("1:0.1", "2.0"), Greater);
         assert_eq!(compare_versions("6.1.0-56-amd64", "6.1.0-9-amd64"), Greater);
-        assert_eq!(compare_versions("6.12.9+deb12-amd64", "6.12.10+deb12-amd64"), Less);
+        assert_eq!(
+            compare_versions("6.12.9+deb12-amd64", "6.12.10+deb12-amd64"),
+            Less
+        );
         assert_eq!(compare_versions("1.0a", "1.0"), Greater);
         assert_eq!(compare_versions("1.0", "1.0"), Equal);
     }
 
     #[test]
     fn series_parsing() {
-        assert_eq!(Series::parse("6.12"), Some(Series { series: "6.12".into(), flavour: None }));
+        assert_eq!(
+            Series::parse("6.12"),
+            Some(Series {
+                series: "6.12".into(),
+                flavour: None
+            })
+        );
         assert_eq!(
             Series::parse("6.1-cloud"),
-            Some(Series { series: "6.1".into(), flavour: Some("cloud".into()) })
+            Some(Series {
+                series: "6.1".into(),
+                flavour: Some("cloud".into())
+            })
         );
         assert_eq!(Series::parse("6.12.117+deb12-amd64"), None);
         assert_eq!(Series::parse("6.1.0-56-amd64"), None);
@@ -172,7 +195,9 @@ mod tests {
         assert!(s.contains_version("6.1.0-56-amd64"));
         assert!(s.contains_version("6.1"));
         assert!(!s.contains_version("6.12.117+deb12-amd64"));
-        assert!(Series::parse("6.12").unwrap().contains_version("6.12.117+deb12-amd64"));
+        assert!(Series::parse("6.12")
+            .unwrap()
+            .contains_version("6.12.117+deb12-amd64"));
     }
 
     #[test]
@@ -180,7 +205,11 @@ mod tests {
         let ks = [
             k("6.1.0-9-amd64", "6.1.0-9-amd64", None),
             k("6.1.0-56-amd64", "6.1.0-56-amd64", None),
-            k("6.1.0-56-cloud-amd64", "6.1.0-56-cloud-amd64", Some("cloud")),
+            k(
+                "6.1.0-56-cloud-amd64",
+                "6.1.0-56-cloud-amd64",
+                Some("cloud"),
+            ),
             k("6.12.9+deb12-amd64", "6.12.9+deb12-amd64", None),
             k("6.12.117+deb12-amd64", "6.12.117+deb12-amd64", None),
             k("bpf-next", "6.15.0-rc3+", None),

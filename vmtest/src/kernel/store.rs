@@ -56,7 +56,11 @@ impl Store {
     /// Opens the user's store: `VMTEST_KERNELS`, else `$XDG_CACHE_HOME/vmtest/kernels`, else
     /// `~/.cache/vmtest/kernels`. The dir need not exist yet.
     pub fn open() -> Result<Store, KernelError> {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let root = if let Some(root) = var("VMTEST_KERNELS") {
             root
         } else if let Some(cache) = var("XDG_CACHE_HOME") {
@@ -156,7 +160,10 @@ impl Store {
         let _lock = self.lock(info.arch, name, &mut || {})?;
         let dest = arch_dir.join(name);
         if dest.exists() {
-            return Err(KernelError::AlreadyStored { name: name.to_owned(), path: dest });
+            return Err(KernelError::AlreadyStored {
+                name: name.to_owned(),
+                path: dest,
+            });
         }
         let tmp = self.temp_dir(info.arch, name)?;
         copy_file(image, &tmp.join(IMAGE))?;
@@ -191,7 +198,10 @@ impl Store {
         on_wait: &mut dyn FnMut(),
     ) -> Result<File, KernelError> {
         use rustix::fs::{flock, FlockOperation};
-        let path = self.arch_dir(arch).join(".locks").join(format!("{name}.lock"));
+        let path = self
+            .arch_dir(arch)
+            .join(".locks")
+            .join(format!("{name}.lock"));
         let file = open_lock_file(&path)?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
             on_wait();
@@ -235,7 +245,11 @@ impl Store {
 pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<File, KernelError> {
     use rustix::fs::{flock, FlockOperation};
     let file = open_lock_file(path)?;
-    let op = if exclusive { FlockOperation::LockExclusive } else { FlockOperation::LockShared };
+    let op = if exclusive {
+        FlockOperation::LockExclusive
+    } else {
+        FlockOperation::LockShared
+    };
     flock(&file, op).map_err(|e| KernelError::io("lock", path, e.into()))?;
     Ok(file)
 }
@@ -254,15 +268,20 @@ fn open_lock_file(path: &Path) -> Result<File, KernelError> {
 }
 
 fn validate_name(name: &str) -> Result<(), KernelError> {
-    let bad =
-        |reason: &str| KernelError::InvalidName { name: name.to_owned(), reason: reason.into() };
+    let bad = |reason: &str| KernelError::InvalidName {
+        name: name.to_owned(),
+        reason: reason.into(),
+    };
     if name.is_empty() {
         return Err(bad("it is empty"));
     }
     if name.starts_with('.') || name.starts_with('-') {
         return Err(bad("it starts with `.` or `-`"));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c))
+    {
         return Err(bad("use only letters, digits and `._+-~`"));
     }
     Ok(())
@@ -280,8 +299,11 @@ fn find_release_dir(dir: &Path) -> Result<PathBuf, KernelError> {
     for lib in ["lib/modules", "usr/lib/modules"] {
         let parent = dir.join(lib);
         if let Ok(entries) = fs::read_dir(&parent) {
-            let dirs: Vec<PathBuf> =
-                entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            let dirs: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
             if let [only] = dirs.as_slice() {
                 return Ok(only.clone());
             }
@@ -291,7 +313,9 @@ fn find_release_dir(dir: &Path) -> Result<PathBuf, KernelError> {
 }
 
 fn copy_file(from: &Path, to: &Path) -> Result<(), KernelError> {
-    fs::copy(from, to).map(drop).map_err(|e| KernelError::io("copy", from, e))
+    fs::copy(from, to)
+        .map(drop)
+        .map_err(|e| KernelError::io("copy", from, e))
 }
 
 /// Copies files and dirs (not symlinks such as `build` and `source`) from `from` into `to`.
@@ -299,7 +323,9 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), KernelError> {
     fs::create_dir_all(to).map_err(|e| KernelError::io("create", to, e))?;
     for entry in fs::read_dir(from).map_err(|e| KernelError::io("read", from, e))? {
         let entry = entry.map_err(|e| KernelError::io("read", from, e))?;
-        let ty = entry.file_type().map_err(|e| KernelError::io("stat", &entry.path(), e))?;
+        let ty = entry
+            .file_type()
+            .map_err(|e| KernelError::io("stat", &entry.path(), e))?;
         let target = to.join(entry.file_name());
         if ty.is_dir() {
             copy_tree(&entry.path(), &target)?;
@@ -341,7 +367,11 @@ pub(crate) fn write_meta(
         opt(kernel.package.as_deref()),
         opt(package_version),
         if kernel.config.is_some() { CONFIG } else { "" },
-        if kernel.modules_dir.is_some() { MODULES } else { "" },
+        if kernel.modules_dir.is_some() {
+            MODULES
+        } else {
+            ""
+        },
     );
     let path = dir.join(META);
     fs::write(&path, text).map_err(|e| KernelError::io("write", &path, e))
@@ -367,7 +397,10 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Kernel, KernelError> {
             .map(|(_, v)| v.trim().to_owned())
             .filter(|v| !v.is_empty())
     };
-    let bad = |reason: String| KernelError::Metadata { path: path.clone(), reason };
+    let bad = |reason: String| KernelError::Metadata {
+        path: path.clone(),
+        reason,
+    };
     let name = field("name").ok_or_else(|| bad("it has no `name=`".into()))?;
     let arch = field("arch")
         .ok_or_else(|| bad("it has no `arch=`".into()))?
@@ -404,16 +437,31 @@ mod tests {
         let config = dir.join(".config");
         fs::write(&config, "CONFIG_VIRTIO=y\n").unwrap();
 
-        let k = store.add("bpf-next", &image, Some(&dir.join("install")), Some(&config)).unwrap();
+        let k = store
+            .add(
+                "bpf-next",
+                &image,
+                Some(&dir.join("install")),
+                Some(&config),
+            )
+            .unwrap();
         assert_eq!(k.arch, Arch::X86_64);
         assert_eq!(k.version.as_deref(), Some("6.15.0-rc3+"));
-        assert!(k.modules_dir.as_ref().unwrap().join("kernel/net/dummy.ko").is_file());
+        assert!(k
+            .modules_dir
+            .as_ref()
+            .unwrap()
+            .join("kernel/net/dummy.ko")
+            .is_file());
         assert!(!k.modules_dir.as_ref().unwrap().join("build").exists());
 
         let arm = dir.join("Image");
         fs::write(&arm, fake_arm64_image("6.14.2")).unwrap();
         let a = store.add("mine", &arm, None, None).unwrap();
-        assert_eq!((a.arch, a.version.as_deref()), (Arch::Aarch64, Some("6.14.2")));
+        assert_eq!(
+            (a.arch, a.version.as_deref()),
+            (Arch::Aarch64, Some("6.14.2"))
+        );
 
         let listed = store.list().unwrap();
         let names: Vec<_> = listed.iter().map(|k| (k.arch, k.name.as_str())).collect();
@@ -426,9 +474,15 @@ mod tests {
         let err = store.find("mine", Arch::X86_64).unwrap_err().to_string();
         assert!(err.contains("bpf-next"), "{err}");
 
-        let err = store.add("bpf-next", &image, None, None).unwrap_err().to_string();
+        let err = store
+            .add("bpf-next", &image, None, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already"), "{err}");
-        let err = store.add("a/b", &image, None, None).unwrap_err().to_string();
+        let err = store
+            .add("a/b", &image, None, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`a/b`"), "{err}");
         let err = store.add("x", &config, None, None).unwrap_err().to_string();
         assert!(err.contains("not a kernel image"), "{err}");

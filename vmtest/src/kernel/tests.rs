@@ -50,7 +50,11 @@ fn assert_load_order(modules: &[ModuleFile]) {
     for (i, m) in modules.iter().enumerate() {
         for dep in modules::read_modinfo(&m.host_path).unwrap().depends {
             let at = modules.iter().position(|d| d.name == dep);
-            assert!(at.is_some_and(|at| at < i), "{} before its dependency {dep}", m.name);
+            assert!(
+                at.is_some_and(|at| at < i),
+                "{} before its dependency {dep}",
+                m.name
+            );
         }
     }
 }
@@ -60,25 +64,52 @@ fn unknown_name_lists_stored_and_the_fetch_command() {
     let dir = scratch_dir("unknown-name");
     let store = Store::at(&*dir);
     let err = store.find("6.1", Arch::X86_64).unwrap_err().to_string();
-    assert!(err.contains("failed to find kernel `6.1` for x86_64"), "{err}");
+    assert!(
+        err.contains("failed to find kernel `6.1` for x86_64"),
+        "{err}"
+    );
     assert!(err.contains("nothing is stored for x86_64"), "{err}");
-    assert!(err.contains("`cargo vmtest kernel fetch 6.1 --arch x86_64`"), "{err}");
-    assert!(err.contains("`cargo xtask kernel fetch 6.1 --arch x86_64`"), "{err}");
+    assert!(
+        err.contains("`cargo vmtest kernel fetch 6.1 --arch x86_64`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`cargo xtask kernel fetch 6.1 --arch x86_64`"),
+        "{err}"
+    );
 
     let image = dir.join("bzImage");
     fs::write(&image, image::tests::fake_bzimage("6.12.5+deb12-amd64")).unwrap();
     store.add("6.12.5+deb12-amd64", &image, None, None).unwrap();
-    let err = store.find("6.1-cloud", Arch::X86_64).unwrap_err().to_string();
-    assert!(err.contains("stored for x86_64: 6.12.5+deb12-amd64"), "{err}");
-    assert!(err.contains("kernel fetch 6.1-cloud --arch x86_64"), "{err}");
+    let err = store
+        .find("6.1-cloud", Arch::X86_64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("stored for x86_64: 6.12.5+deb12-amd64"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kernel fetch 6.1-cloud --arch x86_64"),
+        "{err}"
+    );
     let err = store.find("6.12", Arch::Aarch64).unwrap_err().to_string();
     assert!(
         err.contains("nothing is stored for aarch64") && err.contains("--arch aarch64"),
         "{err}"
     );
-    let err = store.find("my-build", Arch::X86_64).unwrap_err().to_string();
-    assert!(err.contains("cargo vmtest kernel add my-build --image"), "{err}");
-    assert_eq!(store.find("6.12", Arch::X86_64).unwrap().name, "6.12.5+deb12-amd64");
+    let err = store
+        .find("my-build", Arch::X86_64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cargo vmtest kernel add my-build --image"),
+        "{err}"
+    );
+    assert_eq!(
+        store.find("6.12", Arch::X86_64).unwrap().name,
+        "6.12.5+deb12-amd64"
+    );
 }
 
 #[test]
@@ -94,19 +125,31 @@ fn path_spec_reads_the_header_and_finds_modules() {
     modules::tests::fake_module(&mods.join("kernel"), "drivers/net/dummy.ko", &[]);
 
     let k = resolve(Some(image.to_str().unwrap()), Arch::Aarch64).unwrap();
-    assert_eq!(k.arch, Arch::X86_64, "a path kernel's arch comes from its header");
+    assert_eq!(
+        k.arch,
+        Arch::X86_64,
+        "a path kernel's arch comes from its header"
+    );
     assert_eq!(k.version.as_deref(), Some(ver));
     assert_eq!(k.modules_dir.as_deref(), Some(mods.as_path()));
     assert_eq!(k.config, Some(dir.join(format!("boot/config-{ver}"))));
     assert_eq!(names(&k.module_closure(&["dummy"]).unwrap()), ["dummy"]);
 
     let err = k.check_arch(Arch::Aarch64).unwrap_err().to_string();
-    assert!(err.contains("is for x86_64, the test binary is for aarch64"), "{err}");
+    assert!(
+        err.contains("is for x86_64, the test binary is for aarch64"),
+        "{err}"
+    );
     assert!(err.contains(&image.display().to_string()), "{err}");
     k.check_arch(Arch::X86_64).unwrap();
 
-    let err = resolve(Some("/nonexistent/bzImage"), Arch::X86_64).unwrap_err().to_string();
-    assert!(err.contains("failed to read kernel image /nonexistent/bzImage"), "{err}");
+    let err = resolve(Some("/nonexistent/bzImage"), Arch::X86_64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("failed to read kernel image /nonexistent/bzImage"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -116,9 +159,15 @@ fn modules_without_a_modules_dir() {
     fs::write(&image, image::tests::fake_bzimage("6.15.0")).unwrap();
     let k = Kernel::from_image(&image, None).unwrap();
     assert_eq!(k.modules_dir, None);
-    assert!(k.harness_modules().unwrap().is_empty(), "nothing says the drivers are modules");
+    assert!(
+        k.harness_modules().unwrap().is_empty(),
+        "nothing says the drivers are modules"
+    );
     let err = k.module_closure(&["dummy"]).unwrap_err().to_string();
-    assert!(err.contains("module `dummy`") && err.contains("no modules dir"), "{err}");
+    assert!(
+        err.contains("module `dummy`") && err.contains("no modules dir"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,13 +193,22 @@ fn harness_modules_from_fixture() {
     let kernel = Kernel::from_image(&image, None).unwrap();
     assert_eq!(
         names(&kernel.harness_modules().unwrap()),
-        ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci", "virtio_console"]
+        [
+            "virtio",
+            "virtio_ring",
+            "virtio_pci_modern_dev",
+            "virtio_pci",
+            "virtio_console"
+        ]
     );
 
     // The config says module, but the file is gone: a clear error, not a hang in the guest.
     fs::remove_file(k.join("virtio_console.ko")).unwrap();
     let err = kernel.harness_modules().unwrap_err().to_string();
-    assert!(err.contains("virtio_console") && err.contains("CONFIG_VIRTIO_CONSOLE"), "{err}");
+    assert!(
+        err.contains("virtio_console") && err.contains("CONFIG_VIRTIO_CONSOLE"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -191,7 +249,10 @@ fn real_6_1_amd64() {
     assert!(err.contains(&k.name) && err.contains("dummy"), "{err}");
 
     let err = k.check_arch(Arch::Aarch64).unwrap_err().to_string();
-    assert!(err.contains("for x86_64, the test binary is for aarch64"), "{err}");
+    assert!(
+        err.contains("for x86_64, the test binary is for aarch64"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,8 +261,14 @@ fn real_6_12_amd64() {
         return;
     };
     let info = image_info(&k.image).unwrap();
-    assert_eq!((info.arch, info.version.as_deref()), (Arch::X86_64, k.version.as_deref()));
-    assert!(k.harness_modules().unwrap().is_empty(), "6.12 has virtio built in");
+    assert_eq!(
+        (info.arch, info.version.as_deref()),
+        (Arch::X86_64, k.version.as_deref())
+    );
+    assert!(
+        k.harness_modules().unwrap().is_empty(),
+        "6.12 has virtio built in"
+    );
     let dummy = k.module_closure(&["dummy"]).unwrap();
     assert_eq!(names(&dummy), ["dummy"]);
     assert!(dummy[0].host_path.to_string_lossy().ends_with(".ko.xz"));
@@ -221,16 +288,25 @@ fn real_6_12_arm64() {
         return;
     };
     let info = image_info(&k.image).unwrap();
-    assert_eq!((info.arch, info.version.as_deref()), (Arch::Aarch64, k.version.as_deref()));
+    assert_eq!(
+        (info.arch, info.version.as_deref()),
+        (Arch::Aarch64, k.version.as_deref())
+    );
     assert!(k.harness_modules().unwrap().is_empty());
     let err = k.check_arch(Arch::X86_64).unwrap_err().to_string();
-    assert!(err.contains("for aarch64, the test binary is for x86_64"), "{err}");
+    assert!(
+        err.contains("for aarch64, the test binary is for x86_64"),
+        "{err}"
+    );
 }
 
 #[test]
 fn default_and_environment() {
     assert_eq!(choose_spec(Some("6.1"), Some("6.12".into())), "6.1");
-    assert_eq!(choose_spec(None, Some("/boot/vmlinuz".into())), "/boot/vmlinuz");
+    assert_eq!(
+        choose_spec(None, Some("/boot/vmlinuz".into())),
+        "/boot/vmlinuz"
+    );
     assert_eq!(choose_spec(None, Some(String::new())), DEFAULT_KERNEL);
     assert_eq!(choose_spec(None, None), "6.12");
     assert!(looks_like_path("./bzImage") && looks_like_path("/boot/vmlinuz"));
