@@ -205,7 +205,12 @@ fn veth_pair_carries_a_datagram_between_namespaces_and_unloads() {
             (buf[..n].to_vec(), from)
         })
     };
-    ready_rx.recv().unwrap();
+    if ready_rx.recv().is_err() {
+        // The receiver failed before binding: its panic says why.
+        std::panic::resume_unwind(
+            receiver.join().expect_err("the receiver ended without being ready"),
+        );
+    }
     let sender = UdpSocket::bind("10.199.0.1:0").unwrap();
     // A datagram may be lost while the links come up (neighbour resolution); resend until
     // the receiver has one.
