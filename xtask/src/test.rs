@@ -105,8 +105,8 @@ fn cross(arch: Arch, cargo_args: &[String], test_args: &[String]) -> Result<Exit
         let split = selection.iter().position(|a| *a == "--").unwrap_or(selection.len());
         let mut args: Vec<String> = selection[..split].iter().map(|s| (*s).to_owned()).collect();
         args.extend(cargo_args.iter().cloned());
-        let mut test_args_here: Vec<String> =
-            selection.get(split + 1..).unwrap_or_default().iter().map(|s| (*s).to_owned()).collect();
+        let ours = selection.get(split + 1..).unwrap_or_default();
+        let mut test_args_here: Vec<String> = ours.iter().map(|s| (*s).to_owned()).collect();
         test_args_here.extend(test_args.iter().cloned());
         let test = CrossTest {
             arch,
