@@ -15,7 +15,7 @@ use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, WaitStatus};
 use crate::console;
 use crate::output::{TailBuffer, CAPTURE_LIMIT};
 use crate::ports::Control;
-use crate::protocol::{GuestMessage, Outcome, PlannedTest, Stream};
+use crate::protocol::{GuestMessage, Outcome, PlannedTest, Stream, SKIP_ENV};
 
 /// How long output pipes may stay open after the test's process group is gone.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -41,11 +41,14 @@ pub(crate) struct Finished {
 /// Problems with the test itself (it cannot start, it times out) are outcomes; an `Err` means the
 /// harness could not do its job (the control port failed).
 pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, String> {
+    let skip_file = format!("/tmp/vmtest-skip-{}-{}", std::process::id(), test.id);
+    let _ = std::fs::remove_file(&skip_file);
     let mut command = Command::new(&test.program);
     command
         .args(&test.args)
         .env_clear()
         .envs(test.env.iter().map(|(k, v)| (k, v)))
+        .env(SKIP_ENV, &skip_file)
         .current_dir(&test.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -103,7 +106,7 @@ pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, Str
 
     let timeout = Duration::from_millis(test.timeout_ms);
     let outcome = match wait_until(pid, start + timeout) {
-        Some(status) => outcome_of(status),
+        Some(status) => skipped(outcome_of(status), &skip_file),
         None => {
             kill_group(pid);
             if wait_until(pid, Instant::now() + KILL_GRACE).is_none() {
@@ -207,6 +210,18 @@ fn pump(mut pipe: std::fs::File, mut sink: Sink, at_eof: impl FnOnce()) -> Resul
         (_, Some(e)) => Err(e),
         (Sink::Capture(tail), None) => Ok(tail.finish()),
         (Sink::Stream { .. }, None) => Ok(Vec::new()),
+    }
+}
+
+/// A clean exit after the child left a skip reason is a skip; the file is removed either way.
+fn skipped(outcome: Outcome, skip_file: &str) -> Outcome {
+    let reason = std::fs::read(skip_file).ok();
+    let _ = std::fs::remove_file(skip_file);
+    match (outcome, reason) {
+        (Outcome::Exited(0), Some(reason)) => {
+            Outcome::Skipped(String::from_utf8_lossy(&reason).trim().to_owned())
+        }
+        (outcome, _) => outcome,
     }
 }
 
@@ -317,6 +332,19 @@ mod tests {
         assert!(!stdout.contains("HOME="), "{stdout}");
         assert!(stdout.ends_with("/\n"), "{stdout}");
         assert_eq!(finished.stderr, b"err\n");
+    }
+
+    #[test]
+    fn a_reason_left_in_the_skip_file_turns_a_clean_exit_into_a_skip() {
+        let _serial = serial();
+        let script = "echo 'no such feature' > \"$VMTEST_SKIP_FILE\"; exit 0";
+        let finished = run(&sh(4, script, 30_000), &control()).unwrap();
+        assert_eq!(finished.outcome, Outcome::Skipped("no such feature".into()));
+        let script = "echo 'then failed' > \"$VMTEST_SKIP_FILE\"; exit 1";
+        let finished = run(&sh(5, script, 30_000), &control()).unwrap();
+        assert_eq!(finished.outcome, Outcome::Exited(1));
+        let finished = run(&sh(4, "exit 0", 30_000), &control()).unwrap();
+        assert_eq!(finished.outcome, Outcome::Exited(0));
     }
 
     #[test]

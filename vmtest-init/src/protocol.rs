@@ -34,6 +34,10 @@ pub const CONTROL_PORT: &str = "vmtest.control";
 /// Environment variable that tells a child of PID 1 which registered test to run.
 pub const TEST_ENV: &str = "VMTEST_TEST";
 
+/// Environment variable naming the file where a test child leaves the reason it skipped itself
+/// before exiting with status 0 (see `vmtest::skip`).
+pub const SKIP_ENV: &str = "VMTEST_SKIP_FILE";
+
 /// What the guest must do, written by the host before boot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -100,6 +104,9 @@ pub enum Outcome {
     },
     /// Could not be started, or a module it needs failed to load.
     Error(String),
+    /// Exited with status 0 after leaving a reason in the file named by [`SKIP_ENV`]: the test
+    /// found that the kernel lacks something it needs.
+    Skipped(String),
 }
 
 /// A message from the guest to the host.

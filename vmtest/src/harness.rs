@@ -171,15 +171,19 @@ fn instances(defs: &[TestMeta], arch: Arch) -> Vec<Instance> {
     out
 }
 
+/// How a test went: `Ok(None)` passed, `Ok(Some(reason))` skipped itself at run time,
+/// `Err(text)` failed.
+type Verdict = Result<Option<String>, String>;
+
 /// A test's verdict, filled in by its group's VM.
 #[derive(Default)]
 struct Slot {
-    verdict: Mutex<Option<Result<(), String>>>,
+    verdict: Mutex<Option<Verdict>>,
     ready: Condvar,
 }
 
 impl Slot {
-    fn fill(&self, verdict: Result<(), String>) {
+    fn fill(&self, verdict: Verdict) {
         let mut slot = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some(verdict);
@@ -191,7 +195,7 @@ impl Slot {
         self.verdict.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
-    fn wait(&self) -> Result<(), String> {
+    fn wait(&self) -> Verdict {
         let mut slot = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(verdict) = slot.as_ref() {
@@ -317,10 +321,13 @@ fn prepare(
         let trial = {
             let slot = Arc::clone(&slot);
             let group = Arc::clone(&group);
-            Trial::test(instance.name.clone(), move || {
+            Trial::ignorable_test(instance.name.clone(), move || {
                 let (group, context) = group.get().expect("every selected test has a group");
                 group.start(context);
-                slot.wait().map_err(Failed::from)
+                match slot.wait().map_err(Failed::from)? {
+                    None => Ok(Completion::Completed),
+                    Some(reason) => Ok(Completion::ignored_with(reason)),
+                }
             })
             .with_ignored_flag(ignore.is_some())
         };
@@ -688,10 +695,10 @@ struct Report<'a> {
 
 impl Report<'_> {
     /// libtest's verdict and failure text: the test's own outcome, then any kernel splat
-    /// (a WARNING alone passes when `allow_warnings`).
-    fn verdict(&self, allow_warnings: bool, console_log: &Path) -> Result<(), String> {
+    /// (a WARNING alone passes when `allow_warnings`; a splat fails even a skipped test).
+    fn verdict(&self, allow_warnings: bool, console_log: &Path) -> Verdict {
         let why = match self.outcome {
-            Outcome::Exited(0) => None,
+            Outcome::Exited(0) | Outcome::Skipped(_) => None,
             Outcome::Exited(101) => Some(None),
             Outcome::Exited(code) => {
                 Some(Some(format!("the test process exited with status {code}")))
@@ -708,7 +715,11 @@ impl Report<'_> {
         let splat =
             crate::splat::failure(&String::from_utf8_lossy(self.kernel_log), allow_warnings);
         if why.is_none() && splat.is_none() {
-            return Ok(());
+            let skipped = match self.outcome {
+                Outcome::Skipped(reason) => Some(reason.clone()),
+                _ => None,
+            };
+            return Ok(skipped);
         }
         let mut text = String::new();
         text.push_str(&String::from_utf8_lossy(self.stdout));

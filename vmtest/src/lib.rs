@@ -34,11 +34,13 @@ mod process;
 mod qemu;
 mod registry;
 pub mod runner;
+mod skip;
 mod splat;
 mod vm;
 
 pub(crate) use error::Error;
 
+pub use skip::skip;
 pub use vmtest_macros::vm_test;
 
 /// Defines `main` for a test binary with `harness = false`.

@@ -153,6 +153,10 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
             eprintln!("vmtest: {name} could not run in the VM: {message}");
             1
         }
+        (Some(Outcome::Skipped(reason)), _) => {
+            eprintln!("vmtest: {name} skipped itself: {reason}");
+            0
+        }
         (None, Some(problem)) => {
             eprintln!("vmtest: {name} did not finish: {problem}\n{}", console());
             1

@@ -1,0 +1,11 @@
+//! A kernel regression suite: every test boots 6.1 and 6.12 (one VM per kernel, since all tests
+//! share one VM configuration) and asserts on what the kernel did, not only on return codes.
+
+mod bpf;
+mod cgroup;
+mod net;
+mod ns;
+mod sys;
+mod trace;
+
+vmtest::main!();
