@@ -28,7 +28,8 @@ fn tracepoint_counts_this_threads_syscalls() {
     attr[8..16].copy_from_slice(&id.to_ne_bytes());
     attr[16..24].copy_from_slice(&1u64.to_ne_bytes()); // sample_period
     attr[40..48].copy_from_slice(&1u64.to_ne_bytes()); // disabled
-                                                       // SAFETY: perf_event_open(2) on this thread (pid 0), any CPU, with a valid attr buffer.
+
+    // SAFETY: perf_event_open(2) on this thread (pid 0), any CPU, with a valid attr buffer.
     let ret = unsafe {
         libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, PERF_FLAG_FD_CLOEXEC)
     };
