@@ -13,9 +13,12 @@ use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, WaitStatus};
 
 use crate::console;
+use crate::files::OutDir;
 use crate::output::{TailBuffer, CAPTURE_LIMIT};
 use crate::ports::Control;
-use crate::protocol::{GuestMessage, Outcome, PlannedTest, Stream, SKIP_ENV};
+use crate::protocol::{
+    GuestMessage, Outcome, PlannedTest, Stream, ARTIFACT_ENV, PROFILE_ENV, SKIP_ENV,
+};
 
 /// How long output pipes may stay open after the test's process group is gone.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -40,7 +43,7 @@ pub(crate) struct Finished {
 ///
 /// Problems with the test itself (it cannot start, it times out) are outcomes; an `Err` means the
 /// harness could not do its job (the control port failed).
-pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, String> {
+pub(crate) fn run(test: &PlannedTest, control: &Control, out: &OutDir) -> Result<Finished, String> {
     let skip_file = format!("/tmp/vmtest-skip-{}-{}", std::process::id(), test.id);
     let _ = std::fs::remove_file(&skip_file);
     let mut command = Command::new(&test.program);
@@ -49,10 +52,16 @@ pub(crate) fn run(test: &PlannedTest, control: &Control) -> Result<Finished, Str
         .env_clear()
         .envs(test.env.iter().map(|(k, v)| (k, v)))
         .env(SKIP_ENV, &skip_file)
+        .env(ARTIFACT_ENV, out.artifacts())
         .current_dir(&test.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if test.env.iter().any(|(name, _)| name == PROFILE_ENV) {
+        // The host's pattern names a host path: profiles go to the test's directory instead,
+        // and reach the host after the test.
+        command.env(PROFILE_ENV, out.profile_pattern());
+    }
     // SAFETY: the closure runs between fork and exec and only calls `setsid`, a single
     // async-signal-safe system call; it allocates nothing and touches no shared state.
     unsafe {
@@ -316,6 +325,11 @@ mod tests {
         SERIAL.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn out() -> OutDir {
+        let base = std::env::temp_dir().join(format!("vmtest-init-out-{}", std::process::id()));
+        OutDir::create_in(&base, 0).unwrap()
+    }
+
     fn control() -> Control {
         Control::start(File::options().write(true).open("/dev/null").unwrap()).unwrap()
     }
@@ -324,7 +338,7 @@ mod tests {
     fn captures_output_exit_code_and_exact_environment() {
         let _serial = serial();
         let script = "echo out; echo err >&2; env; pwd; exit 3";
-        let finished = run(&sh(0, script, 30_000), &control()).unwrap();
+        let finished = run(&sh(0, script, 30_000), &control(), &out()).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(3));
         let stdout = String::from_utf8(finished.stdout).unwrap();
         assert!(stdout.starts_with("out\n"), "{stdout}");
@@ -338,12 +352,12 @@ mod tests {
     fn a_reason_left_in_the_skip_file_turns_a_clean_exit_into_a_skip() {
         let _serial = serial();
         let script = "echo 'no such feature' > \"$VMTEST_SKIP_FILE\"; exit 0";
-        let finished = run(&sh(4, script, 30_000), &control()).unwrap();
+        let finished = run(&sh(4, script, 30_000), &control(), &out()).unwrap();
         assert_eq!(finished.outcome, Outcome::Skipped("no such feature".into()));
         let script = "echo 'then failed' > \"$VMTEST_SKIP_FILE\"; exit 1";
-        let finished = run(&sh(5, script, 30_000), &control()).unwrap();
+        let finished = run(&sh(5, script, 30_000), &control(), &out()).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(1));
-        let finished = run(&sh(4, "exit 0", 30_000), &control()).unwrap();
+        let finished = run(&sh(4, "exit 0", 30_000), &control(), &out()).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(0));
     }
 
@@ -351,7 +365,7 @@ mod tests {
     fn kills_the_whole_group_on_timeout() {
         let _serial = serial();
         let started = Instant::now();
-        let finished = run(&sh(1, "sleep 100 & sleep 100", 300), &control()).unwrap();
+        let finished = run(&sh(1, "sleep 100 & sleep 100", 300), &control(), &out()).unwrap();
         assert_eq!(finished.outcome, Outcome::TimedOut { after_ms: 300 });
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
@@ -359,11 +373,11 @@ mod tests {
     #[test]
     fn reports_signals_and_start_failures() {
         let _serial = serial();
-        let finished = run(&sh(2, "kill -9 $$", 30_000), &control()).unwrap();
+        let finished = run(&sh(2, "kill -9 $$", 30_000), &control(), &out()).unwrap();
         assert_eq!(finished.outcome, Outcome::Signaled(9));
         let mut test = sh(3, "", 30_000);
         test.program = "/nonexistent/program".into();
-        let finished = run(&test, &control()).unwrap();
+        let finished = run(&test, &control(), &out()).unwrap();
         assert!(
             matches!(finished.outcome, Outcome::Error(e) if e.contains("/nonexistent/program"))
         );
@@ -373,7 +387,7 @@ mod tests {
     fn leftovers_do_not_hold_the_output_open() {
         let _serial = serial();
         let started = Instant::now();
-        let finished = run(&sh(4, "sleep 100 & echo done", 30_000), &control()).unwrap();
+        let finished = run(&sh(4, "sleep 100 & echo done", 30_000), &control(), &out()).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(0));
         assert_eq!(finished.stdout, b"done\n");
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());

@@ -15,6 +15,7 @@
 
 mod child;
 mod console;
+mod files;
 mod identity;
 mod kmsg;
 mod modules;
@@ -97,16 +98,22 @@ fn guest_main() -> Result<(), String> {
     }
     for test in &plan.tests {
         control.send_written(&GuestMessage::TestStarted { id: test.id })?;
+        let out = files::OutDir::create(test.id)?;
         let finished = match loaded.failures.get(&test.id) {
             Some(failures) => unrunnable(failures),
-            None => child::run(test, control)?,
+            None => child::run(test, control, &out)?,
         };
+        if !matches!(finished.outcome, protocol::Outcome::Exited(0) | protocol::Outcome::Skipped(_))
+        {
+            out.save_kernel_log();
+        }
         if let Some(kmsg) = &mut kmsg {
             let bytes = kmsg.drain();
             if !bytes.is_empty() {
                 control.send(&GuestMessage::KernelLog { id: test.id, bytes })?;
             }
         }
+        out.send(control)?;
         report(control, test, finished)?;
         child::reap(None);
     }

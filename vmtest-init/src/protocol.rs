@@ -23,7 +23,21 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_FRAME_LEN: usize = 16 << 20;
 
 /// Largest file chunk the guest sends in one [`GuestMessage::FileChunk`].
-pub const FILE_CHUNK_LEN: usize = 1 << 20;
+pub const FILE_CHUNK_LEN: usize = 256 << 10;
+
+/// Environment variable naming the directory whose files the guest sends to the host after the
+/// test (as `artifacts/<path>`); `vmtest::artifact` writes there.
+pub const ARTIFACT_ENV: &str = "VMTEST_ARTIFACT_DIR";
+
+/// The LLVM profile runtime's output pattern (coverage, `-C profile-generate`). Forwarded from
+/// the host, it makes the guest point the test's profiles into a directory it sends back (as
+/// `profiles/<file>`).
+pub const PROFILE_ENV: &str = "LLVM_PROFILE_FILE";
+
+/// First path component of a [`GuestMessage::FileChunk`] name: what the file is.
+pub const ARTIFACTS_DIR: &str = "artifacts";
+/// See [`ARTIFACTS_DIR`].
+pub const PROFILES_DIR: &str = "profiles";
 
 /// Where the host puts the plan inside the initramfs.
 pub const PLAN_PATH: &str = "/vmtest/plan";

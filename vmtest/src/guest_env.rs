@@ -14,7 +14,10 @@ pub(crate) const GUEST_DEFAULTS: &[(&str, &str)] = &[
 ];
 
 /// Forwarded from the host whenever set.
-pub(crate) const ALWAYS_FORWARDED: &[&str] = &["RUST_BACKTRACE", "RUST_LOG", "RUST_MIN_STACK"];
+/// (`LLVM_PROFILE_FILE` tells the guest to collect the test's LLVM profiles; the guest replaces
+/// its value with a path of its own.)
+pub(crate) const ALWAYS_FORWARDED: &[&str] =
+    &["RUST_BACKTRACE", "RUST_LOG", "RUST_MIN_STACK", "LLVM_PROFILE_FILE"];
 
 /// Every variable whose name starts with this is forwarded (cargo sets them for test runs).
 pub(crate) const CARGO_PREFIX: &str = "CARGO_";

@@ -22,7 +22,7 @@ use crate::meta::{self, TestMeta};
 use crate::registry::TESTS;
 use crate::vm::{self, VmSpec};
 use crate::Error;
-use crate::{fixtures, guest_env};
+use crate::{files, fixtures, guest_env};
 
 /// Timeout of a test without a `timeout` attribute, before scaling.
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -259,6 +259,11 @@ struct RunContext {
     capture: bool,
     /// Where this run's console logs go; see [`LogDir`].
     log_dir: LogDir,
+    /// Where the tests' LLVM profiles go: the directory of the host's `LLVM_PROFILE_FILE`,
+    /// when it is set (`cargo llvm-cov`, PGO).
+    profile_dir: Option<PathBuf>,
+    /// Largest file accepted from a guest.
+    file_limit: u64,
     vms: Semaphore,
     /// Threads of the VMs started so far.
     vm_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -281,6 +286,39 @@ impl RunContext {
             );
         }
         Ok(())
+    }
+
+    /// `<log dir>/artifacts/<test name>/`: where a test's artifacts go.
+    fn artifact_dir(&self, member: &Member) -> PathBuf {
+        let name: String =
+            member.name.chars().map(|c| if c == '/' || c.is_control() { '_' } else { c }).collect();
+        self.log_dir.path.join("artifacts").join(name)
+    }
+
+    /// `verdict`, told about the test's files: where its artifacts are (in the failure text,
+    /// or on stderr for a test that passed), and which files were rejected.
+    fn with_files(&self, member: &Member, verdict: Verdict, files: &files::Received) -> Verdict {
+        for problem in &files.problems {
+            eprintln!("vmtest: warning: {}: a file from the guest: {problem}", member.name);
+        }
+        let dir = self.artifact_dir(member);
+        let artifacts: Vec<String> = files
+            .written
+            .iter()
+            .filter_map(|path| path.strip_prefix(&dir).ok())
+            .map(|path| path.display().to_string())
+            .collect();
+        if artifacts.is_empty() {
+            return verdict;
+        }
+        let note = format!("artifacts in {}: {}", dir.display(), artifacts.join(", "));
+        match verdict {
+            Err(text) => Err(format!("{text}\n{note}")),
+            passed => {
+                eprintln!("vmtest: {}: {note}", member.name);
+                passed
+            }
+        }
     }
 
     fn join_vms(&self) {
@@ -353,6 +391,8 @@ fn prepare(
         arch,
         capture: !args.nocapture,
         log_dir: LogDir::claim(log_dir(&binary.path))?,
+        profile_dir: profile_dir(),
+        file_limit: files::file_limit()?,
         vms: Semaphore::new(
             args.test_threads
                 .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
@@ -421,6 +461,17 @@ fn prepare(
         }
     }
     Ok((trials, Some(context)))
+}
+
+/// Counts VM boots of this process, to name their profiles apart.
+static BOOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The directory of the host's `LLVM_PROFILE_FILE` pattern, if it is set.
+fn profile_dir() -> Option<PathBuf> {
+    let pattern = PathBuf::from(std::env::var_os(protocol::PROFILE_ENV)?);
+    let dir = pattern.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    Some(dir)
 }
 
 /// `<target>/<profile>/vmtest/<binary name>/`, next to cargo's own output.
@@ -554,6 +605,24 @@ impl Group {
         let mut running: Option<&Member> = None;
         let mut kernel_log = Vec::new();
         let by_id: BTreeMap<u32, &Member> = pending.iter().map(|m| (m.id, *m)).collect();
+        for member in pending {
+            // This run's artifacts replace the last run's.
+            let _ = std::fs::remove_dir_all(context.artifact_dir(member));
+        }
+        let serial = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let route = |id: u32, kind: files::Kind, relative: &Path| match kind {
+            files::Kind::Artifact => by_id.get(&id).map(|m| context.artifact_dir(m).join(relative)),
+            // Named so that profiles of different runs, VMs and tests never collide; the
+            // `.profraw` the guest gave them is kept (cargo-llvm-cov collects `*.profraw`).
+            files::Kind::Profile => context.profile_dir.as_ref().map(|dir| {
+                dir.join(format!(
+                    "vmtest-{}-{serial}-{id}-{}",
+                    std::process::id(),
+                    relative.display()
+                ))
+            }),
+        };
+        let mut received = files::Receiver::new(Box::new(route), context.file_limit);
         let gap = HOST_GRACE.mul_f64(scale);
         let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
             GuestMessage::TestStarted { id } => {
@@ -566,7 +635,12 @@ impl Group {
                 }
                 running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
+            GuestMessage::FileChunk { id, name, offset, data, last } => {
+                received.chunk(id, &name, offset, &data, last);
+                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
+            }
             GuestMessage::TestFinished { id, outcome, duration_ms: _, stdout, stderr } => {
+                let files = received.finish(id);
                 if let Some(member) = by_id.get(&id) {
                     let report = Report {
                         outcome: &outcome,
@@ -574,7 +648,8 @@ impl Group {
                         stderr: &stderr,
                         kernel_log: &kernel_log,
                     };
-                    member.slot.fill(report.verdict(member.allow_kernel_warnings, &console_log));
+                    let verdict = report.verdict(member.allow_kernel_warnings, &console_log);
+                    member.slot.fill(context.with_files(member, verdict, &files));
                 }
                 kernel_log.clear();
                 running = None;

@@ -20,9 +20,11 @@
 
 mod accel;
 pub mod arch;
+mod artifact;
 mod child;
 mod elf;
 mod error;
+mod files;
 mod fixtures;
 mod guest_env;
 mod harness;
@@ -40,6 +42,7 @@ mod vm;
 
 pub(crate) use error::Error;
 
+pub use artifact::artifact;
 pub use skip::skip;
 pub use vmtest_macros::vm_test;
 

@@ -1,0 +1,428 @@
+//! Files from the guest: each test's artifacts and LLVM profiles, received in chunks over the
+//! control port and written where the host wants them.
+//!
+//! Nothing from the guest is trusted. A name must be relative, made of plain components (no
+//! `..`, `.`, empty component or NUL) under `artifacts/` or `profiles/`; chunks must arrive in
+//! order; a file and a test's files together are bounded in size. A file is written under a
+//! temporary name and renamed when its last chunk arrives, so a stream cut short (a dead VM)
+//! leaves nothing half-written. A rejected file is reported and skipped; the run goes on.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use vmtest_init::protocol::{ARTIFACTS_DIR, PROFILES_DIR};
+
+/// Largest file accepted from the guest, unless `VMTEST_FILE_LIMIT` says otherwise.
+pub(crate) const DEFAULT_FILE_LIMIT: u64 = 1 << 30;
+/// Environment variable: the largest file accepted from the guest (`64M`, `2G`, bytes).
+pub(crate) const FILE_LIMIT_ENV: &str = "VMTEST_FILE_LIMIT";
+/// Longest name accepted, in bytes.
+const MAX_NAME_LEN: usize = 1024;
+/// Suffix of a file still being received.
+const PARTIAL_SUFFIX: &str = ".vmtest-partial";
+
+/// What a file from the guest is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Something the test handed over (`vmtest::artifact`, the guest's kernel log).
+    Artifact,
+    /// An LLVM profile (`.profraw`) written by the test process.
+    Profile,
+}
+
+/// Checks a file name sent by the guest; returns its kind and its path below that kind's
+/// directory.
+pub(crate) fn parse_name(name: &str) -> Result<(Kind, PathBuf), String> {
+    if name.is_empty() {
+        return Err("an empty name".to_owned());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("a name longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.contains('\0') {
+        return Err("a NUL byte in the name".to_owned());
+    }
+    if name.starts_with('/') {
+        return Err("an absolute path".to_owned());
+    }
+    let mut parts = name.split('/');
+    let kind = match parts.next() {
+        Some(ARTIFACTS_DIR) => Kind::Artifact,
+        Some(PROFILES_DIR) => Kind::Profile,
+        _ => return Err(format!("not under `{ARTIFACTS_DIR}/` or `{PROFILES_DIR}/`")),
+    };
+    let mut relative = PathBuf::new();
+    for part in parts {
+        match part {
+            "" => return Err("an empty path component".to_owned()),
+            "." | ".." => return Err(format!("a `{part}` path component")),
+            _ => relative.push(part),
+        }
+    }
+    // Belt and braces: nothing but plain components may reach a join.
+    if relative.as_os_str().is_empty()
+        || !relative.components().all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err("no file name".to_owned());
+    }
+    if kind == Kind::Profile && relative.components().count() != 1 {
+        return Err("a profile in a subdirectory".to_owned());
+    }
+    Ok((kind, relative))
+}
+
+/// Reads [`FILE_LIMIT_ENV`]: bytes, or a number with `K`, `M` or `G`.
+pub(crate) fn file_limit() -> Result<u64, crate::Error> {
+    let Ok(value) = std::env::var(FILE_LIMIT_ENV) else { return Ok(DEFAULT_FILE_LIMIT) };
+    parse_size(&value).ok_or_else(|| {
+        crate::Error::Config(format!(
+            "{FILE_LIMIT_ENV}={value:?} is not a size (like 4096, 64M, 2G)"
+        ))
+    })
+}
+
+fn parse_size(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let (digits, unit) = match value.char_indices().last()? {
+        (at, 'K' | 'k') => (&value[..at], 1 << 10),
+        (at, 'M' | 'm') => (&value[..at], 1 << 20),
+        (at, 'G' | 'g') => (&value[..at], 1 << 30),
+        _ => (value, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// What a test's files came to.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    /// Files written, in arrival order.
+    pub written: Vec<PathBuf>,
+    /// Why files were rejected.
+    pub problems: Vec<String>,
+    bytes: u64,
+}
+
+/// Where files go: `(test id, kind, path below the kind's directory)` to a host path, or `None`
+/// when files of that kind are not wanted (profiles when the host run is not instrumented).
+pub(crate) type Route<'a> = dyn Fn(u32, Kind, &Path) -> Option<PathBuf> + 'a;
+
+/// Receives the file chunks of one VM.
+pub(crate) struct Receiver<'a> {
+    route: Box<Route<'a>>,
+    file_limit: u64,
+    open: Option<OpenFile>,
+    /// A file being skipped after it was rejected: (test, name).
+    skipping: Option<(u32, String)>,
+    tests: BTreeMap<u32, Received>,
+}
+
+struct OpenFile {
+    id: u32,
+    name: String,
+    path: PathBuf,
+    partial: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl OpenFile {
+    fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.partial);
+    }
+}
+
+impl<'a> Receiver<'a> {
+    pub(crate) fn new(route: Box<Route<'a>>, file_limit: u64) -> Self {
+        Receiver { route, file_limit, open: None, skipping: None, tests: BTreeMap::new() }
+    }
+
+    /// Takes one chunk. Problems are recorded for the test (see [`Receiver::finish`]).
+    pub(crate) fn chunk(
+        &mut self,
+        id: Option<u32>,
+        name: &str,
+        offset: u64,
+        data: &[u8],
+        last: bool,
+    ) {
+        let Some(id) = id else { return };
+        if self.skipping.as_ref().is_some_and(|(i, n)| *i == id && n == name) {
+            if last {
+                self.skipping = None;
+            }
+            return;
+        }
+        self.skipping = None;
+        if self.open.as_ref().is_some_and(|f| f.id != id || f.name != name) {
+            let cut = self.open.take().expect("checked above");
+            self.problem(cut.id, format!("{}: ended without its last chunk", cut.name));
+            cut.discard();
+        }
+        if let Err(why) = self.write(id, name, offset, data, last) {
+            if let Some(open) = self.open.take() {
+                open.discard();
+            }
+            self.problem(id, format!("{}: rejected: {why}", printable(name)));
+            if !last {
+                self.skipping = Some((id, name.to_owned()));
+            }
+        }
+    }
+
+    fn write(
+        &mut self,
+        id: u32,
+        name: &str,
+        offset: u64,
+        data: &[u8],
+        last: bool,
+    ) -> Result<(), String> {
+        if self.open.is_none() {
+            let (kind, relative) = parse_name(name)?;
+            if offset != 0 {
+                return Err(format!("its first chunk starts at offset {offset}"));
+            }
+            let Some(path) = (self.route)(id, kind, &relative) else {
+                if !last {
+                    self.skipping = Some((id, name.to_owned()));
+                }
+                return Ok(());
+            };
+            let mut partial = path.clone().into_os_string();
+            partial.push(PARTIAL_SUFFIX);
+            let partial = PathBuf::from(partial);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+            }
+            let file = File::create(&partial)
+                .map_err(|e| format!("failed to create {}: {e}", partial.display()))?;
+            self.open = Some(OpenFile { id, name: name.to_owned(), path, partial, file, len: 0 });
+        }
+        let limit = self.file_limit;
+        let open = self.open.as_mut().expect("opened above");
+        if offset != open.len {
+            return Err(format!("a chunk at offset {offset} where {} was expected", open.len));
+        }
+        let len = open.len + data.len() as u64;
+        if len > limit {
+            return Err(format!("larger than the limit of {limit} bytes ({FILE_LIMIT_ENV})"));
+        }
+        open.file
+            .write_all(data)
+            .map_err(|e| format!("failed to write {}: {e}", open.partial.display()))?;
+        open.len = len;
+        self.tests.entry(id).or_default().bytes += data.len() as u64;
+        if last {
+            let open = self.open.take().expect("opened above");
+            let OpenFile { path, partial, file, .. } = open;
+            drop(file);
+            std::fs::rename(&partial, &path).map_err(|e| {
+                let _ = std::fs::remove_file(&partial);
+                format!("failed to rename {} to {}: {e}", partial.display(), path.display())
+            })?;
+            self.tests.entry(id).or_default().written.push(path);
+        }
+        Ok(())
+    }
+
+    fn problem(&mut self, id: u32, problem: String) {
+        self.tests.entry(id).or_default().problems.push(problem);
+    }
+
+    /// What test `id` sent, once it has finished: a file it left unfinished is discarded.
+    pub(crate) fn finish(&mut self, id: u32) -> Received {
+        if self.open.as_ref().is_some_and(|f| f.id == id) {
+            let cut = self.open.take().expect("checked above");
+            self.problem(id, format!("{}: ended without its last chunk", cut.name));
+            cut.discard();
+        }
+        if self.skipping.as_ref().is_some_and(|(i, _)| *i == id) {
+            self.skipping = None;
+        }
+        self.tests.remove(&id).unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver<'_> {
+    /// A VM that ended mid-file leaves no half-written file.
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take() {
+            open.discard();
+        }
+    }
+}
+
+/// `name` for a message: control characters escaped.
+fn printable(name: &str) -> String {
+    name.escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmtest-files-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn receiver(root: &Path, limit: u64) -> Receiver<'static> {
+        let root = root.to_owned();
+        Receiver::new(
+            Box::new(move |id, kind, relative| {
+                let kind = match kind {
+                    Kind::Artifact => "a",
+                    Kind::Profile => "p",
+                };
+                Some(root.join(format!("{id}-{kind}")).join(relative))
+            }),
+            limit,
+        )
+    }
+
+    /// Every file below `dir`, relative, sorted.
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap().flatten() {
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    out.push(
+                        entry.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned(),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn names_must_be_plain_relative_paths_under_a_known_kind() {
+        assert_eq!(
+            parse_name("artifacts/x/y.bin").unwrap(),
+            (Kind::Artifact, PathBuf::from("x/y.bin"))
+        );
+        assert_eq!(
+            parse_name("profiles/12.profraw").unwrap(),
+            (Kind::Profile, PathBuf::from("12.profraw"))
+        );
+        let cases = [
+            ("", "empty name"),
+            ("/etc/passwd", "absolute path"),
+            ("artifacts/../../etc/passwd", "`..`"),
+            ("artifacts/./x", "`.`"),
+            ("artifacts//x", "empty path component"),
+            ("artifacts/x/", "empty path component"),
+            ("artifacts/a\0b", "NUL"),
+            ("artifacts", "no file name"),
+            ("elsewhere/x", "not under"),
+            ("profiles/sub/x.profraw", "subdirectory"),
+        ];
+        for (name, why) in cases {
+            let err = parse_name(name).unwrap_err();
+            assert!(err.contains(why), "{name:?}: {err}");
+        }
+        assert!(parse_name(&format!("artifacts/{}", "x".repeat(2000)))
+            .unwrap_err()
+            .contains("longer"));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("99999999999999G"), None);
+    }
+
+    #[test]
+    fn chunks_make_a_file_renamed_at_the_end() {
+        let root = temp("chunks");
+        let mut rx = receiver(&root, 1 << 20);
+        rx.chunk(Some(1), "artifacts/out/data.bin", 0, b"hello ", false);
+        assert_eq!(tree(&root), ["1-a/out/data.bin.vmtest-partial"]);
+        rx.chunk(Some(1), "artifacts/out/data.bin", 6, b"world", true);
+        let received = rx.finish(1);
+        assert!(received.problems.is_empty(), "{:?}", received.problems);
+        assert_eq!(received.written, [root.join("1-a/out/data.bin")]);
+        assert_eq!(std::fs::read(root.join("1-a/out/data.bin")).unwrap(), b"hello world");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn hostile_input_is_rejected_and_the_rest_goes_on() {
+        let root = temp("hostile");
+        let mut rx = receiver(&root, 8);
+        rx.chunk(Some(1), "artifacts/../../escape", 0, b"x", true);
+        rx.chunk(Some(1), "/abs", 0, b"x", true);
+        rx.chunk(Some(1), "artifacts/nul\0", 0, b"x", true);
+        // Too large: its later chunks are skipped, and nothing of it stays.
+        rx.chunk(Some(1), "artifacts/big", 0, b"12345", false);
+        rx.chunk(Some(1), "artifacts/big", 5, b"67890", false);
+        rx.chunk(Some(1), "artifacts/big", 10, b"x", true);
+        // Out of order.
+        rx.chunk(Some(1), "artifacts/gap", 0, b"12", false);
+        rx.chunk(Some(1), "artifacts/gap", 5, b"67", true);
+        // Starts in the middle.
+        rx.chunk(Some(1), "artifacts/middle", 3, b"12", true);
+        // No test.
+        rx.chunk(None, "artifacts/orphan", 0, b"12", true);
+        rx.chunk(Some(1), "artifacts/fine", 0, b"ok", true);
+        let received = rx.finish(1);
+        assert_eq!(received.written, [root.join("1-a/fine")]);
+        let problems = received.problems.join("\n");
+        for expected in [
+            "artifacts/../../escape: rejected: a `..` path component",
+            "/abs: rejected: an absolute path",
+            "artifacts/nul\\0: rejected: a NUL byte",
+            "artifacts/big: rejected: larger than the limit of 8 bytes",
+            "artifacts/gap: rejected: a chunk at offset 5 where 2 was expected",
+            "artifacts/middle: rejected: its first chunk starts at offset 3",
+        ] {
+            assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+        }
+        assert_eq!(tree(&root), ["1-a/fine"]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_truncated_stream_leaves_nothing_half_written() {
+        let root = temp("truncated");
+        {
+            let mut rx = receiver(&root, 1 << 20);
+            rx.chunk(Some(1), "artifacts/a", 0, b"part", false);
+            // The next file starts before `a` ended.
+            rx.chunk(Some(1), "artifacts/b", 0, b"whole", true);
+            rx.chunk(Some(2), "artifacts/c", 0, b"part", false);
+            let received = rx.finish(1);
+            assert_eq!(received.written, [root.join("1-a/b")]);
+            assert!(received.problems[0].contains("artifacts/a: ended without its last chunk"));
+            // The VM dies while `c` is on its way.
+        }
+        assert_eq!(tree(&root), ["1-a/b"]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn unwanted_kinds_are_dropped_silently() {
+        let root = temp("unwanted");
+        let mut rx = Receiver::new(Box::new(|_, _, _| None), 1 << 20);
+        rx.chunk(Some(1), "profiles/1.profraw", 0, b"data", false);
+        rx.chunk(Some(1), "profiles/1.profraw", 4, b"more", true);
+        let received = rx.finish(1);
+        assert!(received.written.is_empty() && received.problems.is_empty(), "{received:?}");
+        assert!(tree(&root).is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
