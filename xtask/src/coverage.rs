@@ -1,0 +1,116 @@
+//! `cargo xtask coverage`: proves that code run only inside the VM counts in `cargo llvm-cov`.
+//!
+//! Runs cargo-llvm-cov on `tests/cov-crate`, whose one vm_test calls `called_only_in_the_vm` in
+//! the guest, and reads the exported report: that function must have a non-zero count (its
+//! profile can only have come from the VM) and `never_called` a zero one. Installs what it
+//! needs when missing: the `llvm-tools-preview` rustup component and cargo-llvm-cov.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use crate::exec::{have, run, status};
+
+const PACKAGE: &str = "cov-crate";
+const COVERED: &str = "called_only_in_the_vm";
+const UNCOVERED: &str = "never_called";
+
+pub fn run_coverage(args: &[String]) -> ExitCode {
+    if let Some(arg) = args.first() {
+        eprintln!("error: `cargo xtask coverage` takes no arguments (got `{arg}`)");
+        return ExitCode::from(2);
+    }
+    match coverage() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn coverage() -> Result<(), String> {
+    ensure_tools()?;
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let report = target.join("xtask-coverage.json");
+    let _ = std::fs::remove_file(&report);
+    status(
+        Command::new("cargo")
+            .args(["llvm-cov", "-p", PACKAGE, "--json", "--output-path"])
+            .arg(&report),
+        &format!("cargo llvm-cov -p {PACKAGE} --json"),
+    )?;
+    let text = std::fs::read_to_string(&report)
+        .map_err(|e| format!("failed to read {}: {e}", report.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("failed to parse {}: {e}", report.display()))?;
+    let counts = |wanted: &str| -> Vec<u64> {
+        let functions = json["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d["functions"].as_array())
+            .flatten();
+        functions
+            .filter(|f| f["name"].as_str().is_some_and(|n| mangled_ends_with(n, wanted)))
+            .filter_map(|f| f["count"].as_u64())
+            .collect()
+    };
+    let covered = counts(COVERED);
+    let uncovered = counts(UNCOVERED);
+    if covered.is_empty() || uncovered.is_empty() {
+        return Err(format!("{} does not list {COVERED} and {UNCOVERED}", report.display()));
+    }
+    let covered_max = covered.iter().max().copied().unwrap_or(0);
+    if covered_max == 0 {
+        return Err(format!(
+            "{COVERED} ran only inside the VM and has no count in the report: the guest's \
+             profiles did not reach cargo-llvm-cov"
+        ));
+    }
+    if let Some(count) = uncovered.iter().find(|&&c| c != 0) {
+        return Err(format!("{UNCOVERED} is never called but has a count of {count}"));
+    }
+    println!(
+        "xtask: coverage ok: {COVERED} (run only in the VM) counted {covered_max}, {UNCOVERED} counted 0 ({})",
+        report.display()
+    );
+    Ok(())
+}
+
+/// Whether a mangled symbol (legacy `_ZN..<len><name>17h<hash>E` or v0 `_RNv..<len><name>`)
+/// names a function called `name`.
+fn mangled_ends_with(symbol: &str, name: &str) -> bool {
+    let needle = format!("{}{name}", name.len());
+    symbol.ends_with(&needle) || symbol.contains(&format!("{needle}17h"))
+}
+
+fn ensure_tools() -> Result<(), String> {
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("failed to run `rustup component list`: {e}"))?;
+    if !String::from_utf8_lossy(&components.stdout).lines().any(|l| l.starts_with("llvm-tools")) {
+        eprintln!("xtask: installing llvm-tools-preview (rustup component add llvm-tools-preview)");
+        run("rustup", &["component", "add", "llvm-tools-preview"])?;
+    }
+    if !have("cargo-llvm-cov") {
+        eprintln!("xtask: installing cargo-llvm-cov (cargo install cargo-llvm-cov --locked)");
+        run("cargo", &["install", "cargo-llvm-cov", "--locked"])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_functions_in_both_manglings() {
+        assert!(mangled_ends_with("_RNvCsgyQCZrucEZS_9cov_crate21called_only_in_the_vm", COVERED));
+        assert!(mangled_ends_with(
+            "_ZN9cov_crate21called_only_in_the_vm17h0123456789abcdefE",
+            COVERED
+        ));
+        assert!(!mangled_ends_with("_RNvCs_9cov_crate12never_called", COVERED));
+    }
+}
