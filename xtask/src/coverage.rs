@@ -121,7 +121,7 @@ mod tests {
         ));
         assert!(mangled_ends_with(
             "_ZN9cov_crate21called_only_in_the_vm17h0123456789abcdefE",
-            COVERED
+            COVERED[0]
         ));
         assert!(!mangled_ends_with("_RNvCs_9cov_crate12never_called", COVERED[0]));
     }
