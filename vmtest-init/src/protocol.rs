@@ -267,14 +267,17 @@ pub enum FrameError {
 
 /// Encodes `value` as one frame.
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; 4];
-    out = postcard::to_extend(value, out)?;
-    let len = out.len() - 4;
+    // `to_allocvec` copies byte buffers with `extend_from_slice`; postcard's `to_extend` goes
+    // byte by byte, which unoptimised builds (tests are) feel for megabytes of file data.
+    let payload = postcard::to_allocvec(value)?;
+    let len = payload.len();
     if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge { len: len as u64 });
     }
     let len = u32::try_from(len).map_err(|_| FrameError::TooLarge { len: len as u64 })?;
-    out[..4].copy_from_slice(&len.to_le_bytes());
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&payload);
     Ok(out)
 }
 
@@ -319,9 +322,10 @@ impl<R: Read> FrameReader<R> {
         if len > MAX_FRAME_LEN {
             return Err(FrameError::TooLarge { len: len as u64 });
         }
+        // Read without zero-filling first (a per-byte loop in unoptimised builds); the buffer
+        // grows only as bytes arrive, so a lying length costs no memory.
         self.buf.clear();
-        self.buf.resize(len, 0);
-        let got = read_full(&mut self.inner, &mut self.buf)?;
+        let got = (&mut self.inner).take(len as u64).read_to_end(&mut self.buf)?;
         if got < len {
             return Err(FrameError::Truncated { got, want: len });
         }

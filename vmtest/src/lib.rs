@@ -56,6 +56,55 @@ macro_rules! main {
     };
 }
 
+/// The pieces `cargo xtask bench` measures or compares against; not part of the API.
+#[doc(hidden)]
+pub mod __bench {
+    use std::path::Path;
+    use std::process::Command;
+
+    use crate::arch::Arch;
+
+    /// The floor: QEMU as the harness would start it for `arch` (same machine, CPU, memory,
+    /// accelerator and kernel arguments), without the control port, booting `kernel` with
+    /// `initrd`. Also returns the accelerator's name.
+    pub fn floor_command(
+        arch: Arch,
+        kernel: &Path,
+        initrd: &Path,
+    ) -> Result<(Command, &'static str), String> {
+        let accel = crate::accel::choose(arch).map_err(|e| e.to_string())?;
+        let qemu = crate::vm::find_qemu(arch).map_err(|e| e.to_string())?;
+        let spec = crate::qemu::QemuCommand {
+            arch,
+            accel: accel.accel,
+            kernel: kernel.to_owned(),
+            initrd: initrd.to_owned(),
+            memory_mib: 256,
+            cpus: crate::qemu::profile(arch).default_cpus,
+            cmdline: Vec::new(),
+            ports: Vec::new(),
+        };
+        let mut command = Command::new(qemu);
+        command.args(spec.args());
+        Ok((command, accel.accel.qemu_name()))
+    }
+
+    /// Writes the initramfs the harness would make around `init` (with its libraries and
+    /// `/dev/console`) to `out`; returns its size.
+    pub fn write_initramfs(init: &Path, out: &Path) -> Result<u64, String> {
+        let mut initramfs = crate::initramfs::Initramfs::new();
+        initramfs.add_elf_with_libraries("/init", init).map_err(|e| e.to_string())?;
+        initramfs.add_char_device("/dev/console", 5, 1, 0o600).map_err(|e| e.to_string())?;
+        let file = std::fs::File::create(out)
+            .map_err(|e| format!("failed to create {}: {e}", out.display()))?;
+        let mut writer = std::io::BufWriter::new(file);
+        let size = initramfs.write_to(&mut writer).map_err(|e| e.to_string())?;
+        std::io::Write::flush(&mut writer)
+            .map_err(|e| format!("failed to write {}: {e}", out.display()))?;
+        Ok(size)
+    }
+}
+
 /// Entry points for the fuzz targets in `fuzz/` (`cargo xtask fuzz`); not part of the API.
 #[doc(hidden)]
 pub mod __fuzz {

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+mod bench;
 mod coverage;
 mod exec;
 mod fuzz;
@@ -18,6 +19,9 @@ commands:
                           cross-build the VM suites for <arch> (x86_64, aarch64/arm64) and run
                           them under that arch's QEMU through `cargo-vmtest run`
   kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)
+  bench [--arch <arch>] [--rounds N]
+                          time boots against the bare-QEMU floor (one test, 50 tests, a 2-kernel
+                          matrix, file transfer, initramfs build); table and JSON
   coverage                run cargo-llvm-cov on tests/cov-crate and check that code run only in
                           the VM is counted (installs llvm-tools-preview and cargo-llvm-cov)
   fuzz [--time S] [<target>...]
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
         Some((cmd, rest)) if cmd == "test" => test::run_test(rest),
         Some((cmd, rest)) if cmd == "kernel" => kernel::run(rest),
         Some((cmd, rest)) if cmd == "fuzz" => fuzz::run_fuzz(rest),
+        Some((cmd, rest)) if cmd == "bench" => bench::run_bench(rest),
         Some((cmd, rest)) if cmd == "coverage" => coverage::run_coverage(rest),
         Some((cmd, _)) if cmd == "-h" || cmd == "--help" || cmd == "help" => {
             println!("{USAGE}");

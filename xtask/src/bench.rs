@@ -1,0 +1,396 @@
+//! `cargo xtask bench [--arch <arch>] [--rounds N]`: what a user pays per run, against the floor.
+//!
+//! In one run, interleaved round by round so that a busy machine slows every scenario alike:
+//! - **floor**: QEMU as the harness starts it, booting the kernel with a static init that
+//!   powers off at once (no harness, no control port);
+//! - **one**: a vm_test binary with one trivial test, from process start to exit;
+//! - **many**: fifty trivial tests in one VM; the per-test overhead is `(many - one) / 49`;
+//! - **matrix**: twenty tests on two kernels (two VMs), with the default parallelism and with
+//!   `--test-threads=1` (x86_64 only: the store holds one arm64 kernel);
+//! - **transfer**: a test handing a 64 MiB artifact to the host, against one handing an empty
+//!   file: the difference gives the transfer rate.
+//!
+//! Plus, outside the rounds, the time to build the initramfs for a 50 MB test binary. Each
+//! scenario's median, minimum and maximum go to a table and to JSON. A run that fails or does
+//! not finish within [`RUN_LIMIT`] counts as a failure and is reported, not retried.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use vmtest::arch::Arch;
+use vmtest::runner::{ensure_target, CrossArgs};
+
+use crate::exec::status;
+
+/// Longest a single run may take before it counts as a hang.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+/// Bytes of the large artifact.
+const TRANSFER_BYTES: u64 = 64 << 20;
+/// Size of the padded test binary for the initramfs measurement.
+const FAT_BINARY_BYTES: u64 = 50 << 20;
+
+/// One thing timed each round.
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    command: Command,
+    samples: Vec<f64>,
+    failures: Vec<String>,
+}
+
+pub fn run_bench(args: &[String]) -> ExitCode {
+    match bench(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let parsed = CrossArgs::parse(args)?;
+    let arch = parsed.arch.unwrap_or_else(Arch::host);
+    let mut rounds = 5usize;
+    let mut rest = parsed.cargo_args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--rounds" => {
+                let value = rest.next().ok_or("--rounds needs a number")?;
+                rounds = value.parse().ok().filter(|&n| n > 0).ok_or(format!("--rounds {value:?} is not a positive number"))?;
+            }
+            other => return Err(format!("unknown argument `{other}` (usage: cargo xtask bench [--arch <arch>] [--rounds N])")),
+        }
+    }
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = root.join("target");
+    let out = target.join("bench");
+    std::fs::create_dir_all(&out)
+        .map_err(|e| format!("failed to create {}: {e}", out.display()))?;
+    let bins = build(arch, &target)?;
+    let kernel = vmtest::kernel::resolve(Some("6.12"), arch).map_err(|e| e.to_string())?;
+
+    let floor_initrd = out.join(format!("floor-{arch}.cpio"));
+    vmtest::__bench::write_initramfs(&bins.poweroff, &floor_initrd)?;
+    let (mut floor, accel) = vmtest::__bench::floor_command(arch, &kernel.image, &floor_initrd)?;
+    floor.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
+
+    let run = |binary: &Path, args: &[&str], env: &[(&str, String)]| -> Command {
+        let mut command = match &bins.runner {
+            Some(runner) => {
+                let mut command = Command::new(runner);
+                command.arg("run").arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let transfer_env = |bytes: u64| [("BENCH_TRANSFER_BYTES", bytes.to_string())];
+    let mut scenarios = vec![
+        scenario("floor", "bare QEMU, static init that powers off", floor),
+        scenario("one", "1 trivial test", run(&bins.one, &[], &[])),
+        scenario("many", "50 trivial tests, one VM", run(&bins.many, &[], &[])),
+        scenario(
+            "transfer-0",
+            "1 test, empty artifact",
+            run(&bins.transfer, &[], &transfer_env(0)),
+        ),
+        scenario(
+            "transfer-64M",
+            "1 test, 64 MiB artifact",
+            run(&bins.transfer, &[], &transfer_env(TRANSFER_BYTES)),
+        ),
+    ];
+    if arch == Arch::X86_64 {
+        scenarios.push(scenario(
+            "matrix",
+            "20 tests x 2 kernels, default parallelism",
+            run(&bins.matrix, &[], &[]),
+        ));
+        scenarios.push(scenario(
+            "matrix-serial",
+            "20 tests x 2 kernels, --test-threads=1",
+            run(&bins.matrix, &["--test-threads", "1"], &[]),
+        ));
+    }
+
+    eprintln!(
+        "xtask: bench: {arch} guest, kernel {}, accelerator {accel}, {rounds} rounds of {} scenarios",
+        kernel.describe(),
+        scenarios.len()
+    );
+    for round in 1..=rounds {
+        for scenario in &mut scenarios {
+            match time(&mut scenario.command) {
+                Ok(seconds) => scenario.samples.push(seconds),
+                Err(e) => scenario.failures.push(format!("round {round}: {e}")),
+            }
+        }
+        eprintln!("xtask: bench: round {round}/{rounds} done");
+    }
+
+    let initramfs = initramfs_times(&bins.one, &out)?;
+    report(arch, accel, &kernel.describe(), rounds, &scenarios, &initramfs, &out)
+}
+
+fn scenario(name: &'static str, what: &'static str, command: Command) -> Scenario {
+    Scenario { name, what, command, samples: Vec::new(), failures: Vec::new() }
+}
+
+/// Wall time of one run, or why it does not count.
+fn time(command: &mut Command) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut child = command.spawn().map_err(|e| format!("failed to start {command:?}: {e}"))?;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            let seconds = start.elapsed().as_secs_f64();
+            return if status.success() {
+                Ok(seconds)
+            } else {
+                Err(format!("exited with {status}"))
+            };
+        }
+        if start.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no exit within {} s (hang)", RUN_LIMIT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The programs the bench runs.
+struct Bins {
+    poweroff: PathBuf,
+    one: PathBuf,
+    many: PathBuf,
+    matrix: PathBuf,
+    transfer: PathBuf,
+    /// `cargo-vmtest` for binaries of another architecture.
+    runner: Option<PathBuf>,
+}
+
+fn build(arch: Arch, target: &Path) -> Result<Bins, String> {
+    let triple = arch.musl_target();
+    ensure_target(triple)?;
+    let linker = format!("CARGO_TARGET_{}_LINKER", triple.to_uppercase().replace('-', "_"));
+    let cargo = || Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    status(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "bench-suite",
+                "--bin",
+                "bench-poweroff",
+                "--target",
+                triple,
+            ])
+            .env(&linker, "rust-lld"),
+        &format!("cargo build --release -p bench-suite --bin bench-poweroff --target {triple}"),
+    )?;
+    let poweroff = target.join(triple).join("release/bench-poweroff");
+    let (dir, runner) = if arch == Arch::host() {
+        status(cargo().args(["build", "-q", "-p", "bench-suite"]), "cargo build -p bench-suite")?;
+        (target.join("debug"), None)
+    } else {
+        status(
+            cargo()
+                .args(["build", "-q", "-p", "bench-suite", "--target", triple])
+                .env(&linker, "rust-lld"),
+            &format!("cargo build -p bench-suite --target {triple}"),
+        )?;
+        status(
+            cargo().args([
+                "build",
+                "-q",
+                "-p",
+                "vmtest",
+                "--features",
+                "cli",
+                "--bin",
+                "cargo-vmtest",
+            ]),
+            "cargo build -p vmtest --features cli --bin cargo-vmtest",
+        )?;
+        (target.join(triple).join("debug"), Some(target.join("debug/cargo-vmtest")))
+    };
+    Ok(Bins {
+        poweroff,
+        one: dir.join("bench-one"),
+        many: dir.join("bench-many"),
+        matrix: dir.join("bench-matrix"),
+        transfer: dir.join("bench-transfer"),
+        runner,
+    })
+}
+
+/// Seconds to build the initramfs around a 50 MB test binary (a test binary padded with
+/// zeros), five times; the first build reads the binary cold from the page cache's view.
+fn initramfs_times(binary: &Path, out: &Path) -> Result<Vec<f64>, String> {
+    let fat = out.join("fat-test-binary");
+    let mut bytes =
+        std::fs::read(binary).map_err(|e| format!("failed to read {}: {e}", binary.display()))?;
+    bytes.resize(usize::try_from(FAT_BINARY_BYTES).unwrap_or(usize::MAX).max(bytes.len()), 0);
+    std::fs::write(&fat, &bytes).map_err(|e| format!("failed to write {}: {e}", fat.display()))?;
+    std::fs::set_permissions(&fat, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| format!("failed to make {} executable: {e}", fat.display()))?;
+    let initrd = out.join("fat.cpio");
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        vmtest::__bench::write_initramfs(&fat, &initrd)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let _ = std::fs::remove_file(&initrd);
+    let _ = std::fs::remove_file(&fat);
+    Ok(times)
+}
+
+/// (median, min, max) of `samples`, which must not be empty.
+fn stats(samples: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    Some((median, sorted[0], sorted[n - 1]))
+}
+
+fn report(
+    arch: Arch,
+    accel: &str,
+    kernel: &str,
+    rounds: usize,
+    scenarios: &[Scenario],
+    initramfs: &[f64],
+    out: &Path,
+) -> Result<(), String> {
+    let median = |name: &str| {
+        scenarios.iter().find(|s| s.name == name).and_then(|s| stats(&s.samples)).map(|s| s.0)
+    };
+    let floor = median("floor");
+    println!(
+        "\nvmtest bench: {arch} guest, kernel {kernel}, accelerator {accel}, {rounds} rounds\n"
+    );
+    println!(
+        "{:<14} {:>9} {:>9} {:>9} {:>9}  {:<8} what",
+        "scenario", "median s", "min s", "max s", "x floor", "failed"
+    );
+    let mut rows = Vec::new();
+    for scenario in scenarios {
+        let stat = stats(&scenario.samples);
+        let ratio = stat.zip(floor).map(|((m, _, _), f)| m / f);
+        let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        println!(
+            "{:<14} {:>9} {:>9} {:>9} {:>9}  {:<8} {}",
+            scenario.name,
+            cell(stat.map(|s| s.0)),
+            cell(stat.map(|s| s.1)),
+            cell(stat.map(|s| s.2)),
+            ratio.map_or("-".to_owned(), |r| format!("{r:.2}")),
+            scenario.failures.len(),
+            scenario.what
+        );
+        for failure in &scenario.failures {
+            println!("    {}: {failure}", scenario.name);
+        }
+        rows.push(serde_json::json!({
+            "name": scenario.name,
+            "what": scenario.what,
+            "samples_s": scenario.samples,
+            "median_s": stat.map(|s| s.0),
+            "min_s": stat.map(|s| s.1),
+            "max_s": stat.map(|s| s.2),
+            "x_floor": ratio,
+            "failures": scenario.failures,
+        }));
+    }
+    let per_test = median("many").zip(median("one")).map(|(many, one)| (many - one) / 49.0);
+    let matrix_ratio = median("matrix").zip(median("matrix-serial")).map(|(p, s)| p / s);
+    let transfer = median("transfer-64M").zip(median("transfer-0")).map(|(big, small)| {
+        let seconds = big - small;
+        if seconds > 0.0 {
+            TRANSFER_BYTES as f64 / 1e6 / seconds
+        } else {
+            f64::INFINITY
+        }
+    });
+    let initramfs_stats = stats(initramfs);
+    println!();
+    if let Some(per_test) = per_test {
+        println!("per extra test in one VM: {:.0} ms (median many - one, / 49)", per_test * 1000.0);
+    }
+    if let Some(ratio) = matrix_ratio {
+        println!("matrix, 2 VMs in parallel vs one after another: {ratio:.2} x");
+    }
+    if let Some(rate) = transfer {
+        println!(
+            "file transfer, guest to host: {rate:.1} MB/s (64 MiB artifact vs empty, medians)"
+        );
+    }
+    if let Some((m, lo, hi)) = initramfs_stats {
+        println!(
+            "initramfs for a 50 MB test binary: median {:.0} ms (min {:.0}, max {:.0})",
+            m * 1000.0,
+            lo * 1000.0,
+            hi * 1000.0
+        );
+    }
+    let floor_boots = scenarios
+        .iter()
+        .find(|s| s.name == "floor")
+        .map_or(0, |s| s.samples.len() + s.failures.len());
+    let harness_boots: usize = scenarios
+        .iter()
+        .filter(|s| s.name != "floor")
+        .map(|s| {
+            (s.samples.len() + s.failures.len()) * if s.name.starts_with("matrix") { 2 } else { 1 }
+        })
+        .sum();
+    let failed: usize = scenarios.iter().map(|s| s.failures.len()).sum();
+    println!("boots: {floor_boots} floor, {harness_boots} through the harness; failed or hung runs: {failed}");
+
+    let json = serde_json::json!({
+        "arch": arch.to_string(),
+        "accelerator": accel,
+        "kernel": kernel,
+        "rounds": rounds,
+        "scenarios": rows,
+        "per_extra_test_s": per_test,
+        "matrix_parallel_vs_serial": matrix_ratio,
+        "transfer_mb_per_s": transfer,
+        "initramfs_50mb_s": { "samples": initramfs, "median": initramfs_stats.map(|s| s.0) },
+        "failed_runs": failed,
+    });
+    let path = out.join(format!("bench-{arch}.json"));
+    let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+    println!("json: {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_are_median_min_max() {
+        assert_eq!(stats(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(stats(&[4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(stats(&[]), None);
+    }
+}
