@@ -44,6 +44,8 @@ fn sees_forwarded_variables_only() {
     assert_eq!(std::env::var("TMPDIR").as_deref(), Ok("/tmp"));
     assert_eq!(std::env::var("USER").as_deref(), Ok("root"));
     assert!(std::env::var("PATH").unwrap().contains("/usr/bin"));
+    let artifacts = std::env::var_os("VMTEST_ARTIFACT_DIR").expect("VMTEST_ARTIFACT_DIR is set");
+    assert!(std::path::Path::new(&artifacts).is_dir(), "{artifacts:?} is not a directory");
     let names: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
     for name in &names {
         assert!(
@@ -53,6 +55,9 @@ fn sees_forwarded_variables_only() {
                     "VMTEST_SUITE_MARKER",
                     "VMTEST_TEST",
                     "VMTEST_TEST_INSTANCE",
+                    "VMTEST_ARTIFACT_DIR",
+                    "VMTEST_SKIP_FILE",
+                    "LLVM_PROFILE_FILE",
                     "HOME",
                     "TMPDIR",
                     "USER",
