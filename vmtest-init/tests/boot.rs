@@ -81,6 +81,7 @@ fn runs_a_plan_and_powers_off() {
     let mut streamed = (Vec::new(), Vec::new());
     let mut current = None;
     let mut done = false;
+    let mut files: std::collections::BTreeMap<(u32, String), Vec<u8>> = Default::default();
     for message in messages {
         assert!(!done, "message after Done: {message:?}");
         match message {
@@ -101,6 +102,11 @@ fn runs_a_plan_and_powers_off() {
                 eprintln!("test {id}: {outcome:?} in {duration_ms} ms");
                 finished.insert(id, (outcome, duration_ms, stdout, stderr));
             }
+            GuestMessage::FileChunk { id, name, data, .. } => {
+                assert_eq!(current, id, "file {name} outside its test");
+                files.entry((id.unwrap_or(u32::MAX), name)).or_default().extend(data);
+            }
+            GuestMessage::KernelLog { id, .. } => assert_eq!(current, Some(id)),
             GuestMessage::Done => done = true,
             other => panic!("unexpected {other:?}\n{}", env.console()),
         }
@@ -114,8 +120,28 @@ fn runs_a_plan_and_powers_off() {
 
     let (outcome, _, stdout, stderr) = &finished[&0];
     assert_eq!(outcome, &Outcome::Exited(0));
-    assert_eq!(text(stdout), "hello stdout\nenv PROBE=value\ncwd /tmp\n");
+    // Exactly the planned environment, plus where PID 1 wants skip reasons and artifacts.
+    assert_eq!(
+        text(stdout),
+        "hello stdout\nenv PROBE=value\nenv VMTEST_ARTIFACT_DIR=/run/vmtest/out/0/artifacts\n\
+         env VMTEST_SKIP_FILE=/tmp/vmtest-skip-1-0\ncwd /tmp\n"
+    );
     assert_eq!(text(stderr), "hello stderr\n");
+
+    // A failed test's kernel log travels as an artifact; a passing test sends nothing.
+    let dmesg: Vec<u32> = files
+        .keys()
+        .filter(|(_, name)| name == "artifacts/dmesg.txt")
+        .map(|(id, _)| *id)
+        .collect();
+    let failed: Vec<u32> = finished
+        .iter()
+        .filter(|(_, (outcome, ..))| !matches!(outcome, Outcome::Exited(0) | Outcome::Skipped(_)))
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(failed.starts_with(&[1, 2, 3]), "{failed:?}");
+    assert_eq!(dmesg, failed, "{:?}", files.keys().collect::<Vec<_>>());
+    assert!(text(&files[&(1, "artifacts/dmesg.txt".to_owned())]).contains("Linux version"));
 
     assert_eq!(finished[&1].0, Outcome::Exited(3));
     let (outcome, duration_ms, _, _) = &finished[&2];
