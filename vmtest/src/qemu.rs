@@ -28,6 +28,8 @@ pub(crate) struct ArchProfile {
     pub virtio_serial: &'static str,
     /// vCPUs when a test does not say.
     pub default_cpus: u32,
+    /// Run several vCPUs on one host thread under TCG (`-accel tcg,thread=single`).
+    pub tcg_one_thread: bool,
 }
 
 /// The per-architecture table.
@@ -44,6 +46,10 @@ pub(crate) const fn profile(arch: Arch) -> ArchProfile {
             console: "ttyS0",
             virtio_serial: "virtio-serial-pci",
             default_cpus: 1,
+            // With one host thread per vCPU, an SMP kernel that patches its own code at boot
+            // (static keys through int3) hits a stale translation now and then and oopses in
+            // early boot; one thread for all vCPUs does not.
+            tcg_one_thread: true,
         },
         // `pauth-impdef=on` makes pointer authentication cheap to emulate (more than 2x faster
         // boots under TCG than the architected algorithm).
@@ -56,6 +62,7 @@ pub(crate) const fn profile(arch: Arch) -> ArchProfile {
             console: "ttyAMA0",
             virtio_serial: "virtio-serial-pci",
             default_cpus: 2,
+            tcg_one_thread: false,
         },
         Arch::Riscv64 => ArchProfile {
             binary: "qemu-system-riscv64",
@@ -66,6 +73,7 @@ pub(crate) const fn profile(arch: Arch) -> ArchProfile {
             console: "ttyS0",
             virtio_serial: "virtio-serial-pci",
             default_cpus: 1,
+            tcg_one_thread: false,
         },
     }
 }
@@ -124,11 +132,15 @@ impl QemuCommand {
             Accel::Kvm => profile.cpu_kvm,
             Accel::Tcg => profile.cpu_tcg,
         };
+        let accel = match self.accel {
+            Accel::Tcg if self.cpus > 1 && profile.tcg_one_thread => "tcg,thread=single",
+            accel => accel.qemu_name(),
+        };
         let mut args = Args::default();
         args.flag("-nodefaults").flag("-no-user-config").flag("-no-reboot");
         args.opt("-display", "none")
             .opt("-M", profile.machine)
-            .opt("-accel", self.accel.qemu_name())
+            .opt("-accel", accel)
             .opt("-cpu", cpu)
             .opt("-m", format!("{}M", self.memory_mib))
             .opt("-smp", self.cpus.to_string())
@@ -204,8 +216,8 @@ mod tests {
     fn x86_64_tcg_golden() {
         assert_eq!(
             joined(&command(Arch::X86_64, Accel::Tcg)),
-            "-nodefaults -no-user-config -no-reboot -display none -M pc -accel tcg -cpu max \
-             -m 512M -smp 2 -rtc base=utc -serial stdio -device virtio-serial-pci,id=vser0 \
+            "-nodefaults -no-user-config -no-reboot -display none -M pc -accel tcg,thread=single \
+             -cpu max -m 512M -smp 2 -rtc base=utc -serial stdio -device virtio-serial-pci,id=vser0 \
              -chardev socket,id=port0,path=/t/ctl.sock \
              -device virtserialport,bus=vser0.0,chardev=port0,name=vmtest.control \
              -kernel /k/vmlinuz -initrd /t/initrd,1 \
@@ -225,6 +237,13 @@ mod tests {
              -kernel /k/vmlinuz -initrd /t/initrd,1 \
              -append console=ttyAMA0 panic=-1 loglevel=5 mitigations=off rdinit=/init foo=1"
         );
+    }
+
+    #[test]
+    fn one_x86_64_vcpu_keeps_multi_threaded_tcg() {
+        let mut c = command(Arch::X86_64, Accel::Tcg);
+        c.cpus = 1;
+        assert!(joined(&c).contains("-accel tcg -cpu max -m 512M -smp 1 "), "{}", joined(&c));
     }
 
     #[test]
