@@ -1,7 +1,6 @@
 //! Running one planned program in a child process, and reaping.
 
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +13,7 @@ use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, WaitStatus};
 
 use crate::console;
 use crate::files::OutDir;
+use crate::forks::{ForkServer, Started};
 use crate::output::{TailBuffer, CAPTURE_LIMIT};
 use crate::ports::Control;
 use crate::protocol::{
@@ -43,55 +43,40 @@ pub(crate) struct Finished {
 ///
 /// Problems with the test itself (it cannot start, it times out) are outcomes; an `Err` means the
 /// harness could not do its job (the control port failed).
-pub(crate) fn run(test: &PlannedTest, control: &Control, out: &OutDir) -> Result<Finished, String> {
+pub(crate) fn run(
+    test: &PlannedTest,
+    control: &Control,
+    out: &OutDir,
+    server: Option<&ForkServer>,
+) -> Result<Finished, String> {
     let skip_file = format!("/tmp/vmtest-skip-{}-{}", std::process::id(), test.id);
     let _ = std::fs::remove_file(&skip_file);
-    let mut command = Command::new(&test.program);
-    command
-        .args(&test.args)
-        .env_clear()
-        .envs(test.env.iter().map(|(k, v)| (k, v)))
-        .env(SKIP_ENV, &skip_file)
-        .env(ARTIFACT_ENV, out.artifacts())
-        .current_dir(&test.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if test.env.iter().any(|(name, _)| name == PROFILE_ENV) {
-        // The host's pattern names a host path: profiles go to the test's directory instead,
-        // and reach the host after the test.
-        command.env(PROFILE_ENV, out.profile_pattern());
-    }
-    // SAFETY: the closure runs between fork and exec and only calls `setsid`, a single
-    // async-signal-safe system call; it allocates nothing and touches no shared state.
-    unsafe {
-        command.pre_exec(|| rustix::process::setsid().map(drop).map_err(io::Error::from));
-    }
+    let env = environment(test, out, &skip_file);
 
     let start = Instant::now();
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let started = match server.filter(|server| server.serves(test)) {
+        Some(server) => server.spawn(test, env.clone()).or_else(|e| {
+            console::say(format_args!("{}: {e}; executing it instead", test.name));
+            execute(test, env)
+        }),
+        None => execute(test, env),
+    };
+    let Started { pid, stdout, stderr } = match started {
+        Ok(started) => started,
         Err(e) => {
             return Ok(Finished {
-                outcome: Outcome::Error(format!("failed to start {}: {e}", test.program)),
+                outcome: Outcome::Error(e),
                 duration_ms: 0,
                 stdout: Vec::new(),
                 stderr: Vec::new(),
             })
         }
     };
-    let pid = Pid::from_raw(i32::try_from(child.id()).map_err(|_| "child pid out of range")?)
-        .ok_or("child pid is zero")?;
 
     let closed = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel();
-    let pipes: [(Stream, Option<OwnedFd>); 2] = [
-        (Stream::Stdout, child.stdout.take().map(OwnedFd::from)),
-        (Stream::Stderr, child.stderr.take().map(OwnedFd::from)),
-    ];
     let mut pending = 0;
-    for (stream, pipe) in pipes {
-        let Some(pipe) = pipe else { continue };
+    for (stream, pipe) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
         let sink = if test.capture {
             Sink::Capture(TailBuffer::new(CAPTURE_LIMIT))
         } else {
@@ -110,8 +95,6 @@ pub(crate) fn run(test: &PlannedTest, control: &Control, out: &OutDir) -> Result
         pending += 1;
     }
     drop(events_tx);
-    // `child` is never waited on through std: PID 1 reaps with waitpid(-1), see `reap`.
-    drop(child);
 
     let timeout = Duration::from_millis(test.timeout_ms);
     let outcome = match wait_until(pid, start + timeout) {
@@ -172,6 +155,47 @@ pub(crate) fn run(test: &PlannedTest, control: &Control, out: &OutDir) -> Result
         return Err(e);
     }
     Ok(Finished { outcome, duration_ms, stdout, stderr })
+}
+
+/// The test's whole environment: what the host planned, plus where to leave a skip reason and
+/// artifacts, and where to write profiles.
+fn environment(test: &PlannedTest, out: &OutDir, skip_file: &str) -> Vec<(String, String)> {
+    let mut env = test.env.clone();
+    env.push((SKIP_ENV.to_owned(), skip_file.to_owned()));
+    env.push((ARTIFACT_ENV.to_owned(), out.artifacts().to_string_lossy().into_owned()));
+    if let Some(entry) = env.iter_mut().find(|(name, _)| name == PROFILE_ENV) {
+        // The host's pattern names a host path: profiles go to the test's directory instead,
+        // and reach the host after the test.
+        entry.1 = out.profile_pattern();
+    }
+    env
+}
+
+/// Starts `test` by executing its program, in its own session.
+fn execute(test: &PlannedTest, env: Vec<(String, String)>) -> Result<Started, String> {
+    let mut command = Command::new(&test.program);
+    command
+        .args(&test.args)
+        .env_clear()
+        .envs(env)
+        .current_dir(&test.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec and only calls `setsid`, a single
+    // async-signal-safe system call; it allocates nothing and touches no shared state.
+    unsafe {
+        command.pre_exec(|| rustix::process::setsid().map(drop).map_err(io::Error::from));
+    }
+    let mut child =
+        command.spawn().map_err(|e| format!("failed to start {}: {e}", test.program))?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).map_err(|_| "child pid out of range")?)
+        .ok_or("child pid is zero")?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("the child's output pipes are missing".to_owned());
+    };
+    // `child` is never waited on through std: PID 1 reaps with waitpid(-1), see `reap`.
+    Ok(Started { pid, stdout: stdout.into(), stderr: stderr.into() })
 }
 
 /// What an output reader tells `run`.
@@ -338,7 +362,7 @@ mod tests {
     fn captures_output_exit_code_and_exact_environment() {
         let _serial = serial();
         let script = "echo out; echo err >&2; env; pwd; exit 3";
-        let finished = run(&sh(0, script, 30_000), &control(), &out()).unwrap();
+        let finished = run(&sh(0, script, 30_000), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(3));
         let stdout = String::from_utf8(finished.stdout).unwrap();
         assert!(stdout.starts_with("out\n"), "{stdout}");
@@ -352,12 +376,12 @@ mod tests {
     fn a_reason_left_in_the_skip_file_turns_a_clean_exit_into_a_skip() {
         let _serial = serial();
         let script = "echo 'no such feature' > \"$VMTEST_SKIP_FILE\"; exit 0";
-        let finished = run(&sh(4, script, 30_000), &control(), &out()).unwrap();
+        let finished = run(&sh(4, script, 30_000), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::Skipped("no such feature".into()));
         let script = "echo 'then failed' > \"$VMTEST_SKIP_FILE\"; exit 1";
-        let finished = run(&sh(5, script, 30_000), &control(), &out()).unwrap();
+        let finished = run(&sh(5, script, 30_000), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(1));
-        let finished = run(&sh(4, "exit 0", 30_000), &control(), &out()).unwrap();
+        let finished = run(&sh(4, "exit 0", 30_000), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(0));
     }
 
@@ -365,7 +389,7 @@ mod tests {
     fn kills_the_whole_group_on_timeout() {
         let _serial = serial();
         let started = Instant::now();
-        let finished = run(&sh(1, "sleep 100 & sleep 100", 300), &control(), &out()).unwrap();
+        let finished = run(&sh(1, "sleep 100 & sleep 100", 300), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::TimedOut { after_ms: 300 });
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
@@ -373,11 +397,11 @@ mod tests {
     #[test]
     fn reports_signals_and_start_failures() {
         let _serial = serial();
-        let finished = run(&sh(2, "kill -9 $$", 30_000), &control(), &out()).unwrap();
+        let finished = run(&sh(2, "kill -9 $$", 30_000), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::Signaled(9));
         let mut test = sh(3, "", 30_000);
         test.program = "/nonexistent/program".into();
-        let finished = run(&test, &control(), &out()).unwrap();
+        let finished = run(&test, &control(), &out(), None).unwrap();
         assert!(
             matches!(finished.outcome, Outcome::Error(e) if e.contains("/nonexistent/program"))
         );
@@ -387,7 +411,8 @@ mod tests {
     fn leftovers_do_not_hold_the_output_open() {
         let _serial = serial();
         let started = Instant::now();
-        let finished = run(&sh(4, "sleep 100 & echo done", 30_000), &control(), &out()).unwrap();
+        let finished =
+            run(&sh(4, "sleep 100 & echo done", 30_000), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(0));
         assert_eq!(finished.stdout, b"done\n");
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());

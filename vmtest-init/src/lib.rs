@@ -16,6 +16,7 @@
 mod child;
 mod console;
 mod files;
+mod forks;
 mod identity;
 mod kmsg;
 mod modules;
@@ -32,6 +33,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub use forks::RunTest;
 use ports::Control;
 use protocol::{GuestMessage, Plan, PlannedTest, CONTROL_PORT, PLAN_PATH, PROTOCOL_VERSION};
 
@@ -62,12 +64,23 @@ pub fn is_pid1() -> bool {
 /// Called by a process that is not PID 1 it refuses, prints why and exits with status 2,
 /// rather than power off the machine it runs on.
 pub fn run_pid1() -> ! {
+    run_pid1_inner(None)
+}
+
+/// [`run_pid1`] for a binary that holds its tests: a planned test whose program is this
+/// binary is started by forking a copy of PID 1 made before the first test, which then calls
+/// `run` with the test's name, instead of by executing the binary again (see `forks.rs`).
+pub fn run_pid1_with_tests(run: RunTest) -> ! {
+    run_pid1_inner(Some(run))
+}
+
+fn run_pid1_inner(run: Option<RunTest>) -> ! {
     if !is_pid1() {
         console::say("not PID 1: run_pid1 only runs as the init of a vmtest VM; refusing");
         std::process::exit(2);
     }
     panic::set_hook(Box::new(on_panic));
-    let message = match panic::catch_unwind(guest_main) {
+    let message = match panic::catch_unwind(|| guest_main(run)) {
         Ok(Ok(())) => power::power_off(),
         Ok(Err(message)) => message,
         Err(payload) => panic_message(payload.as_ref()),
@@ -75,7 +88,7 @@ pub fn run_pid1() -> ! {
     fatal(&message)
 }
 
-fn guest_main() -> Result<(), String> {
+fn guest_main(run: Option<RunTest>) -> Result<(), String> {
     console::ensure_stdio();
     let mut logs = mounts::mount_all();
     // Now that devtmpfs is on /dev, a console exists even if the initramfs had none.
@@ -90,6 +103,12 @@ fn guest_main() -> Result<(), String> {
 
     let plan = read_plan(Path::new(PLAN_PATH))?;
     let loaded = modules::load_all(&plan.modules)?;
+    // Forked while PID 1 still has one thread: the control port starts the first others.
+    let server = run.and_then(|run| {
+        forks::ForkServer::start(run)
+            .map_err(|e| logs.push(format!("tests are executed, not forked: {e}")))
+            .ok()
+    });
     let control = open_control(PORT_PATIENCE)?;
     // Opened after the modules: their load messages are not any test's.
     let mut kmsg = kmsg::Kmsg::open().map_err(|e| logs.push(e)).ok();
@@ -101,7 +120,7 @@ fn guest_main() -> Result<(), String> {
         let out = files::OutDir::create(test.id)?;
         let finished = match loaded.failures.get(&test.id) {
             Some(failures) => unrunnable(failures),
-            None => child::run(test, control, &out)?,
+            None => child::run(test, control, &out, server.as_ref())?,
         };
         if !matches!(finished.outcome, protocol::Outcome::Exited(0) | protocol::Outcome::Skipped(_))
         {

@@ -129,11 +129,8 @@ fn runs_a_plan_and_powers_off() {
     assert_eq!(text(stderr), "hello stderr\n");
 
     // A failed test's kernel log travels as an artifact; a passing test sends nothing.
-    let dmesg: Vec<u32> = files
-        .keys()
-        .filter(|(_, name)| name == "artifacts/dmesg.txt")
-        .map(|(id, _)| *id)
-        .collect();
+    let dmesg: Vec<u32> =
+        files.keys().filter(|(_, name)| name == "artifacts/dmesg.txt").map(|(id, _)| *id).collect();
     let failed: Vec<u32> = finished
         .iter()
         .filter(|(_, (outcome, ..))| !matches!(outcome, Outcome::Exited(0) | Outcome::Skipped(_)))

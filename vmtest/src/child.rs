@@ -1,6 +1,8 @@
 //! Inside the guest: one registered test, run in a child process of PID 1.
 //!
-//! PID 1 starts `/init` again with [`TEST_ENV`](vmtest_init::protocol::TEST_ENV) naming the test.
+//! PID 1 starts a fresh process for each test and hands it the test's name: a fork of its fork
+//! server (see `vmtest-init`'s `forks.rs`), or, when the test collects LLVM profiles, `/init`
+//! executed again with [`TEST_ENV`](vmtest_init::protocol::TEST_ENV) naming the test.
 //! The exit status is the verdict: 0 passed, 101 panicked, 1 returned `Err` or did not panic as
 //! `#[should_panic]` required.
 

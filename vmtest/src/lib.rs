@@ -142,7 +142,7 @@ pub mod __private {
     /// harness.
     pub fn main() -> ! {
         if std::process::id() == 1 {
-            vmtest_init::run_pid1();
+            vmtest_init::run_pid1_with_tests(crate::child::run_test);
         }
         if let Ok(name) = std::env::var(vmtest_init::protocol::TEST_ENV) {
             crate::child::run_test(&name);

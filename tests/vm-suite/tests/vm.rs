@@ -18,6 +18,37 @@ fn runs_as_root_in_a_child_of_pid1() {
 }
 
 #[vm_test]
+fn runs_in_its_own_session_with_stdin_from_dev_null() {
+    // SAFETY: getsid and getpgid with 0 query the calling process; no preconditions.
+    let (sid, pgid) = unsafe { (libc::getsid(0), libc::getpgid(0)) };
+    let pid = std::process::id() as i32;
+    assert_eq!((sid, pgid), (pid, pid), "the test leads its own session and process group");
+    let stdin = std::fs::read_link("/proc/self/fd/0").unwrap();
+    assert_eq!(stdin, std::path::Path::new("/dev/null"));
+    // Only stdio is open: nothing of PID 1's (control port, fork server socket) leaked in.
+    let mut open: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    open.sort();
+    // The fourth is read_dir's own descriptor.
+    assert_eq!(open.len(), 4, "open descriptors: {open:?}");
+}
+
+/// Each test runs in a fresh process: two tests of one VM both see the counter at zero.
+static RUNS_IN_THIS_PROCESS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[vm_test]
+fn a_fresh_process_per_test_a() {
+    assert_eq!(RUNS_IN_THIS_PROCESS.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[vm_test]
+fn a_fresh_process_per_test_b() {
+    assert_eq!(RUNS_IN_THIS_PROCESS.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[vm_test]
 fn kernel_filesystems_are_mounted() {
     let mounts = mounts();
     for (target, fstype) in [

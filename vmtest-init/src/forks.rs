@@ -1,0 +1,356 @@
+//! The fork server: how a vm_test binary starts each test without executing itself again.
+//!
+//! Executing the test binary anew is most of a test's cost under TCG: the dynamic loader
+//! relocates a large binary and every page it touches faults in again. So PID 1, while it still
+//! has a single thread, forks a copy of itself, the server. For each test PID 1 sends the server
+//! the test's name, environment and working directory with the write ends of its output pipes;
+//! the server forks twice so that the test process is orphaned to PID 1, which then waits for
+//! it, kills its process group and reaps it exactly as it does an executed one. The test
+//! process makes its own session, stdio, environment and working directory as the exec path
+//! would, and runs the test in place.
+//!
+//! Only a test whose program is PID 1's own binary, run without arguments, is started this way.
+//! Tests that collect LLVM profiles are executed: the profile runtime reads
+//! `LLVM_PROFILE_FILE` when the process starts, which for a fork is the server's start.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use rustix::process::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::console;
+use crate::protocol::{PlannedTest, PROFILE_ENV, TEST_ENV};
+
+/// Runs the named test in the calling process and exits; never returns.
+pub type RunTest = fn(&str) -> !;
+
+/// How long PID 1 waits for the server to start a test.
+const REPLY_PATIENCE: Duration = Duration::from_secs(30);
+/// Largest request: a test's environment and working directory.
+const REQUEST_LIMIT: usize = 1 << 20;
+
+/// PID 1's handle on the server.
+pub(crate) struct ForkServer {
+    socket: OwnedFd,
+    pid: Pid,
+    /// PID 1's own binary: the only program the server can start.
+    program: PathBuf,
+}
+
+/// What the server needs to start one test.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    /// The test's name, as the exec path passes it in [`TEST_ENV`].
+    test: String,
+    /// The whole environment of the test process.
+    env: Vec<(String, String)>,
+    cwd: String,
+}
+
+/// A started test process: a child of PID 1, and the read ends of its stdout and stderr.
+pub(crate) struct Started {
+    pub(crate) pid: Pid,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+}
+
+impl ForkServer {
+    /// Forks the server from the calling process, which must have a single thread (checked:
+    /// otherwise the fork could inherit locks that threads now gone hold).
+    pub(crate) fn start(run: RunTest) -> Result<ForkServer, String> {
+        let threads = std::fs::read_dir("/proc/self/task")
+            .map_err(|e| format!("failed to count threads in /proc/self/task: {e}"))?
+            .count();
+        if threads != 1 {
+            return Err(format!("PID 1 already has {threads} threads"));
+        }
+        let program = std::env::current_exe()
+            .map_err(|e| format!("failed to find PID 1's own binary: {e}"))?;
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| format!("failed to create the fork server's socket: {e}"))?;
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(REPLY_PATIENCE),
+        )
+        .map_err(|e| format!("failed to set the fork server's socket timeout: {e}"))?;
+        // SAFETY: the process has a single thread (checked above), so the child starts in a
+        // consistent state; it only runs `serve`, which never returns.
+        match unsafe { libc::fork() } {
+            -1 => Err(format!("failed to fork the fork server: {}", io::Error::last_os_error())),
+            0 => {
+                drop(ours);
+                serve(theirs, run)
+            }
+            pid => Ok(ForkServer {
+                socket: ours,
+                pid: Pid::from_raw(pid).ok_or("fork returned pid 0 to the parent")?,
+                program,
+            }),
+        }
+    }
+
+    /// Whether the server can start `test`: PID 1's own binary, no arguments, no profiles.
+    pub(crate) fn serves(&self, test: &PlannedTest) -> bool {
+        std::path::Path::new(&test.program) == self.program
+            && test.args.is_empty()
+            && test.env.iter().any(|(name, _)| name == TEST_ENV)
+            && !test.env.iter().any(|(name, _)| name == PROFILE_ENV)
+    }
+
+    /// Starts `test` with exactly the environment `env`.
+    pub(crate) fn spawn(
+        &self,
+        test: &PlannedTest,
+        env: Vec<(String, String)>,
+    ) -> Result<Started, String> {
+        let name = env
+            .iter()
+            .find(|(name, _)| name == TEST_ENV)
+            .map(|(_, value)| value.clone())
+            .ok_or_else(|| format!("{TEST_ENV} is not set for {}", test.name))?;
+        let request = Request { test: name, env, cwd: test.cwd.clone() };
+        let bytes = postcard::to_allocvec(&request)
+            .map_err(|e| format!("failed to encode the fork request: {e}"))?;
+        let (stdout, stdout_w) = pipe()?;
+        let (stderr, stderr_w) = pipe()?;
+        let fds = [stdout_w.as_fd(), stderr_w.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        rustix::net::sendmsg(
+            &self.socket,
+            &[IoSlice::new(&bytes)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .map_err(|e| format!("failed to send the fork request: {e}"))?;
+        // The test process holds the write ends now; ours would keep the pipes from ending.
+        drop((stdout_w, stderr_w));
+        let mut reply = [0u8; 4];
+        let n = rustix::net::recv(&self.socket, &mut reply, RecvFlags::empty())
+            .map_err(|e| format!("no answer from the fork server: {e}"))?
+            .0;
+        let code = match n {
+            4 => i32::from_le_bytes(reply),
+            0 => return Err("the fork server is gone".to_owned()),
+            n => return Err(format!("the fork server answered {n} bytes, not 4")),
+        };
+        match Pid::from_raw(code) {
+            Some(pid) if code > 0 => Ok(Started { pid, stdout, stderr }),
+            _ => Err(format!(
+                "the fork server failed to fork: {}",
+                io::Error::from_raw_os_error(code.saturating_neg())
+            )),
+        }
+    }
+}
+
+impl Drop for ForkServer {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("failed to create an output pipe: {e}"))
+}
+
+/// The server's loop: one request, one test process, until PID 1 closes the socket.
+fn serve(socket: OwnedFd, run: RunTest) -> ! {
+    // PID 1's hook powers the VM off; a test process panics the ordinary way.
+    drop(std::panic::take_hook());
+    let mut buf = vec![0u8; REQUEST_LIMIT];
+    loop {
+        let (request, fds) = match receive(&socket, &mut buf) {
+            Ok(Some(received)) => received,
+            Ok(None) => quit(0),
+            Err(e) => {
+                console::say(format_args!("fork server: {e}"));
+                quit(1)
+            }
+        };
+        let code = start_test(&socket, request, fds, run);
+        if let Err(e) = rustix::net::send(&socket, &code.to_le_bytes(), SendFlags::empty()) {
+            console::say(format_args!("fork server: failed to answer: {e}"));
+            quit(1)
+        }
+    }
+}
+
+/// Ends the server without the exit handlers of PID 1's binary (an instrumented binary would
+/// write a profile of the server).
+fn quit(code: i32) -> ! {
+    // SAFETY: `_exit` ends the process at once; no Rust state outlives it.
+    unsafe { libc::_exit(code) }
+}
+
+/// Reads one request and the two pipe ends that come with it; `None` when PID 1 is gone.
+fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Result<Option<(Request, Vec<OwnedFd>)>, String> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        socket,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("failed to receive a request: {e}"))?;
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if got.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if got.flags.contains(rustix::net::ReturnFlags::TRUNC) || got.bytes > buf.len() {
+        return Err(format!("a request larger than {REQUEST_LIMIT} bytes"));
+    }
+    if fds.len() != 2 {
+        return Err(format!("a request came with {} file descriptors, not 2", fds.len()));
+    }
+    let request = postcard::from_bytes(&buf[..got.bytes])
+        .map_err(|e| format!("failed to decode a request: {e}"))?;
+    Ok(Some((request, fds)))
+}
+
+/// Forks the test process through a short-lived intermediate, so that it is orphaned to PID 1.
+/// Returns its pid, or minus the errno of the failed fork.
+fn start_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTest) -> i32 {
+    let (pid_r, pid_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(ends) => ends,
+        Err(e) => return -e.raw_os_error(),
+    };
+    // SAFETY: the server has a single thread (it was forked from a single-threaded PID 1 and
+    // starts none), so the child starts in a consistent state.
+    match unsafe { libc::fork() } {
+        -1 => -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
+        0 => {
+            // The intermediate: fork the test process, tell the server its pid, vanish.
+            // SAFETY: as above; this process is a fork of the single-threaded server.
+            let pid = match unsafe { libc::fork() } {
+                0 => {
+                    drop((pid_r, pid_w));
+                    become_test(socket, request, fds, run)
+                }
+                -1 => -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
+                pid => pid,
+            };
+            let _ = File::from(pid_w).write_all(&pid.to_le_bytes());
+            // SAFETY: `_exit` ends this process at once, without running the server's exit
+            // handlers or flushing buffers that belong to the server.
+            unsafe { libc::_exit(0) }
+        }
+        intermediate => {
+            drop(pid_w);
+            drop(fds);
+            let _ = rustix::process::waitpid(
+                Pid::from_raw(intermediate),
+                rustix::process::WaitOptions::empty(),
+            );
+            let mut bytes = [0u8; 4];
+            match File::from(pid_r).read_exact(&mut bytes) {
+                Ok(()) => i32::from_le_bytes(bytes),
+                Err(_) => -libc::ECHILD,
+            }
+        }
+    }
+}
+
+/// Turns the freshly forked process into the test process and runs the test.
+fn become_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTest) -> ! {
+    let prepared = prepare(&request, &fds);
+    // The server's socket and the pipe ends are not the test's to hold.
+    drop(fds);
+    // SAFETY: closes this process's copy of the server's socket. Nothing here uses it
+    // afterwards, and its `OwnedFd` (owned by `serve`'s frame) is never dropped in this
+    // process, which ends in `run` or `exit` without unwinding back there.
+    unsafe {
+        libc::close(socket.as_raw_fd());
+    }
+    if let Err(e) = prepared {
+        // stderr is the test's pipe if `prepare` got that far, else the console.
+        eprintln!("vmtest-init: failed to start test `{}`: {e}", request.test);
+        std::process::exit(127);
+    }
+    let stale: Vec<OsString> = std::env::vars_os().map(|(name, _)| name).collect();
+    for name in stale {
+        std::env::remove_var(name);
+    }
+    for (name, value) in &request.env {
+        std::env::set_var(name, value);
+    }
+    run(&request.test)
+}
+
+/// Session, stdio and working directory of the test process, as the exec path sets them.
+fn prepare(request: &Request, fds: &[OwnedFd]) -> io::Result<()> {
+    rustix::process::setsid()?;
+    let null = File::open("/dev/null")?;
+    for (from, to) in [(null.as_raw_fd(), 0), (fds[0].as_raw_fd(), 1), (fds[1].as_raw_fd(), 2)] {
+        // SAFETY: both descriptors are open (`from` is owned above, `to` is a standard stream
+        // number); dup2 replaces `to` atomically and touches no memory.
+        if unsafe { libc::dup2(from, to) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    std::env::set_current_dir(&request.cwd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never(_: &str) -> ! {
+        unreachable!("no test runs here")
+    }
+
+    #[test]
+    fn refuses_to_fork_a_process_with_threads() {
+        // libtest runs this test on a thread of its own: the process has at least two.
+        let error = ForkServer::start(never).err().expect("a threaded process forked");
+        assert!(error.contains("threads"), "{error}");
+    }
+
+    #[test]
+    fn rejects_requests_without_their_two_pipes() {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let request = Request { test: "t".into(), env: vec![], cwd: "/".into() };
+        let bytes = postcard::to_allocvec(&request).unwrap();
+        rustix::net::send(&a, &bytes, SendFlags::empty()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let error = receive(&b, &mut buf).err().expect("accepted a request without pipes");
+        assert!(error.contains("0 file descriptors"), "{error}");
+
+        rustix::net::send(&a, &vec![7u8; 8192], SendFlags::empty()).unwrap();
+        let error = receive(&b, &mut buf).err().expect("accepted a truncated request");
+        assert!(error.contains("larger than"), "{error}");
+
+        drop(a);
+        assert!(receive(&b, &mut buf).unwrap().is_none(), "a closed socket is the end");
+    }
+}
