@@ -343,11 +343,11 @@ mod tests {
         let bytes = postcard::to_allocvec(&request).unwrap();
         rustix::net::send(&a, &bytes, SendFlags::empty()).unwrap();
         let mut buf = vec![0u8; 4096];
-        let error = receive(&b, &mut buf).err().expect("accepted a request without pipes");
+        let error = receive(&b, &mut buf).expect_err("accepted a request without pipes");
         assert!(error.contains("0 file descriptors"), "{error}");
 
         rustix::net::send(&a, &vec![7u8; 8192], SendFlags::empty()).unwrap();
-        let error = receive(&b, &mut buf).err().expect("accepted a truncated request");
+        let error = receive(&b, &mut buf).expect_err("accepted a truncated request");
         assert!(error.contains("larger than"), "{error}");
 
         drop(a);
