@@ -590,7 +590,7 @@ impl Group {
         let spec = VmSpec {
             arch: context.arch,
             accel: accel.accel,
-            kernel: self.kernel.image.clone(),
+            kernel: self.kernel.boot_image(accel.accel),
             memory_mib,
             cpus: self.key.cpus.unwrap_or(crate::qemu::profile(context.arch).default_cpus),
             cmdline: self

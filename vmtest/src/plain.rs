@@ -108,7 +108,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
     let spec = VmSpec {
         arch,
         accel: accel.accel,
-        kernel: kernel.image.clone(),
+        kernel: kernel.boot_image(accel.accel),
         memory_mib: BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20),
         cpus: crate::qemu::profile(arch).default_cpus,
         cmdline: Vec::new(),

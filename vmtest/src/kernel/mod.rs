@@ -9,6 +9,7 @@
 mod fetch;
 mod image;
 mod modules;
+mod pvh;
 mod resolve;
 mod store;
 

@@ -136,7 +136,10 @@ impl Store {
         arch: Arch,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Fetched, KernelError> {
-        super::fetch::fetch(self, spec, arch, progress)
+        let fetched = super::fetch::fetch(self, spec, arch, progress)?;
+        // Now rather than in the first test run.
+        fetched.kernel().boot_image(crate::accel::Accel::Tcg);
+        Ok(fetched)
     }
 
     /// Registers a kernel of the user's own: validates the image's header and copies the
@@ -179,6 +182,8 @@ impl Store {
         };
         write_meta(&tmp, &kernel, None)?;
         self.install(&tmp, &dest)?;
+        // Now rather than in the first test run.
+        kernel.boot_image(crate::accel::Accel::Tcg);
         Ok(kernel)
     }
 

@@ -1,0 +1,295 @@
+//! The uncompressed x86_64 kernel, booted through PVH.
+//!
+//! A bzImage decompresses itself in the guest before it boots, which under TCG is a large part
+//! of a boot (about a second of five for Debian's 6.12). The same kernel as an ELF `vmlinux`
+//! whose notes carry a PVH entry point (`XEN_ELFNOTE_PHYS32_ENTRY`, `CONFIG_PVH`) is loaded
+//! by QEMU directly. It is extracted once per store kernel, next to the bzImage, and reused by
+//! every run; a kernel that cannot boot this way (no PVH note, a compression vmtest does not
+//! read) is noted as such and boots from its bzImage.
+//!
+//! Only TCG boots the PVH image. Under KVM decompression runs at native speed, and a KVM that
+//! cannot run the guest fails loudly on the bzImage ("KVM internal error"), which the fallback
+//! to TCG relies on; on the PVH image it hangs silently instead.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use object::elf::{FileHeader64, PT_NOTE};
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::Endianness;
+
+use super::{Kernel, KernelError};
+use crate::accel::Accel;
+use crate::arch::Arch;
+
+/// The extracted kernel, in the kernel's store dir.
+const PVH_NAME: &str = "vmlinux-pvh";
+/// Left instead when the kernel cannot boot through PVH; holds the reason.
+const NO_PVH_NAME: &str = "vmlinux-pvh.none";
+/// `XEN_ELFNOTE_PHYS32_ENTRY`: the 32-bit PVH entry point.
+const PHYS32_ENTRY: u32 = 18;
+
+impl Kernel {
+    /// The image to hand QEMU under `accel`: under TCG, for a store x86_64 kernel that can
+    /// boot through PVH, its uncompressed ELF (extracted on first use); otherwise
+    /// [`Kernel::image`].
+    ///
+    /// Extraction problems are not errors: the bzImage still boots.
+    pub(crate) fn boot_image(&self, accel: Accel) -> PathBuf {
+        match (&self.store_dir, self.arch, accel) {
+            (Some(dir), Arch::X86_64, Accel::Tcg) => pvh_image(&self.image, dir).unwrap_or(None),
+            _ => None,
+        }
+        .unwrap_or_else(|| self.image.clone())
+    }
+}
+
+/// The PVH image of `bzimage` in `dir`, extracting it if this has not been tried yet. `None`
+/// when it was tried and the kernel cannot boot that way.
+fn pvh_image(bzimage: &Path, dir: &Path) -> Result<Option<PathBuf>, KernelError> {
+    let pvh = dir.join(PVH_NAME);
+    if pvh.is_file() {
+        return Ok(Some(pvh));
+    }
+    let none = dir.join(NO_PVH_NAME);
+    if none.is_file() {
+        return Ok(None);
+    }
+    // A temp name per process: concurrent runs each write their own, the rename is atomic.
+    let tmp = dir.join(format!(".{PVH_NAME}.tmp-{}", std::process::id()));
+    eprintln!(
+        "vmtest: extracting the uncompressed kernel from {} for PVH boot (once per kernel)",
+        bzimage.display()
+    );
+    let bytes = fs::read(bzimage).map_err(|e| KernelError::io("read kernel image", bzimage, e))?;
+    let (target, contents) = match extract(&bytes) {
+        Ok(elf) => (pvh.clone(), elf),
+        Err(reason) => (none, reason.into_bytes()),
+    };
+    let written = fs::write(&tmp, &contents).and_then(|()| fs::rename(&tmp, &target));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(KernelError::io("write", &target, e));
+    }
+    Ok((target == pvh).then_some(pvh))
+}
+
+/// The ELF kernel inside a bzImage, if it has a PVH entry point; otherwise why not.
+pub(crate) fn extract(bzimage: &[u8]) -> Result<Vec<u8>, String> {
+    let payload = payload(bzimage)?;
+    // The build appends the uncompressed size (4 bytes) to the compressed stream.
+    let stream = payload.get(..payload.len().saturating_sub(4)).unwrap_or_default();
+    let mut elf = Vec::new();
+    if stream.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        ruzstd::decoding::StreamingDecoder::new(stream)
+            .map_err(|e| format!("failed to decompress the zstd payload: {e}"))?
+            .read_to_end(&mut elf)
+            .map_err(|e| format!("failed to decompress the zstd payload: {e}"))?;
+    } else if stream.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        // The kernel's xz streams use the x86 BCJ filter, which xz4rust reads.
+        xz4rust::XzReader::new(std::io::Cursor::new(stream.to_vec()))
+            .read_to_end(&mut elf)
+            .map_err(|e| format!("failed to decompress the xz payload: {e}"))?;
+    } else if stream.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(stream)
+            .read_to_end(&mut elf)
+            .map_err(|e| format!("failed to decompress the gzip payload: {e}"))?;
+    } else {
+        let magic: Vec<String> = stream.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Err(format!("payload compression not read by vmtest (magic {})", magic.join(" ")));
+    }
+    if has_pvh_entry(&elf)? {
+        Ok(elf)
+    } else {
+        Err("the kernel has no PVH entry point (built without CONFIG_PVH)".to_owned())
+    }
+}
+
+/// The compressed kernel inside a bzImage (boot protocol 2.08 or later).
+fn payload(bzimage: &[u8]) -> Result<&[u8], String> {
+    let u16_at = |at: usize| bzimage.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at: usize| {
+        bzimage.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    if bzimage.get(0x202..0x206) != Some(b"HdrS") {
+        return Err("not a bzImage (no HdrS signature)".to_owned());
+    }
+    let version = u16_at(0x206).unwrap_or(0);
+    if version < 0x208 {
+        return Err(format!("boot protocol {version:#x} has no payload fields"));
+    }
+    let setup_sects = match bzimage[0x1f1] {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let start = (setup_sects + 1) * 512;
+    let (offset, len) = u32_at(0x248).zip(u32_at(0x24c)).ok_or("truncated setup header")?;
+    start
+        .checked_add(offset)
+        .and_then(|from| bzimage.get(from..from.checked_add(len)?))
+        .ok_or_else(|| format!("payload ({len} bytes at {offset:#x}) beyond the file's end"))
+}
+
+/// Whether `elf` is a 64-bit ELF whose notes hold a Xen `PHYS32_ENTRY`.
+fn has_pvh_entry(elf: &[u8]) -> Result<bool, String> {
+    let header = FileHeader64::<Endianness>::parse(elf)
+        .map_err(|e| format!("the payload is not a 64-bit ELF: {e}"))?;
+    let endian = header.endian().map_err(|e| format!("the payload's ELF header: {e}"))?;
+    let segments =
+        header.program_headers(endian, elf).map_err(|e| format!("the payload's segments: {e}"))?;
+    for segment in segments.iter().filter(|s| s.p_type(endian) == PT_NOTE) {
+        let Ok(Some(mut notes)) = segment.notes(endian, elf) else { continue };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == b"Xen" && note.n_type(endian) == PHYS32_ENTRY {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bzImage around `payload`: setup header fields only, as `payload` reads them.
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut image = vec![0u8; 5 * 512];
+        image[0x1f1] = 4;
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        image[0x248..0x24c].copy_from_slice(&16u32.to_le_bytes());
+        image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        image.extend_from_slice(&[0; 16]);
+        image.extend_from_slice(payload);
+        image
+    }
+
+    /// A minimal ELF64 (x86_64) whose one PT_NOTE segment holds a Xen note of type `n_type`.
+    fn elf_with_xen_note(n_type: u32) -> Vec<u8> {
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // 64-bit
+        elf[5] = 1; // little-endian
+        elf[6] = 1; // version
+        elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        elf[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let mut note = Vec::new();
+        note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+        note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+        note.extend_from_slice(&n_type.to_le_bytes());
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&0x100_0000u32.to_le_bytes());
+        let mut phdr = vec![0u8; 56];
+        phdr[..4].copy_from_slice(&PT_NOTE.to_le_bytes());
+        phdr[8..16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+        phdr[32..40].copy_from_slice(&(note.len() as u64).to_le_bytes()); // p_filesz
+        phdr[40..48].copy_from_slice(&(note.len() as u64).to_le_bytes()); // p_memsz
+        phdr[48..56].copy_from_slice(&4u64.to_le_bytes()); // p_align
+        elf.extend_from_slice(&phdr);
+        elf.extend_from_slice(&note);
+        elf
+    }
+
+    fn gzip_with_size(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = Vec::new();
+        let mut encoder = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap();
+        gz.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        gz
+    }
+
+    #[test]
+    fn extracts_an_elf_with_a_pvh_entry_once_and_notes_one_without() {
+        let dir = crate::elf::test_support::TempDir::new("pvh");
+        let store_kernel = |name: &str, n_type: u32| {
+            let kdir = dir.path().join(name);
+            fs::create_dir_all(&kdir).unwrap();
+            let image = kdir.join("vmlinuz");
+            fs::write(&image, bzimage(&gzip_with_size(&elf_with_xen_note(n_type)))).unwrap();
+            Kernel {
+                name: name.to_owned(),
+                arch: Arch::X86_64,
+                version: None,
+                image,
+                modules_dir: None,
+                config: None,
+                flavour: None,
+                package: None,
+                store_dir: Some(kdir),
+            }
+        };
+
+        let pvh = store_kernel("pvh", PHYS32_ENTRY);
+        let booted = pvh.boot_image(Accel::Tcg);
+        assert_eq!(booted, dir.path().join("pvh").join(PVH_NAME));
+        assert_eq!(fs::read(&booted).unwrap(), elf_with_xen_note(PHYS32_ENTRY));
+        // Reused, not extracted again: a changed file stays as it is.
+        fs::write(&booted, b"cached").unwrap();
+        assert_eq!(fs::read(pvh.boot_image(Accel::Tcg)).unwrap(), b"cached");
+        // KVM boots the bzImage.
+        assert_eq!(pvh.boot_image(Accel::Kvm), pvh.image);
+
+        let plain = store_kernel("plain", 17);
+        assert_eq!(plain.boot_image(Accel::Tcg), plain.image);
+        let reason = fs::read_to_string(dir.path().join("plain").join(NO_PVH_NAME)).unwrap();
+        assert!(reason.contains("no PVH entry point"), "{reason}");
+        assert_eq!(plain.boot_image(Accel::Tcg), plain.image);
+        // No temp file is left behind.
+        for kdir in ["pvh", "plain"] {
+            let names: Vec<String> = fs::read_dir(dir.path().join(kdir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+        }
+    }
+
+    #[test]
+    fn a_kernel_given_by_path_boots_as_given() {
+        let kernel = Kernel {
+            name: "k".into(),
+            arch: Arch::X86_64,
+            version: None,
+            image: "/nonexistent/bzImage".into(),
+            modules_dir: None,
+            config: None,
+            flavour: None,
+            package: None,
+            store_dir: None,
+        };
+        assert_eq!(kernel.boot_image(Accel::Tcg), kernel.image);
+    }
+
+    #[test]
+    fn finds_the_payload_from_the_setup_header() {
+        assert_eq!(payload(&bzimage(b"compressed")).unwrap(), b"compressed");
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_bzimage_or_lies_about_its_payload() {
+        assert!(payload(&[0; 4096]).unwrap_err().contains("HdrS"));
+        let mut image = bzimage(b"abc");
+        image[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(payload(&image).unwrap_err().contains("beyond the file's end"));
+        let mut old = bzimage(b"abc");
+        old[0x206..0x208].copy_from_slice(&0x206u16.to_le_bytes());
+        assert!(payload(&old).unwrap_err().contains("boot protocol"));
+    }
+
+    #[test]
+    fn unknown_compression_and_non_elf_payloads_are_reasons() {
+        let error = extract(&bzimage(b"LZ4!data1234")).unwrap_err();
+        assert!(error.contains("compression not read"), "{error}");
+        let error = extract(&bzimage(&gzip_with_size(b"not an ELF at all"))).unwrap_err();
+        assert!(error.contains("not a 64-bit ELF"), "{error}");
+    }
+}
