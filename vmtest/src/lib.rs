@@ -89,6 +89,21 @@ pub mod __bench {
         Ok((command, accel.accel.qemu_name()))
     }
 
+    /// What the harness boots of `kernel` for `arch` on this machine: under TCG the
+    /// uncompressed PVH image where the kernel has one, else its image.
+    pub fn boot_image(
+        kernel: &crate::kernel::Kernel,
+        arch: Arch,
+    ) -> Result<std::path::PathBuf, String> {
+        let accel = crate::accel::choose(arch).map_err(|e| e.to_string())?;
+        Ok(kernel.boot_image(accel.accel))
+    }
+
+    /// The name of the QEMU system emulator for `arch`, as the harness looks it up on `PATH`.
+    pub fn qemu_binary(arch: Arch) -> &'static str {
+        crate::qemu::profile(arch).binary
+    }
+
     /// Writes the initramfs the harness would make around `init` (with its libraries and
     /// `/dev/console`) to `out`; returns its size.
     pub fn write_initramfs(init: &Path, out: &Path) -> Result<u64, String> {

@@ -1,16 +1,18 @@
 //! `cargo xtask bench [--arch <arch>] [--rounds N]`: what a user pays per run, against the floor.
 //!
 //! In one run, interleaved round by round so that a busy machine slows every scenario alike:
-//! - **floor**: QEMU as the harness starts it, booting the kernel with a static init that
-//!   powers off at once (no harness, no control port);
+//! - **floor**: QEMU as the harness starts it, booting the kernel's bzImage with a static init
+//!   that powers off at once (no harness, no control port); **floor-pvh** the same with the
+//!   uncompressed kernel the harness boots through PVH, where the kernel has one;
 //! - **one**: a vm_test binary with one trivial test, from process start to exit;
 //! - **many**: fifty trivial tests in one VM; the per-test overhead is `(many - one) / 49`;
 //! - **matrix**: twenty tests on two kernels (two VMs), with the default parallelism and with
 //!   `--test-threads=1` (x86_64 only: the store holds one arm64 kernel);
-//! - **transfer**: a test handing a 64 MiB artifact to the host, against one handing an empty
-//!   file: the difference gives the transfer rate.
+//! - **transfer**: a test writing 64 MiB to an artifact, which the host receives, against one
+//!   writing it to a file that stays in the guest: the difference gives the transfer rate.
 //!
-//! Plus, outside the rounds, the time to build the initramfs for a 50 MB test binary. Each
+//! Plus, outside the rounds, for a 50 MB test binary: the time to build its initramfs, and the
+//! harness's time from start to QEMU's start when nothing changed since the last run. Each
 //! scenario's median, minimum and maximum go to a table and to JSON. A run that fails or does
 //! not finish within [`RUN_LIMIT`] counts as a failure and is reported, not retried.
 
@@ -93,22 +95,37 @@ fn bench(args: &[String]) -> Result<(), String> {
             .stderr(Stdio::null());
         command
     };
-    let transfer_env = |bytes: u64| [("BENCH_TRANSFER_BYTES", bytes.to_string())];
-    let mut scenarios = vec![
-        scenario("floor", "bare QEMU, static init that powers off", floor),
+    let transfer_env = |send: bool| {
+        [
+            ("BENCH_TRANSFER_BYTES", TRANSFER_BYTES.to_string()),
+            ("BENCH_TRANSFER_SEND", if send { "1" } else { "0" }.to_owned()),
+        ]
+    };
+    let mut scenarios = vec![scenario("floor", "bare QEMU, static init that powers off", floor)];
+    let boot_image = vmtest::__bench::boot_image(&kernel, arch)?;
+    if boot_image != kernel.image {
+        let (mut floor_pvh, _) = vmtest::__bench::floor_command(arch, &boot_image, &floor_initrd)?;
+        floor_pvh.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
+        scenarios.push(scenario(
+            "floor-pvh",
+            "the same, booting the uncompressed kernel through PVH",
+            floor_pvh,
+        ));
+    }
+    scenarios.extend([
         scenario("one", "1 trivial test", run(&bins.one, &[], &[])),
         scenario("many", "50 trivial tests, one VM", run(&bins.many, &[], &[])),
         scenario(
-            "transfer-0",
-            "1 test, empty artifact",
-            run(&bins.transfer, &[], &transfer_env(0)),
+            "kept-64M",
+            "1 test writing 64 MiB to a file kept in the guest",
+            run(&bins.transfer, &[], &transfer_env(false)),
         ),
         scenario(
-            "transfer-64M",
-            "1 test, 64 MiB artifact",
-            run(&bins.transfer, &[], &transfer_env(TRANSFER_BYTES)),
+            "sent-64M",
+            "1 test writing 64 MiB to an artifact sent to the host",
+            run(&bins.transfer, &[], &transfer_env(true)),
         ),
-    ];
+    ]);
     if arch == Arch::X86_64 {
         scenarios.push(scenario(
             "matrix",
@@ -137,8 +154,21 @@ fn bench(args: &[String]) -> Result<(), String> {
         eprintln!("xtask: bench: round {round}/{rounds} done");
     }
 
-    let initramfs = initramfs_times(&bins.one, &out)?;
-    report(arch, accel, &kernel.describe(), rounds, &scenarios, &initramfs, &out)
+    let fat = fat_binary(&bins.one, &out)?;
+    let initramfs = initramfs_times(&fat, &out);
+    let before_qemu = initramfs.and_then(|initramfs| {
+        Ok(Setup { initramfs, before_qemu: before_qemu_times(arch, &fat, &bins, &out)? })
+    });
+    let _ = std::fs::remove_file(&fat);
+    report(arch, accel, &kernel.describe(), rounds, &scenarios, &before_qemu?, &out)
+}
+
+/// What the harness does before QEMU starts, for a 50 MB test binary.
+struct Setup {
+    /// Seconds to build its initramfs.
+    initramfs: Vec<f64>,
+    /// Seconds from starting it to its QEMU starting, when nothing changed since the last run.
+    before_qemu: Vec<f64>,
 }
 
 fn scenario(name: &'static str, what: &'static str, command: Command) -> Scenario {
@@ -235,9 +265,8 @@ fn build(arch: Arch, target: &Path) -> Result<Bins, String> {
     })
 }
 
-/// Seconds to build the initramfs around a 50 MB test binary (a test binary padded with
-/// zeros), five times; the first build reads the binary cold from the page cache's view.
-fn initramfs_times(binary: &Path, out: &Path) -> Result<Vec<f64>, String> {
+/// A copy of `binary` padded with zeros to 50 MB (still a valid test binary).
+fn fat_binary(binary: &Path, out: &Path) -> Result<PathBuf, String> {
     let fat = out.join("fat-test-binary");
     let mut bytes =
         std::fs::read(binary).map_err(|e| format!("failed to read {}: {e}", binary.display()))?;
@@ -245,15 +274,73 @@ fn initramfs_times(binary: &Path, out: &Path) -> Result<Vec<f64>, String> {
     std::fs::write(&fat, &bytes).map_err(|e| format!("failed to write {}: {e}", fat.display()))?;
     std::fs::set_permissions(&fat, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(|e| format!("failed to make {} executable: {e}", fat.display()))?;
+    Ok(fat)
+}
+
+/// Seconds to build the initramfs around the 50 MB test binary `fat`, five times.
+fn initramfs_times(fat: &Path, out: &Path) -> Result<Vec<f64>, String> {
     let initrd = out.join("fat.cpio");
     let mut times = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        vmtest::__bench::write_initramfs(&fat, &initrd)?;
+        vmtest::__bench::write_initramfs(fat, &initrd)?;
         times.push(start.elapsed().as_secs_f64());
     }
     let _ = std::fs::remove_file(&initrd);
-    let _ = std::fs::remove_file(&fat);
+    Ok(times)
+}
+
+/// Seconds from starting the 50 MB test binary `fat` to its starting QEMU, five times after a
+/// first run that warms what the harness caches. QEMU is a stand-in first on `PATH` that
+/// notes the time and fails, so nothing boots.
+fn before_qemu_times(arch: Arch, fat: &Path, bins: &Bins, out: &Path) -> Result<Vec<f64>, String> {
+    let dir = out.join("stand-in-qemu");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
+    let qemu = dir.join(vmtest::__bench::qemu_binary(arch));
+    let script = "#!/bin/sh\ndate +%s%N > \"$VMTEST_BENCH_QEMU_STAMP\"\nexit 1\n";
+    std::fs::write(&qemu, script)
+        .and_then(|()| {
+            std::fs::set_permissions(&qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        })
+        .map_err(|e| format!("failed to write {}: {e}", qemu.display()))?;
+    let stamp = dir.join("stamp");
+    let path = std::env::join_paths(
+        std::iter::once(dir.clone())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .map_err(|e| format!("failed to build PATH: {e}"))?;
+    let mut times = Vec::new();
+    for run in 0..6 {
+        let _ = std::fs::remove_file(&stamp);
+        let mut command = match &bins.runner {
+            Some(runner) => {
+                let mut command = Command::new(runner);
+                command.arg("run").arg(fat);
+                command
+            }
+            None => Command::new(fat),
+        };
+        let start = std::time::SystemTime::now();
+        command
+            .env("PATH", &path)
+            .env("VMTEST_BENCH_QEMU_STAMP", &stamp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("failed to run {}: {e}", fat.display()))?;
+        let text = std::fs::read_to_string(&stamp)
+            .map_err(|e| format!("the stand-in QEMU did not run ({}): {e}", stamp.display()))?;
+        let nanos: u128 = text.trim().parse().map_err(|e| format!("bad stamp {text:?}: {e}"))?;
+        let since = start
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| format!("clock before 1970: {e}"))?
+            .as_nanos();
+        if run > 0 {
+            times.push(nanos.saturating_sub(since) as f64 / 1e9);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(times)
 }
 
@@ -276,7 +363,7 @@ fn report(
     kernel: &str,
     rounds: usize,
     scenarios: &[Scenario],
-    initramfs: &[f64],
+    setup: &Setup,
     out: &Path,
 ) -> Result<(), String> {
     let median = |name: &str| {
@@ -319,9 +406,10 @@ fn report(
             "failures": scenario.failures,
         }));
     }
+    let pvh_overhead = median("one").zip(median("floor-pvh")).map(|(one, floor)| one / floor);
     let per_test = median("many").zip(median("one")).map(|(many, one)| (many - one) / 49.0);
     let matrix_ratio = median("matrix").zip(median("matrix-serial")).map(|(p, s)| p / s);
-    let transfer = median("transfer-64M").zip(median("transfer-0")).map(|(big, small)| {
+    let transfer = median("sent-64M").zip(median("kept-64M")).map(|(big, small)| {
         let seconds = big - small;
         if seconds > 0.0 {
             TRANSFER_BYTES as f64 / 1e6 / seconds
@@ -329,8 +417,14 @@ fn report(
             f64::INFINITY
         }
     });
-    let initramfs_stats = stats(initramfs);
+    let initramfs_stats = stats(&setup.initramfs);
+    let before_qemu_stats = stats(&setup.before_qemu);
     println!();
+    if let Some(ratio) = pvh_overhead {
+        println!(
+            "one test vs the PVH floor (the harness's own cost on the same boot): {ratio:.2} x"
+        );
+    }
     if let Some(per_test) = per_test {
         println!("per extra test in one VM: {:.0} ms (median many - one, / 49)", per_test * 1000.0);
     }
@@ -338,9 +432,7 @@ fn report(
         println!("matrix, 2 VMs in parallel vs one after another: {ratio:.2} x");
     }
     if let Some(rate) = transfer {
-        println!(
-            "file transfer, guest to host: {rate:.1} MB/s (64 MiB artifact vs empty, medians)"
-        );
+        println!("file transfer, guest to host: {rate:.1} MB/s (64 MiB sent vs kept, medians)");
     }
     if let Some((m, lo, hi)) = initramfs_stats {
         println!(
@@ -350,13 +442,23 @@ fn report(
             hi * 1000.0
         );
     }
-    let floor_boots = scenarios
+    if let Some((m, lo, hi)) = before_qemu_stats {
+        println!(
+            "harness work before QEMU starts, same 50 MB binary, unchanged since the last run: \
+             median {:.0} ms (min {:.0}, max {:.0})",
+            m * 1000.0,
+            lo * 1000.0,
+            hi * 1000.0
+        );
+    }
+    let floor_boots: usize = scenarios
         .iter()
-        .find(|s| s.name == "floor")
-        .map_or(0, |s| s.samples.len() + s.failures.len());
+        .filter(|s| s.name.starts_with("floor"))
+        .map(|s| s.samples.len() + s.failures.len())
+        .sum();
     let harness_boots: usize = scenarios
         .iter()
-        .filter(|s| s.name != "floor")
+        .filter(|s| !s.name.starts_with("floor"))
         .map(|s| {
             (s.samples.len() + s.failures.len()) * if s.name.starts_with("matrix") { 2 } else { 1 }
         })
@@ -370,10 +472,18 @@ fn report(
         "kernel": kernel,
         "rounds": rounds,
         "scenarios": rows,
+        "one_vs_floor_pvh": pvh_overhead,
         "per_extra_test_s": per_test,
         "matrix_parallel_vs_serial": matrix_ratio,
         "transfer_mb_per_s": transfer,
-        "initramfs_50mb_s": { "samples": initramfs, "median": initramfs_stats.map(|s| s.0) },
+        "initramfs_50mb_s": {
+            "samples": setup.initramfs,
+            "median": initramfs_stats.map(|s| s.0),
+        },
+        "before_qemu_50mb_s": {
+            "samples": setup.before_qemu,
+            "median": before_qemu_stats.map(|s| s.0),
+        },
         "failed_runs": failed,
     });
     let path = out.join(format!("bench-{arch}.json"));
