@@ -264,7 +264,7 @@ struct RunContext {
     profile_dir: Option<PathBuf>,
     /// Largest file accepted from a guest.
     file_limit: u64,
-    vms: Semaphore,
+    vms: VmSlots,
     /// Threads of the VMs started so far.
     vm_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -393,7 +393,7 @@ fn prepare(
         log_dir: LogDir::claim(log_dir(&binary.path))?,
         profile_dir: profile_dir(),
         file_limit: files::file_limit()?,
-        vms: Semaphore::new(
+        vms: VmSlots::for_host(
             args.test_threads
                 .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
                 .unwrap_or(1),
@@ -532,7 +532,7 @@ impl Group {
     /// Boots VMs until every test has a verdict: when a VM dies (a kernel panic, a crash), the
     /// test that was running fails and the tests after it run in a fresh VM.
     fn run(&self, context: &RunContext) {
-        let _permit = context.vms.acquire();
+        let _permit = context.vms.acquire(self.memory_estimate_mib(context));
         let mut problem = None;
         for attempt in 0.. {
             let pending: Vec<&Member> =
@@ -560,6 +560,15 @@ impl Group {
                 None => "the guest did not report this test".to_owned(),
             }));
         }
+    }
+
+    /// The guest memory of this group's VM before its initramfs exists: the test's `memory`,
+    /// or the default sizing with the test binary standing in for the initramfs.
+    fn memory_estimate_mib(&self, context: &RunContext) -> u64 {
+        self.key.memory_mib.unwrap_or_else(|| {
+            let binary = std::fs::metadata(&context.exe).map_or(0, |m| m.len());
+            BASE_MEMORY_MIB + 2 * binary.div_ceil(1 << 20)
+        })
     }
 
     fn console_log(&self, context: &RunContext, attempt: u32) -> PathBuf {
@@ -811,32 +820,114 @@ impl Report<'_> {
     }
 }
 
-/// Caps the number of VMs running at once.
-struct Semaphore {
-    free: Mutex<usize>,
+/// Caps the VMs running at once: at most one per thread (`--test-threads`, else one per
+/// core), and together within the memory the host has available, so that parallel VMs do not
+/// push the host into swap. A VM larger than the whole budget still runs, alone.
+struct VmSlots {
+    free: Mutex<SlotsFree>,
     released: Condvar,
+    /// The memory budget, MiB.
+    budget_mib: u64,
 }
 
-struct Permit<'a>(&'a Semaphore);
+struct SlotsFree {
+    vms: usize,
+    mib: u64,
+}
 
-impl Semaphore {
-    fn new(count: usize) -> Self {
-        Semaphore { free: Mutex::new(count.max(1)), released: Condvar::new() }
+struct Permit<'a> {
+    slots: &'a VmSlots,
+    mib: u64,
+}
+
+impl VmSlots {
+    fn new(vms: usize, budget_mib: u64) -> Self {
+        VmSlots {
+            free: Mutex::new(SlotsFree { vms: vms.max(1), mib: budget_mib }),
+            released: Condvar::new(),
+            budget_mib,
+        }
     }
 
-    fn acquire(&self) -> Permit<'_> {
+    /// Slots for this host: `threads` VMs, within three quarters of its available memory.
+    fn for_host(threads: usize) -> Self {
+        let available = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| mem_available_mib(&text))
+            .unwrap_or(u64::MAX / 4);
+        VmSlots::new(threads, available / 4 * 3)
+    }
+
+    /// Waits for a slot and `mib` of the budget (all of it, if `mib` exceeds the budget).
+    fn acquire(&self, mib: u64) -> Permit<'_> {
+        let mib = mib.min(self.budget_mib);
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
+        while free.vms == 0 || free.mib < mib {
             free = self.released.wait(free).unwrap_or_else(|e| e.into_inner());
         }
-        *free -= 1;
-        Permit(self)
+        free.vms -= 1;
+        free.mib -= mib;
+        Permit { slots: self, mib }
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.0.released.notify_one();
+        let mut free = self.slots.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.vms += 1;
+        free.mib += self.mib;
+        self.slots.released.notify_all();
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo` text, in MiB.
+fn mem_available_mib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn reads_mem_available() {
+        let meminfo = "MemTotal:       24000000 kB\nMemFree:  1 kB\nMemAvailable:   2097152 kB\n";
+        assert_eq!(mem_available_mib(meminfo), Some(2048));
+        assert_eq!(mem_available_mib("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn vms_wait_for_memory_as_well_as_for_a_slot() {
+        let slots = Arc::new(VmSlots::new(4, 1000));
+        let first = slots.acquire(600);
+        let (started, rx) = mpsc::channel();
+        let waiter = {
+            let slots = Arc::clone(&slots);
+            std::thread::spawn(move || {
+                let _second = slots.acquire(600);
+                started.send(()).unwrap();
+            })
+        };
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "600 + 600 > 1000 MiB");
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(10)).expect("the second VM starts once memory is free");
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn a_vm_larger_than_the_budget_runs_alone() {
+        let slots = VmSlots::new(2, 1000);
+        let big = slots.acquire(5000);
+        assert_eq!(slots.free.lock().unwrap().mib, 0);
+        drop(big);
+        let a = slots.acquire(300);
+        let _b = slots.acquire(300);
+        assert_eq!(slots.free.lock().unwrap().vms, 0);
+        drop(a);
     }
 }
