@@ -25,6 +25,8 @@ use vmtest::runner::{ensure_target, CrossArgs};
 
 use crate::exec::status;
 
+const USAGE: &str = "usage: cargo xtask bench [--arch <arch>] [--rounds N] [--only a,b,...]";
+
 /// Longest a single run may take before it counts as a hang.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 /// Bytes of the large artifact.
@@ -55,14 +57,23 @@ fn bench(args: &[String]) -> Result<(), String> {
     let parsed = CrossArgs::parse(args)?;
     let arch = parsed.arch.unwrap_or_else(Arch::host);
     let mut rounds = 5usize;
+    let mut only: Option<Vec<String>> = None;
     let mut rest = parsed.cargo_args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--rounds" => {
                 let value = rest.next().ok_or("--rounds needs a number")?;
-                rounds = value.parse().ok().filter(|&n| n > 0).ok_or(format!("--rounds {value:?} is not a positive number"))?;
+                rounds = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--rounds {value:?} is not a positive number"))?;
             }
-            other => return Err(format!("unknown argument `{other}` (usage: cargo xtask bench [--arch <arch>] [--rounds N])")),
+            "--only" => {
+                let value = rest.next().ok_or("--only needs scenario names, comma-separated")?;
+                only = Some(value.split(',').map(str::to_owned).collect());
+            }
+            other => return Err(format!("unknown argument `{other}` ({USAGE})")),
         }
     }
 
@@ -139,6 +150,16 @@ fn bench(args: &[String]) -> Result<(), String> {
         ));
     }
 
+    if let Some(only) = &only {
+        let known: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+        if let Some(unknown) = only.iter().find(|name| !known.contains(&name.as_str())) {
+            return Err(format!(
+                "--only: no scenario `{unknown}` here (scenarios: {})",
+                known.join(", ")
+            ));
+        }
+        scenarios.retain(|s| only.iter().any(|name| name == s.name));
+    }
     eprintln!(
         "xtask: bench: {arch} guest, kernel {}, accelerator {accel}, {rounds} rounds of {} scenarios",
         kernel.describe(),

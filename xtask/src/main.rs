@@ -19,7 +19,7 @@ commands:
                           cross-build the VM suites for <arch> (x86_64, aarch64/arm64) and run
                           them under that arch's QEMU through `cargo-vmtest run`
   kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)
-  bench [--arch <arch>] [--rounds N]
+  bench [--arch <arch>] [--rounds N] [--only <scenario>,...]
                           time boots against the bare-QEMU floor (one test, 50 tests, a 2-kernel
                           matrix, file transfer, initramfs build); table and JSON
   coverage                run cargo-llvm-cov on tests/cov-crate and check that code run only in
