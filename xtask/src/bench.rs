@@ -91,14 +91,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     floor.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
 
     let run = |binary: &Path, args: &[&str], env: &[(&str, String)]| -> Command {
-        let mut command = match &bins.runner {
-            Some(runner) => {
-                let mut command = Command::new(runner);
-                command.arg("run").arg(binary);
-                command
-            }
-            None => Command::new(binary),
-        };
+        let mut command = bins.command(binary);
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -229,6 +222,20 @@ struct Bins {
     runner: Option<PathBuf>,
 }
 
+impl Bins {
+    /// Runs the vm_test binary `binary`: itself for the host's arch, else through the runner.
+    fn command(&self, binary: &Path) -> Command {
+        match &self.runner {
+            Some(runner) => {
+                let mut command = Command::new(runner);
+                command.arg("run").arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        }
+    }
+}
+
 fn build(arch: Arch, target: &Path) -> Result<Bins, String> {
     let triple = arch.musl_target();
     ensure_target(triple)?;
@@ -334,14 +341,7 @@ fn before_qemu_times(arch: Arch, fat: &Path, bins: &Bins, out: &Path) -> Result<
     let mut times = Vec::new();
     for run in 0..6 {
         let _ = std::fs::remove_file(&stamp);
-        let mut command = match &bins.runner {
-            Some(runner) => {
-                let mut command = Command::new(runner);
-                command.arg("run").arg(fat);
-                command
-            }
-            None => Command::new(fat),
-        };
+        let mut command = bins.command(fat);
         let start = std::time::SystemTime::now();
         command
             .env("PATH", &path)

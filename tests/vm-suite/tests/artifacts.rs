@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use vm_suite::{pseudo_random, BIG_ARTIFACT_LEN};
+
 const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture-artifacts");
 
 struct Ran {
@@ -45,18 +47,6 @@ fn hash(bytes: &[u8]) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-fn pseudo_random(len: usize, mut state: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[test]
 fn artifacts_arrive_intact_and_failures_bring_the_kernel_log() {
     let ran = run(&["--test-threads", "1"], &[]);
@@ -75,7 +65,7 @@ fn artifacts_arrive_intact_and_failures_bring_the_kernel_log() {
     }
 
     let big = std::fs::read(artifact_dir(&ran, "sends_a_large_artifact").join("big.bin")).unwrap();
-    let expected = pseudo_random(24 << 20, 0x5eed);
+    let expected = pseudo_random(BIG_ARTIFACT_LEN, 0x5eed);
     assert_eq!(big.len(), expected.len());
     assert_eq!(hash(&big), hash(&expected), "big.bin differs from what the guest wrote");
 

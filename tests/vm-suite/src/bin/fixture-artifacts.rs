@@ -1,27 +1,13 @@
 //! vm_tests that hand files to the host; `tests/artifacts.rs` runs this binary and checks what
 //! arrived where.
 
+use vm_suite::{pseudo_random, BIG_ARTIFACT_LEN};
 use vmtest::vm_test;
-
-/// Size of the large artifact: several file chunks, and more than the guest keeps queued.
-pub const BIG_LEN: usize = 24 << 20;
-
-/// The bytes of the large artifact: a xorshift stream, so both sides can make them.
-fn pseudo_random(len: usize, mut state: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 #[vm_test]
 fn sends_a_large_artifact() {
-    let len = std::env::var("ARTIFACT_LEN").ok().and_then(|v| v.parse().ok()).unwrap_or(BIG_LEN);
+    let len =
+        std::env::var("ARTIFACT_LEN").ok().and_then(|v| v.parse().ok()).unwrap_or(BIG_ARTIFACT_LEN);
     let path = vmtest::artifact("big.bin", pseudo_random(len, 0x5eed)).unwrap();
     assert!(path.starts_with(std::env::var("VMTEST_ARTIFACT_DIR").unwrap()));
 }
