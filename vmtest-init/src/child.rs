@@ -56,7 +56,7 @@ pub(crate) fn run(
     let start = Instant::now();
     let started = match server.filter(|server| server.serves(test)) {
         Some(server) => server.spawn(test, env.clone()).or_else(|e| {
-            console::say(format_args!("{}: {e}; executing it instead", test.name));
+            console::say(format_args!("{}: {e}; executing it and the tests after it", test.name));
             execute(test, env)
         }),
         None => execute(test, env),

@@ -13,6 +13,7 @@
 //! Tests that collect LLVM profiles are executed: the profile runtime reads
 //! `LLVM_PROFILE_FILE` when the process starts, which for a fork is the server's start.
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
@@ -45,6 +46,9 @@ pub(crate) struct ForkServer {
     pid: Pid,
     /// PID 1's own binary: the only program the server can start.
     program: PathBuf,
+    /// Set when a request failed: the server's answers can no longer be trusted to match
+    /// requests, so later tests are executed.
+    broken: Cell<bool>,
 }
 
 /// What the server needs to start one test.
@@ -101,13 +105,16 @@ impl ForkServer {
                 socket: ours,
                 pid: Pid::from_raw(pid).ok_or("fork returned pid 0 to the parent")?,
                 program,
+                broken: Cell::new(false),
             }),
         }
     }
 
-    /// Whether the server can start `test`: PID 1's own binary, no arguments, no profiles.
+    /// Whether the server can start `test`: PID 1's own binary, no arguments, no profiles, and
+    /// no failed request before.
     pub(crate) fn serves(&self, test: &PlannedTest) -> bool {
-        std::path::Path::new(&test.program) == self.program
+        !self.broken.get()
+            && std::path::Path::new(&test.program) == self.program
             && test.args.is_empty()
             && test.env.iter().any(|(name, _)| name == TEST_ENV)
             && !test.env.iter().any(|(name, _)| name == PROFILE_ENV)
@@ -119,6 +126,14 @@ impl ForkServer {
         test: &PlannedTest,
         env: Vec<(String, String)>,
     ) -> Result<Started, String> {
+        let started = self.request(test, env);
+        if started.is_err() {
+            self.broken.set(true);
+        }
+        started
+    }
+
+    fn request(&self, test: &PlannedTest, env: Vec<(String, String)>) -> Result<Started, String> {
         let name = env
             .iter()
             .find(|(name, _)| name == TEST_ENV)
@@ -317,6 +332,8 @@ fn prepare(request: &Request, fds: &[OwnedFd]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
     use super::*;
 
     fn never(_: &str) -> ! {
@@ -328,6 +345,43 @@ mod tests {
         // libtest runs this test on a thread of its own: the process has at least two.
         let error = ForkServer::start(never).err().expect("a threaded process forked");
         assert!(error.contains("threads"), "{error}");
+    }
+
+    #[test]
+    fn a_failed_request_retires_the_server() {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        // A stand-in server process for `Drop` to kill.
+        let mut stand_in = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let server = ForkServer {
+            socket: ours,
+            pid: Pid::from_raw(stand_in.id() as i32).unwrap(),
+            program: "/init".into(),
+            broken: Cell::new(false),
+        };
+        let test = PlannedTest {
+            id: 0,
+            name: "t".into(),
+            program: "/init".into(),
+            args: vec![],
+            env: vec![(TEST_ENV.into(), "t".into())],
+            cwd: "/".into(),
+            timeout_ms: 1000,
+            capture: true,
+        };
+        assert!(server.serves(&test));
+        drop(theirs);
+        let error =
+            server.spawn(&test, test.env.clone()).err().expect("a gone server started a test");
+        assert!(error.contains("fork request") || error.contains("gone"), "{error}");
+        assert!(!server.serves(&test), "a server that failed once is used again");
+        drop(server);
+        assert!(stand_in.wait().unwrap().signal().is_some(), "the server process was not killed");
     }
 
     #[test]
