@@ -1,11 +1,13 @@
 //! `cargo xtask coverage`: proves that code run only inside the VM counts in `cargo llvm-cov`.
 //!
-//! Runs cargo-llvm-cov on `tests/cov-crate`, whose one vm_test calls `called_only_in_the_vm` in
-//! the guest, and reads the exported report: that function must have a non-zero count (its
-//! profile can only have come from the VM) and `never_called` a zero one. Installs what it
-//! needs when missing: the `llvm-tools-preview` rustup component and cargo-llvm-cov.
+//! Runs cargo-llvm-cov on `tests/cov-crate`, whose vm_tests call `called_only_in_the_vm` (and
+//! friends) in the guest, and reads the exported report: those functions must have a non-zero
+//! count (their profiles can only have come from the VM) and `never_called` a zero one. Twice:
+//! with `cargo llvm-cov` (libtest-style, one process for the suite) and with
+//! `cargo llvm-cov nextest` (one process, so one VM, per test). Installs what it needs when
+//! missing: the `llvm-tools-preview` rustup component, cargo-llvm-cov and cargo-nextest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use crate::exec::{have, run, status};
@@ -33,15 +35,20 @@ pub fn run_coverage(args: &[String]) -> ExitCode {
 fn coverage() -> Result<(), String> {
     ensure_tools()?;
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let report = target.join("xtask-coverage.json");
-    let _ = std::fs::remove_file(&report);
-    status(
-        Command::new("cargo")
-            .args(["llvm-cov", "-p", PACKAGE, "--json", "--output-path"])
-            .arg(&report),
-        &format!("cargo llvm-cov -p {PACKAGE} --json"),
-    )?;
-    let text = std::fs::read_to_string(&report)
+    check(&[], &target.join("xtask-coverage.json"))?;
+    check(&["nextest"], &target.join("xtask-coverage-nextest.json"))
+}
+
+/// Runs `cargo llvm-cov <subcommand> -p cov-crate --json` and checks the report.
+fn check(subcommand: &[&str], report: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(report);
+    let mut command = Command::new("cargo");
+    command.arg("llvm-cov").args(subcommand).args(["-p", PACKAGE, "--json", "--output-path"]);
+    let shown: Vec<&str> =
+        ["cargo", "llvm-cov"].into_iter().chain(subcommand.iter().copied()).collect();
+    let shown = format!("{} -p {PACKAGE} --json", shown.join(" "));
+    status(command.arg(report), &shown)?;
+    let text = std::fs::read_to_string(report)
         .map_err(|e| format!("failed to read {}: {e}", report.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| format!("failed to parse {}: {e}", report.display()))?;
@@ -79,7 +86,8 @@ fn coverage() -> Result<(), String> {
         return Err(format!("{UNCOVERED} is never called but has a count of {count}"));
     }
     println!(
-        "xtask: coverage ok: run only in the VM and counted: {}; {UNCOVERED} counted 0 ({})",
+        "xtask: coverage ok ({shown}): run only in the VM and counted: {}; {UNCOVERED} counted \
+         0 ({})",
         seen.join(", "),
         report.display()
     );
@@ -105,6 +113,10 @@ fn ensure_tools() -> Result<(), String> {
     if !have("cargo-llvm-cov") {
         eprintln!("xtask: installing cargo-llvm-cov (cargo install cargo-llvm-cov --locked)");
         run("cargo", &["install", "cargo-llvm-cov", "--locked"])?;
+    }
+    if !have("cargo-nextest") {
+        eprintln!("xtask: installing cargo-nextest (cargo install cargo-nextest --locked)");
+        run("cargo", &["install", "cargo-nextest", "--locked"])?;
     }
     Ok(())
 }
