@@ -4,7 +4,8 @@
 //! friends) in the guest, and reads the exported report: those functions must have a non-zero
 //! count (their profiles can only have come from the VM) and `never_called` a zero one. Twice:
 //! with `cargo llvm-cov` (libtest-style, one process for the suite) and with
-//! `cargo llvm-cov nextest` (one process, so one VM, per test). Installs what it needs when
+//! `cargo llvm-cov nextest` (one process, so one VM, per test); then the same for a
+//! `-C profile-generate` (PGO) build, read with llvm-profdata. Installs what it needs when
 //! missing: the `llvm-tools-preview` rustup component, cargo-llvm-cov and cargo-nextest.
 
 use std::path::{Path, PathBuf};
@@ -36,7 +37,119 @@ fn coverage() -> Result<(), String> {
     ensure_tools()?;
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
     check(&[], &target.join("xtask-coverage.json"))?;
-    check(&["nextest"], &target.join("xtask-coverage-nextest.json"))
+    check(&["nextest"], &target.join("xtask-coverage-nextest.json"))?;
+    check_pgo(&target.join("xtask-pgo"))
+}
+
+/// PGO: builds cov-crate with `-C profile-generate` (in its own target dir), runs it with
+/// `LLVM_PROFILE_FILE` set as PGO users do, and reads the profiles that came from the guest
+/// with llvm-profdata.
+fn check_pgo(dir: &Path) -> Result<(), String> {
+    let profiles = dir.join("profiles");
+    let _ = std::fs::remove_dir_all(&profiles);
+    std::fs::create_dir_all(&profiles)
+        .map_err(|e| format!("failed to create {}: {e}", profiles.display()))?;
+    status(
+        Command::new("cargo")
+            .args(["test", "-q", "-p", PACKAGE])
+            .env("RUSTFLAGS", format!("-Cprofile-generate={}", profiles.display()))
+            .env("LLVM_PROFILE_FILE", profiles.join("%m_%p.profraw"))
+            .env("CARGO_TARGET_DIR", dir.join("target")),
+        &format!("cargo test -p {PACKAGE} (built with -C profile-generate)"),
+    )?;
+    let from_guest: Vec<PathBuf> = std::fs::read_dir(&profiles)
+        .map_err(|e| format!("failed to read {}: {e}", profiles.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("vmtest-") && name.ends_with(".profraw")
+        })
+        .collect();
+    if from_guest.is_empty() {
+        return Err(format!("no profile from the guest in {}", profiles.display()));
+    }
+    let profdata = llvm_profdata()?;
+    let merged = dir.join("guest.profdata");
+    status(
+        Command::new(&profdata).args(["merge", "-o"]).arg(&merged).args(&from_guest),
+        "llvm-profdata merge",
+    )?;
+    let shown = Command::new(&profdata)
+        .args(["show", "--counts", "--all-functions"])
+        .arg(&merged)
+        .output()
+        .map_err(|e| format!("failed to run {}: {e}", profdata.display()))?;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let counts = |wanted: &str| first_block_counts(&text, wanted);
+    for name in COVERED {
+        match counts(name).into_iter().max() {
+            None | Some(0) => {
+                return Err(format!(
+                    "{name} ran only inside the VM and has no count in the guest's PGO profiles \
+                     ({})",
+                    merged.display()
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(count) = counts(UNCOVERED).into_iter().find(|&c| c != 0) {
+        return Err(format!("{UNCOVERED} is never called but has a PGO count of {count}"));
+    }
+    println!(
+        "xtask: coverage ok (-C profile-generate): {} profiles from the guest, {} counted, \
+         {UNCOVERED} not",
+        from_guest.len(),
+        COVERED.join(", ")
+    );
+    Ok(())
+}
+
+/// The first block count of each function named `name` in `llvm-profdata show --counts`
+/// output (a `  <symbol>:` line, then indented details with `Block counts: [n, ...]`).
+fn first_block_counts(text: &str, name: &str) -> Vec<u64> {
+    let mut counts = Vec::new();
+    let mut current = false;
+    for line in text.lines() {
+        if let Some(symbol) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+            if !symbol.starts_with(' ') {
+                current = mangled_ends_with(symbol, name);
+                continue;
+            }
+        }
+        if !current {
+            continue;
+        }
+        if let Some(list) = line.trim().strip_prefix("Block counts: [") {
+            if let Some(first) = list.split([',', ']']).next().and_then(|n| n.trim().parse().ok()) {
+                counts.push(first);
+            }
+        }
+    }
+    counts
+}
+
+/// llvm-profdata from the toolchain's llvm-tools component.
+fn llvm_profdata() -> Result<PathBuf, String> {
+    let rustc = |arg: &str| -> Result<String, String> {
+        let out = Command::new("rustc")
+            .arg(arg)
+            .output()
+            .map_err(|e| format!("failed to run rustc {arg}: {e}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let sysroot = rustc("--print=sysroot")?;
+    let version = rustc("-vV")?;
+    let host = version
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .ok_or("rustc -vV names no host")?;
+    let path = PathBuf::from(sysroot.trim()).join(format!("lib/rustlib/{host}/bin/llvm-profdata"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} is missing (rustup component add llvm-tools-preview)", path.display()))
+    }
 }
 
 /// Runs `cargo llvm-cov <subcommand> -p cov-crate --json` and checks the report.
@@ -136,5 +249,16 @@ mod tests {
             COVERED[0]
         ));
         assert!(!mangled_ends_with("_RNvCs_9cov_crate12never_called", COVERED[0]));
+    }
+
+    #[test]
+    fn reads_block_counts_from_llvm_profdata_show() {
+        let text = "Counters:\n  _ZN9cov_crate21called_only_in_the_vm17h7e487b48512c71f5E:\n    \
+                    Hash: 0x0a4d\n    Counters: 1\n    Block counts: [3]\n  \
+                    _ZN9cov_crate12never_called17h4c41ae0155a681efE:\n    Counters: 2\n    \
+                    Block counts: [0, 7]\nInstrumentation level: IR\n";
+        assert_eq!(first_block_counts(text, COVERED[0]), [3]);
+        assert_eq!(first_block_counts(text, UNCOVERED), [0]);
+        assert!(first_block_counts(text, "absent").is_empty());
     }
 }
