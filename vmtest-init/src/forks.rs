@@ -378,7 +378,8 @@ mod tests {
         drop(theirs);
         let error =
             server.spawn(&test, test.env.clone()).err().expect("a gone server started a test");
-        assert!(error.contains("fork request") || error.contains("gone"), "{error}");
+        // Sending or the answer fails, depending on when the kernel notices the closed peer.
+        assert!(error.contains("fork request") || error.contains("fork server"), "{error}");
         assert!(!server.serves(&test), "a server that failed once is used again");
         drop(server);
         assert!(stand_in.wait().unwrap().signal().is_some(), "the server process was not killed");
