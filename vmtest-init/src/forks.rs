@@ -257,7 +257,7 @@ fn start_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTes
     // SAFETY: the server has a single thread (it was forked from a single-threaded PID 1 and
     // starts none), so the child starts in a consistent state.
     match unsafe { libc::fork() } {
-        -1 => -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
+        -1 => -last_errno(),
         0 => {
             // The intermediate: fork the test process, tell the server its pid, vanish.
             // SAFETY: as above; this process is a fork of the single-threaded server.
@@ -266,7 +266,7 @@ fn start_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTes
                     drop((pid_r, pid_w));
                     become_test(socket, request, fds, run)
                 }
-                -1 => -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
+                -1 => -last_errno(),
                 pid => pid,
             };
             let _ = File::from(pid_w).write_all(&pid.to_le_bytes());
@@ -288,6 +288,11 @@ fn start_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTes
             }
         }
     }
+}
+
+/// The errno of the last failed call (`EIO` if there is none to read).
+fn last_errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// Turns the freshly forked process into the test process and runs the test.

@@ -463,6 +463,12 @@ fn prepare(
     Ok((trials, Some(context)))
 }
 
+/// Guest memory when a test does not say: a base, plus twice the initramfs (the archive and
+/// the files unpacked from it).
+pub(crate) fn default_memory_mib(initramfs_bytes: u64) -> u64 {
+    BASE_MEMORY_MIB + 2 * initramfs_bytes.div_ceil(1 << 20)
+}
+
 /// Counts VM boots of this process, to name their profiles apart.
 static BOOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
@@ -566,8 +572,7 @@ impl Group {
     /// or the default sizing with the test binary standing in for the initramfs.
     fn memory_estimate_mib(&self, context: &RunContext) -> u64 {
         self.key.memory_mib.unwrap_or_else(|| {
-            let binary = std::fs::metadata(&context.exe).map_or(0, |m| m.len());
-            BASE_MEMORY_MIB + 2 * binary.div_ceil(1 << 20)
+            default_memory_mib(std::fs::metadata(&context.exe).map_or(0, |m| m.len()))
         })
     }
 
@@ -592,8 +597,7 @@ impl Group {
         let workdir = crate::process::vm_workdir()?;
         let initrd = workdir.path().join("initrd.cpio");
         let size = self.write_initramfs(context, pending, &initrd)?;
-        let memory_mib =
-            self.key.memory_mib.unwrap_or(BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20));
+        let memory_mib = self.key.memory_mib.unwrap_or_else(|| default_memory_mib(size));
         let accel = context.accel();
         let scale = accel.timeout_scale;
         let spec = VmSpec {

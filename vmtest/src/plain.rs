@@ -20,7 +20,6 @@ pub const INIT_ENV: &str = "VMTEST_INIT";
 /// How long the program may run, before scaling, unless `VMTEST_PLAIN_TIMEOUT` (seconds) says.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
-const BASE_MEMORY_MIB: u64 = 256;
 const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 
 /// Runs `binary` with `args` in a VM; returns its exit code (or 1 when it could not run).
@@ -109,7 +108,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         arch,
         accel: accel.accel,
         kernel: kernel.boot_image(accel.accel),
-        memory_mib: BASE_MEMORY_MIB + 2 * size.div_ceil(1 << 20),
+        memory_mib: crate::harness::default_memory_mib(size),
         cpus: crate::qemu::profile(arch).default_cpus,
         cmdline: Vec::new(),
         boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
