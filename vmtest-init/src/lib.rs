@@ -37,6 +37,13 @@ pub use forks::RunTest;
 use ports::Control;
 use protocol::{GuestMessage, Plan, PlannedTest, CONTROL_PORT, PLAN_PATH, PROTOCOL_VERSION};
 
+/// Where this crate's source lives, so a host without a prebuilt static `vmtest-init` can build
+/// one for any architecture (`cargo vmtest run` does, once, into its cache).
+pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// This crate's version; a cached static `vmtest-init` is kept per version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// How long to wait for the control port to appear at boot.
 const PORT_PATIENCE: Duration = Duration::from_secs(5);
 /// How long the host may take to drain the control port at the end of a clean run.

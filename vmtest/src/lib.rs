@@ -28,6 +28,7 @@ mod files;
 mod fixtures;
 mod guest_env;
 mod harness;
+mod init_build;
 mod initramfs;
 pub mod kernel;
 mod meta;

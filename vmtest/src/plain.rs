@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
 
-use crate::arch::Arch;
 use crate::harness::elf_arch;
+use crate::init_build::{self, INIT_ENV};
 use crate::initramfs::Initramfs;
 use crate::vm::{self, VmSpec};
 use crate::{accel, kernel, Error};
-
-/// Names the static `vmtest-init` to boot plain binaries under.
-pub const INIT_ENV: &str = "VMTEST_INIT";
 
 /// How long the program may run, before scaling, unless `VMTEST_PLAIN_TIMEOUT` (seconds) says.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -26,15 +23,15 @@ const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
     crate::process::install_signal_cleanup();
     let arch = elf_arch(binary)?;
-    let init = find_init(binary, arch)?;
+    let init = init_build::find_or_build(arch)?;
     let init_arch = elf_arch(&init)?;
     if init_arch != arch {
         return Err(Error::Config(format!(
             "{} is a vmtest-init for {init_arch}, but {} is for {arch}: point {INIT_ENV} at a \
-             vmtest-init built with `--target {}`",
+             vmtest-init built with {}",
             init.display(),
             binary.display(),
-            arch.musl_target()
+            init_build::build_hint(arch)
         )));
     }
     let accel = accel::choose(arch)?;
@@ -175,33 +172,4 @@ fn log_path(binary: &Path) -> PathBuf {
     let base =
         if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir };
     base.join("vmtest").join(format!("{stem}.console.log"))
-}
-
-/// The static `vmtest-init` for `arch`: `$VMTEST_INIT`, else one built in the target dir that
-/// holds `binary` (`<target>/<musl triple>/{debug,release}/vmtest-init`).
-pub(crate) fn find_init(binary: &Path, arch: Arch) -> Result<PathBuf, Error> {
-    if let Some(path) = std::env::var_os(INIT_ENV).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            return Err(Error::Config(format!("{INIT_ENV}={} is not a file", path.display())));
-        }
-        return Ok(path);
-    }
-    let triple = arch.musl_target();
-    let binary = std::path::absolute(binary).unwrap_or_else(|_| binary.to_owned());
-    for dir in binary.ancestors().skip(1) {
-        for profile in ["debug", "release"] {
-            let candidate = dir.join(triple).join(profile).join("vmtest-init");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    Err(Error::Config(format!(
-        "failed to find a static vmtest-init for {arch} to boot {} (it has no vmtest tests, so \
-         it runs under vmtest-init): set {INIT_ENV}=<path> to one built with \
-         `cargo build -p vmtest-init --target {triple}` (in the vmtest workspace) or \
-         `cargo install vmtest-init --target {triple} --root <dir>`",
-        binary.display()
-    )))
 }

@@ -75,7 +75,7 @@ impl CrossTest {
         command.env(format!("CARGO_TARGET_{var}_LINKER"), "rust-lld");
         command.env(format!("CARGO_TARGET_{var}_RUNNER"), format!("{} run", self.runner.display()));
         if let Some(init) = &self.init {
-            command.env(crate::plain::INIT_ENV, init);
+            command.env(crate::init_build::INIT_ENV, init);
         }
         command
     }

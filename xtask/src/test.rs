@@ -72,13 +72,6 @@ fn cross(arch: Arch, cargo_args: &[String], test_args: &[String]) -> Result<Exit
         cargo().args(["build", "-q", "-p", "vmtest", "--features", "cli", "--bin", "cargo-vmtest"]),
         "cargo build -p vmtest --features cli --bin cargo-vmtest",
     )?;
-    let linker = format!("CARGO_TARGET_{}_LINKER", triple.to_uppercase().replace('-', "_"));
-    status(
-        cargo()
-            .args(["build", "-q", "-p", "vmtest-init", "--target", triple])
-            .env(&linker, "rust-lld"),
-        &format!("cargo build -p vmtest-init --target {triple}"),
-    )?;
     let target_dir = target_dir();
     eprintln!("xtask: {CROSS_EXCLUDED}");
     let mut result = ExitCode::SUCCESS;
@@ -92,7 +85,9 @@ fn cross(arch: Arch, cargo_args: &[String], test_args: &[String]) -> Result<Exit
         let test = CrossTest {
             arch,
             runner: target_dir.join("debug/cargo-vmtest"),
-            init: Some(target_dir.join(triple).join("debug/vmtest-init")),
+            // The runner builds the static vmtest-init for plain binaries itself, as it does
+            // for users.
+            init: None,
             cargo_args: args,
             test_args: test_args_here,
         };

@@ -96,19 +96,39 @@ fn plain_crate_failure_and_exit_code_propagate() {
 }
 
 #[test]
-fn plain_binary_without_vmtest_init_is_a_clear_error() {
+fn plain_binary_without_vmtest_init_gets_one_built() {
     let (binary, _) = plain_build();
-    // The nested build put a vmtest-init beside the binary, so only a moved binary misses it.
+    // Moved out of its target dir: nothing there is looked at.
     let moved = std::env::temp_dir().join(format!("vmtest-plain-{}", std::process::id()));
     std::fs::create_dir_all(&moved).unwrap();
     let copy = moved.join("plain");
     std::fs::copy(binary, &copy).unwrap();
-    let missing = Command::new(RUNNER).arg(&copy).env_remove("VMTEST_INIT").output().unwrap();
+    // A cache of the runner tests' own: the first run builds vmtest-init from this workspace's
+    // source into it, later runs let cargo find it fresh.
+    let cache = workspace().join("target/runner-tests/xdg-cache");
+    let run = |init: Option<&Path>| {
+        let mut command = Command::new(RUNNER);
+        command.arg(&copy).env("XDG_CACHE_HOME", &cache).env_remove("VMTEST_INIT");
+        if let Some(init) = init {
+            command.env("VMTEST_INIT", init);
+        }
+        command.output().unwrap()
+    };
+    let built = run(None);
+    let missing = run(Some(&moved.join("no-such-init")));
     let _ = std::fs::remove_dir_all(&moved);
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert_eq!(built.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("test tests::sees_a_linux_kernel ... ok"), "{stdout}");
+    let triple = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+    let init = cache.join("vmtest/init/build").join(&triple).join("release/vmtest-init");
+    assert!(init.is_file(), "no vmtest-init at {}; stderr:\n{stderr}", init.display());
+
     let missing_stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(1), "{missing_stderr}");
-    assert!(missing_stderr.contains("VMTEST_INIT=<path>"), "{missing_stderr}");
-    assert!(missing_stderr.contains("cargo build -p vmtest-init --target"), "{missing_stderr}");
+    assert!(missing_stderr.contains("VMTEST_INIT="), "{missing_stderr}");
+    assert!(missing_stderr.contains("no-such-init is not a file"), "{missing_stderr}");
 }
 
 #[test]
