@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 mod bench;
+mod compat;
 mod coverage;
 mod exec;
 mod fuzz;
@@ -24,6 +25,10 @@ commands:
                           matrix, file transfer, initramfs build); table and JSON
   coverage                run cargo-llvm-cov on tests/cov-crate and check that code run only in
                           the VM is counted (installs llvm-tools-preview and cargo-llvm-cov)
+  compat [--crate <name>,...]
+                          run published crates' own test suites (nix, seccompiler, landlock) on
+                          the host and through `cargo-vmtest run` on 6.1, 6.12 and arm64 6.12;
+                          fails when a VM run ends abnormally or loses a test the host passes
   fuzz [--time S] [<target>...]
                           run the fuzz targets in fuzz/ for S seconds each (default 20; needs
                           nightly and cargo-fuzz, installed when missing)";
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
         Some((cmd, rest)) if cmd == "fuzz" => fuzz::run_fuzz(rest),
         Some((cmd, rest)) if cmd == "bench" => bench::run_bench(rest),
         Some((cmd, rest)) if cmd == "coverage" => coverage::run_coverage(rest),
+        Some((cmd, rest)) if cmd == "compat" => compat::run_compat(rest),
         Some((cmd, _)) if cmd == "-h" || cmd == "--help" || cmd == "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -1,0 +1,414 @@
+//! `cargo xtask compat`: published crates' own test suites, unmodified, on the host and in VMs.
+//!
+//! Each crate of [`SUITES`] is fetched through cargo at a pinned version into
+//! `target/compat/`, its test binaries are built as its authors build them (`cargo test --lib
+//! --tests`, its own features), and each binary runs once on the host and once per
+//! [`TARGETS`] entry through `cargo-vmtest run` (as a cargo target runner would run it). The
+//! check fails when a binary ends abnormally in a VM (killed, no summary line) or a test that
+//! passes on the host does not pass in the VM, unless [`KNOWN`] lists it with its reason. The
+//! table goes to stdout and `target/compat/compatibility.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use vmtest::arch::Arch;
+
+use crate::exec::status;
+
+/// A published crate whose own suite is run.
+struct Suite {
+    name: &'static str,
+    version: &'static str,
+    /// Arguments to `cargo test` besides `--lib --tests` (features).
+    cargo_args: &'static [&'static str],
+}
+
+const SUITES: [Suite; 3] = [
+    // Syscall wrappers: files, sockets (AF_ALG, UDP offloads), ptys, signals, mounts, modules.
+    Suite { name: "nix", version: "0.30.1", cargo_args: &["--all-features"] },
+    // Seccomp BPF filters installed into the test process (Firecracker's library).
+    Suite { name: "seccompiler", version: "0.5.0", cargo_args: &["--all-features"] },
+    // Landlock LSM rulesets, probed and enforced against the running kernel's ABI.
+    Suite { name: "landlock", version: "0.4.8", cargo_args: &[] },
+];
+
+/// Where the suites run: (guest arch, kernel).
+const TARGETS: [(Arch, &str); 3] =
+    [(Arch::X86_64, "6.1"), (Arch::X86_64, "6.12"), (Arch::Aarch64, "6.12")];
+
+/// A test that passes on the host but may not in a VM, and why. `test` is an exact libtest name.
+struct Known {
+    krate: &'static str,
+    test: &'static str,
+    /// Only on these kernels (`None`: every target).
+    kernels: Option<&'static [&'static str]>,
+    reason: &'static str,
+}
+
+const KNOWN: &[Known] = &[];
+
+/// How one test ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    Ignored,
+}
+
+/// One test binary's run.
+#[derive(Debug, Default)]
+struct BinaryRun {
+    tests: BTreeMap<String, Outcome>,
+    /// Why the binary did not end as a libtest binary ends (exit 0 or 101 after its summary).
+    abnormal: Option<String>,
+}
+
+impl BinaryRun {
+    fn count(&self, outcome: Outcome) -> usize {
+        self.tests.values().filter(|o| **o == outcome).count()
+    }
+}
+
+pub fn run_compat(args: &[String]) -> ExitCode {
+    let mut only: Option<Vec<String>> = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--crate" => match iter.next() {
+                Some(list) => only = Some(list.split(',').map(str::to_owned).collect()),
+                None => return usage("`--crate` needs a value"),
+            },
+            other => return usage(&format!("unknown argument `{other}`")),
+        }
+    }
+    if let Some(only) = &only {
+        if let Some(bad) = only.iter().find(|n| !SUITES.iter().any(|s| s.name == n.as_str())) {
+            return usage(&format!("`{bad}` is not one of the compat crates"));
+        }
+    }
+    match compat(only.as_deref()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(problem: &str) -> ExitCode {
+    let names: Vec<&str> = SUITES.iter().map(|s| s.name).collect();
+    eprintln!(
+        "error: {problem}\nusage: cargo xtask compat [--crate <name>,...] (crates: {})",
+        names.join(", ")
+    );
+    ExitCode::from(2)
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn compat(only: Option<&[String]>) -> Result<bool, String> {
+    let root = target_dir().join("compat");
+    status(
+        cargo().args(["build", "-q", "-p", "vmtest", "--features", "cli", "--bin", "cargo-vmtest"]),
+        "cargo build -p vmtest --features cli --bin cargo-vmtest",
+    )?;
+    let runner = target_dir().join("debug/cargo-vmtest");
+    let mut report = String::new();
+    let mut ok = true;
+    let _ = writeln!(
+        report,
+        "| crate | binary | where | passed | failed | ignored | vs host |\n|---|---|---|---|---|---|---|"
+    );
+    let mut notes = String::new();
+    for suite in SUITES.iter().filter(|s| only.is_none_or(|o| o.iter().any(|n| n == s.name))) {
+        let started = Instant::now();
+        let src = fetch(suite, &root)?;
+        let host_bins = build(suite, &src, &root, None)?;
+        let mut host: BTreeMap<String, BinaryRun> = BTreeMap::new();
+        for (name, exe) in &host_bins {
+            let run = run_binary(exe, &src, None);
+            let _ = writeln!(
+                report,
+                "| {} {} | {name} | host | {} | {} | {} | |",
+                suite.name,
+                suite.version,
+                run.count(Outcome::Passed),
+                run.count(Outcome::Failed),
+                run.count(Outcome::Ignored)
+            );
+            host.insert(name.clone(), run);
+        }
+        for (arch, kernel) in TARGETS {
+            let bins = if arch == Arch::host() {
+                host_bins.clone()
+            } else {
+                build(suite, &src, &root, Some(arch))?
+            };
+            for (name, exe) in &bins {
+                let vm = run_binary(exe, &src, Some((&runner, kernel)));
+                let where_ = format!("{kernel} {arch}");
+                let empty = BinaryRun::default();
+                let host_run = host.get(name).unwrap_or(&empty);
+                let verdict = compare(suite.name, kernel, host_run, &vm, &mut notes);
+                if !verdict.is_empty() {
+                    ok = false;
+                    eprintln!("compat: {} {name} on {where_}: {verdict}", suite.name);
+                }
+                let _ = writeln!(
+                    report,
+                    "| {} {} | {name} | {where_} | {} | {} | {} | {} |",
+                    suite.name,
+                    suite.version,
+                    vm.count(Outcome::Passed),
+                    vm.count(Outcome::Failed),
+                    vm.count(Outcome::Ignored),
+                    if verdict.is_empty() { "as expected".to_owned() } else { verdict }
+                );
+            }
+        }
+        eprintln!("compat: {} done in {:.0} s", suite.name, started.elapsed().as_secs_f64());
+    }
+    report.push_str(&notes);
+    println!("{report}");
+    let path = root.join("compatibility.md");
+    std::fs::write(&path, &report)
+        .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+    eprintln!("compat: table written to {}", path.display());
+    Ok(ok)
+}
+
+/// Fetches `suite` at its pinned version through cargo and copies its source to
+/// `<root>/src/<name>-<version>`; returns that dir.
+fn fetch(suite: &Suite, root: &Path) -> Result<PathBuf, String> {
+    let src = root.join("src").join(format!("{}-{}", suite.name, suite.version));
+    if src.join("Cargo.toml").is_file() {
+        return Ok(src);
+    }
+    let probe = root.join("fetch").join(suite.name);
+    std::fs::create_dir_all(probe.join("src"))
+        .map_err(|e| format!("failed to create {}: {e}", probe.display()))?;
+    let manifest = format!(
+        "[package]\nname = \"compat-fetch-{0}\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+         publish = false\n\n[workspace]\n\n[dependencies]\n{0} = \"={1}\"\n",
+        suite.name, suite.version
+    );
+    write(&probe.join("Cargo.toml"), &manifest)?;
+    write(&probe.join("src/lib.rs"), "")?;
+    let manifest_path = probe.join("Cargo.toml");
+    let output = cargo()
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(&manifest_path)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("failed to run cargo metadata: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("`cargo metadata --manifest-path {}` failed", manifest_path.display()));
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("failed to read cargo metadata's output: {e}"))?;
+    let package = metadata["packages"]
+        .as_array()
+        .and_then(|packages| {
+            packages.iter().find(|p| p["name"] == suite.name && p["version"] == suite.version)
+        })
+        .ok_or_else(|| format!("cargo metadata does not list {} {}", suite.name, suite.version))?;
+    let registry_manifest = PathBuf::from(package["manifest_path"].as_str().unwrap_or_default());
+    let registry_dir = registry_manifest.parent().ok_or("a manifest path without a parent")?;
+    let partial = root.join("src").join(format!(".{}-{}.partial", suite.name, suite.version));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(root.join("src")).map_err(|e| format!("failed to create dir: {e}"))?;
+    status(
+        Command::new("cp").arg("-r").arg(registry_dir).arg(&partial),
+        &format!("cp -r {} {}", registry_dir.display(), partial.display()),
+    )?;
+    std::fs::rename(&partial, &src)
+        .map_err(|e| format!("failed to rename to {}: {e}", src.display()))?;
+    Ok(src)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("failed to write {}: {e}", path.display()))
+}
+
+/// Builds the suite's test binaries (natively, or for `arch`'s musl target); returns them by
+/// `<kind>:<target name>`.
+fn build(
+    suite: &Suite,
+    src: &Path,
+    root: &Path,
+    arch: Option<Arch>,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let mut command = cargo();
+    command
+        .current_dir(src)
+        .args(["test", "--no-run", "--message-format=json-render-diagnostics", "--lib", "--tests"])
+        .args(suite.cargo_args)
+        .arg("--target-dir")
+        .arg(root.join("build"))
+        // Some crates deny warnings that a newer compiler than theirs finds.
+        .env("RUSTFLAGS", "--cap-lints=warn")
+        .stderr(Stdio::inherit());
+    if let Some(arch) = arch {
+        let triple = arch.musl_target();
+        vmtest::runner::ensure_target(triple)?;
+        let var = triple.to_uppercase().replace('-', "_");
+        command.args(["--target", triple]).env(format!("CARGO_TARGET_{var}_LINKER"), "rust-lld");
+    }
+    let shown = format!("cargo test --no-run --lib --tests in {}", src.display());
+    eprintln!("compat: {shown}{}", arch.map(|a| format!(" for {a}")).unwrap_or_default());
+    let output = command.output().map_err(|e| format!("failed to run `{shown}`: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("`{shown}` failed ({})", output.status));
+    }
+    let mut bins = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Some(exe) = message["executable"].as_str() else { continue };
+        let target = &message["target"];
+        let kind = target["kind"][0].as_str().unwrap_or("?");
+        let name = target["name"].as_str().unwrap_or("?");
+        bins.insert(format!("{kind}:{name}"), PathBuf::from(exe));
+    }
+    Ok(bins)
+}
+
+/// Runs one test binary as cargo would (working dir the package root), on the host or through
+/// `runner run` on `kernel`.
+fn run_binary(exe: &Path, src: &Path, vm: Option<(&Path, &str)>) -> BinaryRun {
+    let mut command = match vm {
+        None => Command::new(exe),
+        Some((runner, kernel)) => {
+            let mut command = Command::new(runner);
+            command.arg("run").arg(exe).env("VMTEST_KERNEL", kernel);
+            command
+        }
+    };
+    command.current_dir(src).env("CARGO_MANIFEST_DIR", src).stderr(Stdio::inherit());
+    let output = match command.output() {
+        Ok(output) => output,
+        Err(e) => {
+            return BinaryRun {
+                abnormal: Some(format!("failed to run {}: {e}", exe.display())),
+                ..BinaryRun::default()
+            }
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut run = parse(&stdout);
+    let summary = stdout.lines().any(|l| l.starts_with("test result: "));
+    let code = output.status.code();
+    if !summary || !matches!(code, Some(0 | 101)) {
+        run.abnormal = Some(format!(
+            "ended abnormally ({}{})",
+            output.status,
+            if summary { "" } else { ", no summary line" }
+        ));
+    }
+    run
+}
+
+/// The per-test outcomes in libtest's pretty output.
+fn parse(stdout: &str) -> BinaryRun {
+    let mut run = BinaryRun::default();
+    for line in stdout.lines() {
+        let Some(rest) = line.strip_prefix("test ") else { continue };
+        let Some((name, result)) = rest.split_once(" ... ") else { continue };
+        let outcome = if result.starts_with("ok") {
+            Outcome::Passed
+        } else if result.starts_with("FAILED") {
+            Outcome::Failed
+        } else if result.starts_with("ignored") {
+            Outcome::Ignored
+        } else {
+            continue;
+        };
+        run.tests.insert(name.trim_end().to_owned(), outcome);
+    }
+    run
+}
+
+/// What is wrong with `vm` against `host` (empty when nothing); known differences and tests
+/// that pass only in the VM go to `notes`.
+fn compare(
+    krate: &str,
+    kernel: &str,
+    host: &BinaryRun,
+    vm: &BinaryRun,
+    notes: &mut String,
+) -> String {
+    let mut problems = Vec::new();
+    if let Some(abnormal) = &vm.abnormal {
+        problems.push(abnormal.clone());
+    }
+    let mut unexplained = Vec::new();
+    let mut missing = 0;
+    for (test, outcome) in &host.tests {
+        if *outcome != Outcome::Passed || vm.tests.get(test) == Some(&Outcome::Passed) {
+            continue;
+        }
+        if !vm.tests.contains_key(test) {
+            // Not run at all: the binary ended first (reported above), or the VM lacks it.
+            missing += 1;
+            continue;
+        }
+        let known = KNOWN.iter().find(|k| {
+            k.krate == krate && k.test == test && k.kernels.is_none_or(|ks| ks.contains(&kernel))
+        });
+        match known {
+            Some(known) => {
+                let _ = writeln!(notes, "- {krate} `{test}` on {kernel}: {}", known.reason);
+            }
+            None => unexplained.push(test.as_str()),
+        }
+    }
+    if !unexplained.is_empty() {
+        problems.push(format!("passes on the host, fails in the VM: {}", unexplained.join(", ")));
+    }
+    if missing > 0 {
+        problems.push(format!("{missing} tests that pass on the host did not run in the VM"));
+    }
+    problems.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_lines() {
+        let run = parse(
+            "\nrunning 3 tests\ntest a::b ... ok\ntest c ... FAILED\ntest d ... ignored, why\n\
+             test e ... ignored\ntest result: FAILED. 1 passed; 1 failed; 2 ignored;\n",
+        );
+        assert_eq!(run.tests["a::b"], Outcome::Passed);
+        assert_eq!(run.tests["c"], Outcome::Failed);
+        assert_eq!(run.tests["d"], Outcome::Ignored);
+        assert_eq!(run.count(Outcome::Ignored), 2);
+    }
+
+    #[test]
+    fn a_host_pass_that_fails_in_the_vm_is_reported() {
+        let host = parse("test a ... ok\ntest b ... FAILED\n");
+        let vm = parse("test a ... FAILED\ntest b ... ok\n");
+        let mut notes = String::new();
+        let verdict = compare("x", "6.12", &host, &vm, &mut notes);
+        assert_eq!(verdict, "passes on the host, fails in the VM: a");
+        let gone = compare("x", "6.12", &host, &parse(""), &mut notes);
+        assert_eq!(gone, "1 tests that pass on the host did not run in the VM");
+        let same = compare("x", "6.12", &host, &host, &mut notes);
+        assert_eq!(same, "");
+    }
+}
