@@ -235,7 +235,8 @@ impl KernelError {
 
 fn fetch_command(spec: &str, arch: Arch) -> String {
     format!(
-        "`cargo vmtest kernel fetch {spec} --arch {arch}` (in the vmtest workspace: \
+        "`cargo vmtest kernel fetch {spec} --arch {arch}` (`cargo install vmtest --features cli` \
+         provides `cargo vmtest`; in the vmtest workspace: \
          `cargo xtask kernel fetch {spec} --arch {arch}`)"
     )
 }
