@@ -63,6 +63,12 @@ fn linker_var(triple: &str) -> String {
     format!("CARGO_TARGET_{}_LINKER", triple.to_uppercase().replace('-', "_"))
 }
 
+/// An environment variable of an enclosing cargo build that would change how vmtest-init builds.
+fn is_outer_build_setting(name: &str) -> bool {
+    ["CARGO_TARGET_", "CARGO_BUILD_", "CARGO_PROFILE_"].iter().any(|p| name.starts_with(p))
+        || ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_MANIFEST_DIR"].contains(&name)
+}
+
 /// Where vmtest-init's source is and whether it is a published package.
 #[derive(Clone, Debug)]
 struct Source {
@@ -104,6 +110,8 @@ fn build(source: &Source, arch: Arch, cache: &Path) -> Result<PathBuf, Error> {
     crate::runner::ensure_target(triple).map_err(Error::Config)?;
     let target_dir = cache.join("build");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    std::fs::create_dir_all(cache)
+        .map_err(|e| Error::io(format!("failed to create {}", cache.display()), e))?;
     let mut command = Command::new(&cargo);
     command
         .args(["build", "--quiet", "--release", "--bin", "vmtest-init", "--target", triple])
@@ -111,13 +119,18 @@ fn build(source: &Source, arch: Arch, cache: &Path) -> Result<PathBuf, Error> {
         .arg(&source.manifest)
         .arg("--target-dir")
         .arg(&target_dir)
-        .env(linker_var(triple), "rust-lld")
-        // A runner started by `cargo test` inherits the outer build's settings; none of them
-        // describe this build.
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+        // Run from the cache, not the user's project: its `.cargo/config.toml` (link flags for
+        // its own targets, say) does not describe this build.
+        .current_dir(cache);
+    // A runner started by `cargo test` inherits the outer build's settings; none of them
+    // describe this build either.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if is_outer_build_setting(&name) {
+            command.env_remove(&*name);
+        }
+    }
+    command.env(linker_var(triple), "rust-lld");
     let shown = format!(
         "{}=rust-lld cargo build --release --bin vmtest-init --target {triple} \
          --manifest-path {} --target-dir {}",
@@ -170,6 +183,18 @@ mod tests {
         assert!(hint.contains("rustup target add aarch64-unknown-linux-musl"), "{hint}");
         assert!(hint.contains("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld"), "{hint}");
         assert!(hint.contains("--target aarch64-unknown-linux-musl"), "{hint}");
+    }
+
+    #[test]
+    fn outer_build_settings_are_left_out() {
+        for name in
+            ["CARGO_TARGET_DIR", "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS", "RUSTFLAGS"]
+        {
+            assert!(is_outer_build_setting(name), "{name}");
+        }
+        for name in ["CARGO_HOME", "RUSTUP_HOME", "PATH", "CARGO"] {
+            assert!(!is_outer_build_setting(name), "{name}");
+        }
     }
 
     #[test]

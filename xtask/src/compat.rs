@@ -43,8 +43,8 @@ const TARGETS: [(Arch, &str); 3] =
 struct Known {
     krate: &'static str,
     test: &'static str,
-    /// Only on these kernels (`None`: every target).
-    kernels: Option<&'static [&'static str]>,
+    /// Only where the kernel (`"6.1"`) or the arch (`"aarch64"`) is one of these; empty: everywhere.
+    on: &'static [&'static str],
     reason: &'static str,
 }
 
@@ -162,7 +162,7 @@ fn compat(only: Option<&[String]>) -> Result<bool, String> {
                 let where_ = format!("{kernel} {arch}");
                 let empty = BinaryRun::default();
                 let host_run = host.get(name).unwrap_or(&empty);
-                let verdict = compare(suite.name, kernel, host_run, &vm, &mut notes);
+                let verdict = compare(suite.name, (kernel, arch), host_run, &vm, &mut notes);
                 if !verdict.is_empty() {
                     ok = false;
                     eprintln!("compat: {} {name} on {where_}: {verdict}", suite.name);
@@ -335,7 +335,10 @@ fn parse(stdout: &str) -> BinaryRun {
         } else {
             continue;
         };
-        run.tests.insert(name.trim_end().to_owned(), outcome);
+        // libtest marks `#[should_panic]` tests in the name column.
+        let name = name.trim_end();
+        let name = name.strip_suffix(" - should panic").unwrap_or(name);
+        run.tests.insert(name.to_owned(), outcome);
     }
     run
 }
@@ -365,11 +368,13 @@ fn compare(
             continue;
         }
         let known = KNOWN.iter().find(|k| {
-            k.krate == krate && k.test == test && k.kernels.is_none_or(|ks| ks.contains(&kernel))
+            k.krate == krate
+                && k.test == test
+                && (k.on.is_empty() || k.on.iter().any(|on| *on == kernel || *on == arch))
         });
         match known {
             Some(known) => {
-                let _ = writeln!(notes, "- {krate} `{test}` on {kernel}: {}", known.reason);
+                let _ = writeln!(notes, "- {krate} `{test}` on {kernel} {arch}: {}", known.reason);
             }
             None => unexplained.push(test.as_str()),
         }
@@ -391,12 +396,13 @@ mod tests {
     fn parses_libtest_lines() {
         let run = parse(
             "\nrunning 3 tests\ntest a::b ... ok\ntest c ... FAILED\ntest d ... ignored, why\n\
-             test e ... ignored\ntest result: FAILED. 1 passed; 1 failed; 2 ignored;\n",
+             test e ... ignored\ntest f - should panic ... ok\ntest result: FAILED. 1 passed; 1 failed; 2 ignored;\n",
         );
         assert_eq!(run.tests["a::b"], Outcome::Passed);
         assert_eq!(run.tests["c"], Outcome::Failed);
         assert_eq!(run.tests["d"], Outcome::Ignored);
         assert_eq!(run.count(Outcome::Ignored), 2);
+        assert_eq!(run.tests["f"], Outcome::Passed);
     }
 
     #[test]
@@ -404,11 +410,11 @@ mod tests {
         let host = parse("test a ... ok\ntest b ... FAILED\n");
         let vm = parse("test a ... FAILED\ntest b ... ok\n");
         let mut notes = String::new();
-        let verdict = compare("x", "6.12", &host, &vm, &mut notes);
+        let verdict = compare("x", ("6.12", Arch::X86_64), &host, &vm, &mut notes);
         assert_eq!(verdict, "passes on the host, fails in the VM: a");
-        let gone = compare("x", "6.12", &host, &parse(""), &mut notes);
+        let gone = compare("x", ("6.12", Arch::X86_64), &host, &parse(""), &mut notes);
         assert_eq!(gone, "1 tests that pass on the host did not run in the VM");
-        let same = compare("x", "6.12", &host, &host, &mut notes);
+        let same = compare("x", ("6.12", Arch::X86_64), &host, &host, &mut notes);
         assert_eq!(same, "");
     }
 }
