@@ -25,9 +25,11 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
     // `cfg` on the function applies to its registration too.
     let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
 
-    // `line!()` and `file!()` with the function name's span report where the function is.
+    // `file!()`, `line!()` and `column!()` with the function name's span report where the
+    // name is, as libtest's test descriptions do.
     let file = quote_spanned!(ident.span()=> ::core::file!());
     let line = quote_spanned!(ident.span()=> ::core::line!());
+    let column = quote_spanned!(ident.span()=> ::core::column!());
     // A return type that is neither `()` nor `Result<(), E: Debug>` is reported on the type.
     let output_span = match &item.sig.output {
         ReturnType::Default => ident.span(),
@@ -60,7 +62,7 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
     let env = &config.env;
     let files = config.files.iter().map(|(path, span)| LitStr::new(path, *span));
     let allow_kernel_warnings = config.allow_kernel_warnings;
-    let meta_fields = meta_fields(&name, test_attrs, config, &file, &line);
+    let meta_fields = meta_fields(&name, test_attrs, config, &file, &line, &column);
     let cfgs: Vec<_> = cfgs.collect();
 
     quote! {
@@ -85,6 +87,7 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
             name: #name,
             file: #file,
             line: #line,
+            column: #column,
             run: || #call,
             ignore: #ignore,
             should_panic: #should_panic,
@@ -106,13 +109,15 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
 }
 
 /// The metadata record's key/value fields (see `vmtest`'s `meta` module), as `&str`
-/// expressions: literals, or `concat!` of `module_path!()`, `file!()` and `line!()`.
+/// expressions: literals, or `concat!` of `module_path!()`, `file!()`, `line!()` and
+/// `column!()`.
 fn meta_fields(
     name: &LitStr,
     test_attrs: &TestAttrs,
     config: &VmConfig,
     file: &TokenStream,
     line: &TokenStream,
+    column: &TokenStream,
 ) -> Vec<TokenStream> {
     let mut fields = Vec::new();
     let mut pair = |key: &str, value: TokenStream| {
@@ -123,6 +128,10 @@ fn meta_fields(
     pair("name", quote!(#name));
     pair("file", file.clone());
     pair("line", quote!(::core::concat!(#line)));
+    pair("column", quote!(::core::concat!(#column)));
+    if !matches!(test_attrs.should_panic, ShouldPanic::No) {
+        pair("should_panic", quote!(""));
+    }
     match &test_attrs.ignore {
         None => {}
         Some(None) => pair("ignore", quote!("")),

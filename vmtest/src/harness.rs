@@ -1,25 +1,31 @@
-//! The host side: libtest's CLI over libtest-mimic, tests grouped into VM boots.
+//! The host side: libtest's command line and output over tests grouped into VM boots.
 //!
-//! Every test instance becomes a libtest-mimic [`Trial`] whose runner waits for the verdict of
-//! its test from its group's VM. The first trial of a group that runs starts the group's VM on a
-//! thread of its own; that VM runs every selected test of the group one after another and fills
-//! in their verdicts as they arrive. A semaphore caps how many VMs run at once.
+//! The selected test instances are grouped by VM configuration; worker threads (as many as
+//! `--test-threads`, within the host's memory) boot one VM per group, in the order of the
+//! groups' first tests, and each VM runs its group's tests one after another. VM threads send
+//! [`Note`]s (a test started, printed live, finished with a [`Verdict`]); the main thread turns
+//! them into [`report::Event`]s in libtest's order (see [`crate::progress`]) and prints what
+//! the [`report::Reporter`] makes of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, Once, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
 
 use crate::accel::{self, AccelChoice};
 use crate::arch::Arch;
+use crate::args::{self, Options, Parsed, RunIgnored};
+use crate::child::FailureNote;
 use crate::initramfs::Initramfs;
 use crate::kernel::{self, Kernel, ModuleFile};
 use crate::meta::{self, TestMeta};
 use crate::registry::TESTS;
+use crate::report::{self, Source, TestInfo, TestType};
 use crate::vm::{self, VmSpec};
 use crate::Error;
 use crate::{files, fixtures, guest_env};
@@ -36,6 +42,8 @@ const BASE_MEMORY_MIB: u64 = 256;
 const INSTANCE_ENV: &str = "VMTEST_TEST_INSTANCE";
 /// Where the guest finds modules inside the initramfs.
 const GUEST_MODULE_DIR: &str = "/vmtest/modules";
+/// libtest's exit code when a test failed or the command line is wrong.
+const FAILED: i32 = 101;
 
 /// A test binary and the vmtest tests it holds: what the engine runs.
 #[derive(Clone, Debug)]
@@ -46,17 +54,21 @@ pub(crate) struct TestBinary {
     pub arch: Arch,
     /// Its tests, in any order.
     pub tests: Vec<TestMeta>,
+    /// Its crate's root file, as recorded by `vmtest::main!()`.
+    pub crate_root: Option<String>,
 }
 
 impl TestBinary {
-    /// The running binary, with the tests registered in it.
-    pub(crate) fn current() -> Result<TestBinary, Error> {
+    /// The running binary, with the tests registered in it; `crate_root` is the record
+    /// `vmtest::main!()` made.
+    pub(crate) fn current(crate_root: &[u8]) -> Result<TestBinary, Error> {
         let path =
             std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?;
         Ok(TestBinary {
             path,
             arch: Arch::host(),
             tests: TESTS.iter().map(TestMeta::from).collect(),
+            crate_root: meta::decode(crate_root).ok().and_then(|section| section.crate_root),
         })
     }
 
@@ -68,14 +80,19 @@ impl TestBinary {
         let section = crate::elf::read_section(path, meta::SECTION)
             .map_err(|e| Error::Config(e.to_string()))?;
         let Some(section) = section else { return Ok(None) };
-        let tests = meta::decode(&section).map_err(|e| {
+        let decoded = meta::decode(&section).map_err(|e| {
             Error::Config(format!(
                 "failed to read the vmtest tests of {} (section {}): {e}",
                 path.display(),
                 meta::SECTION
             ))
         })?;
-        Ok(Some(TestBinary { path: path.to_owned(), arch, tests }))
+        Ok(Some(TestBinary {
+            path: path.to_owned(),
+            arch,
+            tests: decoded.tests,
+            crate_root: decoded.crate_root,
+        }))
     }
 }
 
@@ -92,40 +109,112 @@ pub(crate) fn elf_arch(path: &Path) -> Result<Arch, Error> {
 }
 
 /// Runs the host harness for the running binary and exits with libtest's exit code.
-pub(crate) fn run_host() -> ! {
-    let args = Arguments::from_args();
-    let code = TestBinary::current().map_or_else(
-        |e| {
-            eprintln!("error: {e}");
-            1
+pub(crate) fn run_host(crate_root: &'static [u8]) -> ! {
+    let argv: Vec<String> = std::env::args().collect();
+    let code = match parse_args(&argv) {
+        Err(code) => code,
+        Ok(options) => match TestBinary::current(crate_root) {
+            Ok(binary) => run(&binary, &options),
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
         },
-        |binary| run(&binary, &args),
-    );
+    };
     std::process::exit(code)
 }
 
-/// Runs `binary`'s tests as libtest would with `args`; returns the exit code.
-pub(crate) fn run(binary: &TestBinary, args: &Arguments) -> i32 {
+/// libtest's options from `argv` (the program first). `Err` holds the exit code once the usage
+/// (`--help`, exit 0) or an `error:` line (exit 101, as libtest) has been printed.
+pub(crate) fn parse_args(argv: &[String]) -> Result<Options, i32> {
+    let program = argv.first().map_or("...", String::as_str);
+    let rest = argv.get(1..).unwrap_or_default();
+    match args::parse(program, rest, |name| std::env::var(name).ok()) {
+        Ok(Parsed::Run(options)) => Ok(options),
+        Ok(Parsed::Help(usage)) => {
+            print!("{usage}");
+            Err(0)
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            Err(FAILED)
+        }
+    }
+}
+
+/// How many tests libtest would run at once: `--test-threads`, else `RUST_TEST_THREADS`, else
+/// one per core. This also caps the VMs running at once.
+fn test_threads(options: &Options) -> Result<usize, String> {
+    if let Some(n) = options.test_threads {
+        return Ok(n);
+    }
+    match std::env::var("RUST_TEST_THREADS") {
+        Ok(value) => match value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("RUST_TEST_THREADS is `{value}`, should be a positive integer.")),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+    }
+}
+
+/// Runs `binary`'s tests as libtest would with `options`; returns the exit code.
+pub(crate) fn run(binary: &TestBinary, options: &Options) -> i32 {
     crate::process::install_signal_cleanup();
     crate::process::remove_stale_workdirs();
-    match prepare(binary, args) {
-        Ok((trials, context)) => {
-            let conclusion = libtest_mimic::run(args, trials);
-            // Verdicts arrive before QEMU has shut down; wait for every VM to be gone and its
-            // temp dir removed before exiting.
-            if let Some(context) = context {
-                context.join_vms();
-            }
-            if conclusion.has_failed() {
-                101
-            } else {
-                0
-            }
-        }
+    let threads = match test_threads(options) {
+        Ok(threads) => threads,
         Err(e) => {
             eprintln!("error: {e}");
-            1
+            return FAILED;
         }
+    };
+    let (selected, filtered_out) = select(instances(&binary.tests, binary.arch), options);
+    if options.list {
+        let tests: Vec<TestInfo> = selected.into_iter().map(|s| s.info).collect();
+        crate::progress::print(report::list(options.format, &tests).as_bytes());
+        return 0;
+    }
+    let context = match prepare(binary, options, threads, &selected) {
+        Ok(context) => context,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let settings = report::Settings {
+        format: options.format,
+        color: match options.color {
+            args::Color::Always => true,
+            args::Color::Never => false,
+            args::Color::Auto => {
+                !options.nocapture && std::io::IsTerminal::is_terminal(&std::io::stdout())
+            }
+        },
+        multithreaded: threads > 1,
+        show_output: options.show_output,
+        test_type: binary.crate_root.as_deref().map_or(TestType::Unknown, TestType::of_crate_root),
+    };
+    let tests: Vec<crate::progress::Test> = selected
+        .iter()
+        .map(|s| crate::progress::Test { info: s.info.clone(), not_run: s.not_run.clone() })
+        .collect();
+    let (notes, received) = std::sync::mpsc::channel();
+    let mut live = crate::progress::Live::start(settings, &tests, filtered_out);
+    if let Some((context, groups)) = &context {
+        context.start_workers(groups, threads, &notes);
+    }
+    drop(notes);
+    live.follow(&received);
+    let failed = live.finish();
+    // Verdicts arrive before QEMU has shut down; wait for every VM to be gone and its temp
+    // dir removed before exiting.
+    if let Some((context, _)) = context {
+        context.join_vms();
+    }
+    if failed {
+        FAILED
+    } else {
+        0
     }
 }
 
@@ -171,38 +260,117 @@ fn instances(defs: &[TestMeta], arch: Arch) -> Vec<Instance> {
     out
 }
 
-/// How a test went: `Ok(None)` passed, `Ok(Some(reason))` skipped itself at run time,
-/// `Err(text)` failed.
-type Verdict = Result<Option<String>, String>;
-
-/// A test's verdict, filled in by its group's VM.
-#[derive(Default)]
-struct Slot {
-    verdict: Mutex<Option<Verdict>>,
-    ready: Condvar,
+/// A test instance the command line selected.
+struct Selected {
+    instance: Instance,
+    /// How the reporter names it.
+    info: TestInfo,
+    /// `Some(reason)`: reported ignored without running (`#[ignore]`, another architecture,
+    /// `--bench`).
+    not_run: Option<Option<String>>,
 }
 
+/// The instances `options` select, in name order, as libtest's filtering selects tests; and
+/// how many it left out.
+fn select(instances: Vec<Instance>, options: &Options) -> (Vec<Selected>, usize) {
+    let total = instances.len();
+    let matches = |name: &str, filter: &str| {
+        if options.exact {
+            name == filter
+        } else {
+            name.contains(filter)
+        }
+    };
+    let mut selected = Vec::new();
+    for instance in instances {
+        let name = instance.name.as_str();
+        if !options.filters.is_empty() && !options.filters.iter().any(|f| matches(name, f)) {
+            continue;
+        }
+        if options.skip.iter().any(|f| matches(name, f)) {
+            continue;
+        }
+        let def = &instance.def;
+        if options.exclude_should_panic && def.should_panic {
+            continue;
+        }
+        let ignore_message = def.ignore.clone().flatten();
+        let ignore = match options.run_ignored {
+            RunIgnored::No => def.ignore.is_some(),
+            RunIgnored::Yes => false,
+            RunIgnored::Only if def.ignore.is_some() => false,
+            RunIgnored::Only => continue,
+        };
+        let not_run = match &instance.skip {
+            Some(reason) => Some(Some(reason.clone())),
+            None if ignore || !options.run_tests => Some(ignore_message.clone()),
+            None => None,
+        };
+        let name_len = u32::try_from(def.name.chars().count()).unwrap_or(0);
+        let info = TestInfo {
+            name: instance.name.clone(),
+            ignore,
+            ignore_message,
+            should_panic: def.should_panic,
+            source: Source {
+                path: def.file.clone(),
+                start_line: def.line,
+                start_col: def.column,
+                end_line: def.line,
+                end_col: def.column + name_len,
+            },
+        };
+        selected.push(Selected { instance, info, not_run });
+    }
+    let filtered_out = total - selected.len();
+    (selected, filtered_out)
+}
+
+/// How a test went, as the reporter tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Passed, failed or ignored.
+    pub outcome: report::Outcome,
+    /// What the test printed (when captured), then any text vmtest adds.
+    pub output: Vec<u8>,
+    /// vmtest added text of its own to `output` (a timeout, a dead VM, a kernel splat):
+    /// notes about the test's files go there too, rather than to stderr.
+    pub explained: bool,
+}
+
+impl Verdict {
+    /// A failure vmtest explains with `text`.
+    fn explained(text: &str) -> Verdict {
+        let mut output = text.as_bytes().to_vec();
+        if !output.ends_with(b"\n") {
+            output.push(b'\n');
+        }
+        Verdict { outcome: report::Outcome::Failed { message: None }, output, explained: true }
+    }
+}
+
+/// What a VM thread tells the main thread.
+pub(crate) enum Note {
+    /// The guest started the test with this id.
+    Started(u32),
+    /// Live output of a test that is not captured.
+    Output {
+        /// Which stream.
+        stream: Stream,
+        /// The bytes, in order.
+        bytes: Vec<u8>,
+    },
+    /// The test with this id ended.
+    Finished(u32, Verdict),
+}
+
+/// Whether a test has its verdict yet; the first verdict wins.
+#[derive(Default)]
+struct Slot(AtomicBool);
+
 impl Slot {
-    fn fill(&self, verdict: Verdict) {
-        let mut slot = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(verdict);
-            self.ready.notify_all();
-        }
-    }
-
     fn is_filled(&self) -> bool {
-        self.verdict.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
-    fn wait(&self) -> Verdict {
-        let mut slot = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(verdict) = slot.as_ref() {
-                return verdict.clone();
-            }
-            slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
-        }
+        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -222,13 +390,22 @@ struct Member {
     base_name: String,
     /// The test's timeout before scaling.
     timeout: Duration,
-    slot: Arc<Slot>,
+    slot: Slot,
     /// `env = [...]` of the test.
     env: Vec<String>,
     /// `files = [...]` of the test.
     files: Vec<String>,
     /// `allow_kernel_warnings`: a kernel WARNING alone does not fail the test.
     allow_kernel_warnings: bool,
+}
+
+impl Member {
+    /// Sends the test's verdict, unless it has one already.
+    fn finish(&self, notes: &Sender<Note>, verdict: Verdict) {
+        if !self.slot.0.swap(true, Ordering::SeqCst) {
+            let _ = notes.send(Note::Finished(self.id, verdict));
+        }
+    }
 }
 
 /// Tests that share one VM boot.
@@ -241,13 +418,10 @@ struct Group {
     /// The tests' `modules` and their dependencies, in load order.
     test_modules: Vec<ModuleFile>,
     members: Vec<Member>,
-    started: Once,
 }
 
-/// Where a trial finds its group and the run, once grouping is done.
-type GroupCell = OnceLock<(Arc<Group>, Arc<RunContext>)>;
-/// A group while tests are sorted into it: its kernel, members, and their trials' cells.
-type GroupParts = (Kernel, Vec<Member>, Vec<Arc<GroupCell>>);
+/// A group while tests are sorted into it: its kernel and members.
+type GroupParts = (Kernel, Vec<Member>);
 
 /// Settings shared by every group of a run.
 struct RunContext {
@@ -295,9 +469,15 @@ impl RunContext {
         self.log_dir.path.join("artifacts").join(name)
     }
 
-    /// `verdict`, told about the test's files: where its artifacts are (in the failure text,
-    /// or on stderr for a test that passed), and which files were rejected.
-    fn with_files(&self, member: &Member, verdict: Verdict, files: &files::Received) -> Verdict {
+    /// `verdict`, told about the test's files: where its artifacts are, and which files were
+    /// rejected. Where the artifacts are goes into a failure that vmtest explains anyway, and
+    /// to stderr otherwise, so that an ordinary result reads exactly as libtest's.
+    fn with_files(
+        &self,
+        member: &Member,
+        mut verdict: Verdict,
+        files: &files::Received,
+    ) -> Verdict {
         for problem in &files.problems {
             eprintln!("vmtest: warning: {}: a file from the guest: {problem}", member.name);
         }
@@ -312,12 +492,35 @@ impl RunContext {
             return verdict;
         }
         let note = format!("artifacts in {}: {}", dir.display(), artifacts.join(", "));
-        match verdict {
-            Err(text) => Err(format!("{text}\n{note}")),
-            passed => {
-                eprintln!("vmtest: {}: {note}", member.name);
-                passed
-            }
+        if verdict.explained {
+            verdict.output.extend_from_slice(format!("{note}\n").as_bytes());
+        } else {
+            eprintln!("vmtest: {}: {note}", member.name);
+        }
+        verdict
+    }
+
+    /// Starts `threads` workers (at most one per group) that boot the groups' VMs in order.
+    fn start_workers(
+        self: &Arc<Self>,
+        groups: &[Arc<Group>],
+        threads: usize,
+        notes: &Sender<Note>,
+    ) {
+        let queue: Arc<Mutex<VecDeque<Arc<Group>>>> =
+            Arc::new(Mutex::new(groups.iter().cloned().collect()));
+        let mut handles = self.vm_threads.lock().unwrap_or_else(|e| e.into_inner());
+        for worker in 0..threads.min(groups.len()) {
+            let (context, queue, notes) = (Arc::clone(self), Arc::clone(&queue), notes.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("{}{worker}", crate::process::VM_THREAD_PREFIX))
+                .spawn(move || loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    let Some(group) = next else { break };
+                    group.run(&context, &notes);
+                })
+                .expect("failed to spawn a VM thread");
+            handles.push(thread);
         }
     }
 
@@ -330,52 +533,22 @@ impl RunContext {
     }
 }
 
+/// A run's context and its groups, in the order their VMs boot; `None` when nothing runs.
+type Prepared = Option<(Arc<RunContext>, Vec<Arc<Group>>)>;
+
+/// Finds everything the selected tests need before anything boots (kernels, QEMU, the
+/// accelerator, modules, fixtures), and groups them by VM configuration.
 fn prepare(
     binary: &TestBinary,
-    args: &Arguments,
-) -> Result<(Vec<Trial>, Option<Arc<RunContext>>), Error> {
+    options: &Options,
+    threads: usize,
+    selected: &[Selected],
+) -> Result<Prepared, Error> {
     let arch = binary.arch;
-    let instances = instances(&binary.tests, arch);
-    let run_ignored = args.ignored || args.include_ignored;
-
-    let mut trials = Vec::with_capacity(instances.len());
-    let mut runnable = Vec::new();
-    for instance in instances {
-        let ignore = instance.def.ignore.clone();
-        if let Some(reason) = instance.skip.clone() {
-            trials.push(Trial::ignorable_test(instance.name, move || {
-                Ok(Completion::ignored_with(reason))
-            }));
-            continue;
-        }
-        if let (Some(Some(reason)), false) = (ignore.clone(), run_ignored) {
-            trials.push(Trial::ignorable_test(instance.name.clone(), move || {
-                Ok(Completion::ignored_with(reason))
-            }));
-            continue;
-        }
-        let slot = Arc::new(Slot::default());
-        let group = Arc::new(GroupCell::new());
-        let trial = {
-            let slot = Arc::clone(&slot);
-            let group = Arc::clone(&group);
-            Trial::ignorable_test(instance.name.clone(), move || {
-                let (group, context) = group.get().expect("every selected test has a group");
-                group.start(context);
-                match slot.wait().map_err(Failed::from)? {
-                    None => Ok(Completion::Completed),
-                    Some(reason) => Ok(Completion::ignored_with(reason)),
-                }
-            })
-            .with_ignored_flag(ignore.is_some())
-        };
-        if !args.list && !args.is_filtered_out(&trial) && !args.is_ignored(&trial) {
-            runnable.push((instance, slot, group));
-        }
-        trials.push(trial);
-    }
+    let runnable: Vec<&Instance> =
+        selected.iter().filter(|s| s.not_run.is_none()).map(|s| &s.instance).collect();
     if runnable.is_empty() {
-        return Ok((trials, None));
+        return Ok(None);
     }
 
     let accel = accel::choose(arch)?;
@@ -389,24 +562,25 @@ fn prepare(
     let context = Arc::new(RunContext {
         exe: binary.path.clone(),
         arch,
-        capture: !args.nocapture,
+        capture: !options.nocapture,
         log_dir: LogDir::claim(log_dir(&binary.path))?,
         profile_dir: profile_dir(),
         file_limit: files::file_limit()?,
-        vms: VmSlots::for_host(
-            args.test_threads
-                .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
-                .unwrap_or(1),
-        ),
+        vms: VmSlots::for_host(threads),
         accel,
         fallback: OnceLock::new(),
         vm_threads: Mutex::new(Vec::new()),
     });
 
-    // Resolve each kernel once; group by VM configuration.
+    // Resolve each kernel once; group by VM configuration. Ids are positions among the
+    // selected tests, which the main thread reports by.
     let mut kernels: BTreeMap<Option<String>, Kernel> = BTreeMap::new();
     let mut groups: BTreeMap<GroupKey, GroupParts> = BTreeMap::new();
-    for (id, (instance, slot, cell)) in runnable.into_iter().enumerate() {
+    for (id, selected) in selected.iter().enumerate() {
+        if selected.not_run.is_some() {
+            continue;
+        }
+        let instance = &selected.instance;
         let kernel = match kernels.get(&instance.kernel) {
             Some(kernel) => kernel.clone(),
             None => {
@@ -430,37 +604,35 @@ fn prepare(
         let timeout = vm.timeout_ms.map_or(DEFAULT_TEST_TIMEOUT, Duration::from_millis);
         let member = Member {
             id: u32::try_from(id).expect("fewer than 2^32 tests"),
-            name: instance.name,
-            base_name: instance.base_name,
+            name: instance.name.clone(),
+            base_name: instance.base_name.clone(),
             timeout,
-            slot,
+            slot: Slot::default(),
             env: vm.env.clone(),
             files: vm.files.clone(),
             allow_kernel_warnings: vm.allow_kernel_warnings,
         };
-        let entry = groups.entry(key).or_insert_with(|| (kernel, Vec::new(), Vec::new()));
-        entry.1.push(member);
-        entry.2.push(cell);
+        groups.entry(key).or_insert_with(|| (kernel, Vec::new())).1.push(member);
     }
-    for (index, (key, (kernel, members, cells))) in groups.into_iter().enumerate() {
+    let mut ordered = Vec::new();
+    for (index, (key, (kernel, members))) in groups.into_iter().enumerate() {
         // Resolve modules now, so an unknown name is a setup error, not a boot failure.
         let harness_modules = kernel.harness_modules()?;
         let wanted: Vec<&str> = key.modules.iter().map(String::as_str).collect();
         let test_modules = kernel.module_closure(&wanted)?;
-        let group = Arc::new(Group {
+        ordered.push(Arc::new(Group {
             index,
             key,
             kernel,
             harness_modules,
             test_modules,
             members,
-            started: Once::new(),
-        });
-        for cell in cells {
-            let _ = cell.set((Arc::clone(&group), Arc::clone(&context)));
-        }
+        }));
     }
-    Ok((trials, Some(context)))
+    // Boot in the order of each group's first test, so that one test thread runs the tests
+    // in name order as far as their VMs allow.
+    ordered.sort_by_key(|group| group.members.first().map_or(u32::MAX, |m| m.id));
+    Ok(Some((context, ordered)))
 }
 
 /// Guest memory when a test does not say: a base, plus twice the initramfs (the archive and
@@ -519,25 +691,9 @@ impl LogDir {
 }
 
 impl Group {
-    /// Starts the group's VM on its own thread, once.
-    fn start(self: &Arc<Self>, context: &Arc<RunContext>) {
-        self.started.call_once(|| {
-            let group = Arc::clone(self);
-            let context = Arc::clone(context);
-            let thread = std::thread::Builder::new()
-                .name(format!("{}{}", crate::process::VM_THREAD_PREFIX, self.index))
-                .spawn({
-                    let context = Arc::clone(&context);
-                    move || group.run(&context)
-                })
-                .expect("failed to spawn a VM thread");
-            context.vm_threads.lock().unwrap_or_else(|e| e.into_inner()).push(thread);
-        });
-    }
-
     /// Boots VMs until every test has a verdict: when a VM dies (a kernel panic, a crash), the
     /// test that was running fails and the tests after it run in a fresh VM.
-    fn run(&self, context: &RunContext) {
+    fn run(&self, context: &RunContext, notes: &Sender<Note>) {
         let _permit = context.vms.acquire(self.memory_estimate_mib(context));
         let mut problem = None;
         for attempt in 0.. {
@@ -547,7 +703,7 @@ impl Group {
                 break;
             }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.boot(context, &pending, attempt)
+                self.boot(context, &pending, attempt, notes)
             }));
             problem = match outcome {
                 Ok(Ok(None)) => None,
@@ -561,10 +717,13 @@ impl Group {
             }
         }
         for member in &self.members {
-            member.slot.fill(Err(match &problem {
-                Some(problem) => format!("not run: {problem}"),
-                None => "the guest did not report this test".to_owned(),
-            }));
+            member.finish(
+                notes,
+                Verdict::explained(&match &problem {
+                    Some(problem) => format!("not run: {problem}"),
+                    None => "the guest did not report this test".to_owned(),
+                }),
+            );
         }
     }
 
@@ -593,6 +752,7 @@ impl Group {
         context: &RunContext,
         pending: &[&Member],
         attempt: u32,
+        notes: &Sender<Note>,
     ) -> Result<Option<String>, Error> {
         let workdir = crate::process::vm_workdir()?;
         let initrd = workdir.path().join("initrd.cpio");
@@ -636,10 +796,14 @@ impl Group {
             }),
         };
         let mut received = files::Receiver::new(Box::new(route), context.file_limit);
+        // The live stderr of the running test, less the failure note it may end with.
+        let mut live_note = FailureNote::default();
         let gap = HOST_GRACE.mul_f64(scale);
         let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
             GuestMessage::TestStarted { id } => {
                 running = by_id.get(&id).copied();
+                live_note = FailureNote::default();
+                let _ = notes.send(Note::Started(id));
                 running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
             GuestMessage::KernelLog { id, bytes } => {
@@ -654,25 +818,34 @@ impl Group {
             }
             GuestMessage::TestFinished { id, outcome, duration_ms: _, stdout, stderr } => {
                 let files = received.finish(id);
+                let (rest, live_message) = std::mem::take(&mut live_note).finish();
+                if !rest.is_empty() {
+                    let _ = notes.send(Note::Output { stream: Stream::Stderr, bytes: rest });
+                }
                 if let Some(member) = by_id.get(&id) {
+                    let (stderr, message) = FailureNote::split(&stderr);
                     let report = Report {
                         outcome: &outcome,
                         stdout: &stdout,
                         stderr: &stderr,
+                        message: message.or(live_message),
                         kernel_log: &kernel_log,
                     };
                     let verdict = report.verdict(member.allow_kernel_warnings, &console_log);
-                    member.slot.fill(context.with_files(member, verdict, &files));
+                    member.finish(notes, context.with_files(member, verdict, &files));
                 }
                 kernel_log.clear();
                 running = None;
                 gap
             }
             GuestMessage::Output { stream, bytes, .. } => {
-                let _ = match stream {
-                    Stream::Stdout => std::io::stdout().write_all(&bytes),
-                    Stream::Stderr => std::io::stderr().write_all(&bytes),
+                let bytes = match stream {
+                    Stream::Stdout => bytes,
+                    Stream::Stderr => live_note.feed(&bytes),
                 };
+                if !bytes.is_empty() {
+                    let _ = notes.send(Note::Output { stream, bytes });
+                }
                 running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
             GuestMessage::Log(line) => {
@@ -684,7 +857,7 @@ impl Group {
         let Some(mut problem) = end.problem else { return Ok(None) };
         if end.kvm_failed && accel.may_fall_back {
             context.fall_back_to_tcg(&problem)?;
-            return self.boot(context, pending, attempt);
+            return self.boot(context, pending, attempt, notes);
         }
         if end.kvm_failed {
             problem.push_str(
@@ -697,7 +870,10 @@ impl Group {
             end.console_tail
         );
         if let Some(member) = running {
-            member.slot.fill(Err(format!("the VM failed while this test ran: {report}")));
+            member.finish(
+                notes,
+                Verdict::explained(&format!("the VM failed while this test ran: {report}")),
+            );
         }
         let unfinished = pending.iter().filter(|m| !m.slot.is_filled()).count();
         Ok((unfinished > 0).then_some(report))
@@ -776,51 +952,57 @@ impl Group {
 struct Report<'a> {
     outcome: &'a Outcome,
     stdout: &'a [u8],
+    /// Without the failure note.
     stderr: &'a [u8],
+    /// The message of the failure note, if the test ended its stderr with one.
+    message: Option<String>,
     /// Kernel log records written while the test ran.
     kernel_log: &'a [u8],
 }
 
 impl Report<'_> {
-    /// libtest's verdict and failure text: the test's own outcome, then any kernel splat
-    /// (a WARNING alone passes when `allow_warnings`; a splat fails even a skipped test).
+    /// The verdict: the test's own outcome, then any kernel splat (a WARNING alone passes when
+    /// `allow_warnings`; a splat fails even a skipped test). A test that passed, panicked,
+    /// returned `Err` or did not panic as required reads as under libtest, its output only;
+    /// anything else (an odd exit status, a signal, a timeout, a splat) is explained after the
+    /// output, with the kernel console log's path.
     fn verdict(&self, allow_warnings: bool, console_log: &Path) -> Verdict {
         let why = match self.outcome {
-            Outcome::Exited(0) | Outcome::Skipped(_) => None,
-            Outcome::Exited(101) => Some(None),
-            Outcome::Exited(code) => {
-                Some(Some(format!("the test process exited with status {code}")))
-            }
+            Outcome::Exited(0 | 1 | 101) | Outcome::Skipped(_) => None,
+            Outcome::Exited(code) => Some(format!("the test process exited with status {code}")),
             Outcome::Signaled(signal) => {
-                Some(Some(format!("the test process was killed by signal {signal}")))
+                Some(format!("the test process was killed by signal {signal}"))
             }
-            Outcome::TimedOut { after_ms } => Some(Some(format!(
+            Outcome::TimedOut { after_ms } => Some(format!(
                 "timed out after {} s",
                 Duration::from_millis(*after_ms).as_secs_f64()
-            ))),
-            Outcome::Error(message) => Some(Some(message.clone())),
+            )),
+            Outcome::Error(message) => Some(message.clone()),
         };
         let splat =
             crate::splat::failure(&String::from_utf8_lossy(self.kernel_log), allow_warnings);
+        let mut output = self.stdout.to_vec();
+        output.extend_from_slice(self.stderr);
+        let message = self.message.clone();
         if why.is_none() && splat.is_none() {
-            let skipped = match self.outcome {
-                Outcome::Skipped(reason) => Some(reason.clone()),
-                _ => None,
+            let outcome = match self.outcome {
+                Outcome::Exited(0) => report::Outcome::Passed,
+                Outcome::Skipped(reason) => {
+                    report::Outcome::Ignored { reason: Some(reason.clone()) }
+                }
+                _ => report::Outcome::Failed { message },
             };
-            return Ok(skipped);
+            return Verdict { outcome, output, explained: false };
         }
-        let mut text = String::new();
-        text.push_str(&String::from_utf8_lossy(self.stdout));
-        text.push_str(&String::from_utf8_lossy(self.stderr));
-        for line in why.flatten().into_iter().chain(splat) {
-            if !text.is_empty() && !text.ends_with('\n') {
-                text.push('\n');
+        for line in why.into_iter().chain(splat) {
+            if !output.is_empty() && !output.ends_with(b"\n") {
+                output.push(b'\n');
             }
-            text.push_str(&line);
-            text.push('\n');
+            output.extend_from_slice(line.as_bytes());
+            output.push(b'\n');
         }
-        text.push_str(&format!("kernel console: {}", console_log.display()));
-        Err(text)
+        output.extend_from_slice(format!("kernel console: {}\n", console_log.display()).as_bytes());
+        Verdict { outcome: report::Outcome::Failed { message }, output, explained: true }
     }
 }
 
@@ -897,6 +1079,152 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::args::Parsed;
+
+    fn meta(name: &str, ignore: Option<Option<&str>>, should_panic: bool) -> TestMeta {
+        TestMeta {
+            module_path: "suite".into(),
+            name: name.into(),
+            file: "tests/suite.rs".into(),
+            line: 3,
+            column: 4,
+            should_panic,
+            ignore: ignore.map(|reason| reason.map(str::to_owned)),
+            ..TestMeta::default()
+        }
+    }
+
+    fn suite() -> Vec<TestMeta> {
+        let mut other_arch = meta("elsewhere", None, false);
+        other_arch.vm.arch = vec!["riscv64".into()];
+        let mut matrix = meta("on_both", None, false);
+        matrix.vm.kernels = vec!["6.1".into(), "6.12".into()];
+        vec![
+            meta("runs", None, false),
+            meta("panics", None, true),
+            meta("later", Some(Some("slow")), false),
+            meta("later_too", Some(None), false),
+            other_arch,
+            matrix,
+        ]
+    }
+
+    /// `(name, ignore, not_run)` of what `args` select from [`suite`], and how many are left out.
+    fn selection(args: &[&str]) -> (Vec<(String, bool, Option<Option<String>>)>, usize) {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let Ok(Parsed::Run(options)) = args::parse("t", &args, |_| None) else { panic!() };
+        let (selected, out) = select(instances(&suite(), Arch::X86_64), &options);
+        (selected.into_iter().map(|s| (s.info.name, s.info.ignore, s.not_run)).collect(), out)
+    }
+
+    fn names(args: &[&str]) -> Vec<String> {
+        selection(args).0.into_iter().map(|(name, _, _)| name).collect()
+    }
+
+    #[test]
+    fn selects_as_libtest_filters() {
+        let (all, out) = selection(&[]);
+        assert_eq!(out, 0);
+        let expected: Vec<(String, bool, Option<Option<String>>)> = vec![
+            ("elsewhere".into(), false, Some(Some("runs only on riscv64".into()))),
+            ("later".into(), true, Some(Some("slow".into()))),
+            ("later_too".into(), true, Some(None)),
+            ("on_both[6.12]".into(), false, None),
+            ("on_both[6.1]".into(), false, None),
+            ("panics".into(), false, None),
+            ("runs".into(), false, None),
+        ];
+        assert_eq!(all, expected);
+        assert_eq!(names(&["later", "runs"]), ["later", "later_too", "runs"]);
+        assert_eq!(names(&["--exact", "later"]), ["later"]);
+        assert_eq!(names(&["on_both", "--skip", "6.12"]), ["on_both[6.1]"]);
+        assert_eq!(
+            names(&["--exclude-should-panic", "--skip", "o"]),
+            ["elsewhere", "later", "runs"]
+        );
+        assert_eq!(selection(&["runs"]).1, 6);
+    }
+
+    #[test]
+    fn ignored_tests_run_on_request_but_other_arches_never() {
+        let (only, out) = selection(&["--ignored"]);
+        assert_eq!(out, 5);
+        assert_eq!(
+            only,
+            [("later".to_owned(), false, None), ("later_too".to_owned(), false, None)]
+        );
+        let (all, _) = selection(&["--include-ignored", "l"]);
+        assert!(all
+            .iter()
+            .all(|(name, ignore, not_run)| !ignore && (not_run.is_none() || name == "elsewhere")));
+        // --bench reports every test ignored, with the attribute's reason where it has one.
+        let (bench, _) = selection(&["--bench", "later"]);
+        assert_eq!(bench[0].2, Some(Some("slow".into())));
+        assert_eq!(selection(&["--bench", "runs"]).0[0].2, Some(None));
+    }
+
+    #[test]
+    fn a_test_is_named_where_its_name_is() {
+        let args = Vec::new();
+        let Ok(Parsed::Run(options)) = args::parse("t", &args, |_| None) else { panic!() };
+        let (selected, _) = select(instances(&suite(), Arch::X86_64), &options);
+        let panics = selected.iter().find(|s| s.info.name == "panics").unwrap();
+        assert!(panics.info.should_panic);
+        assert_eq!(
+            panics.info.source,
+            Source {
+                path: "tests/suite.rs".into(),
+                start_line: 3,
+                start_col: 4,
+                end_line: 3,
+                end_col: 10
+            }
+        );
+    }
+
+    fn report(outcome: Outcome, stdout: &str, stderr: &str, kernel_log: &str) -> Verdict {
+        Report {
+            outcome: &outcome,
+            stdout: stdout.as_bytes(),
+            stderr: stderr.as_bytes(),
+            message: None,
+            kernel_log: kernel_log.as_bytes(),
+        }
+        .verdict(false, Path::new("/logs/vm0.console.log"))
+    }
+
+    #[test]
+    fn ordinary_results_carry_only_the_tests_output() {
+        let passed = report(Outcome::Exited(0), "out\n", "err\n", "");
+        assert_eq!(passed.outcome, report::Outcome::Passed);
+        assert_eq!(passed.output, b"out\nerr\n");
+        let panicked = report(Outcome::Exited(101), "", "thread 'x' panicked\n", "");
+        assert_eq!(panicked.outcome, report::Outcome::Failed { message: None });
+        assert_eq!(panicked.output, b"thread 'x' panicked\n");
+        assert!(!panicked.explained);
+        let skipped = report(Outcome::Skipped("no BTF".into()), "", "", "");
+        assert_eq!(skipped.outcome, report::Outcome::Ignored { reason: Some("no BTF".into()) });
+    }
+
+    #[test]
+    fn vmtest_failures_are_explained_after_the_output() {
+        let timed_out = report(Outcome::TimedOut { after_ms: 2000 }, "hang started\n", "", "");
+        assert!(timed_out.explained);
+        assert_eq!(
+            String::from_utf8(timed_out.output).unwrap(),
+            "hang started\ntimed out after 2 s\nkernel console: /logs/vm0.console.log\n"
+        );
+        let exited = report(Outcome::Exited(3), "no newline", "", "");
+        assert_eq!(
+            String::from_utf8(exited.output).unwrap(),
+            "no newline\nthe test process exited with status 3\n\
+             kernel console: /logs/vm0.console.log\n"
+        );
+        let splat = "[    1.000000] WARNING: CPU: 0 PID: 1 at x.c:1 f+0x0/0x0\n";
+        let warned = report(Outcome::Skipped("x".into()), "", "", splat);
+        assert_eq!(warned.outcome, report::Outcome::Failed { message: None });
+        assert!(String::from_utf8(warned.output).unwrap().contains("kernel WARNING"));
+    }
 
     #[test]
     fn reads_mem_available() {

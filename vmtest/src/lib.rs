@@ -20,6 +20,7 @@
 
 mod accel;
 pub mod arch;
+mod args;
 mod artifact;
 mod child;
 mod elf;
@@ -34,8 +35,10 @@ pub mod kernel;
 mod meta;
 mod plain;
 mod process;
+mod progress;
 mod qemu;
 mod registry;
+mod report;
 pub mod runner;
 mod skip;
 mod splat;
@@ -48,11 +51,19 @@ pub use skip::skip;
 pub use vmtest_macros::vm_test;
 
 /// Defines `main` for a test binary with `harness = false`.
+///
+/// Invoke it in the crate's root file: it records that file's path (`file!()`), from which the
+/// JUnit output names its classes as libtest does.
 #[macro_export]
 macro_rules! main {
     () => {
         fn main() {
-            $crate::__private::main()
+            const CRATE_ROOT: &[&str] = &[$crate::__private::CRATE_ROOT_KEY, ::core::file!()];
+            #[used]
+            #[unsafe(link_section = "vmtest_tests")]
+            static CRATE_ROOT_RECORD: [u8; $crate::__private::meta_len(CRATE_ROOT)] =
+                $crate::__private::meta_record(CRATE_ROOT);
+            $crate::__private::main(&CRATE_ROOT_RECORD)
         }
     };
 }
@@ -150,19 +161,21 @@ pub mod __fuzz {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::meta::{encode as meta_record, encoded_len as meta_len, SECTION};
+    pub use crate::meta::{
+        encode as meta_record, encoded_len as meta_len, CRATE_ROOT_KEY, SECTION,
+    };
     pub use crate::registry::{ShouldPanic, TestDef, TestReturn, VmAttrs, TESTS};
     pub use linkme;
 
     /// The entry point behind [`main!`](crate::main): guest PID 1, guest test child, or host
-    /// harness.
-    pub fn main() -> ! {
+    /// harness. `crate_root` is the record naming the crate's root file.
+    pub fn main(crate_root: &'static [u8]) -> ! {
         if std::process::id() == 1 {
             vmtest_init::run_pid1_with_tests(crate::child::run_test);
         }
         if let Ok(name) = std::env::var(vmtest_init::protocol::TEST_ENV) {
             crate::child::run_test(&name);
         }
-        crate::harness::run_host()
+        crate::harness::run_host(crate_root)
     }
 }

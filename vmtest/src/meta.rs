@@ -80,8 +80,12 @@ pub(crate) struct TestMeta {
     pub name: String,
     /// Source file, for messages.
     pub file: String,
-    /// Line of the function in `file`.
+    /// Line of the function's name in `file`.
     pub line: u32,
+    /// Column (1-based) of the function's name in `file`.
+    pub column: u32,
+    /// `#[should_panic]`, with or without an expected message.
+    pub should_panic: bool,
     /// `#[ignore]`: `Some(reason)` (the reason may be absent).
     pub ignore: Option<Option<String>>,
     /// The VM the test needs.
@@ -121,6 +125,8 @@ impl From<&crate::registry::TestDef> for TestMeta {
             name: def.name.to_owned(),
             file: def.file.to_owned(),
             line: def.line,
+            column: def.column,
+            should_panic: def.should_panic != crate::registry::ShouldPanic::No,
             ignore: def.ignore.map(|reason| reason.map(str::to_owned)),
             vm: VmMeta {
                 kernels: strings(def.vm.kernels),
@@ -155,24 +161,44 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// What a [`SECTION`] holds: the tests, and the crate root record `vmtest::main!()` adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Section {
+    /// Every test, in file order.
+    pub tests: Vec<TestMeta>,
+    /// The crate's root file as `file!()` names it (where `vmtest::main!()` is), if recorded.
+    pub crate_root: Option<String>,
+}
+
+/// The key of the record `vmtest::main!()` adds: its value is the crate root file.
+pub const CRATE_ROOT_KEY: &str = "crate_root";
+
+/// One decoded record.
+enum Record {
+    Test(Box<TestMeta>),
+    CrateRoot(String),
+}
+
 /// Decodes every record of a [`SECTION`]'s contents, in file order.
-pub(crate) fn decode(section: &[u8]) -> Result<Vec<TestMeta>, DecodeError> {
-    let mut tests = Vec::new();
+pub(crate) fn decode(section: &[u8]) -> Result<Section, DecodeError> {
+    let mut decoded = Section::default();
+    let mut records = 0;
     let mut at = 0;
     loop {
         while section.get(at) == Some(&0) {
             at += 1;
         }
         if at >= section.len() {
-            return Ok(tests);
+            return Ok(decoded);
         }
         let fail = |offset: usize, reason: String| DecodeError { offset, reason };
         if section.get(at..at + MAGIC.len()) != Some(&MAGIC[..]) {
             return Err(fail(at, "not a vmtest record (bad magic or version)".to_owned()));
         }
-        if tests.len() >= MAX_RECORDS {
+        if records >= MAX_RECORDS {
             return Err(fail(at, format!("more than {MAX_RECORDS} records")));
         }
+        records += 1;
         let len = read_u32(section, at + MAGIC.len())
             .ok_or_else(|| fail(at, "truncated record header".to_owned()))?;
         if len > MAX_RECORD_LEN {
@@ -183,8 +209,10 @@ pub(crate) fn decode(section: &[u8]) -> Result<Vec<TestMeta>, DecodeError> {
             .checked_add(len)
             .and_then(|end| section.get(start..end))
             .ok_or_else(|| fail(at, format!("record of {len} bytes runs past the section")))?;
-        let test = record(payload).map_err(|(offset, reason)| fail(start + offset, reason))?;
-        tests.push(test);
+        match record(payload).map_err(|(offset, reason)| fail(start + offset, reason))? {
+            Record::Test(test) => decoded.tests.push(*test),
+            Record::CrateRoot(root) => decoded.crate_root = Some(root),
+        }
         at = start + len;
     }
 }
@@ -195,7 +223,7 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Decodes one record's payload; errors carry an offset into the payload.
-fn record(payload: &[u8]) -> Result<TestMeta, (usize, String)> {
+fn record(payload: &[u8]) -> Result<Record, (usize, String)> {
     let mut fields = Vec::new();
     let mut at = 0;
     while at < payload.len() {
@@ -210,6 +238,9 @@ fn record(payload: &[u8]) -> Result<TestMeta, (usize, String)> {
     }
     if fields.len() % 2 != 0 {
         return Err((0, "odd number of fields (keys without values)".to_owned()));
+    }
+    if let [(_, CRATE_ROOT_KEY), (_, root)] = fields.as_slice() {
+        return Ok(Record::CrateRoot((*root).to_owned()));
     }
     let mut test = TestMeta::default();
     for pair in fields.chunks_exact(2) {
@@ -226,6 +257,11 @@ fn record(payload: &[u8]) -> Result<TestMeta, (usize, String)> {
                 test.line = u32::try_from(number("line")?)
                     .map_err(|_| (offset, "line too large".to_owned()))?
             }
+            "column" => {
+                test.column = u32::try_from(number("column")?)
+                    .map_err(|_| (offset, "column too large".to_owned()))?
+            }
+            "should_panic" => test.should_panic = true,
             "ignore" => test.ignore = Some(None),
             "ignore_reason" => test.ignore = Some(Some(value.to_owned())),
             "kernel" => vm.kernels.push(value.to_owned()),
@@ -251,7 +287,7 @@ fn record(payload: &[u8]) -> Result<TestMeta, (usize, String)> {
     if test.name.is_empty() || test.module_path.is_empty() {
         return Err((0, "record without a module_path or name".to_owned()));
     }
-    Ok(test)
+    Ok(Record::Test(Box::new(test)))
 }
 
 #[cfg(test)]
@@ -267,6 +303,10 @@ mod tests {
         "tests/net.rs",
         "line",
         "12",
+        "column",
+        "4",
+        "should_panic",
+        "",
         "ignore_reason",
         "slow",
         "kernel",
@@ -300,7 +340,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_field() {
-        let tests = decode(&RECORD).unwrap();
+        let tests = decode(&RECORD).unwrap().tests;
         assert_eq!(
             tests,
             vec![TestMeta {
@@ -308,6 +348,8 @@ mod tests {
                 name: "pings".into(),
                 file: "tests/net.rs".into(),
                 line: 12,
+                column: 4,
+                should_panic: true,
                 ignore: Some(Some("slow".into())),
                 vm: VmMeta {
                     kernels: vec!["6.1".into(), "6.12".into()],
@@ -333,10 +375,22 @@ mod tests {
         section.extend_from_slice(&[0; 13]);
         section.extend_from_slice(&SMALL_RECORD);
         section.extend_from_slice(&[0; 5]);
-        let tests = decode(&section).unwrap();
+        let tests = decode(&section).unwrap().tests;
         assert_eq!(tests.len(), 2);
         assert_eq!(tests[1].test_name(), "t");
-        assert!(decode(&[]).unwrap().is_empty());
+        assert_eq!(decode(&[]).unwrap(), Section::default());
+    }
+
+    #[test]
+    fn finds_the_crate_root_between_tests() {
+        const ROOT: &[&str] = &[CRATE_ROOT_KEY, "tests/vm.rs"];
+        static ROOT_RECORD: [u8; encoded_len(ROOT)] = encode(ROOT);
+        let mut section = SMALL_RECORD.to_vec();
+        section.extend_from_slice(&ROOT_RECORD);
+        section.extend_from_slice(&SMALL_RECORD);
+        let decoded = decode(&section).unwrap();
+        assert_eq!(decoded.tests.len(), 2);
+        assert_eq!(decoded.crate_root.as_deref(), Some("tests/vm.rs"));
     }
 
     #[test]

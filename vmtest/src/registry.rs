@@ -18,8 +18,10 @@ pub struct TestDef {
     pub name: &'static str,
     /// Source file and line, for messages.
     pub file: &'static str,
-    /// Line of the function in `file`.
+    /// Line of the function's name in `file`.
     pub line: u32,
+    /// Column (1-based) of the function's name in `file`.
+    pub column: u32,
     /// Calls the test and turns its return value into a result.
     pub run: fn() -> Result<(), String>,
     /// `#[ignore]`: `Some(reason)` (the reason may be absent).

@@ -12,8 +12,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use libtest_mimic::Arguments;
-
 use crate::arch::Arch;
 use crate::harness::{self, TestBinary};
 
@@ -25,10 +23,14 @@ pub fn run(binary: &Path, args: &[String]) -> ExitCode {
 fn run_code(binary: &Path, args: &[String]) -> i32 {
     match TestBinary::read(binary) {
         Ok(Some(binary)) => {
-            let argv =
-                std::iter::once(binary.path.display().to_string()).chain(args.iter().cloned());
-            // Like a native binary: a bad argument prints libtest's usage and exits.
-            harness::run(&binary, &Arguments::from_iter(argv))
+            let argv: Vec<String> = std::iter::once(binary.path.display().to_string())
+                .chain(args.iter().cloned())
+                .collect();
+            // Like a native binary: a bad argument is an `error:` line and exit code 101.
+            match harness::parse_args(&argv) {
+                Ok(options) => harness::run(&binary, &options),
+                Err(code) => code,
+            }
         }
         Ok(None) => crate::plain::run(binary, args).unwrap_or_else(|e| {
             eprintln!("error: {e}");
