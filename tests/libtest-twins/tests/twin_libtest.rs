@@ -1,0 +1,5 @@
+//! The cases under libtest.
+
+use core::prelude::v1::test as twin;
+
+mod cases;
