@@ -74,8 +74,7 @@ fn processes_mentioning(needle: &Path) -> Vec<String> {
     found
 }
 
-/// What a finished harness run printed; in stdout, the padding libtest-mimic puts after test
-/// names is removed.
+/// What a finished harness run printed.
 struct Ran {
     code: Option<i32>,
     stdout: String,
@@ -87,7 +86,7 @@ impl From<Output> for Ran {
         let stdout = String::from_utf8_lossy(&output.stdout);
         Ran {
             code: output.status.code(),
-            stdout: stdout.lines().map(unpad).collect::<Vec<_>>().join("\n"),
+            stdout: stdout.into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
     }
@@ -109,16 +108,6 @@ impl Ran {
     }
 }
 
-/// `test name    ... ok` -> `test name ... ok`.
-fn unpad(line: &str) -> String {
-    match line.split_once(" ... ") {
-        Some((name, rest)) if line.starts_with("test ") => {
-            format!("{} ... {rest}", name.trim_end())
-        }
-        _ => line.to_owned(),
-    }
-}
-
 fn assert_contains(haystack: &str, needles: &[&str]) {
     for needle in needles {
         assert!(haystack.contains(needle), "missing {needle:?} in:\n{haystack}");
@@ -131,7 +120,7 @@ fn failing_tests_fail_with_their_output() {
     let ran = run.run(
         FAILING,
         &["--skip", "prints_kernel_release", "--test-threads", "1"],
-        &[("VMTEST_TIMEOUT_SCALE", "1")],
+        &[("VMTEST_TIMEOUT_SCALE", "1"), ("RUST_BACKTRACE", "0")],
     );
     assert_contains(
         &ran.expect_code(101).stdout,
@@ -143,21 +132,45 @@ fn failing_tests_fail_with_their_output() {
             "test exits_with_3 ... FAILED",
             "test hangs ... FAILED",
             "test returns_err ... FAILED",
-            "test does_not_panic_as_required ... FAILED",
+            "test does_not_panic_as_required - should panic ... FAILED",
             "thread 'panics'",
             "panicked at tests/vm-suite/src/bin/fixture-failing.rs",
             "deliberate panic",
-            "captured stdout line",
-            "captured stderr line",
+            "---- assertion_fails stdout ----\ncaptured stdout line\ncaptured stderr line\n\n",
             "arithmetic",
-            "exited with status 3",
-            "hang started",
-            "timed out after 2 s",
-            "Error: \"deliberate error\"",
-            "note: test did not panic as expected",
+            "---- exits_with_3 stdout ----\nthe test process exited with status 3\n",
+            "---- hangs stdout ----\nhang started\ntimed out after 2 s\nkernel console: ",
+            "---- returns_err stdout ----\nError: \"deliberate error\"\n\n",
+            "---- does_not_panic_as_required stdout ----\nnote: test did not panic as expected at \
+             tests/vm-suite/src/bin/fixture-failing.rs:43:4\n",
+            "\nfailures:\n    assertion_fails\n    does_not_panic_as_required\n    exits_with_3\n    \
+             hangs\n    panics\n    returns_err\n",
             "test result: FAILED. 1 passed; 6 failed; 0 ignored; 0 measured; 1 filtered out",
         ],
     );
+    // Ordinary failures read as libtest's: no exit status, no console log; the kernel log
+    // saved for each failed test is named on stderr.
+    let returns_err = ran.stdout.split("---- returns_err stdout ----").nth(1).unwrap();
+    assert!(!returns_err.split("----").next().unwrap().contains("status 1"), "{}", ran.stdout);
+    assert_eq!(ran.stdout.matches("kernel console: ").count(), 2, "{}", ran.stdout);
+    assert_contains(&ran.stderr, &["vmtest: returns_err: artifacts in ", "dmesg.txt"]);
+    // The backtrace hint of the standard panic hook appears once, as in one libtest process.
+    let hint = "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace";
+    assert_eq!(ran.stdout.matches(hint).count(), 1, "{}", ran.stdout);
+    run.assert_clean();
+}
+
+#[test]
+fn command_line_errors_are_libtests() {
+    let run = RunDir::new("usage");
+    let ran = run.run(FAILING, &["--format", "xml"], &[]);
+    ran.expect_code(101).expect_one_error(&[
+        "argument for --format must be pretty, terse, json or junit (was xml)",
+    ]);
+    let ran = run.run(FAILING, &["--fail-fast"], &[]);
+    ran.expect_code(101).expect_one_error(&["vmtest does not support `--fail-fast`"]);
+    let ran = run.run(FAILING, &["--help"], &[]);
+    assert_contains(&ran.expect_code(0).stdout, &["Usage: ", "--test-threads", "--format"]);
     run.assert_clean();
 }
 
@@ -409,15 +422,15 @@ fn a_vm_killed_from_outside_fails_its_test_and_the_rest_run_in_a_fresh_vm() {
     let pid: libc::pid_t = qemu[0].split(':').next().unwrap().parse().unwrap();
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is the run's QEMU.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    seen.extend(rest.iter().map(|line| unpad(&line) + "\n"));
+    seen.extend(rest.iter().map(|line| line + "\n"));
     assert_eq!(child.wait().unwrap().code(), Some(101), "{seen}");
     assert_contains(
         &seen,
         &[
-            "---- a_waits_to_be_killed ----",
+            "---- a_waits_to_be_killed stdout ----",
             "the VM failed while this test ran",
             "(QEMU signal: 9 (SIGKILL))",
-            "b ran\nok",
+            "test b_runs_in_a_fresh_vm ... b ran\nok",
             "test result: FAILED. 1 passed; 1 failed",
         ],
     );
@@ -452,9 +465,9 @@ fn a_guest_that_stops_answering_fails_at_the_host_deadline() {
     let pid: libc::pid_t = qemu[0].split(':').next().unwrap().parse().unwrap();
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is the run's QEMU.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    seen.extend(rest.iter().map(|line| unpad(&line) + "\n"));
+    seen.extend(rest.iter().map(|line| line + "\n"));
     assert_eq!(child.wait().unwrap().code(), Some(101), "{seen}");
-    assert_contains(&seen, &["---- hangs ----", "the guest stopped answering"]);
+    assert_contains(&seen, &["---- hangs stdout ----", "the guest stopped answering"]);
     run.assert_clean();
 }
 
