@@ -1109,8 +1109,11 @@ mod tests {
         ]
     }
 
-    /// `(name, ignore, not_run)` of what `args` select from [`suite`], and how many are left out.
-    fn selection(args: &[&str]) -> (Vec<(String, bool, Option<Option<String>>)>, usize) {
+    /// A selected test as `(name, ignore, not_run)`.
+    type Picked = (String, bool, Option<Option<String>>);
+
+    /// What `args` select from [`suite`], and how many they leave out.
+    fn selection(args: &[&str]) -> (Vec<Picked>, usize) {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let Ok(Parsed::Run(options)) = args::parse("t", &args, |_| None) else { panic!() };
         let (selected, out) = select(instances(&suite(), Arch::X86_64), &options);
@@ -1125,7 +1128,7 @@ mod tests {
     fn selects_as_libtest_filters() {
         let (all, out) = selection(&[]);
         assert_eq!(out, 0);
-        let expected: Vec<(String, bool, Option<Option<String>>)> = vec![
+        let expected: Vec<Picked> = vec![
             ("elsewhere".into(), false, Some(Some("runs only on riscv64".into()))),
             ("later".into(), true, Some(Some("slow".into()))),
             ("later_too".into(), true, Some(None)),
