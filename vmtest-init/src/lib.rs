@@ -34,6 +34,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use forks::RunTest;
+pub use mounts::hidden_in_guest;
 use ports::Control;
 use protocol::{GuestMessage, Plan, PlannedTest, CONTROL_PORT, PLAN_PATH, PROTOCOL_VERSION};
 

@@ -55,7 +55,7 @@ fn kernel_filesystems_are_mounted() {
         ("/proc", "proc"),
         ("/sys", "sysfs"),
         ("/dev", "devtmpfs"),
-        ("/tmp", "tmpfs"),
+        ("/dev/pts", "devpts"),
         ("/sys/fs/cgroup", "cgroup2"),
         ("/sys/fs/bpf", "bpf"),
     ] {
@@ -64,6 +64,36 @@ fn kernel_filesystems_are_mounted() {
                 && l.split_whitespace().nth(2) == Some(fstype)),
             "{fstype} is not mounted on {target}:\n{mounts}"
         );
+    }
+}
+
+/// `/tmp`, `/run` and `/dev/shm` are the rootfs's own (RAM) directories, not mounts over it, so
+/// whatever the initramfs put there (a checkout, fixtures) stays; their modes are the usual ones.
+#[vm_test]
+fn temporary_directories_are_writable_ram_with_the_usual_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    for (dir, mode) in [("/tmp", 0o1777), ("/run", 0o755), ("/dev/shm", 0o1777)] {
+        let meta = std::fs::metadata(dir).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{dir}");
+        // SAFETY: a zeroed statfs is valid; statfs fills it.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        let path = std::ffi::CString::new(dir).unwrap();
+        // SAFETY: `path` is NUL-terminated and `fs` valid for writes.
+        assert_eq!(unsafe { libc::statfs(path.as_ptr(), &mut fs) }, 0, "{dir}");
+        assert_eq!(fs.f_type, libc::TMPFS_MAGIC as _, "{dir} is not in RAM");
+        let file = std::path::Path::new(dir).join(format!("vmtest-{}", std::process::id()));
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::remove_file(&file).unwrap();
+    }
+    // POSIX shared memory works on /dev/shm.
+    let name = c"/vmtest-shm";
+    // SAFETY: `name` is NUL-terminated; the descriptor is closed and the object unlinked.
+    unsafe {
+        let fd = libc::shm_open(name.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600);
+        assert!(fd >= 0, "shm_open: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+        assert!(std::path::Path::new("/dev/shm/vmtest-shm").exists());
+        assert_eq!(libc::shm_unlink(name.as_ptr()), 0);
     }
 }
 
