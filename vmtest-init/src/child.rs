@@ -1,21 +1,23 @@
 //! Running one planned program in a child process, and reaping.
 
+use std::ffi::CString;
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, WaitStatus};
+use rustix::process::{Pid, PidfdFlags, WaitOptions, WaitStatus};
 
 use crate::console;
 use crate::files::OutDir;
 use crate::forks::{ForkServer, Started};
 use crate::output::{TailBuffer, CAPTURE_LIMIT};
 use crate::ports::Control;
+use crate::process::{self, TestPids};
 use crate::protocol::{
     GuestMessage, Outcome, PlannedTest, Stream, ARTIFACT_ENV, PROFILE_ENV, SKIP_ENV,
 };
@@ -38,7 +40,7 @@ pub(crate) struct Finished {
     pub(crate) stderr: Vec<u8>,
 }
 
-/// Runs `test` in its own session and process group, with exactly its environment, and waits
+/// Runs `test` in a new test process (see `process.rs`), with exactly its environment, and waits
 /// for it within its timeout. Whatever is left of its process group afterwards is killed.
 ///
 /// Problems with the test itself (it cannot start, it times out) are outcomes; an `Err` means the
@@ -61,7 +63,7 @@ pub(crate) fn run(
         }),
         None => execute(test, env),
     };
-    let Started { pid, stdout, stderr } = match started {
+    let Started { pids, stdout, stderr } = match started {
         Ok(started) => started,
         Err(e) => {
             return Ok(Finished {
@@ -97,11 +99,11 @@ pub(crate) fn run(
     drop(events_tx);
 
     let timeout = Duration::from_millis(test.timeout_ms);
-    let outcome = match wait_until(pid, start + timeout) {
+    let outcome = match wait_until(pids.pid, start + timeout) {
         Some(status) => skipped(outcome_of(status), &skip_file),
         None => {
-            kill_group(pid);
-            if wait_until(pid, Instant::now() + KILL_GRACE).is_none() {
+            kill(pids);
+            if wait_until(pids.pid, Instant::now() + KILL_GRACE).is_none() {
                 console::say(format_args!("{}: still alive after SIGKILL", test.name));
             }
             Outcome::TimedOut { after_ms: test.timeout_ms }
@@ -110,7 +112,7 @@ pub(crate) fn run(
     let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     // Leftovers of the test (background processes in its group) must not outlive it, nor keep
     // its output pipes open.
-    kill_group(pid);
+    kill(pids);
 
     // First wait (bounded) for the pipes to reach their end; then collect what the readers made
     // of them, which takes as long as it takes (it is bounded work).
@@ -171,31 +173,78 @@ fn environment(test: &PlannedTest, out: &OutDir, skip_file: &str) -> Vec<(String
     env
 }
 
-/// Starts `test` by executing its program, in its own session.
+/// Starts `test` by executing its program (an absolute path) in a new test process, set up as
+/// `process.rs` describes.
 fn execute(test: &PlannedTest, env: Vec<(String, String)>) -> Result<Started, String> {
-    let mut command = Command::new(&test.program);
-    command
-        .args(&test.args)
-        .env_clear()
-        .envs(env)
-        .current_dir(&test.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure runs between fork and exec and only calls `setsid`, a single
-    // async-signal-safe system call; it allocates nothing and touches no shared state.
-    unsafe {
-        command.pre_exec(|| rustix::process::setsid().map(drop).map_err(io::Error::from));
-    }
-    let mut child =
-        command.spawn().map_err(|e| format!("failed to start {}: {e}", test.program))?;
-    let pid = Pid::from_raw(i32::try_from(child.id()).map_err(|_| "child pid out of range")?)
-        .ok_or("child pid is zero")?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err("the child's output pipes are missing".to_owned());
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        format!("failed to start {}: {what}: {e}", test.program)
     };
-    // `child` is never waited on through std: PID 1 reaps with waitpid(-1), see `reap`.
-    Ok(Started { pid, stdout: stdout.into(), stderr: stderr.into() })
+    let cstring = |s: &str| CString::new(s).map_err(|e| fail("a NUL byte", &e));
+    // Everything the child needs is made here: between fork and exec it must not allocate.
+    let program = cstring(&test.program)?;
+    let args: Vec<CString> = std::iter::once(test.program.as_str())
+        .chain(test.args.iter().map(String::as_str))
+        .map(cstring)
+        .collect::<Result<_, _>>()?;
+    let env: Vec<CString> = env
+        .iter()
+        .map(|(name, value)| cstring(&format!("{name}={value}")))
+        .collect::<Result<_, _>>()?;
+    let cwd = cstring(&test.cwd)?;
+    let argv = null_terminated(&args);
+    let envp = null_terminated(&env);
+    let null = File::open("/dev/null").map_err(|e| fail("/dev/null", &e))?;
+    let (stdout, stdout_w) = pipe().map_err(|e| fail("a pipe", &e))?;
+    let (stderr, stderr_w) = pipe().map_err(|e| fail("a pipe", &e))?;
+    let (status, status_w) = pipe().map_err(|e| fail("a pipe", &e))?;
+    let forked = process::fork_test().map_err(|e| fail("fork", &e))?;
+    let pids = match forked {
+        process::Forked::Test => {
+            process::reset(process::Handlers::None);
+            for (from, to) in
+                [(null.as_raw_fd(), 0), (stdout_w.as_raw_fd(), 1), (stderr_w.as_raw_fd(), 2)]
+            {
+                // SAFETY: both descriptors are open; dup2 replaces `to` and touches no memory.
+                if unsafe { libc::dup2(from, to) } == -1 {
+                    process::fail_start(&status_w, STAGE_STDIO, process::last_errno());
+                }
+            }
+            // SAFETY: `cwd` is a NUL-terminated string that outlives the call.
+            if unsafe { libc::chdir(cwd.as_ptr()) } == -1 {
+                process::fail_start(&status_w, STAGE_CWD, process::last_errno());
+            }
+            // SAFETY: `program`, `argv` and `envp` are NUL-terminated strings and
+            // null-terminated arrays of them, all alive here; execve only returns on failure.
+            unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            process::fail_start(&status_w, STAGE_EXEC, process::last_errno())
+        }
+        process::Forked::Parent(pids) => pids,
+    };
+    // The test process holds the write ends now; ours would keep the pipes from ending.
+    drop((stdout_w, stderr_w, status_w));
+    match process::read_start_failure(File::from(status)) {
+        None => Ok(Started { pids, stdout, stderr }),
+        // The test process has exited; it is reaped with the next orphans.
+        Some((STAGE_CWD, e)) => Err(format!(
+            "failed to start {}: failed to enter the working directory {}: {e}",
+            test.program, test.cwd
+        )),
+        Some((STAGE_STDIO, e)) => Err(fail("failed to set up stdin, stdout and stderr", &e)),
+        Some((_, e)) => Err(format!("failed to start {}: {e}", test.program)),
+    }
+}
+
+/// Where a test process that could not execute its program failed.
+const STAGE_STDIO: u8 = 0;
+const STAGE_CWD: u8 = 1;
+const STAGE_EXEC: u8 = 2;
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// What an output reader tells `run`.
@@ -268,14 +317,9 @@ fn outcome_of(status: WaitStatus) -> Outcome {
     }
 }
 
-fn kill_group(pgid: Pid) {
-    match rustix::process::kill_process_group(pgid, Signal::KILL) {
-        Ok(()) | Err(Errno::SRCH) => {}
-        Err(e) => console::say(format_args!(
-            "failed to kill process group {}: {}",
-            pgid.as_raw_nonzero(),
-            io::Error::from(e)
-        )),
+fn kill(pids: TestPids) {
+    for problem in process::kill(pids) {
+        console::say(problem);
     }
 }
 
@@ -324,9 +368,7 @@ pub(crate) fn reap(wanted: Option<Pid>) -> Option<WaitStatus> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::fs::File;
-
+pub(crate) mod tests {
     use super::*;
 
     fn sh(id: u32, script: &str, timeout_ms: u64) -> PlannedTest {
@@ -345,8 +387,12 @@ mod tests {
     /// `run` reaps any child, so tests that spawn must not overlap.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
-        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    /// Also makes this process the reaper of orphans, as PID 1 is: test processes are
+    /// orphaned to it.
+    pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        process::tests::become_reaper();
+        guard
     }
 
     fn out() -> OutDir {
@@ -404,6 +450,15 @@ mod tests {
         let finished = run(&test, &control(), &out(), None).unwrap();
         assert!(
             matches!(finished.outcome, Outcome::Error(e) if e.contains("/nonexistent/program"))
+        );
+        let mut test = sh(3, "", 30_000);
+        test.cwd = "/nonexistent/dir".into();
+        let finished = run(&test, &control(), &out(), None).unwrap();
+        assert!(
+            matches!(&finished.outcome, Outcome::Error(e)
+                if e.contains("working directory /nonexistent/dir") && e.contains("No such file")),
+            "{:?}",
+            finished.outcome
         );
     }
 

@@ -4,10 +4,10 @@
 //! relocates a large binary and every page it touches faults in again. So PID 1, while it still
 //! has a single thread, forks a copy of itself, the server. For each test PID 1 sends the server
 //! the test's name, environment and working directory with the write ends of its output pipes;
-//! the server forks twice so that the test process is orphaned to PID 1, which then waits for
-//! it, kills its process group and reaps it exactly as it does an executed one. The test
-//! process makes its own session, stdio, environment and working directory as the exec path
-//! would, and runs the test in place.
+//! the server forks the test process through an intermediate (`process.rs`), so that it is
+//! orphaned to PID 1, which then waits for it, kills its process group and reaps it exactly as
+//! it does an executed one. The test process resets its process state, makes its stdio,
+//! environment and working directory as the exec path would, and runs the test in place.
 //!
 //! Only a test whose program is PID 1's own binary, run without arguments, is started this way.
 //! Tests that collect LLVM profiles are executed: the profile runtime reads
@@ -16,7 +16,7 @@
 use std::cell::Cell;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -30,6 +30,7 @@ use rustix::process::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::console;
+use crate::process::{self, Forked, Handlers, TestPids};
 use crate::protocol::{PlannedTest, PROFILE_ENV, TEST_ENV};
 
 /// Runs the named test in the calling process and exits; never returns.
@@ -61,9 +62,10 @@ struct Request {
     cwd: String,
 }
 
-/// A started test process: a child of PID 1, and the read ends of its stdout and stderr.
+/// A started test process: a child of PID 1 in a process group of its own making, and the read
+/// ends of its stdout and stderr.
 pub(crate) struct Started {
-    pub(crate) pid: Pid,
+    pub(crate) pids: TestPids,
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
 }
@@ -157,17 +159,22 @@ impl ForkServer {
         .map_err(|e| format!("failed to send the fork request: {e}"))?;
         // The test process holds the write ends now; ours would keep the pipes from ending.
         drop((stdout_w, stderr_w));
-        let mut reply = [0u8; 4];
+        let mut reply = [0u8; 8];
         let n = rustix::net::recv(&self.socket, &mut reply, RecvFlags::empty())
             .map_err(|e| format!("no answer from the fork server: {e}"))?
             .0;
-        let code = match n {
-            4 => i32::from_le_bytes(reply),
+        let (code, group) = match n {
+            8 => (
+                i32::from_le_bytes([reply[0], reply[1], reply[2], reply[3]]),
+                i32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]),
+            ),
             0 => return Err("the fork server is gone".to_owned()),
-            n => return Err(format!("the fork server answered {n} bytes, not 4")),
+            n => return Err(format!("the fork server answered {n} bytes, not 8")),
         };
-        match Pid::from_raw(code) {
-            Some(pid) if code > 0 => Ok(Started { pid, stdout, stderr }),
+        match (Pid::from_raw(code), Pid::from_raw(group)) {
+            (Some(pid), Some(group_id)) if code > 0 && group > 0 => {
+                Ok(Started { pids: TestPids { pid, group: group_id }, stdout, stderr })
+            }
             _ => Err(format!(
                 "the fork server failed to fork: {}",
                 io::Error::from_raw_os_error(code.saturating_neg())
@@ -201,8 +208,11 @@ fn serve(socket: OwnedFd, run: RunTest) -> ! {
                 quit(1)
             }
         };
-        let code = start_test(&socket, request, fds, run);
-        if let Err(e) = rustix::net::send(&socket, &code.to_le_bytes(), SendFlags::empty()) {
+        let [pid, group] = start_test(&socket, request, fds, run);
+        let mut reply = [0u8; 8];
+        reply[..4].copy_from_slice(&pid.to_le_bytes());
+        reply[4..].copy_from_slice(&group.to_le_bytes());
+        if let Err(e) = rustix::net::send(&socket, &reply, SendFlags::empty()) {
             console::say(format_args!("fork server: failed to answer: {e}"));
             quit(1)
         }
@@ -247,52 +257,17 @@ fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Result<Option<(Request, Vec<Owne
     Ok(Some((request, fds)))
 }
 
-/// Forks the test process through a short-lived intermediate, so that it is orphaned to PID 1.
-/// Returns its pid, or minus the errno of the failed fork.
-fn start_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTest) -> i32 {
-    let (pid_r, pid_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
-        Ok(ends) => ends,
-        Err(e) => return -e.raw_os_error(),
-    };
-    // SAFETY: the server has a single thread (it was forked from a single-threaded PID 1 and
-    // starts none), so the child starts in a consistent state.
-    match unsafe { libc::fork() } {
-        -1 => -last_errno(),
-        0 => {
-            // The intermediate: fork the test process, tell the server its pid, vanish.
-            // SAFETY: as above; this process is a fork of the single-threaded server.
-            let pid = match unsafe { libc::fork() } {
-                0 => {
-                    drop((pid_r, pid_w));
-                    become_test(socket, request, fds, run)
-                }
-                -1 => -last_errno(),
-                pid => pid,
-            };
-            let _ = File::from(pid_w).write_all(&pid.to_le_bytes());
-            // SAFETY: `_exit` ends this process at once, without running the server's exit
-            // handlers or flushing buffers that belong to the server.
-            unsafe { libc::_exit(0) }
-        }
-        intermediate => {
-            drop(pid_w);
+/// Forks the test process (see `process.rs`). Returns its pid and process group, or minus the
+/// errno of the failed fork and 0.
+fn start_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTest) -> [i32; 2] {
+    match process::fork_test() {
+        Ok(Forked::Test) => become_test(socket, request, fds, run),
+        Ok(Forked::Parent(pids)) => {
             drop(fds);
-            let _ = rustix::process::waitpid(
-                Pid::from_raw(intermediate),
-                rustix::process::WaitOptions::empty(),
-            );
-            let mut bytes = [0u8; 4];
-            match File::from(pid_r).read_exact(&mut bytes) {
-                Ok(()) => i32::from_le_bytes(bytes),
-                Err(_) => -libc::ECHILD,
-            }
+            [pids.pid.as_raw_nonzero().get(), pids.group.as_raw_nonzero().get()]
         }
+        Err(e) => [-e.raw_os_error().unwrap_or(libc::EIO), 0],
     }
-}
-
-/// The errno of the last failed call (`EIO` if there is none to read).
-fn last_errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// Turns the freshly forked process into the test process and runs the test.
@@ -321,9 +296,10 @@ fn become_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTe
     run(&request.test)
 }
 
-/// Session, stdio and working directory of the test process, as the exec path sets them.
+/// Process state, stdio and working directory of the test process, as the exec path sets them.
 fn prepare(request: &Request, fds: &[OwnedFd]) -> io::Result<()> {
-    rustix::process::setsid()?;
+    // The server is single-threaded and runs this binary: Rust's runtime signal handlers stay.
+    process::reset(Handlers::KeepRuntime);
     let null = File::open("/dev/null")?;
     for (from, to) in [(null.as_raw_fd(), 0), (fds[0].as_raw_fd(), 1), (fds[1].as_raw_fd(), 2)] {
         // SAFETY: both descriptors are open (`from` is owned above, `to` is a standard stream

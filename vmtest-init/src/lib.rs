@@ -25,6 +25,7 @@ mod net;
 mod output;
 mod ports;
 mod power;
+mod process;
 pub mod protocol;
 
 use std::any::Any;
@@ -97,8 +98,11 @@ fn run_pid1_inner(run: Option<RunTest>) -> ! {
 }
 
 fn guest_main(run: Option<RunTest>) -> Result<(), String> {
+    // First: PID 1's session, and the resource limits before anything could change them.
+    let session = process::init_pid1();
     console::ensure_stdio();
-    let mut logs = mounts::mount_all();
+    let mut logs: Vec<String> = session.err().into_iter().collect();
+    logs.extend(mounts::mount_all());
     // Now that devtmpfs is on /dev, a console exists even if the initramfs had none.
     console::ensure_stdio();
     if let Err(e) = net::bring_up_loopback() {

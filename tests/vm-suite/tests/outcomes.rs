@@ -125,12 +125,13 @@ fn failing_tests_fail_with_their_output() {
     assert_contains(
         &ran.expect_code(101).stdout,
         &[
-            "running 7 tests",
+            "running 8 tests",
             "test passes ... ok",
             "test panics ... FAILED",
             "test assertion_fails ... FAILED",
             "test exits_with_3 ... FAILED",
             "test hangs ... FAILED",
+            "test hangs_left_nothing_running ... ok",
             "test returns_err ... FAILED",
             "test does_not_panic_as_required - should panic ... FAILED",
             "thread 'panics'",
@@ -142,10 +143,10 @@ fn failing_tests_fail_with_their_output() {
             "---- hangs stdout ----\nhang started\ntimed out after 2 s\nkernel console: ",
             "---- returns_err stdout ----\nError: \"deliberate error\"\n\n",
             "---- does_not_panic_as_required stdout ----\nnote: test did not panic as expected at \
-             tests/vm-suite/src/bin/fixture-failing.rs:43:4\n",
+             tests/vm-suite/src/bin/fixture-failing.rs:45:4\n",
             "\nfailures:\n    assertion_fails\n    does_not_panic_as_required\n    exits_with_3\n    \
              hangs\n    panics\n    returns_err\n",
-            "test result: FAILED. 1 passed; 6 failed; 0 ignored; 0 measured; 1 filtered out",
+            "test result: FAILED. 2 passed; 6 failed; 0 ignored; 0 measured; 1 filtered out",
         ],
     );
     // Ordinary failures read as libtest's: no exit status, no console log; the kernel log

@@ -18,11 +18,7 @@ fn runs_as_root_in_a_child_of_pid1() {
 }
 
 #[vm_test]
-fn runs_in_its_own_session_with_stdin_from_dev_null() {
-    // SAFETY: getsid and getpgid with 0 query the calling process; no preconditions.
-    let (sid, pgid) = unsafe { (libc::getsid(0), libc::getpgid(0)) };
-    let pid = std::process::id() as i32;
-    assert_eq!((sid, pgid), (pid, pid), "the test leads its own session and process group");
+fn stdin_is_dev_null_and_only_stdio_is_open() {
     let stdin = std::fs::read_link("/proc/self/fd/0").unwrap();
     assert_eq!(stdin, std::path::Path::new("/dev/null"));
     // Only stdio is open: nothing of PID 1's (control port, fork server socket) leaked in.
@@ -33,6 +29,81 @@ fn runs_in_its_own_session_with_stdin_from_dev_null() {
     open.sort();
     // The fourth is read_dir's own descriptor.
     assert_eq!(open.len(), 4, "open descriptors: {open:?}");
+}
+
+/// The disposition of `signal`: `SIG_DFL`, `SIG_IGN` or a handler's address.
+fn disposition(signal: libc::c_int) -> libc::sighandler_t {
+    // SAFETY: a zeroed sigaction is valid; sigaction only writes the current action into it.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `action` is valid for writes; a null new action changes nothing.
+    assert_eq!(unsafe { libc::sigaction(signal, std::ptr::null(), &mut action) }, 0);
+    action.sa_sigaction
+}
+
+/// A line of `/proc/self/status`, e.g. `Umask`.
+fn status_field(name: &str) -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let prefix = format!("{name}:");
+    let line = status.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{name}"));
+    line[prefix.len()..].trim().to_owned()
+}
+
+#[vm_test]
+fn process_state_is_as_under_cargo() {
+    // SAFETY: getsid, getpgid and getpid with 0 query the calling process; no preconditions.
+    let (sid, pgid, pid) = unsafe { (libc::getsid(0), libc::getpgid(0), libc::getpid()) };
+    assert_ne!(sid, pid, "the test process leads a session");
+    assert_ne!(pgid, pid, "the test process leads its process group");
+    assert_eq!(sid, 1, "the test process is not in PID 1's session");
+    // No controlling terminal.
+    let tty = std::fs::File::open("/dev/tty").map(drop).unwrap_err();
+    assert_eq!(tty.raw_os_error(), Some(libc::ENXIO), "/dev/tty: {tty}");
+    // Default dispositions, but what Rust's runtime sets (SIGPIPE ignored).
+    for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGUSR1] {
+        assert_eq!(disposition(signal), libc::SIG_DFL, "signal {signal}");
+    }
+    assert_eq!(disposition(libc::SIGPIPE), libc::SIG_IGN);
+    assert_eq!(status_field("SigBlk"), "0000000000000000", "the signal mask is not empty");
+    assert_eq!(status_field("SigIgn"), format!("{:016x}", 1u64 << (libc::SIGPIPE - 1)));
+    assert_eq!(status_field("Umask"), "0022");
+    // The kernel's default limits.
+    let mut nofile = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `nofile` is valid for writes.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) }, 0);
+    assert_eq!((nofile.rlim_cur, nofile.rlim_max), (1024, 4096));
+}
+
+/// Opens a pseudo-terminal pair the way a test of terminal code does (no `O_NOCTTY` on the
+/// slave), then hangs the terminal up by closing the master. Under cargo this is harmless; a
+/// session leader would get the terminal as its controlling one and be killed by the SIGHUP.
+#[vm_test]
+fn a_pty_hangup_does_not_kill_the_test() {
+    // SAFETY: plain libc calls on descriptors this test owns; ptsname's buffer is copied at once.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(master)).to_owned();
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR);
+        assert!(slave >= 0, "open {name:?}: {}", std::io::Error::last_os_error());
+        // It did not become the controlling terminal.
+        let tty = libc::open(c"/dev/tty".as_ptr(), libc::O_RDWR);
+        assert_eq!((tty, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::ENXIO)));
+        libc::close(master);
+        libc::close(slave);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Still alive: a SIGHUP would have killed it before this point.
+    assert_eq!(disposition(libc::SIGHUP), libc::SIG_DFL);
+}
+
+#[vm_test]
+fn the_test_process_can_make_its_own_session() {
+    // Fails with EPERM for a process group leader.
+    // SAFETY: setsid has no preconditions; this process is the test's own.
+    let sid = unsafe { libc::setsid() };
+    assert_eq!(sid, std::process::id() as i32, "setsid: {}", std::io::Error::last_os_error());
 }
 
 /// Each test runs in a fresh process: two tests of one VM both see the counter at zero.
