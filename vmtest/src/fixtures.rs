@@ -18,10 +18,17 @@ use crate::Error;
 /// How many links in a row a listed path may go through.
 const MAX_LINK_CHAIN: usize = 40;
 
-/// Checks that every fixture still exists (the macro checked it at compile time): a start-up
-/// error naming the first that does not.
+/// Checks that every fixture still exists (the macro checked it at compile time) and is at a
+/// path the guest can provide (not under `/proc`, `/sys` or `/dev`, where the guest mounts its
+/// own file systems; `/dev/shm` is fine): a start-up error naming the first that is not.
 pub(crate) fn check(files: &[&str]) -> Result<(), Error> {
     for file in files {
+        if let Some(why) = vmtest_init::hidden_in_guest(&normalize(Path::new(file))) {
+            return Err(Error::Config(format!(
+                "failed to provide the test fixture {file} (listed in `files = [...]`) in the \
+                 guest: {why}"
+            )));
+        }
         if let Err(e) = std::fs::symlink_metadata(file) {
             return Err(Error::io(
                 format!("failed to find the test fixture {file} (listed in `files = [...]`)"),
@@ -146,6 +153,33 @@ mod tests {
         let err = check(&[dir.path().to_str().unwrap(), missing]).unwrap_err().to_string();
         assert!(err.contains(missing), "{err}");
         assert!(err.contains("fixture"), "{err}");
+    }
+
+    #[test]
+    fn a_fixture_the_guest_mounts_over_is_an_error_naming_it() {
+        for (file, fstype) in [
+            ("/proc/cpuinfo", "proc"),
+            ("/sys/kernel", "sysfs"),
+            ("/dev/null", "devtmpfs"),
+            ("/tmp/../dev/zero", "devtmpfs"),
+        ] {
+            let err = check(&[file]).unwrap_err().to_string();
+            assert!(err.contains(file), "{err}");
+            assert!(err.contains("files = [...]"), "{err}");
+            assert!(err.contains(&format!("mounts {fstype} on")), "{err}");
+        }
+    }
+
+    #[test]
+    fn fixtures_under_tmp_and_dev_shm_are_fine() {
+        for base in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+            if !base.is_dir() {
+                continue;
+            }
+            let dir =
+                tempfile::Builder::new().prefix("vmtest-fixtures-").tempdir_in(&base).unwrap();
+            check(&[dir.path().to_str().unwrap()]).unwrap();
+        }
     }
 
     #[test]

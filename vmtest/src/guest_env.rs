@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 
+use crate::Error;
+
 /// Set in every test's environment; a forwarded variable of the same name wins.
 pub(crate) const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -62,12 +64,27 @@ pub(crate) fn test_env(
 }
 
 /// The test's working directory in the guest: the host's `CARGO_MANIFEST_DIR` at run time, as
-/// under `cargo test`, else `/`.
-pub(crate) fn test_cwd(manifest_dir: Option<OsString>) -> String {
-    manifest_dir
+/// under `cargo test`, else `/`. A directory the guest cannot provide (one under `/proc`, `/sys`
+/// or `/dev`, where the guest mounts its own file systems) is an error naming it.
+pub(crate) fn test_cwd(manifest_dir: Option<OsString>) -> Result<String, Error> {
+    let cwd = manifest_dir
         .and_then(|dir| dir.into_string().ok())
         .filter(|dir| Path::new(dir).is_absolute())
-        .unwrap_or_else(|| "/".to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    check_cwd(&cwd, "CARGO_MANIFEST_DIR")?;
+    Ok(cwd)
+}
+
+/// Checks that the guest can provide the working directory `cwd` (absolute), which `source`
+/// named.
+pub(crate) fn check_cwd(cwd: &str, source: &str) -> Result<(), Error> {
+    match vmtest_init::hidden_in_guest(Path::new(cwd)) {
+        None => Ok(()),
+        Some(why) => Err(Error::Config(format!(
+            "failed to provide the working directory {cwd} ({source}) in the guest: {why}; \
+             run the tests from a directory elsewhere"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -157,8 +174,30 @@ mod tests {
 
     #[test]
     fn cwd_is_the_manifest_dir_when_absolute() {
-        assert_eq!(test_cwd(Some("/src/crate".into())), "/src/crate");
-        assert_eq!(test_cwd(Some("relative".into())), "/");
-        assert_eq!(test_cwd(None), "/");
+        assert_eq!(test_cwd(Some("/src/crate".into())).unwrap(), "/src/crate");
+        assert_eq!(test_cwd(Some("relative".into())).unwrap(), "/");
+        assert_eq!(test_cwd(None).unwrap(), "/");
+    }
+
+    #[test]
+    fn cwd_may_be_under_tmp_run_and_dev_shm() {
+        for dir in ["/tmp/checkout/crate", "/run/user/1000/crate", "/dev/shm/crate", "/tmp"] {
+            assert_eq!(test_cwd(Some(dir.into())).unwrap(), dir);
+        }
+    }
+
+    #[test]
+    fn cwd_the_guest_mounts_over_is_an_error_naming_it() {
+        for (dir, fstype) in [
+            ("/proc/crate", "proc"),
+            ("/sys/crate", "sysfs"),
+            ("/dev/crate", "devtmpfs"),
+            ("/dev/pts/crate", "devpts"),
+        ] {
+            let error = test_cwd(Some(dir.into())).unwrap_err().to_string();
+            assert!(error.contains(dir), "{error}");
+            assert!(error.contains("CARGO_MANIFEST_DIR"), "{error}");
+            assert!(error.contains(&format!("mounts {fstype} on")), "{error}");
+        }
     }
 }

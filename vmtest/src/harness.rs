@@ -438,6 +438,8 @@ struct RunContext {
     profile_dir: Option<PathBuf>,
     /// Largest file accepted from a guest.
     file_limit: u64,
+    /// The tests' working directory in the guest.
+    cwd: String,
     vms: VmSlots,
     /// Threads of the VMs started so far.
     vm_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -566,6 +568,7 @@ fn prepare(
         log_dir: LogDir::claim(log_dir(&binary.path))?,
         profile_dir: profile_dir(),
         file_limit: files::file_limit()?,
+        cwd: guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR"))?,
         vms: VmSlots::for_host(threads),
         accel,
         fallback: OnceLock::new(),
@@ -892,9 +895,9 @@ impl Group {
         for file in pending.iter().flat_map(|m| m.files.iter()) {
             fixtures::add(&mut initramfs, file)?;
         }
-        let cwd = guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR"));
-        if cwd != "/" && !initramfs.contains(&cwd) {
-            initramfs.add_dir(&cwd, 0o755)?;
+        let cwd = &context.cwd;
+        if cwd != "/" && !initramfs.contains(cwd) {
+            initramfs.add_dir(cwd, 0o755)?;
         }
         let everyone: Vec<u32> = pending.iter().map(|m| m.id).collect();
         let modules = (self.harness_modules.iter().map(|m| (m, Vec::new())))
@@ -938,7 +941,7 @@ impl Group {
             program: "/init".to_owned(),
             args: vec![],
             env,
-            cwd: guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR")),
+            cwd: context.cwd.clone(),
             timeout_ms: u64::try_from(
                 member.timeout.mul_f64(context.accel().timeout_scale).as_millis(),
             )

@@ -584,6 +584,18 @@ fn a_vanished_fixture_is_one_clear_error() {
 }
 
 #[test]
+fn a_working_directory_the_guest_mounts_over_is_one_clear_error() {
+    let run = RunDir::new("procdir");
+    let env = [("CARGO_MANIFEST_DIR", "/proc/checkout")];
+    let ran = run.run(FAILING, &["--exact", "passes"], &env);
+    ran.expect_one_error(&[
+        "working directory /proc/checkout (CARGO_MANIFEST_DIR)",
+        "the guest mounts proc on /proc",
+    ]);
+    run.assert_clean();
+}
+
+#[test]
 fn rust_backtrace_shows_symbols_from_the_guest() {
     let run = RunDir::new("backtrace");
     let ran = run.run(FAILING, &["--exact", "panics"], &[("RUST_BACKTRACE", "1")]);
