@@ -1,6 +1,7 @@
 //! Runner mode for a binary without vmtest tests (an ordinary `#[test]` suite, or any program):
 //! it boots under a static `vmtest-init` as `/init`, runs once as `/main` with the runner's
-//! arguments, its output streams live, and its exit code becomes the runner's.
+//! arguments in the runner's working directory, its output streams live, and its exit code
+//! becomes the runner's.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,12 +47,17 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         Err(_) => DEFAULT_TIMEOUT.mul_f64(scale),
     };
 
+    let cwd = working_directory()?;
+
     let workdir = crate::process::vm_workdir()?;
     let initrd = workdir.path().join("initrd.cpio");
     let mut initramfs = Initramfs::new();
     initramfs.add_elf_with_libraries("/init", &init)?;
     initramfs.add_elf_with_libraries("/main", binary)?;
     initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
+    if cwd != "/" && !initramfs.contains(&cwd) {
+        initramfs.add_dir(&cwd, 0o755)?;
+    }
     let mut modules = Vec::new();
     for module in kernel.harness_modules()? {
         let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
@@ -85,7 +91,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
             program: "/main".to_owned(),
             args: args.to_vec(),
             env,
-            cwd: "/".to_owned(),
+            cwd,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             capture: false,
         }],
@@ -163,6 +169,18 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         }
     };
     Ok(code)
+}
+
+/// The program's working directory in the guest: the runner's own, as cargo runs a test binary
+/// in its package's directory (an empty directory in the guest); `/` when it has no UTF-8 name.
+/// A directory the guest cannot provide is an error naming it.
+fn working_directory() -> Result<String, Error> {
+    let cwd = std::env::current_dir()
+        .ok()
+        .and_then(|dir| dir.into_os_string().into_string().ok())
+        .unwrap_or_else(|| "/".to_owned());
+    crate::guest_env::check_cwd(&cwd, "the runner's working directory")?;
+    Ok(cwd)
 }
 
 /// `<target>/<triple>/<profile>/vmtest/<binary name>.console.log`, next to cargo's output.

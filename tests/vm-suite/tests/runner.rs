@@ -51,10 +51,16 @@ fn plain_build() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// Runs the plain crate's tests in a VM, from the crate's directory as cargo would.
 fn run_plain(args: &[&str]) -> (Output, String, String) {
     let (binary, init) = plain_build();
-    let output =
-        Command::new(RUNNER).arg(binary).args(args).env("VMTEST_INIT", init).output().unwrap();
+    let output = Command::new(RUNNER)
+        .arg(binary)
+        .args(args)
+        .env("VMTEST_INIT", init)
+        .current_dir(workspace().join("tests/plain-crate"))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (output, stdout, stderr)
@@ -84,6 +90,34 @@ fn plain_crate_passes_in_a_vm() {
 }
 
 #[test]
+fn plain_crate_runs_as_under_cargo() {
+    let (output, stdout, stderr) = run_plain(&["--nocapture", "--test-threads", "1"]);
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // With --nocapture the marker comes between a test's name and its `ok`.
+    assert!(stdout.contains("test tests::process_state_is_as_under_cargo ... "), "{stdout}");
+    assert!(stdout.contains("process state checked in the vmtest guest"), "{stdout}");
+    assert!(stdout.contains("test tests::runs_in_the_package_directory ... ok"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 4 passed"), "{stdout}");
+}
+
+#[test]
+fn plain_binary_in_a_directory_the_guest_mounts_over_is_a_clear_error() {
+    let (binary, init) = plain_build();
+    let output = Command::new(RUNNER)
+        .arg(binary)
+        .env("VMTEST_INIT", init)
+        .current_dir("/proc/self")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("working directory /proc/"), "{stderr}");
+    assert!(errors[0].contains("mounts proc on /proc"), "{stderr}");
+}
+
+#[test]
 fn plain_crate_failure_and_exit_code_propagate() {
     let (output, stdout, stderr) = run_plain(&["--include-ignored", "--test-threads", "1"]);
     assert_eq!(output.status.code(), Some(101), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -108,7 +142,11 @@ fn plain_binary_without_vmtest_init_gets_one_built() {
     let cache = workspace().join("target/runner-tests/xdg-cache");
     let run = |init: Option<&Path>| {
         let mut command = Command::new(RUNNER);
-        command.arg(&copy).env("XDG_CACHE_HOME", &cache).env_remove("VMTEST_INIT");
+        command
+            .arg(&copy)
+            .current_dir(workspace().join("tests/plain-crate"))
+            .env("XDG_CACHE_HOME", &cache)
+            .env_remove("VMTEST_INIT");
         if let Some(init) = init {
             command.env("VMTEST_INIT", init);
         }
