@@ -1,0 +1,70 @@
+//! A checkout anywhere works: a small vm_test crate (`checkout-crate/`) is copied to a fresh
+//! directory under `/tmp` and under `/dev/shm`, where the guest keeps what the initramfs puts
+//! (it mounts nothing over them), and its tests run there with `cargo test`.
+//!
+//! The copies are built by nested cargo commands in a target dir of their own (the outer
+//! `cargo test` holds the lock of the workspace's), offline, with the workspace's lock file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Copies `checkout-crate/` into a fresh directory under `base`, removed when dropped, as the
+/// package `name` (copies of one name would share, and race for, one test binary).
+fn copy_checkout(base: &str, name: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("vmtest-checkout-").tempdir_in(base).unwrap();
+    let root = dir.path();
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkout-crate");
+    std::fs::create_dir_all(root.join("tests/data")).unwrap();
+    for file in ["tests/here.rs", "tests/data/fixture.txt"] {
+        std::fs::copy(template.join(file), root.join(file)).unwrap();
+    }
+    let vmtest = workspace().join("vmtest");
+    let manifest = format!(
+        "[package]\nname = {name:?}\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+         publish = false\n\n[dev-dependencies]\nvmtest = {{ path = {:?} }}\n\n\
+         [[test]]\nname = \"here\"\nharness = false\n\n[workspace]\n",
+        vmtest.to_str().unwrap()
+    );
+    std::fs::write(root.join("Cargo.toml"), manifest).unwrap();
+    std::fs::copy(workspace().join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
+    dir
+}
+
+/// Runs the copied suite with `cargo test` from its directory and checks that its test passed
+/// and saw the checkout at its host path.
+fn passes_in_a_checkout_under(base: &str, name: &str) {
+    if !Path::new(base).is_dir() {
+        eprintln!("skipped: this host has no {base}");
+        return;
+    }
+    let checkout = copy_checkout(base, name);
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "-q", "--offline", "--test", "here", "--", "--nocapture"])
+        .current_dir(checkout.path())
+        .env("CARGO_TARGET_DIR", workspace().join("target/checkout-tests"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let seen = format!("checkout seen at {}", checkout.path().display());
+    assert!(stdout.contains(&seen), "{seen:?} missing:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("test result: ok. 1 passed"), "{stdout}");
+    let path = checkout.path().to_owned();
+    checkout.close().unwrap();
+    assert!(!path.exists(), "{} is left behind", path.display());
+}
+
+#[test]
+fn a_checkout_under_tmp_passes() {
+    passes_in_a_checkout_under("/tmp", "checkout-in-tmp");
+}
+
+#[test]
+fn a_checkout_under_dev_shm_passes() {
+    passes_in_a_checkout_under("/dev/shm", "checkout-in-dev-shm");
+}
