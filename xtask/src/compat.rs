@@ -39,6 +39,10 @@ const SUITES: [Suite; 3] = [
 const TARGETS: [(Arch, &str); 3] =
     [(Arch::X86_64, "6.1"), (Arch::X86_64, "6.12"), (Arch::Aarch64, "6.12")];
 
+/// How long one test binary may run in its VM, in seconds (nix's largest takes about two
+/// minutes under TCG).
+const PLAIN_TIMEOUT_SECS: u64 = 600;
+
 /// A test that passes on the host but may not in a VM, and why. `test` is an exact libtest name.
 struct Known {
     krate: &'static str,
@@ -310,7 +314,12 @@ fn run_binary(exe: &Path, src: &Path, vm: Option<(&Path, &str)>) -> BinaryRun {
         None => Command::new(exe),
         Some((runner, kernel)) => {
             let mut command = Command::new(runner);
-            command.arg("run").arg(exe).env("VMTEST_KERNEL", kernel);
+            // A hung test must not hold the whole check for the runner's default half hour.
+            command
+                .arg("run")
+                .arg(exe)
+                .env("VMTEST_KERNEL", kernel)
+                .env("VMTEST_PLAIN_TIMEOUT", PLAIN_TIMEOUT_SECS.to_string());
             command
         }
     };
