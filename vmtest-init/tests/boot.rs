@@ -123,8 +123,8 @@ fn runs_a_plan_and_powers_off() {
     // Exactly the planned environment, plus where PID 1 wants skip reasons and artifacts.
     assert_eq!(
         text(stdout),
-        "hello stdout\nenv PROBE=value\nenv VMTEST_ARTIFACT_DIR=/run/vmtest/out/0/artifacts\n\
-         env VMTEST_SKIP_FILE=/tmp/vmtest-skip-1-0\ncwd /tmp\n"
+        "hello stdout\nenv PROBE=value\nenv VMTEST_SKIP_FILE=/tmp/vmtest-skip-1-0\n\
+         env VMTEST_ARTIFACT_DIR=/run/vmtest/out/0/artifacts\ncwd /tmp\n"
     );
     assert_eq!(text(stderr), "hello stderr\n");
 
@@ -179,9 +179,8 @@ fn runs_a_plan_and_powers_off() {
         "sysfs /sys sysfs",
         "devtmpfs /dev devtmpfs",
         "devpts /dev/pts devpts",
-        "shm /dev/shm tmpfs",
-        "tmpfs /tmp tmpfs",
-        "tmpfs /run tmpfs",
+        // The initramfs's own /dev/shm, carried across the devtmpfs mount.
+        "rootfs /dev/shm rootfs",
         "debugfs /sys/kernel/debug debugfs",
         "tracefs /sys/kernel/tracing tracefs",
         "bpffs /sys/fs/bpf bpf",
@@ -189,6 +188,10 @@ fn runs_a_plan_and_powers_off() {
         "securityfs /sys/kernel/security securityfs",
     ] {
         assert!(system.contains(mount), "{mount} missing:\n{system}");
+    }
+    // /tmp and /run are the initramfs's, not mounted over.
+    for target in [" /tmp ", " /run "] {
+        assert!(!system.contains(target), "{target} is mounted over:\n{system}");
     }
 
     match &finished[&9].0 {
