@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use crate::files::OutDir;
 use crate::forks::{ForkServer, Started};
 use crate::output::{TailBuffer, CAPTURE_LIMIT};
 use crate::ports::Control;
-use crate::process::{self, TestPids};
+use crate::process::{self, Readers, Stdio, TestPids};
 use crate::protocol::{
     GuestMessage, Outcome, PlannedTest, Stream, ARTIFACT_ENV, PROFILE_ENV, SKIP_ENV,
 };
@@ -36,8 +36,8 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct Finished {
     pub(crate) outcome: Outcome,
     pub(crate) duration_ms: u64,
-    pub(crate) stdout: Vec<u8>,
-    pub(crate) stderr: Vec<u8>,
+    /// What the test wrote to stdout and stderr, in the order written, when it is captured.
+    pub(crate) output: Vec<u8>,
 }
 
 /// Runs `test` in a new test process (see `process.rs`), with exactly its environment, and waits
@@ -63,38 +63,42 @@ pub(crate) fn run(
         }),
         None => execute(test, env),
     };
-    let Started { pids, stdout, stderr } = match started {
+    let Started { pids, output } = match started {
         Ok(started) => started,
         Err(e) => {
-            return Ok(Finished {
-                outcome: Outcome::Error(e),
-                duration_ms: 0,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            })
+            return Ok(Finished { outcome: Outcome::Error(e), duration_ms: 0, output: Vec::new() })
         }
     };
 
     let closed = Arc::new(AtomicBool::new(false));
+    let readers = match output {
+        Readers::Captured(pipe) => vec![(pipe, Sink::Capture(TailBuffer::new(CAPTURE_LIMIT)))],
+        Readers::Streamed { stdout, stderr } => {
+            [(Stream::Stdout, stdout), (Stream::Stderr, stderr)]
+                .map(|(stream, pipe)| {
+                    let (control, closed) = (control.clone(), closed.clone());
+                    (pipe, Sink::Stream { control, id: test.id, stream, closed })
+                })
+                .into()
+        }
+    };
     let (events_tx, events) = mpsc::channel();
-    let mut pending = 0;
-    for (stream, pipe) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
-        let sink = if test.capture {
-            Sink::Capture(TailBuffer::new(CAPTURE_LIMIT))
-        } else {
-            Sink::Stream { control: control.clone(), id: test.id, stream, closed: closed.clone() }
+    let pending = readers.len();
+    for (pipe, sink) in readers {
+        let name = match &sink {
+            Sink::Capture(_) => "vmtest-output".to_owned(),
+            Sink::Stream { stream, .. } => format!("vmtest-{stream:?}").to_lowercase(),
         };
         let events_tx = events_tx.clone();
         std::thread::Builder::new()
-            .name(format!("vmtest-{stream:?}").to_lowercase())
+            .name(name)
             .spawn(move || {
                 let result = pump(std::fs::File::from(pipe), sink, || {
-                    let _ = events_tx.send(Event::Eof(stream));
+                    let _ = events_tx.send(Event::Eof);
                 });
-                let _ = events_tx.send(Event::Result(stream, result));
+                let _ = events_tx.send(Event::Result(result));
             })
             .map_err(|e| format!("failed to start an output reader: {e}"))?;
-        pending += 1;
     }
     drop(events_tx);
 
@@ -116,47 +120,46 @@ pub(crate) fn run(
 
     // First wait (bounded) for the pipes to reach their end; then collect what the readers made
     // of them, which takes as long as it takes (it is bounded work).
-    let mut at_eof = Vec::new();
+    let mut at_eof = 0;
     let drain_deadline = Instant::now() + DRAIN_GRACE;
     let mut results = Vec::new();
-    while at_eof.len() < pending {
+    while at_eof < pending {
         let left = drain_deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(Event::Eof(stream)) => at_eof.push(stream),
-            Ok(Event::Result(stream, result)) => results.push((stream, result)),
+            Ok(Event::Eof) => at_eof += 1,
+            Ok(Event::Result(result)) => results.push(result),
             Err(mpsc::RecvTimeoutError::Timeout) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(format!("an output reader of {} panicked", test.name));
             }
         }
     }
-    while results.len() < at_eof.len() {
+    while results.len() < at_eof {
         match events.recv() {
-            Ok(Event::Result(stream, result)) => results.push((stream, result)),
-            Ok(Event::Eof(_)) => {}
+            Ok(Event::Result(result)) => results.push(result),
+            Ok(Event::Eof) => {}
             Err(_) => return Err(format!("an output reader of {} panicked", test.name)),
         }
     }
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
+    // Only the captured pipe's reader, if there is one, returns bytes.
+    let mut output = Vec::new();
     let mut port_error = None;
-    for (stream, result) in results {
-        match (stream, result) {
-            (_, Err(e)) => port_error = Some(e),
-            (Stream::Stdout, Ok(bytes)) => stdout = bytes,
-            (Stream::Stderr, Ok(bytes)) => stderr = bytes,
+    for result in results {
+        match result {
+            Ok(bytes) => output.extend_from_slice(&bytes),
+            Err(e) => port_error = Some(e),
         }
     }
     closed.store(true, Ordering::SeqCst);
-    if at_eof.len() < pending {
+    if at_eof < pending {
         let note = b"\n[vmtest-init: output incomplete: a process outside the test's process \
                      group kept its output open]\n";
-        stderr.extend_from_slice(note);
+        output.extend_from_slice(note);
     }
     if let Some(e) = port_error {
         return Err(e);
     }
-    Ok(Finished { outcome, duration_ms, stdout, stderr })
+    Ok(Finished { outcome, duration_ms, output })
 }
 
 /// The test's whole environment: what the host planned, plus where to leave a skip reason and
@@ -194,20 +197,14 @@ fn execute(test: &PlannedTest, env: Vec<(String, String)>) -> Result<Started, St
     let argv = null_terminated(&args);
     let envp = null_terminated(&env);
     let null = File::open("/dev/null").map_err(|e| fail("/dev/null", &e))?;
-    let (stdout, stdout_w) = pipe().map_err(|e| fail("a pipe", &e))?;
-    let (stderr, stderr_w) = pipe().map_err(|e| fail("a pipe", &e))?;
+    let stdio = Stdio::new(test.capture).map_err(|e| fail("a pipe", &e))?;
     let (status, status_w) = pipe().map_err(|e| fail("a pipe", &e))?;
     let forked = process::fork_test().map_err(|e| fail("fork", &e))?;
     let pids = match forked {
         process::Forked::Test => {
             process::reset(process::Handlers::None);
-            for (from, to) in
-                [(null.as_raw_fd(), 0), (stdout_w.as_raw_fd(), 1), (stderr_w.as_raw_fd(), 2)]
-            {
-                // SAFETY: both descriptors are open; dup2 replaces `to` and touches no memory.
-                if unsafe { libc::dup2(from, to) } == -1 {
-                    process::fail_start(&status_w, STAGE_STDIO, process::last_errno());
-                }
+            if let Err(errno) = process::install_stdio(&null, stdio.writers()) {
+                process::fail_start(&status_w, STAGE_STDIO, errno);
             }
             // SAFETY: `cwd` is a NUL-terminated string that outlives the call.
             if unsafe { libc::chdir(cwd.as_ptr()) } == -1 {
@@ -221,9 +218,10 @@ fn execute(test: &PlannedTest, env: Vec<(String, String)>) -> Result<Started, St
         process::Forked::Parent(pids) => pids,
     };
     // The test process holds the write ends now; ours would keep the pipes from ending.
-    drop((stdout_w, stderr_w, status_w));
+    let output = stdio.into_readers();
+    drop(status_w);
     match process::read_start_failure(File::from(status)) {
-        None => Ok(Started { pids, stdout, stderr }),
+        None => Ok(Started { pids, output }),
         // The test process has exited; it is reaped with the next orphans.
         Some((STAGE_CWD, e)) => Err(format!(
             "failed to start {}: failed to enter the working directory {}: {e}",
@@ -250,9 +248,9 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// What an output reader tells `run`.
 enum Event {
     /// The pipe reached its end: every writer is gone.
-    Eof(Stream),
+    Eof,
     /// The reader is done: the captured bytes, or a control port failure.
-    Result(Stream, Result<Vec<u8>, String>),
+    Result(Result<Vec<u8>, String>),
 }
 
 enum Sink {
@@ -405,17 +403,47 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn captures_output_exit_code_and_exact_environment() {
+    fn captures_output_in_order_exit_code_and_exact_environment() {
         let _serial = serial();
-        let script = "echo out; echo err >&2; env; pwd; exit 3";
+        let script = "echo out; echo err >&2; echo out again; env; pwd; echo last >&2; exit 3";
         let finished = run(&sh(0, script, 30_000), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(3));
-        let stdout = String::from_utf8(finished.stdout).unwrap();
-        assert!(stdout.starts_with("out\n"), "{stdout}");
-        assert!(stdout.contains("ONLY=this\n"), "{stdout}");
-        assert!(!stdout.contains("HOME="), "{stdout}");
-        assert!(stdout.ends_with("/\n"), "{stdout}");
-        assert_eq!(finished.stderr, b"err\n");
+        let output = String::from_utf8(finished.output).unwrap();
+        assert!(output.starts_with("out\nerr\nout again\n"), "{output}");
+        assert!(output.contains("ONLY=this\n"), "{output}");
+        assert!(!output.contains("HOME="), "{output}");
+        assert!(output.ends_with("/\nlast\n"), "{output}");
+    }
+
+    #[test]
+    fn streams_stdout_and_stderr_apart_when_not_captured() {
+        let _serial = serial();
+        let frames =
+            std::env::temp_dir().join(format!("vmtest-init-frames-{}", std::process::id()));
+        let control = Control::start(File::create(&frames).unwrap()).unwrap();
+        let mut test = sh(6, "echo out; echo err >&2; echo out again", 30_000);
+        test.capture = false;
+        let finished = run(&test, &control, &out(), None).unwrap();
+        assert_eq!(finished.outcome, Outcome::Exited(0));
+        assert_eq!(finished.output, b"");
+        control.close(Duration::from_secs(10)).unwrap();
+        let bytes = std::fs::read(&frames).unwrap();
+        let _ = std::fs::remove_file(&frames);
+        let mut reader = crate::protocol::FrameReader::new(&bytes[..]);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(message) = reader.next_frame::<GuestMessage>().unwrap() {
+            match message {
+                GuestMessage::Output { id: 6, stream: Stream::Stdout, bytes } => {
+                    stdout.extend(bytes)
+                }
+                GuestMessage::Output { id: 6, stream: Stream::Stderr, bytes } => {
+                    stderr.extend(bytes)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(stdout, b"out\nout again\n");
+        assert_eq!(stderr, b"err\n");
     }
 
     #[test]
@@ -469,7 +497,7 @@ pub(crate) mod tests {
         let finished =
             run(&sh(4, "sleep 100 & echo done", 30_000), &control(), &out(), None).unwrap();
         assert_eq!(finished.outcome, Outcome::Exited(0));
-        assert_eq!(finished.stdout, b"done\n");
+        assert_eq!(finished.output, b"done\n");
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     }
 }

@@ -30,7 +30,7 @@ use rustix::process::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::console;
-use crate::process::{self, Forked, Handlers, TestPids};
+use crate::process::{self, Forked, Handlers, Readers, Stdio, TestPids};
 use crate::protocol::{PlannedTest, PROFILE_ENV, TEST_ENV};
 
 /// Runs the named test in the calling process and exits; never returns.
@@ -63,11 +63,10 @@ struct Request {
 }
 
 /// A started test process: a child of PID 1 in a process group of its own making, and the read
-/// ends of its stdout and stderr.
+/// ends of its output.
 pub(crate) struct Started {
     pub(crate) pids: TestPids,
-    pub(crate) stdout: OwnedFd,
-    pub(crate) stderr: OwnedFd,
+    pub(crate) output: Readers,
 }
 
 impl ForkServer {
@@ -144,9 +143,9 @@ impl ForkServer {
         let request = Request { test: name, env, cwd: test.cwd.clone() };
         let bytes = postcard::to_allocvec(&request)
             .map_err(|e| format!("failed to encode the fork request: {e}"))?;
-        let (stdout, stdout_w) = pipe()?;
-        let (stderr, stderr_w) = pipe()?;
-        let fds = [stdout_w.as_fd(), stderr_w.as_fd()];
+        let stdio = Stdio::new(test.capture)
+            .map_err(|e| format!("failed to create the output pipes: {e}"))?;
+        let fds = stdio.writers().each_ref().map(AsFd::as_fd);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         control.push(SendAncillaryMessage::ScmRights(&fds));
@@ -157,8 +156,7 @@ impl ForkServer {
             SendFlags::empty(),
         )
         .map_err(|e| format!("failed to send the fork request: {e}"))?;
-        // The test process holds the write ends now; ours would keep the pipes from ending.
-        drop((stdout_w, stderr_w));
+        let output = stdio.into_readers();
         let mut reply = [0u8; 8];
         let n = rustix::net::recv(&self.socket, &mut reply, RecvFlags::empty())
             .map_err(|e| format!("no answer from the fork server: {e}"))?
@@ -173,7 +171,7 @@ impl ForkServer {
         };
         match (Pid::from_raw(code), Pid::from_raw(group)) {
             (Some(pid), Some(group_id)) if code > 0 && group > 0 => {
-                Ok(Started { pids: TestPids { pid, group: group_id }, stdout, stderr })
+                Ok(Started { pids: TestPids { pid, group: group_id }, output })
             }
             _ => Err(format!(
                 "the fork server failed to fork: {}",
@@ -187,11 +185,6 @@ impl Drop for ForkServer {
     fn drop(&mut self) {
         let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
     }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| format!("failed to create an output pipe: {e}"))
 }
 
 /// The server's loop: one request, one test process, until PID 1 closes the socket.
@@ -226,8 +219,9 @@ fn quit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Reads one request and the two pipe ends that come with it; `None` when PID 1 is gone.
-fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Result<Option<(Request, Vec<OwnedFd>)>, String> {
+/// Reads one request and the two descriptors that come with it (the test's stdout and stderr);
+/// `None` when PID 1 is gone.
+fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Result<Option<(Request, [OwnedFd; 2])>, String> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = rustix::net::recvmsg(
@@ -249,9 +243,9 @@ fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Result<Option<(Request, Vec<Owne
     if got.flags.contains(rustix::net::ReturnFlags::TRUNC) || got.bytes > buf.len() {
         return Err(format!("a request larger than {REQUEST_LIMIT} bytes"));
     }
-    if fds.len() != 2 {
-        return Err(format!("a request came with {} file descriptors, not 2", fds.len()));
-    }
+    let fds: [OwnedFd; 2] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+        format!("a request came with {} file descriptors, not 2", fds.len())
+    })?;
     let request = postcard::from_bytes(&buf[..got.bytes])
         .map_err(|e| format!("failed to decode a request: {e}"))?;
     Ok(Some((request, fds)))
@@ -259,7 +253,7 @@ fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Result<Option<(Request, Vec<Owne
 
 /// Forks the test process (see `process.rs`). Returns its pid and process group, or minus the
 /// errno of the failed fork and 0.
-fn start_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTest) -> [i32; 2] {
+fn start_test(socket: &OwnedFd, request: Request, fds: [OwnedFd; 2], run: RunTest) -> [i32; 2] {
     match process::fork_test() {
         Ok(Forked::Test) => become_test(socket, request, fds, run),
         Ok(Forked::Parent(pids)) => {
@@ -271,7 +265,7 @@ fn start_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTes
 }
 
 /// Turns the freshly forked process into the test process and runs the test.
-fn become_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTest) -> ! {
+fn become_test(socket: &OwnedFd, request: Request, fds: [OwnedFd; 2], run: RunTest) -> ! {
     let prepared = prepare(&request, &fds);
     // The server's socket and the pipe ends are not the test's to hold.
     drop(fds);
@@ -297,17 +291,11 @@ fn become_test(socket: &OwnedFd, request: Request, fds: Vec<OwnedFd>, run: RunTe
 }
 
 /// Process state, stdio and working directory of the test process, as the exec path sets them.
-fn prepare(request: &Request, fds: &[OwnedFd]) -> io::Result<()> {
+fn prepare(request: &Request, fds: &[OwnedFd; 2]) -> io::Result<()> {
     // The server is single-threaded and runs this binary: Rust's runtime signal handlers stay.
     process::reset(Handlers::KeepRuntime);
     let null = File::open("/dev/null")?;
-    for (from, to) in [(null.as_raw_fd(), 0), (fds[0].as_raw_fd(), 1), (fds[1].as_raw_fd(), 2)] {
-        // SAFETY: both descriptors are open (`from` is owned above, `to` is a standard stream
-        // number); dup2 replaces `to` atomically and touches no memory.
-        if unsafe { libc::dup2(from, to) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    process::install_stdio(&null, fds).map_err(io::Error::from_raw_os_error)?;
     std::env::set_current_dir(&request.cwd)
 }
 

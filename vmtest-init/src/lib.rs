@@ -160,8 +160,7 @@ fn unrunnable(failures: &[String]) -> child::Finished {
     child::Finished {
         outcome: protocol::Outcome::Error(failures.join("; ")),
         duration_ms: 0,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
+        output: Vec::new(),
     }
 }
 
@@ -170,8 +169,7 @@ fn report(control: &Control, test: &PlannedTest, finished: child::Finished) -> R
         id: test.id,
         outcome: finished.outcome,
         duration_ms: finished.duration_ms,
-        stdout: finished.stdout,
-        stderr: finished.stderr,
+        output: finished.output,
     })
 }
 

@@ -4,11 +4,11 @@ use std::collections::VecDeque;
 
 use crate::protocol::MAX_FRAME_LEN;
 
-/// Most bytes of one captured stream sent back; beyond that the tail is kept. Two streams plus
-/// the rest of a `TestFinished` frame must fit in one frame.
+/// Most bytes of captured output sent back; beyond that the tail is kept. The output plus the
+/// rest of a `TestFinished` frame must fit in one frame.
 pub(crate) const CAPTURE_LIMIT: usize = 7 << 20;
 
-const _: () = assert!(2 * (CAPTURE_LIMIT + 128) + (64 << 10) <= MAX_FRAME_LEN);
+const _: () = assert!(CAPTURE_LIMIT + 128 + (64 << 10) <= MAX_FRAME_LEN);
 
 /// Keeps the last `limit` bytes written to it and counts the ones it dropped.
 #[derive(Debug)]

@@ -18,9 +18,15 @@
 //!
 //! PID 1 changes none of these attributes for itself beyond its session; the test process resets
 //! them all anyway ([`reset`]), so that nothing PID 1 does later leaks into tests.
+//!
+//! Its stdin is `/dev/null`. Its stdout and stderr are pipes to PID 1 ([`Stdio`]): one pipe for
+//! both when its output is captured, so that what it writes to either stays in the order written
+//! (libtest keeps captured output in one buffer too), and one each when its output is streamed
+//! to the host's own stdout and stderr.
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -198,6 +204,67 @@ pub(crate) fn reset(handlers: Handlers) {
     }
 }
 
+/// The pipes a test process's output goes through, made before it starts.
+pub(crate) struct Stdio {
+    /// What becomes its stdout and its stderr, in that order: two descriptors of one pipe when
+    /// its output is captured.
+    writers: [OwnedFd; 2],
+    /// The read ends, for PID 1.
+    readers: Readers,
+}
+
+/// The read ends of a test process's output.
+pub(crate) enum Readers {
+    /// Its stdout and stderr, interleaved as written.
+    Captured(OwnedFd),
+    /// Its stdout and its stderr apart.
+    Streamed { stdout: OwnedFd, stderr: OwnedFd },
+}
+
+impl Stdio {
+    /// Makes the pipes: one for both streams when `capture`, else one each.
+    pub(crate) fn new(capture: bool) -> io::Result<Stdio> {
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+        if capture {
+            let (output, writer) = pipe()?;
+            let writers = [writer.try_clone()?, writer];
+            Ok(Stdio { writers, readers: Readers::Captured(output) })
+        } else {
+            let (stdout, stdout_w) = pipe()?;
+            let (stderr, stderr_w) = pipe()?;
+            Ok(Stdio {
+                writers: [stdout_w, stderr_w],
+                readers: Readers::Streamed { stdout, stderr },
+            })
+        }
+    }
+
+    /// The write ends, to hand to the process that forks the test process.
+    pub(crate) fn writers(&self) -> &[OwnedFd; 2] {
+        &self.writers
+    }
+
+    /// Closes PID 1's write ends, once the test process holds them: else the pipes never end.
+    pub(crate) fn into_readers(self) -> Readers {
+        self.readers
+    }
+}
+
+/// Makes `null` the calling (test) process's stdin and `writers` its stdout and stderr; the errno
+/// of a failed `dup2`. Async-signal-safe: it runs between `fork` and `execve`.
+pub(crate) fn install_stdio(null: &File, writers: &[OwnedFd; 2]) -> Result<(), i32> {
+    for (from, to) in
+        [(null.as_raw_fd(), 0), (writers[0].as_raw_fd(), 1), (writers[1].as_raw_fd(), 2)]
+    {
+        // SAFETY: both descriptors are open (`from` is borrowed, `to` is a standard stream
+        // number); dup2 replaces `to` atomically and touches no memory.
+        if unsafe { libc::dup2(from, to) } == -1 {
+            return Err(last_errno());
+        }
+    }
+    Ok(())
+}
+
 /// Kills the test process, its group and the group it leads if it made one; what is already
 /// gone is no error.
 pub(crate) fn kill(pids: TestPids) -> Vec<String> {
@@ -346,6 +413,31 @@ pub(crate) mod tests {
                 assert_eq!(status.exit_status(), Some(0));
             }
         }
+    }
+
+    #[test]
+    fn captured_stdout_and_stderr_are_one_pipe_and_streamed_ones_two() {
+        let read = |fd: OwnedFd| {
+            let mut bytes = Vec::new();
+            File::from(fd).read_to_end(&mut bytes).unwrap();
+            bytes
+        };
+        let write = |fd: &OwnedFd, bytes: &[u8]| rustix::io::write(fd, bytes).unwrap();
+        let stdio = Stdio::new(true).unwrap();
+        write(&stdio.writers()[0], b"out ");
+        write(&stdio.writers()[1], b"err ");
+        write(&stdio.writers()[0], b"out");
+        let Readers::Captured(output) = stdio.into_readers() else { panic!("not captured") };
+        assert_eq!(read(output), b"out err out");
+
+        let stdio = Stdio::new(false).unwrap();
+        write(&stdio.writers()[0], b"out ");
+        write(&stdio.writers()[1], b"err");
+        write(&stdio.writers()[0], b"out");
+        let Readers::Streamed { stdout, stderr } = stdio.into_readers() else {
+            panic!("not streamed")
+        };
+        assert_eq!((read(stdout), read(stderr)), (b"out out".to_vec(), b"err".to_vec()));
     }
 
     #[test]

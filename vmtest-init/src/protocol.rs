@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of this wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts, in bytes (payload only).
 pub const MAX_FRAME_LEN: usize = 16 << 20;
@@ -90,8 +90,9 @@ pub struct PlannedTest {
     pub cwd: String,
     /// Kill the child (its whole process group) after this many milliseconds.
     pub timeout_ms: u64,
-    /// `true`: collect stdout/stderr and send them in [`GuestMessage::TestFinished`].
-    /// `false`: stream them as [`GuestMessage::Output`] while the child runs.
+    /// `true`: collect stdout and stderr through one pipe, in the order written, and send them
+    /// in [`GuestMessage::TestFinished`].
+    /// `false`: stream them apart as [`GuestMessage::Output`] while the child runs.
     pub capture: bool,
 }
 
@@ -158,12 +159,10 @@ pub enum GuestMessage {
         outcome: Outcome,
         /// Wall time inside the guest, in milliseconds.
         duration_ms: u64,
-        /// Captured standard output (empty when not captured).
+        /// Captured output: what the child wrote to stdout and stderr, interleaved in the order
+        /// written (empty when not captured).
         #[serde(with = "bytes")]
-        stdout: Vec<u8>,
-        /// Captured standard error (empty when not captured).
-        #[serde(with = "bytes")]
-        stderr: Vec<u8>,
+        output: Vec<u8>,
     },
     /// A piece of a file the guest hands to the host (coverage, artifacts, dmesg).
     FileChunk {
@@ -359,8 +358,7 @@ mod tests {
                 id: 7,
                 outcome: Outcome::Exited(101),
                 duration_ms: 12,
-                stdout: b"out\0\xff".to_vec(),
-                stderr: vec![],
+                output: b"out\0\xff".to_vec(),
             },
             GuestMessage::Done,
         ];
@@ -420,12 +418,11 @@ mod tests {
             id: 300,
             outcome: Outcome::Exited(0),
             duration_ms: 5,
-            stdout: vec![b'a'; 130],
-            stderr: vec![],
+            output: vec![b'a'; 130],
         };
         let frame = encode_frame(&finished).unwrap();
-        assert_eq!(frame.len(), 143);
-        assert_eq!(frame[..16], [139, 0, 0, 0, 4, 172, 2, 0, 0, 5, 130, 1, 97, 97, 97, 97]);
+        assert_eq!(frame.len(), 142);
+        assert_eq!(frame[..16], [138, 0, 0, 0, 4, 172, 2, 0, 0, 5, 130, 1, 97, 97, 97, 97]);
         assert_eq!(decode_frame::<GuestMessage>(&frame).unwrap(), finished);
     }
 

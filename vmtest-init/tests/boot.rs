@@ -97,10 +97,10 @@ fn runs_a_plan_and_powers_off() {
                     Stream::Stderr => streamed.1.extend(bytes),
                 }
             }
-            GuestMessage::TestFinished { id, outcome, duration_ms, stdout, stderr } => {
+            GuestMessage::TestFinished { id, outcome, duration_ms, output } => {
                 assert_eq!(current.take(), Some(id));
                 eprintln!("test {id}: {outcome:?} in {duration_ms} ms");
-                finished.insert(id, (outcome, duration_ms, stdout, stderr));
+                finished.insert(id, (outcome, duration_ms, output));
             }
             GuestMessage::FileChunk { id, name, data, .. } => {
                 assert_eq!(current, id, "file {name} outside its test");
@@ -118,15 +118,15 @@ fn runs_a_plan_and_powers_off() {
     assert_eq!(finished.len(), plan.tests.len());
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
 
-    let (outcome, _, stdout, stderr) = &finished[&0];
+    let (outcome, _, output) = &finished[&0];
     assert_eq!(outcome, &Outcome::Exited(0));
-    // Exactly the planned environment, plus where PID 1 wants skip reasons and artifacts.
+    // stdout and stderr in the order written; exactly the planned environment, plus where PID 1
+    // wants skip reasons and artifacts.
     assert_eq!(
-        text(stdout),
-        "hello stdout\nenv PROBE=value\nenv VMTEST_SKIP_FILE=/tmp/vmtest-skip-1-0\n\
+        text(output),
+        "hello stdout\nhello stderr\nenv PROBE=value\nenv VMTEST_SKIP_FILE=/tmp/vmtest-skip-1-0\n\
          env VMTEST_ARTIFACT_DIR=/run/vmtest/out/0/artifacts\ncwd /tmp\n"
     );
-    assert_eq!(text(stderr), "hello stderr\n");
 
     // A failed test's kernel log travels as an artifact; a passing test sends nothing.
     let dmesg: Vec<u32> =
@@ -141,21 +141,20 @@ fn runs_a_plan_and_powers_off() {
     assert!(text(&files[&(1, "artifacts/dmesg.txt".to_owned())]).contains("Linux version"));
 
     assert_eq!(finished[&1].0, Outcome::Exited(3));
-    let (outcome, duration_ms, _, _) = &finished[&2];
+    let (outcome, duration_ms, _) = &finished[&2];
     assert_eq!(outcome, &Outcome::TimedOut { after_ms: 1_000 });
     assert!((1_000..30_000).contains(duration_ms), "{duration_ms}");
     assert_eq!(finished[&3].0, Outcome::Signaled(6));
 
-    let (outcome, _, stdout, stderr) = &finished[&4];
+    let (outcome, _, output) = &finished[&4];
     assert_eq!(outcome, &Outcome::Exited(0));
-    assert!(stdout.is_empty() && stderr.is_empty());
+    assert!(output.is_empty());
     assert_eq!(text(&streamed.0), "line 0\nline 1\nline 2\n");
     assert_eq!(text(&streamed.1), "err line\n");
 
-    let (outcome, duration_ms, stdout, stderr) = &finished[&5];
+    let (outcome, duration_ms, output) = &finished[&5];
     assert_eq!(outcome, &Outcome::Exited(0));
-    assert_eq!(text(stdout), "spawned\n");
-    assert_eq!(text(stderr), "", "the orphan's group was not killed");
+    assert_eq!(text(output), "spawned\n", "the orphan's group was not killed");
     assert!(*duration_ms < 30_000);
 
     match &finished[&6].0 {
@@ -163,14 +162,14 @@ fn runs_a_plan_and_powers_off() {
         other => panic!("{other:?}"),
     }
 
-    let (outcome, _, stdout, stderr) = &finished[&7];
-    assert_eq!(outcome, &Outcome::Exited(0), "{}", text(stderr));
+    let (outcome, _, stdout) = &finished[&7];
+    assert_eq!(outcome, &Outcome::Exited(0));
     let tail = &stdout[stdout.len().saturating_sub(100)..];
     assert!(stdout.ends_with(b"xxxEND"), "{} bytes, ending {}", stdout.len(), text(tail));
     assert!(stdout.len() < 8 << 20, "{}", stdout.len());
     assert!(text(&stdout[..200]).starts_with("[vmtest-init: output truncated: "));
 
-    let (outcome, _, stdout, _) = &finished[&8];
+    let (outcome, _, stdout) = &finished[&8];
     assert_eq!(outcome, &Outcome::Exited(0));
     let system = text(stdout);
     assert!(system.starts_with("lo_up true\n"), "{system}");

@@ -8,7 +8,8 @@
 //!
 //! A failure that libtest describes with a message of its own (`test did not panic as
 //! expected at ...`) ends the test's stderr with a [`FailureNote`]: the host takes the message
-//! out of the output and reports it as libtest does (`note: <message>`, JSON's `message`).
+//! out of the output (captured, where stdout and stderr are one pipe, or streamed stderr) and
+//! reports it as libtest does (`note: <message>`, JSON's `message`).
 
 use std::any::Any;
 use std::io::Write;
@@ -77,6 +78,9 @@ fn panicked(payload: &(dyn Any + Send), should_panic: ShouldPanic) -> i32 {
 
 /// Ends stderr with `message` as a [`FailureNote`]; returns the exit status of a failure.
 fn fail_with(message: &str) -> i32 {
+    // What the test printed without a newline waits in stdout's buffer: out before the note, so
+    // that the note ends captured output (stdout and stderr are one pipe then).
+    let _ = std::io::stdout().flush();
     let mut stderr = std::io::stderr().lock();
     let _ = stderr.write_all(&FailureNote::encode(message));
     let _ = stderr.flush();

@@ -819,18 +819,17 @@ impl Group {
                 received.chunk(id, &name, offset, &data, last);
                 running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
-            GuestMessage::TestFinished { id, outcome, duration_ms: _, stdout, stderr } => {
+            GuestMessage::TestFinished { id, outcome, duration_ms: _, output } => {
                 let files = received.finish(id);
                 let (rest, live_message) = std::mem::take(&mut live_note).finish();
                 if !rest.is_empty() {
                     let _ = notes.send(Note::Output { stream: Stream::Stderr, bytes: rest });
                 }
                 if let Some(member) = by_id.get(&id) {
-                    let (stderr, message) = FailureNote::split(&stderr);
+                    let (output, message) = FailureNote::split(&output);
                     let report = Report {
                         outcome: &outcome,
-                        stdout: &stdout,
-                        stderr: &stderr,
+                        output: &output,
                         message: message.or(live_message),
                         kernel_log: &kernel_log,
                     };
@@ -954,10 +953,9 @@ impl Group {
 /// What the guest reported about one test.
 struct Report<'a> {
     outcome: &'a Outcome,
-    stdout: &'a [u8],
-    /// Without the failure note.
-    stderr: &'a [u8],
-    /// The message of the failure note, if the test ended its stderr with one.
+    /// The captured output (stdout and stderr in the order written), without the failure note.
+    output: &'a [u8],
+    /// The message of the failure note, if the test ended its output with one.
     message: Option<String>,
     /// Kernel log records written while the test ran.
     kernel_log: &'a [u8],
@@ -984,8 +982,7 @@ impl Report<'_> {
         };
         let splat =
             crate::splat::failure(&String::from_utf8_lossy(self.kernel_log), allow_warnings);
-        let mut output = self.stdout.to_vec();
-        output.extend_from_slice(self.stderr);
+        let mut output = self.output.to_vec();
         let message = self.message.clone();
         if why.is_none() && splat.is_none() {
             let outcome = match self.outcome {
@@ -1188,11 +1185,10 @@ mod tests {
         );
     }
 
-    fn report(outcome: Outcome, stdout: &str, stderr: &str, kernel_log: &str) -> Verdict {
+    fn report(outcome: Outcome, output: &str, kernel_log: &str) -> Verdict {
         Report {
             outcome: &outcome,
-            stdout: stdout.as_bytes(),
-            stderr: stderr.as_bytes(),
+            output: output.as_bytes(),
             message: None,
             kernel_log: kernel_log.as_bytes(),
         }
@@ -1201,33 +1197,33 @@ mod tests {
 
     #[test]
     fn ordinary_results_carry_only_the_tests_output() {
-        let passed = report(Outcome::Exited(0), "out\n", "err\n", "");
+        let passed = report(Outcome::Exited(0), "out\nerr\n", "");
         assert_eq!(passed.outcome, report::Outcome::Passed);
         assert_eq!(passed.output, b"out\nerr\n");
-        let panicked = report(Outcome::Exited(101), "", "thread 'x' panicked\n", "");
+        let panicked = report(Outcome::Exited(101), "thread 'x' panicked\n", "");
         assert_eq!(panicked.outcome, report::Outcome::Failed { message: None });
         assert_eq!(panicked.output, b"thread 'x' panicked\n");
         assert!(!panicked.explained);
-        let skipped = report(Outcome::Skipped("no BTF".into()), "", "", "");
+        let skipped = report(Outcome::Skipped("no BTF".into()), "", "");
         assert_eq!(skipped.outcome, report::Outcome::Ignored { reason: Some("no BTF".into()) });
     }
 
     #[test]
     fn vmtest_failures_are_explained_after_the_output() {
-        let timed_out = report(Outcome::TimedOut { after_ms: 2000 }, "hang started\n", "", "");
+        let timed_out = report(Outcome::TimedOut { after_ms: 2000 }, "hang started\n", "");
         assert!(timed_out.explained);
         assert_eq!(
             String::from_utf8(timed_out.output).unwrap(),
             "hang started\ntimed out after 2 s\nkernel console: /logs/vm0.console.log\n"
         );
-        let exited = report(Outcome::Exited(3), "no newline", "", "");
+        let exited = report(Outcome::Exited(3), "no newline", "");
         assert_eq!(
             String::from_utf8(exited.output).unwrap(),
             "no newline\nthe test process exited with status 3\n\
              kernel console: /logs/vm0.console.log\n"
         );
         let splat = "[    1.000000] WARNING: CPU: 0 PID: 1 at x.c:1 f+0x0/0x0\n";
-        let warned = report(Outcome::Skipped("x".into()), "", "", splat);
+        let warned = report(Outcome::Skipped("x".into()), "", splat);
         assert_eq!(warned.outcome, report::Outcome::Failed { message: None });
         assert!(String::from_utf8(warned.output).unwrap().contains("kernel WARNING"));
     }

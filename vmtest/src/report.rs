@@ -141,7 +141,7 @@ pub(crate) enum Event<'a> {
         test: &'a TestInfo,
         /// How it ended.
         outcome: &'a Outcome,
-        /// Its captured stdout and stderr.
+        /// Its captured stdout and stderr, in the order written.
         output: &'a [u8],
     },
     /// Every test has been reported; the run took `elapsed`.

@@ -10,11 +10,11 @@ fn main() {
     match args.get(1).map(String::as_str).unwrap_or("") {
         "ok" => {
             println!("hello stdout");
+            eprintln!("hello stderr");
             for (k, v) in std::env::vars() {
                 println!("env {k}={v}");
             }
             println!("cwd {}", std::env::current_dir().unwrap().display());
-            eprintln!("hello stderr");
         }
         "exit3" => exit(3),
         "sleep" => loop {

@@ -50,3 +50,19 @@ fn prints_to_stdout() {
     println!("a line from the test");
     print!("and one without a newline");
 }
+
+#[twin]
+fn writes_to_stdout_then_stderr_then_stdout() {
+    println!("first to stdout");
+    eprintln!("then to stderr");
+    println!("then to stdout again");
+    panic!("after writing to both");
+}
+
+#[twin]
+#[should_panic]
+fn writes_to_both_and_does_not_panic() {
+    println!("to stdout");
+    eprintln!("to stderr");
+    print!("to stdout, without a newline");
+}
