@@ -6,6 +6,7 @@
 //! dir and config when known. Names are looked up in the [`Store`], which
 //! `cargo vmtest kernel fetch` fills from Debian's packages.
 
+mod apt;
 mod fetch;
 mod image;
 mod modules;
