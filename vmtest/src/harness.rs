@@ -26,6 +26,7 @@ use crate::kernel::{self, Kernel, ModuleFile};
 use crate::meta::{self, TestMeta};
 use crate::registry::TESTS;
 use crate::report::{self, Source, TestInfo, TestType};
+use crate::userland::GuestUserland;
 use crate::vm::{self, VmSpec};
 use crate::Error;
 use crate::{files, fixtures, guest_env};
@@ -441,6 +442,8 @@ struct RunContext {
     /// The tests' working directory in the guest.
     cwd: String,
     vms: VmSlots,
+    /// The directory tree and tools every guest of the run gets beneath its own files.
+    userland: GuestUserland,
     /// Threads of the VMs started so far.
     vm_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -561,20 +564,7 @@ fn prepare(
             accel.timeout_scale
         );
     }
-    let context = Arc::new(RunContext {
-        exe: binary.path.clone(),
-        arch,
-        capture: !options.nocapture,
-        log_dir: LogDir::claim(log_dir(&binary.path))?,
-        profile_dir: profile_dir(),
-        file_limit: files::file_limit()?,
-        cwd: guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR"))?,
-        vms: VmSlots::for_host(threads),
-        accel,
-        fallback: OnceLock::new(),
-        vm_threads: Mutex::new(Vec::new()),
-    });
-
+    let cwd = guest_env::test_cwd(std::env::var_os("CARGO_MANIFEST_DIR"))?;
     // Resolve each kernel once; group by VM configuration. Ids are positions among the
     // selected tests, which the main thread reports by.
     let mut kernels: BTreeMap<Option<String>, Kernel> = BTreeMap::new();
@@ -632,6 +622,22 @@ fn prepare(
             members,
         }));
     }
+    // Last of the setup: it may fetch, which a setup error should not wait for.
+    let userland = GuestUserland::for_run(arch)?;
+    let context = Arc::new(RunContext {
+        exe: binary.path.clone(),
+        arch,
+        capture: !options.nocapture,
+        log_dir: LogDir::claim(log_dir(&binary.path))?,
+        profile_dir: profile_dir(),
+        file_limit: files::file_limit()?,
+        cwd,
+        vms: VmSlots::for_host(threads),
+        accel,
+        fallback: OnceLock::new(),
+        userland,
+        vm_threads: Mutex::new(Vec::new()),
+    });
     // Boot in the order of each group's first test, so that one test thread runs the tests
     // in name order as far as their VMs allow.
     ordered.sort_by_key(|group| group.members.first().map_or(u32::MAX, |m| m.id));
@@ -919,6 +925,7 @@ impl Group {
         };
         let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
         initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
+        context.userland.add_beneath(&mut initramfs)?;
         let file = std::fs::File::create(path)
             .map_err(|e| Error::io(format!("failed to create {}", path.display()), e))?;
         let mut out = std::io::BufWriter::new(file);

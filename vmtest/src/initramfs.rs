@@ -252,6 +252,25 @@ impl Initramfs {
         Ok(self)
     }
 
+    /// Adds the entries of `lower` that do not collide with this initramfs's: an entry of
+    /// `lower` is left out when this one has an entry at its path (whatever the kinds) or a
+    /// non-directory at one of its parents. What this initramfs holds wins, whichever was
+    /// built first, and nothing fails.
+    pub(crate) fn add_beneath(&mut self, lower: Initramfs) {
+        for (key, entry) in lower.entries {
+            if self.entries.contains_key(&key) {
+                continue;
+            }
+            let blocked = key.match_indices('/').any(|(i, _)| {
+                self.entries.get(&key[..i]).is_some_and(|parent| parent.node != Node::Dir)
+            });
+            if !blocked {
+                // `lower` lists parents before their children, so every parent is here by now.
+                self.entries.insert(key, entry);
+            }
+        }
+    }
+
     /// Whether the initramfs has an entry at `guest_path`.
     pub(crate) fn contains(&self, guest_path: &str) -> bool {
         normalize(guest_path).is_ok_and(|key| self.entries.contains_key(&key))

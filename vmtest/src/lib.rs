@@ -42,6 +42,7 @@ mod report;
 pub mod runner;
 mod skip;
 mod splat;
+pub mod userland;
 mod vm;
 
 pub(crate) use error::Error;
@@ -116,12 +117,16 @@ pub mod __bench {
         crate::qemu::profile(arch).binary
     }
 
-    /// Writes the initramfs the harness would make around `init` (with its libraries and
-    /// `/dev/console`) to `out`; returns its size.
-    pub fn write_initramfs(init: &Path, out: &Path) -> Result<u64, String> {
+    /// Writes the initramfs the harness would make around `init` (with its libraries,
+    /// `/dev/console` and the userland of an `arch` guest) to `out`; returns its size.
+    pub fn write_initramfs(init: &Path, arch: Arch, out: &Path) -> Result<u64, String> {
         let mut initramfs = crate::initramfs::Initramfs::new();
         initramfs.add_elf_with_libraries("/init", init).map_err(|e| e.to_string())?;
         initramfs.add_char_device("/dev/console", 5, 1, 0o600).map_err(|e| e.to_string())?;
+        crate::userland::GuestUserland::for_run(arch)
+            .map_err(|e| e.to_string())?
+            .add_beneath(&mut initramfs)
+            .map_err(|e| e.to_string())?;
         let file = std::fs::File::create(out)
             .map_err(|e| format!("failed to create {}: {e}", out.display()))?;
         let mut writer = std::io::BufWriter::new(file);

@@ -12,6 +12,7 @@ use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stre
 use crate::harness::elf_arch;
 use crate::init_build::{self, INIT_ENV};
 use crate::initramfs::Initramfs;
+use crate::userland::GuestUserland;
 use crate::vm::{self, VmSpec};
 use crate::{accel, kernel, Error};
 
@@ -98,6 +99,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
     };
     let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
     initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
+    GuestUserland::for_run(arch)?.add_beneath(&mut initramfs)?;
     let size = {
         let file = std::fs::File::create(&initrd)
             .map_err(|e| Error::io(format!("failed to create {}", initrd.display()), e))?;

@@ -86,7 +86,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     let kernel = vmtest::kernel::resolve(Some("6.12"), arch).map_err(|e| e.to_string())?;
 
     let floor_initrd = out.join(format!("floor-{arch}.cpio"));
-    vmtest::__bench::write_initramfs(&bins.poweroff, &floor_initrd)?;
+    vmtest::__bench::write_initramfs(&bins.poweroff, arch, &floor_initrd)?;
     let (mut floor, accel) = vmtest::__bench::floor_command(arch, &kernel.image, &floor_initrd)?;
     floor.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
 
@@ -169,7 +169,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     }
 
     let fat = fat_binary(&bins.one, &out)?;
-    let initramfs = initramfs_times(&fat, &out);
+    let initramfs = initramfs_times(arch, &fat, &out);
     let before_qemu = initramfs.and_then(|initramfs| {
         Ok(Setup { initramfs, before_qemu: before_qemu_times(arch, &fat, &bins, &out)? })
     });
@@ -306,12 +306,12 @@ fn fat_binary(binary: &Path, out: &Path) -> Result<PathBuf, String> {
 }
 
 /// Seconds to build the initramfs around the 50 MB test binary `fat`, five times.
-fn initramfs_times(fat: &Path, out: &Path) -> Result<Vec<f64>, String> {
+fn initramfs_times(arch: Arch, fat: &Path, out: &Path) -> Result<Vec<f64>, String> {
     let initrd = out.join("fat.cpio");
     let mut times = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        vmtest::__bench::write_initramfs(fat, &initrd)?;
+        vmtest::__bench::write_initramfs(fat, arch, &initrd)?;
         times.push(start.elapsed().as_secs_f64());
     }
     let _ = std::fs::remove_file(&initrd);

@@ -14,12 +14,14 @@ mod test;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  setup                   install QEMU (Debian packages), musl targets and the suite's kernels
+  setup                   install QEMU (Debian packages), musl targets, the suite's kernels and
+                          the guest userland (busybox) for x86_64 and aarch64
   test [<cargo test args>] run the workspace's tests (every VM suite boots real kernels)
   test --arch <arch> [<cargo test args>] [-- <test args>]
                           cross-build the VM suites for <arch> (x86_64, aarch64/arm64) and run
                           them under that arch's QEMU through `cargo-vmtest run`
   kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)
+  userland fetch|list     the guest's busybox userland in the kernel store
   bench [--arch <arch>] [--rounds N] [--only <scenario>,...]
                           time boots against the bare-QEMU floor (one test, 50 tests, a 2-kernel
                           matrix, file transfer, initramfs build); table and JSON
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Some((cmd, rest)) if cmd == "setup" => setup::run_setup(rest),
         Some((cmd, rest)) if cmd == "test" => test::run_test(rest),
         Some((cmd, rest)) if cmd == "kernel" => kernel::run(rest),
+        Some((cmd, rest)) if cmd == "userland" => kernel::run_userland(rest),
         Some((cmd, rest)) if cmd == "fuzz" => fuzz::run_fuzz(rest),
         Some((cmd, rest)) if cmd == "bench" => bench::run_bench(rest),
         Some((cmd, rest)) if cmd == "coverage" => coverage::run_coverage(rest),

@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: install what the test suite needs on a Debian machine.
 //!
 //! QEMU from Debian's packages (when missing; needs root), the musl rustup targets, and the
-//! kernels the suite boots, fetched into the kernel store.
+//! kernels the suite boots and the guest userland (Debian's static busybox) of each arch they
+//! boot, fetched into the kernel store.
 
 use std::process::ExitCode;
 
@@ -66,6 +67,10 @@ fn setup() -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             eprintln!("setup: kernel {spec} ({arch}): {}", fetched.kernel().describe());
         }
+        let userland = store
+            .fetch_userland(arch, &mut |step| eprintln!("setup: userland ({arch}): {step}"))
+            .map_err(|e| e.to_string())?;
+        eprintln!("setup: userland ({arch}): busybox {}", userland.version);
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `cargo vmtest`: manage the kernels vmtest boots, run test binaries in VMs (as a cargo target
+//! `cargo vmtest`: manage the kernels vmtest boots and the guest's userland, run test binaries in VMs (as a cargo target
 //! runner), and run a crate's tests for another architecture (`cargo install vmtest --features cli`).
 
 use std::path::Path;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   cargo vmtest kernel <fetch|list|add> ...   manage kernels (see `cargo vmtest kernel help`)
+  cargo vmtest userland <fetch|list> ...     manage the guest's busybox userland
   cargo vmtest run <binary> [args]           run a test binary in a VM; usable as a runner:
       CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=\"cargo-vmtest run\"
   cargo vmtest test --arch <arch> [cargo test args] [-- test args]
@@ -19,6 +20,9 @@ fn main() -> ExitCode {
     }
     match args.split_first() {
         Some((cmd, rest)) if cmd == "kernel" => vmtest::kernel::cli::kernel("cargo vmtest", rest),
+        Some((cmd, rest)) if cmd == "userland" => {
+            vmtest::userland::cli::userland("cargo vmtest", rest)
+        }
         Some((cmd, rest)) if cmd == "run" => match rest.split_first() {
             Some((binary, test_args)) => vmtest::runner::run(Path::new(binary), test_args),
             None => {

@@ -26,7 +26,7 @@ The store is $VMTEST_KERNELS, else $XDG_CACHE_HOME/vmtest/kernels, else ~/.cache
 
 /// A command line that does not parse.
 #[derive(Debug)]
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 
 /// Runs `args` (starting after `kernel`); `program` is how the user invoked it
 /// (`cargo vmtest`), for messages.
@@ -59,10 +59,10 @@ enum Command {
 }
 
 /// `--flag value` pairs, in order.
-type Options<'a> = Vec<(&'a str, &'a str)>;
+pub(crate) type Options<'a> = Vec<(&'a str, &'a str)>;
 
 /// Splits arguments into positionals and `--flag value` / `--flag=value` options.
-fn split<'a>(
+pub(crate) fn split<'a>(
     args: &'a [String],
     flags: &[&str],
 ) -> Result<(Vec<&'a str>, Options<'a>), UsageError> {
@@ -100,11 +100,11 @@ fn split<'a>(
     Ok((positional, options))
 }
 
-fn option<'a>(options: &[(&str, &'a str)], flag: &str) -> Option<&'a str> {
+pub(crate) fn option<'a>(options: &[(&str, &'a str)], flag: &str) -> Option<&'a str> {
     options.iter().find(|(f, _)| *f == flag).map(|(_, v)| *v)
 }
 
-fn parse_arch(value: Option<&str>) -> Result<Option<Arch>, UsageError> {
+pub(crate) fn parse_arch(value: Option<&str>) -> Result<Option<Arch>, UsageError> {
     value.map(|v| v.parse::<Arch>().map_err(|e| UsageError(e.to_string()))).transpose()
 }
 
@@ -231,7 +231,7 @@ fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelErr
 }
 
 /// Prints to stdout; a closed pipe (`| head`) ends the output quietly.
-fn print_all(text: &str) {
+pub(crate) fn print_all(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

@@ -6,13 +6,13 @@
 //! dir and config when known. Names are looked up in the [`Store`], which
 //! `cargo vmtest kernel fetch` fills from Debian's packages.
 
-mod apt;
+pub(crate) mod apt;
 mod fetch;
 mod image;
 mod modules;
 mod pvh;
 mod resolve;
-mod store;
+pub(crate) mod store;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -53,7 +53,7 @@ pub struct Kernel {
     pub store_dir: Option<PathBuf>,
 }
 
-/// What can go wrong finding, fetching or reading a kernel.
+/// What can go wrong finding, fetching or reading a kernel, or fetching the guest userland.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KernelError {
@@ -209,6 +209,15 @@ pub enum KernelError {
         arch: Arch,
         /// The series apt has.
         available: Vec<String>,
+    },
+    /// apt has no `busybox-static` for the arch.
+    #[error(
+        "failed to find Debian's busybox-static package for {arch} (apt knows none; check the \
+         sources in /etc/apt)"
+    )]
+    NoUserlandPackage {
+        /// The arch.
+        arch: Arch,
     },
     /// A downloaded package is not laid out as expected.
     #[error("failed to unpack {package}: {reason}")]

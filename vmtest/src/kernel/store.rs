@@ -195,26 +195,13 @@ impl Store {
         name: &str,
         on_wait: &mut dyn FnMut(),
     ) -> Result<File, KernelError> {
-        use rustix::fs::{flock, FlockOperation};
-        let path = self.arch_dir(arch).join(".locks").join(format!("{name}.lock"));
-        let file = open_lock_file(&path)?;
-        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-            on_wait();
-            flock(&file, FlockOperation::LockExclusive)
-                .map_err(|e| KernelError::io("lock", &path, e.into()))?;
-        }
-        Ok(file)
+        lock_entry(&self.arch_dir(arch), name, on_wait)
     }
 
     /// A fresh, empty `.tmp-<name>` dir (removing one an interrupted run left). Call with the
     /// kernel's lock held.
     pub(crate) fn temp_dir(&self, arch: Arch, name: &str) -> Result<PathBuf, KernelError> {
-        let tmp = self.arch_dir(arch).join(format!(".tmp-{name}"));
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(|e| KernelError::io("remove stale", &tmp, e))?;
-        }
-        fs::create_dir_all(&tmp).map_err(|e| KernelError::io("create", &tmp, e))?;
-        Ok(tmp)
+        entry_temp_dir(&self.arch_dir(arch), name)
     }
 
     /// Moves a complete kernel dir into place, replacing an older one at `dest`.
@@ -234,6 +221,35 @@ impl Store {
     pub fn size_of(&self, kernel: &Kernel) -> u64 {
         kernel.store_dir.as_deref().map_or(0, dir_size)
     }
+}
+
+/// Takes the lock `<dir>/.locks/<name>.lock` for writing the entry `<dir>/<name>`; if another
+/// process holds it, calls `on_wait` and waits.
+pub(crate) fn lock_entry(
+    dir: &Path,
+    name: &str,
+    on_wait: &mut dyn FnMut(),
+) -> Result<File, KernelError> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = dir.join(".locks").join(format!("{name}.lock"));
+    let file = open_lock_file(&path)?;
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        on_wait();
+        flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| KernelError::io("lock", &path, e.into()))?;
+    }
+    Ok(file)
+}
+
+/// A fresh, empty `<dir>/.tmp-<name>` (removing one an interrupted run left). Call with the
+/// entry's lock held.
+pub(crate) fn entry_temp_dir(dir: &Path, name: &str) -> Result<PathBuf, KernelError> {
+    let tmp = dir.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| KernelError::io("remove stale", &tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| KernelError::io("create", &tmp, e))?;
+    Ok(tmp)
 }
 
 /// Opens (creating) `path` and takes an flock on it, waiting for other holders.
