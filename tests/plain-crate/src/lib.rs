@@ -81,6 +81,16 @@ mod tests {
     }
 
     #[test]
+    fn a_shell_pipeline_runs() {
+        let output = std::process::Command::new("sh")
+            .args(["-c", "echo plain | cat | grep -c plain"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "1\n");
+    }
+
+    #[test]
     #[ignore = "fails on purpose: the runner's tests run it with --include-ignored"]
     fn fails_on_purpose() {
         assert_eq!(add(2, 2), 5, "plain-crate failure marker");

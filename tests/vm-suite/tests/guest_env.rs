@@ -101,6 +101,18 @@ fn runs_an_added_host_binary() {
     assert!(Command::new("ip").arg("-V").status().unwrap().success());
 }
 
+/// The host's `/usr/bin/env` (GNU coreutils) where the guest's userland has busybox's.
+#[vm_test(files = ["/usr/bin/env"])]
+fn a_fixture_wins_over_the_userland() {
+    let meta = std::fs::symlink_metadata("/usr/bin/env").unwrap();
+    assert!(meta.file_type().is_file(), "/usr/bin/env is still busybox's link");
+    let output = Command::new("/usr/bin/env").arg("--version").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains("GNU coreutils"), "{output:?}");
+    // The rest of the userland is there all the same.
+    assert!(Command::new("/bin/sh").args(["-c", "true"]).status().unwrap().success());
+}
+
 #[vm_test]
 fn has_a_hostname_and_resolves_localhost() {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();

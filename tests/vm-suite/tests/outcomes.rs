@@ -583,6 +583,75 @@ fn a_vanished_fixture_is_one_clear_error() {
     run.assert_clean();
 }
 
+/// What `prints_its_userland` printed, and the `vmtest: warning:` lines of the run.
+fn userland_run(label: &str, env: &[(&str, &str)]) -> (String, Vec<String>) {
+    let run = RunDir::new(label);
+    let ran = run.run(GUEST, &["--exact", "prints_its_userland", "--nocapture"], env);
+    ran.expect_code(0);
+    let printed = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("userland: "))
+        .unwrap_or_else(|| panic!("nothing printed:\n{}\n{}", ran.stdout, ran.stderr))
+        .to_owned();
+    let warnings =
+        ran.stderr.lines().filter(|l| l.contains("warning:")).map(str::to_owned).collect();
+    run.assert_clean();
+    (printed, warnings)
+}
+
+#[test]
+fn the_guest_has_a_userland_unless_told_otherwise() {
+    let (printed, warnings) = userland_run("userland", &[]);
+    assert_eq!((printed.as_str(), warnings), ("sh=true usr=true", vec![]));
+    let (printed, warnings) = userland_run("nouserland", &[("VMTEST_USERLAND", "none")]);
+    assert_eq!((printed.as_str(), warnings), ("sh=false usr=true", vec![]));
+}
+
+#[test]
+fn without_a_stored_userland_nor_apt_a_run_warns_once_and_goes_on() {
+    // A store with the real one's kernels and no userland; a PATH with QEMU and without apt.
+    let arch = vmtest::arch::Arch::host();
+    let real = vmtest::kernel::Store::open().unwrap();
+    let scratch = RunDir::new("userland-store");
+    let store = scratch.0.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::os::unix::fs::symlink(real.root().join(arch.name()), store.join(arch.name())).unwrap();
+    let bin = scratch.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let qemu = format!("qemu-system-{arch}");
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join(&qemu))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{qemu} is not on PATH"));
+    std::os::unix::fs::symlink(found, bin.join(&qemu)).unwrap();
+    let env = [("VMTEST_KERNELS", store.to_str().unwrap()), ("PATH", bin.to_str().unwrap())];
+
+    let (printed, warnings) = userland_run("userland-missing", &env);
+    assert_eq!(printed, "sh=false usr=true");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_contains(
+        &warnings[0],
+        &["no userland", "apt", &format!("cargo vmtest userland fetch --arch {arch}")],
+    );
+    assert!(!store.join("userland").exists(), "nothing was written to the store");
+}
+
+#[test]
+fn a_bad_userland_setting_is_one_clear_error() {
+    expect_setup_error(
+        "userland-name",
+        &[("VMTEST_USERLAND", "alpine")],
+        &["VMTEST_USERLAND=alpine"],
+    );
+    // A dynamically linked binary: this suite's own test binary.
+    expect_setup_error(
+        "userland-dynamic",
+        &[("VMTEST_USERLAND", FAILING)],
+        &[FAILING, "static busybox"],
+    );
+}
+
 #[test]
 fn a_working_directory_the_guest_mounts_over_is_one_clear_error() {
     let run = RunDir::new("procdir");

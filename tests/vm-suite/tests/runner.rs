@@ -86,6 +86,7 @@ fn plain_crate_passes_in_a_vm() {
     assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("test tests::adds ... ok"), "{stdout}");
     assert!(stdout.contains("test tests::sees_a_linux_kernel ... ok"), "{stdout}");
+    assert!(stdout.contains("test tests::a_shell_pipeline_runs ... ok"), "{stdout}");
     assert!(stdout.contains("test tests::fails_on_purpose ... ignored"), "{stdout}");
 }
 

@@ -256,4 +256,114 @@ mod nested {
     }
 }
 
+/// Runs `program` with `args` in the guest and returns its stdout, after checking that it
+/// succeeded.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{program} {args:?}: {}\n{stdout}{stderr}", output.status);
+    stdout
+}
+
+#[vm_test]
+fn has_the_usual_directory_tree() {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [
+        "/bin",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib",
+        "/usr/local/bin",
+        "/var",
+        "/var/tmp",
+        "/home",
+        "/opt",
+        "/root",
+        "/srv",
+        "/mnt",
+        "/etc",
+        "/tmp",
+    ] {
+        assert!(std::path::Path::new(dir).is_dir(), "{dir} is not a directory");
+    }
+    let mode = std::fs::metadata("/var/tmp").unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o1777, "/var/tmp is world-writable and sticky");
+}
+
+#[vm_test]
+fn runs_a_shell_script() {
+    use std::os::unix::fs::PermissionsExt;
+    let script = "/tmp/vmtest-script.sh";
+    std::fs::write(
+        script,
+        "#!/bin/sh\nset -e\necho \"args: $# $1\"\nfor w in a b c; do printf %s \"$w\"; done\necho\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = std::process::Command::new(script).arg("one").output().unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "args: 1 one\nabc\n");
+}
+
+#[vm_test]
+fn runs_an_env_shebang_script() {
+    use std::os::unix::fs::PermissionsExt;
+    let script = "/tmp/vmtest-env-script";
+    std::fs::write(script, "#!/usr/bin/env sh\necho \"from $0\"\n").unwrap();
+    std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(run(script, &[]), format!("from {script}\n"));
+}
+
+#[vm_test]
+fn sh_pipes_through_cat_and_grep() {
+    let out = run("sh", &["-c", "printf 'alpha\\nbeta\\ngamma\\n' | cat | grep -n mm"]);
+    assert_eq!(out, "3:gamma\n");
+    assert_eq!(run("/bin/sh", &["-c", "echo $((6 * 7)) | cat"]), "42\n");
+}
+
+#[vm_test]
+fn ls_lists_usr() {
+    let listed = run("ls", &["/usr"]);
+    let names: Vec<&str> = listed.split_whitespace().collect();
+    for dir in ["bin", "lib", "sbin"] {
+        assert!(names.contains(&dir), "ls /usr: {listed}");
+    }
+}
+
+#[vm_test]
+fn ip_shows_the_loopback_link() {
+    let out = run("ip", &["link", "show", "lo"]);
+    assert!(out.contains(": lo: <LOOPBACK,UP"), "{out}");
+    assert!(run("/sbin/ip", &["addr", "show", "lo"]).contains("127.0.0.1"));
+}
+
+#[vm_test]
+fn mount_lists_the_kernel_filesystems() {
+    let out = run("mount", &[]);
+    assert!(out.contains("proc on /proc type proc"), "{out}");
+    assert!(out.contains("sysfs on /sys type sysfs"), "{out}");
+}
+
+#[vm_test]
+fn common_tools_are_on_path() {
+    let tools = "awk basename cat chmod cp cut date dd df du env find grep head hostname id \
+                 insmod kill ln ls lsmod mkdir mktemp mount mv ps readlink rm rmmod sed sh sleep \
+                 sort tail tar touch tr true umount uname uniq wc xargs";
+    let script = format!("for t in {tools}; do command -v $t || echo missing $t; done");
+    let out = run("sh", &["-c", &script]);
+    assert!(!out.contains("missing"), "{out}");
+    // vmtest's own, never busybox's: the kernel calls /sbin/modprobe to load modules.
+    for helper in ["/sbin/modprobe", "/usr/sbin/modprobe", "/sbin/depmod", "/usr/sbin/depmod"] {
+        if let Ok(target) = std::fs::canonicalize(helper) {
+            assert_ne!(target, std::path::Path::new("/bin/busybox"), "{helper} is busybox's");
+        }
+    }
+}
+
 vmtest::main!();

@@ -155,7 +155,7 @@ fn fetch(
             .ok_or(KernelError::NoUserlandPackage { arch })?
     };
     let size = package.size.map(|s| format!(", {}", human_size(s))).unwrap_or_default();
-    progress(&format!("userland for {arch}: {} {}{size}", package.name, package.version));
+    progress(&format!("current package: {} {}{size}", package.name, package.version));
     if let Some(userland) = stored.filter(|u| u.version == package.version) {
         progress(&format!(
             "the {arch} userland is already in the store and current: nothing to do"

@@ -1,5 +1,6 @@
 //! vm_tests that `tests/outcomes.rs` checks from the host: the guest's clock against the host's,
-//! and a fixture that has vanished since compile time (in a patched copy of this binary).
+//! a fixture that has vanished since compile time (in a patched copy of this binary), and the
+//! userland a run's settings give the guest.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,13 @@ fn prints_guest_clock() {
 fn reads_a_fixture() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vanishing.txt");
     assert!(std::fs::read_to_string(path).unwrap().contains("fixture-guest"));
+}
+
+#[vm_test]
+fn prints_its_userland() {
+    let sh = std::path::Path::new("/bin/sh").exists();
+    let usr = std::path::Path::new("/usr/bin").is_dir();
+    println!("userland: sh={sh} usr={usr}");
 }
 
 vmtest::main!();
