@@ -2,7 +2,8 @@
 //!
 //! In one run, interleaved round by round so that a busy machine slows every scenario alike:
 //! - **floor**: QEMU as the harness starts it, booting the kernel's bzImage with a static init
-//!   that powers off at once (no harness, no control port); **floor-pvh** the same with the
+//!   that powers off at once, in an initramfs with the guest userland as every harness image
+//!   has (no harness, no control port); **floor-pvh** the same with the
 //!   uncompressed kernel the harness boots through PVH, where the kernel has one;
 //! - **one**: a vm_test binary with one trivial test, from process start to exit;
 //! - **many**: fifty trivial tests in one VM; the per-test overhead is `(many - one) / 49`;

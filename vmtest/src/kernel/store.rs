@@ -10,6 +10,7 @@
 //!     .locks/<name>.lock         flock held while a kernel is written
 //!   aarch64/...
 //!   apt/<debian arch>/           apt's lists and cache for fetching, apart from the system's
+//!   userland/<arch>/busybox/     the guest's busybox (see `crate::userland`)
 //! ```
 //! A kernel dir counts as present only when it holds `kernel.meta`, and it appears only by a
 //! rename of a complete dir: an interrupted fetch leaves at most a `.tmp-*` dir, which the next

@@ -285,9 +285,9 @@ mod tests {
         assert!(!warning.contains('\n'));
     }
 
-    /// (path, file type bits) of an initramfs listing, for lookups.
+    /// (path, mode with file type) of an initramfs listing, for lookups.
     fn kinds(initramfs: &Initramfs) -> std::collections::BTreeMap<String, u32> {
-        initramfs.listing().into_iter().map(|(path, mode)| (path, mode)).collect()
+        initramfs.listing().into_iter().collect()
     }
 
     #[test]
