@@ -1,5 +1,6 @@
 //! The readers of files named by the user: a test binary (ELF header, sections, dynamic loader
-//! view) and a kernel image (bzImage, arm64 Image, gzip, EFI zboot headers).
+//! view), a busybox (applet tables) and a kernel image (bzImage, arm64 Image, gzip, EFI zboot
+//! headers).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -147,10 +147,14 @@ pub mod __fuzz {
         let _ = crate::meta::decode(section);
     }
 
-    /// Reads `path` as a test binary: its ELF header, its tests, its loader's view.
+    /// Reads `path` as a test binary (its ELF header, its tests, its loader's view) and as a
+    /// busybox (its applet tables, as `VMTEST_USERLAND=<path>` reads them).
     pub fn binary_file(path: &Path) {
         let _ = crate::harness::TestBinary::read(path);
         let _ = crate::elf::read_elf(path);
+        if let Ok(bytes) = std::fs::read(path) {
+            let _ = crate::userland::applets::read(&bytes);
+        }
     }
 
     /// Reads `path` as a kernel image.

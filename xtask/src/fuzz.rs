@@ -15,7 +15,7 @@ use crate::exec::{have, run, status};
 const TARGETS: [(&str, &str); 4] = [
     ("guest_frames", "the host's decoder of guest control-port frames"),
     ("test_metadata", "the decoder of the vmtest_tests ELF section"),
-    ("binary_file", "the ELF and kernel image readers"),
+    ("binary_file", "the ELF, busybox applet table and kernel image readers"),
     ("kernel_log", "the kernel splat finder"),
 ];
 

@@ -2,19 +2,19 @@
 //! static busybox of the guest's arch with links for its applets (`/bin/sh`, `/bin/ls`,
 //! `/sbin/ip`, `/usr/bin/env`, ...), so tests can run scripts and shell out to common tools.
 //!
-//! The busybox is Debian's `busybox-static`, kept in the kernel store ([`store`]) and fetched
+//! The busybox is Debian's `busybox-static`, kept in the kernel store (`store.rs`) and fetched
 //! like kernels: by `cargo vmtest userland fetch`, by `cargo xtask setup`, or by a run that
 //! finds the store without one (when apt is there; otherwise the run goes on without it and
 //! says so once). `VMTEST_USERLAND` chooses: `busybox` (the default), `none`, or the path of a
 //! static busybox of the user's own.
 //!
 //! Links are written into the initramfs by the host, from the applet list read out of the
-//! binary when it was fetched ([`applets`]): nothing runs busybox on the host, nothing installs
+//! binary when it was fetched (`applets.rs`): nothing runs busybox on the host, nothing installs
 //! links at boot. The whole userland goes in *beneath* what the run brings
-//! ([`Initramfs::add_beneath`]): the test binary, its libraries, fixtures, the working directory
+//! (`Initramfs::add_beneath`): the test binary, its libraries, fixtures, the working directory
 //! and vmtest's own files win wherever paths collide.
 
-mod applets;
+pub(crate) mod applets;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod store;
