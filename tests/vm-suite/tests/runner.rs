@@ -98,7 +98,7 @@ fn plain_crate_runs_as_under_cargo() {
     assert!(stdout.contains("test tests::process_state_is_as_under_cargo ... "), "{stdout}");
     assert!(stdout.contains("process state checked in the vmtest guest"), "{stdout}");
     assert!(stdout.contains("test tests::runs_in_the_package_directory ... ok"), "{stdout}");
-    assert!(stdout.contains("test result: ok. 4 passed"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 5 passed"), "{stdout}");
 }
 
 #[test]
