@@ -40,9 +40,11 @@ fn disposition(signal: libc::c_int) -> libc::sighandler_t {
     action.sa_sigaction
 }
 
-/// A line of `/proc/self/status`, e.g. `Umask`.
+/// A line of the calling thread's `/proc/thread-self/status`, e.g. `Umask`. Not
+/// `/proc/self/status`: that is the main thread's, whose mask is briefly full while it creates
+/// a thread (glibc blocks every signal around `clone`), as it is under libtest.
 fn status_field(name: &str) -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
     let prefix = format!("{name}:");
     let line = status.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{name}"));
     line[prefix.len()..].trim().to_owned()
