@@ -27,9 +27,10 @@ mod tests {
         hostname.trim() == "vmtest" && std::os::unix::process::parent_id() == 1
     }
 
-    /// A line of `/proc/self/status`, e.g. `Umask`.
+    /// A line of the calling thread's `/proc/thread-self/status`, e.g. `Umask` (the main
+    /// thread's mask is briefly full while libtest starts a test thread).
     fn status_field(name: &str) -> String {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
         let prefix = format!("{name}:");
         let line = status.lines().find(|l| l.starts_with(&prefix)).expect("a status field");
         line[prefix.len()..].trim().to_owned()
