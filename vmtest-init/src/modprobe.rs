@@ -360,9 +360,11 @@ fn fetch(name: &str) -> Result<Fetched, Failure> {
 fn open_port(deadline: Instant) -> Result<File, Failure> {
     let device = match find_port(Path::new(VIRTIO_PORTS_DIR), MODULES_PORT) {
         Lookup::Found(entry) => Path::new("/dev").join(entry),
-        Lookup::NotNamed | Lookup::NoPorts => return Err(Failure::fatal(format!(
+        Lookup::NotNamed | Lookup::NoPorts => {
+            return Err(Failure::fatal(format!(
             "no virtio-serial port named {MODULES_PORT}: modules cannot be fetched from the host"
-        ))),
+        )))
+        }
     };
     let mut backoff = Duration::from_millis(1);
     loop {
