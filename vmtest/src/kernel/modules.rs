@@ -222,11 +222,11 @@ pub(crate) fn read_modinfo_quick(path: &Path) -> Result<Modinfo, KernelError> {
     let file = fs::File::open(path).map_err(|e| KernelError::io("read module", path, e))?;
     let input = std::io::BufReader::new(file);
     let stream: Box<dyn Read> = if file_name.ends_with(".xz") {
-        // A small initial dictionary (it grows as the stream needs): a fresh 16 MiB one per
-        // module costs more than the decompression.
-        let decoder = xz4rust::XzDecoder::in_heap_with_alloc_dict_size(64 << 10, 1 << 30);
-        let size = std::num::NonZeroUsize::new(16 << 10).expect("non-zero");
-        Box::new(xz4rust::XzReader::new_with_buffer_size_and_decoder(input, size, decoder))
+        match xz_lzma2(input) {
+            Ok(Some(stream)) => stream,
+            // Another filter chain than plain LZMA2, or a damaged header.
+            Ok(None) | Err(_) => return read_modinfo(path),
+        }
     } else if file_name.ends_with(".zst") {
         Box::new(
             ruzstd::decoding::StreamingDecoder::new(input)
@@ -242,6 +242,52 @@ pub(crate) fn read_modinfo_quick(path: &Path) -> Result<Modinfo, KernelError> {
         Ok(None) => read_modinfo(path),
         Err(e) => Err(bad(format!("failed to decompress: {e}"))),
     }
+}
+
+/// The LZMA2 data of a single-block `.xz` stream whose only filter is LZMA2 (as Kbuild
+/// compresses modules), as a reader of the decompressed bytes; `None` for any other layout.
+/// The stream's index and check, after the data, are not read.
+fn xz_lzma2(mut input: impl Read + 'static) -> std::io::Result<Option<Box<dyn Read>>> {
+    // Stream header: magic, flags, CRC32.
+    let mut header = [0u8; 12];
+    input.read_exact(&mut header)?;
+    if header[..6] != *b"\xfd7zXZ\0" {
+        return Ok(None);
+    }
+    // Block header: its size, flags, optional sizes, one filter (ID 0x21, one property byte),
+    // padding, CRC32.
+    let mut size = [0u8; 1];
+    input.read_exact(&mut size)?;
+    if size[0] == 0 {
+        return Ok(None); // No block: an empty stream.
+    }
+    let mut block = vec![0u8; usize::from(size[0]) * 4 + 3];
+    input.read_exact(&mut block)?;
+    let flags = block[0];
+    if flags & 0x3f != 0 {
+        return Ok(None); // More than one filter, or reserved bits.
+    }
+    let mut at = 1;
+    for present in [flags & 0x40 != 0, flags & 0x80 != 0] {
+        if present {
+            // A variable-length integer: bytes with the top bit set continue it.
+            while block.get(at).is_some_and(|b| b & 0x80 != 0) {
+                at += 1;
+            }
+            at += 1;
+        }
+    }
+    let (Some(&0x21), Some(&1), Some(&dict)) =
+        (block.get(at), block.get(at + 1), block.get(at + 2))
+    else {
+        return Ok(None);
+    };
+    // Kbuild's modules use 1 MiB (`--lzma2=dict=1MiB`); anything past 64 MiB is read in full.
+    if dict > 29 {
+        return Ok(None);
+    }
+    let dict_size = (2 | u32::from(dict & 1)) << (dict / 2 + 11);
+    Ok(Some(Box::new(lzma_rust2::Lzma2Reader::new(input, dict_size, None))))
 }
 
 /// `.modinfo` of an uncompressed module, reading only its headers and that section.
@@ -622,6 +668,23 @@ pub(crate) mod tests {
             assert_eq!(quick.aliases, ["rtnl-link-vxlan"], "{ext}");
             assert_eq!(quick.depends, ["udp_tunnel"], "{ext}");
         }
+    }
+
+    #[test]
+    fn reads_the_lzma2_data_of_an_xz_stream() {
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut data.as_slice(), &mut xz).unwrap();
+        let mut stream = xz_lzma2(std::io::Cursor::new(xz.clone())).unwrap().unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        // Two filters (a BCJ before LZMA2, say): not this reader's.
+        let mut two_filters = xz.clone();
+        two_filters[13] |= 0x01;
+        assert!(xz_lzma2(std::io::Cursor::new(two_filters)).unwrap().is_none());
+        assert!(xz_lzma2(std::io::Cursor::new(b"not xz at all".to_vec())).unwrap().is_none());
+        assert!(xz_lzma2(std::io::Cursor::new(xz[..5].to_vec())).is_err());
     }
 
     #[test]
