@@ -42,7 +42,8 @@ const MAX_TOTAL_LEN: u64 = 1 << 30;
 /// Largest request the guest sends: the host refuses longer ones.
 const MAX_REQUEST_LEN: usize = crate::protocol::MAX_MODULE_REQUEST_LEN;
 
-/// Links the running binary as `modprobe` and makes it the kernel's module loader. Returns the
+/// Links the running binary as `modprobe` and makes it the kernel's module loader. A
+/// `modprobe` a test brought as a fixture is kept (and is what the kernel runs). Returns the
 /// problems found, for the log; none is fatal (modules then just do not load on demand).
 pub(crate) fn install() -> Vec<String> {
     let exe = match std::env::current_exe() {
@@ -53,6 +54,9 @@ pub(crate) fn install() -> Vec<String> {
     };
     let mut problems = Vec::new();
     for path in MODPROBE_PATHS {
+        if Path::new(path).symlink_metadata().is_ok() {
+            continue;
+        }
         if let Err(e) = link(&exe, Path::new(path)) {
             problems.push(format!("failed to link {path} to {}: {e}", exe.display()));
         }
@@ -63,17 +67,12 @@ pub(crate) fn install() -> Vec<String> {
     problems
 }
 
-/// Makes `path` a symlink to `target`, replacing whatever is there.
+/// Makes `path` a symlink to `target`, creating its directory.
 fn link(target: &Path, path: &Path) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("vmtest-tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    std::os::unix::fs::symlink(target, path)
 }
 
 /// Whether this process was started as the guest's `modprobe`: `argv[0]`'s file name is
