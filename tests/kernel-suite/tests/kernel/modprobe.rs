@@ -206,3 +206,42 @@ fn concurrent_requests_take_turns_and_all_load() {
         assert!(loaded(module), "{module} is not loaded");
     }
 }
+
+#[vm_test(kernels = ["6.1", "6.12"], memory = "512M", timeout = "120s")]
+fn a_filesystem_type_loads_its_module() {
+    assert!(!loaded("squashfs"), "squashfs loaded before the test asked");
+    std::fs::create_dir_all("/mnt/kst-squashfs").unwrap();
+    // The kernel knows no squashfs yet: it requests `fs-squashfs`, then fails on the source,
+    // which is no squashfs image.
+    // SAFETY: mount(2) with NUL-terminated strings and no data.
+    let ret = unsafe {
+        libc::mount(
+            c"/nonexistent".as_ptr(),
+            c"/mnt/kst-squashfs".as_ptr(),
+            c"squashfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    let error = io::Error::last_os_error();
+    assert_eq!(ret, -1, "mounted a squashfs from nothing");
+    assert_ne!(error.raw_os_error(), Some(libc::ENODEV), "no squashfs filesystem type: {error}");
+    assert!(loaded("squashfs"));
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap();
+    assert!(filesystems.lines().any(|l| l.ends_with("\tsquashfs")), "{filesystems}");
+}
+
+#[vm_test(kernels = ["6.1", "6.12"], memory = "512M", timeout = "120s")]
+fn ip_link_add_type_bridge_loads_bridge() {
+    if !Path::new("/sbin/ip").exists() {
+        vmtest::skip("no `ip` in the guest (VMTEST_USERLAND=none, or busybox not fetched)");
+    }
+    assert!(!loaded("bridge"), "bridge loaded before the test asked");
+    let output = Command::new("ip").args(["link", "add", "kst-br0", "type", "bridge"]).output();
+    let output = output.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(loaded("bridge"), "the rtnl-link-bridge request did not load bridge");
+    assert!(Path::new("/sys/class/net/kst-br0/bridge").is_dir());
+    let deleted = Command::new("ip").args(["link", "del", "kst-br0"]).status().unwrap();
+    assert!(deleted.success());
+}
