@@ -5,6 +5,9 @@
 //! the system (mounts, loopback, hostname and `/etc`, kernel modules), runs each planned program in a child process
 //! and reports over a named virtio-serial port with [`protocol`] frames, then powers off.
 //!
+//! Started as `modprobe` ([`invoked_as_modprobe`]), the same binary is the guest's module
+//! loader: [`modprobe_main`] fetches modules from the host on demand (see `modprobe.rs`).
+//!
 //! [`protocol`] is also the host's decoder: both sides share one definition of the wire format.
 //!
 //! The console (fd 1 and 2 of PID 1) only carries short `vmtest-init:` diagnostics; results
@@ -19,6 +22,7 @@ mod files;
 mod forks;
 mod identity;
 mod kmsg;
+mod modprobe;
 mod modules;
 mod mounts;
 mod net;
@@ -35,6 +39,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use forks::RunTest;
+pub use modprobe::{invoked_as_modprobe, modprobe_main};
 pub use mounts::hidden_in_guest;
 use ports::Control;
 use protocol::{GuestMessage, Plan, PlannedTest, CONTROL_PORT, PLAN_PATH, PROTOCOL_VERSION};
@@ -115,6 +120,8 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
 
     let plan = read_plan(Path::new(PLAN_PATH))?;
     let loaded = modules::load_all(&plan.modules)?;
+    // After the harness's own setup, so that only the tests' requests reach the host.
+    logs.extend(modprobe::install());
     // Forked while PID 1 still has one thread: the control port starts the first others.
     let server = run.and_then(|run| {
         forks::ForkServer::start(run)

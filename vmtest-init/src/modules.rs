@@ -68,11 +68,11 @@ fn finit_flags(path: &str) -> libc::c_int {
 }
 
 /// The kernel log from a point in time on.
-struct KernelLog(io::Result<File>);
+pub(crate) struct KernelLog(io::Result<File>);
 
 impl KernelLog {
     /// Starts reading after the newest record.
-    fn from_now() -> Self {
+    pub(crate) fn from_now() -> Self {
         let open = || -> io::Result<File> {
             let mut kmsg = std::fs::OpenOptions::new()
                 .read(true)
@@ -85,7 +85,7 @@ impl KernelLog {
     }
 
     /// The last new lines that mention `module`, or the last new lines if none does.
-    fn relevant_lines(self, module: &str) -> Vec<String> {
+    pub(crate) fn relevant_lines(self, module: &str) -> Vec<String> {
         match self.0.and_then(read_records) {
             Ok(records) => pick_relevant(&records, module),
             Err(e) => vec![format!("(cannot read /dev/kmsg: {e})")],

@@ -11,6 +11,12 @@
 //!
 //! The host treats every frame as untrusted: [`FrameReader`] bounds the frame size and never
 //! panics on garbage.
+//!
+//! A second port, [`MODULES_PORT`], carries the guest's `modprobe` requests: a
+//! [`ModuleRequest`] for a module name or alias, answered by [`ModuleReply`] frames with the
+//! module bytes. Its frames start with [`MODULE_FRAME_MAGIC`] and carry the request's nonce, so a
+//! reader finds the next frame and its own answer after bytes left over by a requester that died
+//! mid-exchange (see [`ModuleFrameReader`]).
 
 use std::io::{self, Read, Write};
 
@@ -44,6 +50,25 @@ pub const PLAN_PATH: &str = "/vmtest/plan";
 
 /// Name of the virtio-serial port that carries [`GuestMessage`] frames.
 pub const CONTROL_PORT: &str = "vmtest.control";
+
+/// Name of the virtio-serial port that carries [`ModuleRequest`]s and [`ModuleReply`]s.
+pub const MODULES_PORT: &str = "vmtest.modules";
+
+/// Version of the module request format; a host answers another version with
+/// [`ModuleReply::Failed`].
+pub const MODULE_PROTOCOL_VERSION: u32 = 1;
+
+/// The first bytes of every frame on [`MODULES_PORT`].
+pub const MODULE_FRAME_MAGIC: [u8; 8] = *b"\xf7vmtmod\x01";
+
+/// Largest [`ModuleRequest`] frame (payload) the host reads.
+pub const MAX_MODULE_REQUEST_LEN: usize = 64 << 10;
+
+/// Longest module name or alias a [`ModuleRequest`] may ask for.
+pub const MAX_MODULE_NAME_LEN: usize = 256;
+
+/// Most module bytes in one [`ModuleReply::Data`] frame.
+pub const MODULE_CHUNK_LEN: usize = 1 << 20;
 
 /// Environment variable that tells a child of PID 1 which registered test to run.
 pub const TEST_ENV: &str = "VMTEST_TEST";
@@ -193,6 +218,76 @@ pub enum GuestMessage {
     },
 }
 
+/// The guest's `modprobe` asks the host for a module, by name or alias.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRequest {
+    /// Must equal [`MODULE_PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Random per request; every reply frame echoes it.
+    pub nonce: u64,
+    /// The module name or alias, as given to `modprobe` (at most [`MAX_MODULE_NAME_LEN`] bytes).
+    pub name: String,
+    /// Modules already loaded in the guest (from `/proc/modules`): the host leaves them out.
+    pub loaded: Vec<String>,
+}
+
+/// One module of a [`ModuleReply::Modules`] answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleHeader {
+    /// The module's name (`vxlan`).
+    pub name: String,
+    /// Size of its (decompressed) ELF image, sent in [`ModuleReply::Data`] frames.
+    pub len: u64,
+    /// `true` for a module the request named (its parameters apply), `false` for a dependency.
+    pub wanted: bool,
+}
+
+/// The host's answer frames to a [`ModuleRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModuleReply {
+    /// The modules to load, in load order (dependencies first). Their images follow as
+    /// [`ModuleReply::Data`] frames, concatenated in this order. Empty when everything the
+    /// request resolves to is loaded already.
+    Modules {
+        /// [`ModuleRequest::nonce`].
+        nonce: u64,
+        /// The modules, in load order.
+        modules: Vec<ModuleHeader>,
+    },
+    /// The next bytes of the module images announced by [`ModuleReply::Modules`].
+    Data {
+        /// [`ModuleRequest::nonce`].
+        nonce: u64,
+        /// At most [`MODULE_CHUNK_LEN`] bytes.
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// The name is built into the kernel: nothing to load.
+    BuiltIn {
+        /// [`ModuleRequest::nonce`].
+        nonce: u64,
+    },
+    /// The host cannot provide the module; `message` says why (`modprobe` prints it).
+    Failed {
+        /// [`ModuleRequest::nonce`].
+        nonce: u64,
+        /// Why, naming the module and the kernel.
+        message: String,
+    },
+}
+
+impl ModuleReply {
+    /// The nonce of the request this frame answers.
+    pub fn nonce(&self) -> u64 {
+        match self {
+            ModuleReply::Modules { nonce, .. }
+            | ModuleReply::Data { nonce, .. }
+            | ModuleReply::BuiltIn { nonce }
+            | ModuleReply::Failed { nonce, .. } => *nonce,
+        }
+    }
+}
+
 /// Byte buffers as serde bytes rather than a sequence of `u8`: postcard writes both the same way
 /// (a varint length, then the raw bytes), but bytes are copied in one go instead of one
 /// `serialize_u8` per byte, which matters for megabytes of output in unoptimised builds.
@@ -332,6 +427,76 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Encodes `value` as one frame of [`MODULES_PORT`]: [`MODULE_FRAME_MAGIC`], then a frame as
+/// [`encode_frame`] makes it.
+pub fn encode_module_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let frame = encode_frame(value)?;
+    let mut out = Vec::with_capacity(MODULE_FRAME_MAGIC.len() + frame.len());
+    out.extend_from_slice(&MODULE_FRAME_MAGIC);
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
+/// Reads [`MODULES_PORT`] frames from a byte stream: skips anything before the next
+/// [`MODULE_FRAME_MAGIC`] (what a requester that died mid-exchange left behind), and bounds
+/// each frame's size. After an error the stream is positioned past the bad frame's magic, so
+/// the next call looks for the next frame.
+pub struct ModuleFrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    max_len: usize,
+}
+
+impl<R: Read> ModuleFrameReader<R> {
+    /// Wraps a reader; frames longer than `max_len` (and [`MAX_FRAME_LEN`]) are errors.
+    pub fn new(inner: R, max_len: usize) -> Self {
+        Self { inner, buf: Vec::new(), max_len: max_len.min(MAX_FRAME_LEN) }
+    }
+
+    /// Reads the next frame. `Ok(None)` when the stream ends before another magic.
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        if !self.find_magic()? {
+            return Ok(None);
+        }
+        let mut header = [0u8; 4];
+        let got = read_full(&mut self.inner, &mut header)?;
+        if got < header.len() {
+            return Err(FrameError::Truncated { got, want: header.len() });
+        }
+        let len = u32::from_le_bytes(header) as usize;
+        if len > self.max_len {
+            return Err(FrameError::TooLarge { len: len as u64 });
+        }
+        self.buf.clear();
+        let got = (&mut self.inner).take(len as u64).read_to_end(&mut self.buf)?;
+        if got < len {
+            return Err(FrameError::Truncated { got, want: len });
+        }
+        Ok(Some(postcard::from_bytes(&self.buf)?))
+    }
+
+    /// Consumes bytes up to and including the next [`MODULE_FRAME_MAGIC`]; `false` at the end
+    /// of the stream.
+    fn find_magic(&mut self) -> io::Result<bool> {
+        let mut matched = 0;
+        let mut byte = [0u8; 1];
+        while matched < MODULE_FRAME_MAGIC.len() {
+            if read_full(&mut self.inner, &mut byte)? == 0 {
+                return Ok(false);
+            }
+            matched = if byte[0] == MODULE_FRAME_MAGIC[matched] {
+                matched + 1
+            } else if byte[0] == MODULE_FRAME_MAGIC[0] {
+                // The magic's first byte occurs nowhere else in it.
+                1
+            } else {
+                0
+            };
+        }
+        Ok(true)
+    }
+}
+
 /// Reads until `buf` is full or the stream ends; returns the number of bytes read.
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -424,6 +589,66 @@ mod tests {
         assert_eq!(frame.len(), 142);
         assert_eq!(frame[..16], [138, 0, 0, 0, 4, 172, 2, 0, 0, 5, 130, 1, 97, 97, 97, 97]);
         assert_eq!(decode_frame::<GuestMessage>(&frame).unwrap(), finished);
+    }
+
+    #[test]
+    fn module_frames_round_trip_and_resynchronise_after_garbage() {
+        let request = ModuleRequest {
+            version: MODULE_PROTOCOL_VERSION,
+            nonce: 7,
+            name: "rtnl-link-vxlan".into(),
+            loaded: vec!["dummy".into()],
+        };
+        let replies = [
+            ModuleReply::Modules {
+                nonce: 7,
+                modules: vec![ModuleHeader { name: "vxlan".into(), len: 3, wanted: true }],
+            },
+            ModuleReply::Data { nonce: 7, data: vec![1, 2, 3] },
+            ModuleReply::BuiltIn { nonce: 8 },
+            ModuleReply::Failed { nonce: 9, message: "no".into() },
+        ];
+        // Leftovers of an exchange cut short: half a frame, stray magic bytes, garbage.
+        let mut wire = encode_module_frame(&replies[1]).unwrap();
+        wire.truncate(wire.len() - 2);
+        wire.extend_from_slice(&MODULE_FRAME_MAGIC[..5]);
+        wire.extend_from_slice(b"junk\xf7\xf7");
+        for reply in &replies {
+            wire.extend_from_slice(&encode_module_frame(reply).unwrap());
+        }
+        let mut reader = ModuleFrameReader::new(&wire[..], MAX_FRAME_LEN);
+        // The truncated frame swallows bytes up to its announced length, then fails to decode
+        // or decodes to a stale frame; either way the reader goes on to the real frames.
+        let mut got = Vec::new();
+        loop {
+            match reader.next_frame::<ModuleReply>() {
+                Ok(Some(reply)) => got.push(reply),
+                Ok(None) => break,
+                Err(_) => continue,
+            }
+        }
+        assert!(got.ends_with(&replies), "{got:?}");
+        assert_eq!(replies.iter().map(ModuleReply::nonce).collect::<Vec<_>>(), [7, 7, 8, 9]);
+
+        let frame = encode_module_frame(&request).unwrap();
+        assert!(frame.starts_with(&MODULE_FRAME_MAGIC));
+        let mut reader = ModuleFrameReader::new(&frame[..], MAX_MODULE_REQUEST_LEN);
+        assert_eq!(reader.next_frame::<ModuleRequest>().unwrap(), Some(request));
+        assert_eq!(reader.next_frame::<ModuleRequest>().unwrap(), None);
+    }
+
+    #[test]
+    fn module_frames_are_bounded() {
+        let mut wire = MODULE_FRAME_MAGIC.to_vec();
+        wire.extend_from_slice(&(MAX_MODULE_REQUEST_LEN as u32 + 1).to_le_bytes());
+        let mut reader = ModuleFrameReader::new(&wire[..], MAX_MODULE_REQUEST_LEN);
+        let err = reader.next_frame::<ModuleRequest>().unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+        let mut wire = MODULE_FRAME_MAGIC.to_vec();
+        wire.extend_from_slice(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
+        let mut reader = ModuleFrameReader::new(&wire[..], MAX_MODULE_REQUEST_LEN);
+        assert!(matches!(reader.next_frame::<ModuleRequest>(), Err(FrameError::Decode(_))));
+        assert!(matches!(reader.next_frame::<ModuleRequest>(), Ok(None)));
     }
 
     #[test]

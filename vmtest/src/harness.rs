@@ -22,7 +22,7 @@ use crate::arch::Arch;
 use crate::args::{self, Options, Parsed, RunIgnored};
 use crate::child::FailureNote;
 use crate::initramfs::Initramfs;
-use crate::kernel::{self, Kernel, ModuleFile};
+use crate::kernel::{self, Kernel, ModuleFile, ModuleProvider};
 use crate::meta::{self, TestMeta};
 use crate::registry::TESTS;
 use crate::report::{self, Source, TestInfo, TestType};
@@ -418,6 +418,8 @@ struct Group {
     harness_modules: Vec<ModuleFile>,
     /// The tests' `modules` and their dependencies, in load order.
     test_modules: Vec<ModuleFile>,
+    /// Answers the guest's `modprobe`; shared by every group of the same kernel.
+    modules: Arc<ModuleProvider>,
     members: Vec<Member>,
 }
 
@@ -608,17 +610,24 @@ fn prepare(
         groups.entry(key).or_insert_with(|| (kernel, Vec::new())).1.push(member);
     }
     let mut ordered = Vec::new();
+    let mut providers: BTreeMap<PathBuf, Arc<ModuleProvider>> = BTreeMap::new();
     for (index, (key, (kernel, members))) in groups.into_iter().enumerate() {
         // Resolve modules now, so an unknown name is a setup error, not a boot failure.
         let harness_modules = kernel.harness_modules()?;
         let wanted: Vec<&str> = key.modules.iter().map(String::as_str).collect();
         let test_modules = kernel.module_closure(&wanted)?;
+        let modules = Arc::clone(
+            providers
+                .entry(kernel.image.clone())
+                .or_insert_with(|| Arc::new(kernel.module_provider())),
+        );
         ordered.push(Arc::new(Group {
             index,
             key,
             kernel,
             harness_modules,
             test_modules,
+            modules,
             members,
         }));
     }
@@ -782,6 +791,7 @@ impl Group {
                 .map(|c| c.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
             boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
+            modules: Arc::clone(&self.modules),
         };
         let console_log = self.console_log(context, attempt);
         let mut running: Option<&Member> = None;

@@ -33,6 +33,7 @@ mod init_build;
 mod initramfs;
 pub mod kernel;
 mod meta;
+mod modserver;
 mod plain;
 mod process;
 mod progress;
@@ -166,6 +167,25 @@ pub mod __fuzz {
     pub fn kernel_log(text: &str) {
         let _ = crate::splat::failure(text, false);
     }
+
+    /// Serves the bytes as the guest's side of the modules port (for a kernel without modules),
+    /// and reads them as a `modules.alias` file and a `modules.builtin.modinfo`, looking names
+    /// up in both.
+    pub fn module_requests(data: &[u8]) {
+        let kernel = crate::kernel::Kernel {
+            name: "fuzz".into(),
+            arch: crate::arch::Arch::X86_64,
+            version: None,
+            image: "/nonexistent".into(),
+            modules_dir: None,
+            config: None,
+            flavour: None,
+            package: None,
+            store_dir: None,
+        };
+        crate::modserver::serve(data, std::io::sink(), &kernel.module_provider());
+        crate::kernel::fuzz_aliases(data);
+    }
 }
 
 #[doc(hidden)]
@@ -176,9 +196,14 @@ pub mod __private {
     pub use crate::registry::{ShouldPanic, TestDef, TestReturn, VmAttrs, TESTS};
     pub use linkme;
 
-    /// The entry point behind [`main!`](crate::main): guest PID 1, guest test child, or host
-    /// harness. `crate_root` is the record naming the crate's root file.
+    /// The entry point behind [`main!`](crate::main): guest PID 1, the guest's `modprobe`,
+    /// guest test child, or host harness. `crate_root` is the record naming the crate's root
+    /// file.
     pub fn main(crate_root: &'static [u8]) -> ! {
+        // Before the test child: a test that runs `modprobe` passes its VMTEST_TEST on.
+        if vmtest_init::invoked_as_modprobe() {
+            vmtest_init::modprobe_main();
+        }
         if std::process::id() == 1 {
             vmtest_init::run_pid1_with_tests(crate::child::run_test);
         }

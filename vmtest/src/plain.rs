@@ -117,6 +117,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         cpus: crate::qemu::profile(arch).default_cpus,
         cmdline: Vec::new(),
         boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
+        modules: std::sync::Arc::new(kernel.module_provider()),
     };
     let console_log = log_path(binary);
     let gap = Duration::from_secs(30).mul_f64(scale);

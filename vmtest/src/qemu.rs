@@ -253,6 +253,18 @@ mod tests {
     }
 
     #[test]
+    fn ports_share_one_controller() {
+        let mut c = command(Arch::X86_64, Accel::Tcg);
+        c.ports.push(SocketPort { name: "vmtest.modules".into(), socket: "/t/mod.sock".into() });
+        assert!(joined(&c).contains(
+            "-device virtio-serial-pci,id=vser0 -chardev socket,id=port0,path=/t/ctl.sock \
+             -device virtserialport,bus=vser0.0,chardev=port0,name=vmtest.control \
+             -chardev socket,id=port1,path=/t/mod.sock \
+             -device virtserialport,bus=vser0.0,chardev=port1,name=vmtest.modules "
+        ));
+    }
+
+    #[test]
     fn escapes_commas_in_socket_paths() {
         let mut c = command(Arch::X86_64, Accel::Tcg);
         c.ports[0].socket = "/tmp/a,b/ctl.sock".into();

@@ -2,7 +2,8 @@
 //! hand each guest message to the caller.
 //!
 //! The console and the control port each have one reader thread; this module's loop only
-//! receives from channels with timeouts, so a wedged guest can never block the host.
+//! receives from channels with timeouts, so a wedged guest can never block the host. The
+//! modules port has a thread of its own that answers the guest's `modprobe` ([`modserver`]).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -16,11 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::{
-    FrameError, FrameReader, GuestMessage, CONTROL_PORT, PROTOCOL_VERSION,
+    FrameError, FrameReader, GuestMessage, CONTROL_PORT, MODULES_PORT, PROTOCOL_VERSION,
 };
 
 use crate::accel::Accel;
 use crate::arch::Arch;
+use crate::kernel::ModuleProvider;
+use crate::modserver;
 use crate::process::QemuProcess;
 use crate::qemu::{profile, QemuCommand, SocketPort};
 use crate::Error;
@@ -45,6 +48,8 @@ pub(crate) struct VmSpec {
     pub cmdline: Vec<String>,
     /// Time from QEMU's start to the guest's `Hello`.
     pub boot_timeout: Duration,
+    /// Answers the guest's `modprobe` with the booted kernel's modules.
+    pub modules: Arc<ModuleProvider>,
 }
 
 /// What the caller decides after each guest message: how long to wait for the next one.
@@ -73,11 +78,9 @@ pub(crate) fn run(
 ) -> Result<VmEnd, Error> {
     let qemu_binary = find_qemu(spec.arch)?;
     let socket = workdir.join("control.sock");
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| Error::io(format!("failed to listen on {}", socket.display()), e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io("failed to make the control socket non-blocking", e))?;
+    let listener = listen(&socket)?;
+    let modules_socket = workdir.join("modules.sock");
+    let modules_listener = listen(&modules_socket)?;
 
     let qemu = QemuCommand {
         arch: spec.arch,
@@ -87,7 +90,10 @@ pub(crate) fn run(
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
         cmdline: spec.cmdline.clone(),
-        ports: vec![SocketPort { name: CONTROL_PORT.to_owned(), socket: socket.clone() }],
+        ports: vec![
+            SocketPort { name: CONTROL_PORT.to_owned(), socket: socket.clone() },
+            SocketPort { name: MODULES_PORT.to_owned(), socket: modules_socket },
+        ],
     };
     let mut command = Command::new(&qemu_binary);
     command.args(qemu.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -100,7 +106,17 @@ pub(crate) fn run(
     let qemu_stderr = collect_stderr(process.child_mut().stderr.take(), Arc::clone(&kvm_error));
 
     let mut greeted = false;
-    let result = drive(spec, &listener, &mut process, &kvm_error, &mut greeted, &mut on_message);
+    let mut server = None;
+    let listeners = Listeners { control: &listener, modules: &modules_listener };
+    let result = drive(
+        spec,
+        listeners,
+        &mut process,
+        &kvm_error,
+        &mut greeted,
+        &mut server,
+        &mut on_message,
+    );
     // Whether QEMU had already ended by itself (crashed, killed from outside) when the loop gave up.
     let mut ended_by_itself = false;
     let status = match &result {
@@ -114,6 +130,11 @@ pub(crate) fn run(
         },
     };
     let stderr = qemu_stderr.join().unwrap_or_default();
+    // QEMU is gone, so the port's socket is closed: the server ends once it has finished what
+    // it was doing (a module image it was reading, an alias index it was building).
+    if let Some(server) = server {
+        let _ = server.join();
+    }
     if let Some(parent) = console_log.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
@@ -144,6 +165,23 @@ pub(crate) fn run(
     Ok(VmEnd { problem, kvm_failed, console_tail })
 }
 
+/// A non-blocking listening socket at `path`.
+fn listen(path: &Path) -> Result<UnixListener, Error> {
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("failed to listen on {}", path.display()), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io(format!("failed to make {} non-blocking", path.display()), e))?;
+    Ok(listener)
+}
+
+/// The sockets QEMU connects its ports to.
+#[derive(Clone, Copy)]
+struct Listeners<'a> {
+    control: &'a UnixListener,
+    modules: &'a UnixListener,
+}
+
 /// QEMU's exit status if it exits within `grace` (a QEMU that dies closes the control socket
 /// a moment before it can be reaped).
 fn exited_within(process: &mut QemuProcess, grace: Duration) -> Option<std::process::ExitStatus> {
@@ -162,15 +200,22 @@ fn exited_within(process: &mut QemuProcess, grace: Duration) -> Option<std::proc
 /// The message loop. `Err` carries a description of what went wrong.
 fn drive(
     spec: &VmSpec,
-    listener: &UnixListener,
+    listeners: Listeners<'_>,
     process: &mut QemuProcess,
     kvm_error: &AtomicBool,
     greeted: &mut bool,
+    server: &mut Option<std::thread::JoinHandle<()>>,
     on_message: &mut impl FnMut(GuestMessage) -> NextDeadline,
 ) -> Result<(), String> {
     let started = Instant::now();
     let boot_deadline = started + spec.boot_timeout;
-    let stream = accept_until(listener, process, started + Duration::from_secs(30))?;
+    let connect_deadline = started + Duration::from_secs(30);
+    let stream = accept_until(listeners.control, process, connect_deadline)?;
+    let modules = accept_until(listeners.modules, process, connect_deadline)?;
+    *server = Some(
+        modserver::spawn(modules, Arc::clone(&spec.modules))
+            .map_err(|e| format!("failed to start the modules port's server: {e}"))?,
+    );
     let messages = spawn_frame_reader(stream);
 
     let mut deadline = boot_deadline;
@@ -222,7 +267,7 @@ fn drive(
     }
 }
 
-/// Waits for QEMU to connect to the control socket.
+/// Waits for QEMU to connect to a port's socket.
 fn accept_until(
     listener: &UnixListener,
     process: &mut QemuProcess,
@@ -233,17 +278,17 @@ fn accept_until(
             Ok((stream, _)) => {
                 stream
                     .set_nonblocking(false)
-                    .map_err(|e| format!("failed to configure the control socket: {e}"))?;
+                    .map_err(|e| format!("failed to configure a port's socket: {e}"))?;
                 return Ok(stream);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("failed to accept QEMU's control connection: {e}")),
+            Err(e) => return Err(format!("failed to accept QEMU's connection to a port: {e}")),
         }
         if let Ok(Some(status)) = process.try_wait() {
             return Err(format!("QEMU exited at start-up ({status})"));
         }
         if Instant::now() >= deadline {
-            return Err("QEMU did not connect to the control socket".to_owned());
+            return Err("QEMU did not connect to a port's socket".to_owned());
         }
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -12,11 +12,12 @@ use std::process::{Command, ExitCode};
 use crate::exec::{have, run, status};
 
 /// Every target in `fuzz/Cargo.toml`, and what it feeds.
-const TARGETS: [(&str, &str); 4] = [
+const TARGETS: [(&str, &str); 5] = [
     ("guest_frames", "the host's decoder of guest control-port frames"),
     ("test_metadata", "the decoder of the vmtest_tests ELF section"),
     ("binary_file", "the ELF, busybox applet table and kernel image readers"),
     ("kernel_log", "the kernel splat finder"),
+    ("module_requests", "the modules port's request and answer readers, and the alias index"),
 ];
 
 /// Seconds each target runs by default.

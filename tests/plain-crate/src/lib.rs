@@ -92,6 +92,34 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "loads kernel modules: only in a VM (the runner's tests run it with --ignored)"]
+    fn loads_modules_on_demand() {
+        use std::path::Path;
+        use std::process::Command;
+        assert!(
+            Path::new("/vmtest/plan").exists(),
+            "not inside a vmtest VM: refusing to load modules"
+        );
+        // The kernel runs the loader it is pointed at: vmtest-init, PID 1's binary.
+        let loader = std::fs::read_to_string("/proc/sys/kernel/modprobe").unwrap();
+        assert_eq!(loader.trim(), "/sbin/modprobe");
+        assert_eq!(std::fs::canonicalize("/sbin/modprobe").unwrap(), Path::new("/init"));
+
+        let status = Command::new("modprobe").arg("dummy").status().unwrap();
+        assert!(status.success());
+        assert!(Path::new("/sys/module/dummy").exists());
+
+        // The kernel asks for `net-pf-38` (af_alg) itself.
+        assert!(!Path::new("/sys/module/af_alg").exists());
+        // SAFETY: socket(2) with constant arguments; the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET, 0) };
+        assert!(fd >= 0, "socket(AF_ALG): {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a descriptor this test owns.
+        unsafe { libc::close(fd) };
+        assert!(Path::new("/sys/module/af_alg").exists());
+    }
+
+    #[test]
     #[ignore = "fails on purpose: the runner's tests run it with --include-ignored"]
     fn fails_on_purpose() {
         assert_eq!(add(2, 2), 5, "plain-crate failure marker");

@@ -674,3 +674,30 @@ fn rust_backtrace_shows_symbols_from_the_guest() {
     );
     run.assert_clean();
 }
+
+#[test]
+fn a_kernel_given_by_path_loads_modules_from_its_modules_dir() {
+    // A stored kernel given by path, as a user's own build would be: its modules dir named by
+    // VMTEST_KERNEL_MODULES. 6.1's modules are plain `.ko`, so its alias index builds quickly.
+    let Ok(kernel) = vmtest::kernel::resolve(Some("6.1"), vmtest::arch::Arch::host()) else {
+        eprintln!("skipped: no 6.1 kernel in the store (`cargo xtask setup` fetches one)");
+        return;
+    };
+    let modules = kernel.modules_dir.expect("a stored 6.1 kernel has modules");
+    let before: Vec<_> = std::fs::read_dir(&modules).unwrap().map(|e| e.unwrap().path()).collect();
+    let run = RunDir::new("path-modules");
+    let ran = run.run(
+        GUEST,
+        &["--exact", "loads_a_module_by_alias"],
+        &[
+            ("VMTEST_KERNEL", kernel.image.to_str().unwrap()),
+            ("VMTEST_KERNEL_MODULES", modules.to_str().unwrap()),
+        ],
+    );
+    ran.expect_code(0);
+    // Not a store kernel: the index is built for this run and written nowhere.
+    assert_contains(&ran.stderr, &["vmtest: indexed the", "not kept"]);
+    let after: Vec<_> = std::fs::read_dir(&modules).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(before, after, "the modules dir changed");
+    run.assert_clean();
+}

@@ -131,6 +131,14 @@ fn plain_crate_failure_and_exit_code_propagate() {
 }
 
 #[test]
+fn plain_crate_loads_modules_on_demand() {
+    let (output, stdout, stderr) =
+        run_plain(&["--ignored", "--exact", "tests::loads_modules_on_demand"]);
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("test tests::loads_modules_on_demand ... ok"), "{stdout}");
+}
+
+#[test]
 fn plain_binary_without_vmtest_init_gets_one_built() {
     let (binary, _) = plain_build();
     // Moved out of its target dir: nothing there is looked at.

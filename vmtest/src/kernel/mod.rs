@@ -6,10 +6,12 @@
 //! dir and config when known. Names are looked up in the [`Store`], which
 //! `cargo vmtest kernel fetch` fills from Debian's packages.
 
+mod alias;
 pub(crate) mod apt;
 mod fetch;
 mod image;
 mod modules;
+mod ondemand;
 mod pvh;
 mod resolve;
 pub(crate) mod store;
@@ -23,6 +25,9 @@ use crate::arch::Arch;
 
 pub use image::{image_info, ImageInfo};
 pub use modules::{ModuleFile, HARNESS_MODULES};
+#[cfg(test)]
+pub(crate) use ondemand::tests::fixture_kernel;
+pub(crate) use ondemand::{ModuleProvider, Resolved};
 pub use resolve::compare_versions;
 pub use store::{Fetched, Store};
 
@@ -450,6 +455,18 @@ fn find_config_near(image: &Path, dir: &Path, version: Option<&str>) -> Option<P
         }
     }
     candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Parses `data` as alias files and looks names taken from it up (`vmtest::__fuzz`).
+pub(crate) fn fuzz_aliases(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let index = alias::AliasIndex::parse(&text);
+    let builtin = alias::AliasIndex::parse_builtin_modinfo(data);
+    for name in text.split_whitespace().take(16) {
+        let name = alias::normalize(name);
+        let _ = index.lookup(&name);
+        let _ = builtin.lookup(&name);
+    }
 }
 
 /// `98.3 MB`-style sizes for progress and listings.

@@ -4,6 +4,10 @@
 //! Debian's packages ship no `modules.dep` (depmod runs at install time), so dependencies come
 //! from each module's `.modinfo` section (`depends=a,b`), read on the host after decompressing
 //! `.ko.xz` / `.ko.zst` / `.ko.gz`.
+//!
+//! Reading `.modinfo` of every module (for the alias index) would mean decompressing hundreds
+//! of megabytes; [`read_modinfo_quick`] decompresses a module only up to the end of its
+//! `.modinfo`, which sits a fifth of the way into a typical module.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -76,6 +80,11 @@ impl ModuleIndex {
         self.files.get(name)
     }
 
+    /// Every module, by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &PathBuf)> {
+        self.files.iter()
+    }
+
     /// Names close to `name`: containing it, or within a small edit distance.
     pub(crate) fn close_matches(&self, name: &str) -> Vec<String> {
         let mut scored: Vec<(usize, &String)> = self
@@ -100,8 +109,19 @@ impl ModuleIndex {
         kernel: &str,
         names: &[&str],
     ) -> Result<Vec<ModuleFile>, KernelError> {
+        self.closure_without(kernel, names, &[])
+    }
+
+    /// [`closure`](Self::closure), leaving out the modules in `loaded` (and so what only they
+    /// depend on).
+    pub(crate) fn closure_without(
+        &self,
+        kernel: &str,
+        names: &[&str],
+        loaded: &[String],
+    ) -> Result<Vec<ModuleFile>, KernelError> {
         let mut order = Vec::new();
-        let mut done = HashSet::new();
+        let mut done: HashSet<String> = loaded.iter().map(|n| normalize(n)).collect();
         let mut deps_cache = HashMap::new();
         for name in names {
             let name = normalize(name);
@@ -157,6 +177,8 @@ pub(crate) struct Modinfo {
     pub(crate) name: Option<String>,
     pub(crate) depends: Vec<String>,
     pub(crate) vermagic: Option<String>,
+    /// `alias=` values, as written (glob patterns).
+    pub(crate) aliases: Vec<String>,
 }
 
 /// Reads `.modinfo` from a module file, decompressing it first if needed.
@@ -180,6 +202,7 @@ pub(crate) fn parse_modinfo(data: &[u8]) -> Modinfo {
         match key {
             "name" => info.name = Some(value.to_owned()),
             "vermagic" => info.vermagic = Some(value.to_owned()),
+            "alias" if !value.is_empty() => info.aliases.push(value.to_owned()),
             "depends" => info
                 .depends
                 .extend(value.split(',').map(str::trim).filter(|d| !d.is_empty()).map(normalize)),
@@ -189,8 +212,211 @@ pub(crate) fn parse_modinfo(data: &[u8]) -> Modinfo {
     info
 }
 
+/// Reads `.modinfo` like [`read_modinfo`], reading as little of the file as it can: a plain
+/// `.ko` through its section headers, a compressed one decompressed only up to the end of its
+/// `.modinfo` (see [`find_modinfo`]), falling back to all of it when that is not found.
+pub(crate) fn read_modinfo_quick(path: &Path) -> Result<Modinfo, KernelError> {
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let Some(name) = module_name(&file_name) else { return read_modinfo(path) };
+    let bad = |reason: String| KernelError::Modinfo { path: path.to_owned(), reason };
+    let file = fs::File::open(path).map_err(|e| KernelError::io("read module", path, e))?;
+    let input = std::io::BufReader::new(file);
+    let stream: Box<dyn Read> = if file_name.ends_with(".xz") {
+        match xz_lzma2(input) {
+            Ok(Some(stream)) => stream,
+            // Another filter chain than plain LZMA2, or a damaged header.
+            Ok(None) | Err(_) => return read_modinfo(path),
+        }
+    } else if file_name.ends_with(".zst") {
+        Box::new(
+            ruzstd::decoding::StreamingDecoder::new(input)
+                .map_err(|e| bad(format!("failed to decompress zstd: {e}")))?,
+        )
+    } else if file_name.ends_with(".gz") {
+        Box::new(flate2::read::GzDecoder::new(input))
+    } else {
+        return read_plain_modinfo(path, input.into_inner());
+    };
+    match find_modinfo(stream, &name) {
+        Ok(Some(data)) => Ok(parse_modinfo(&data)),
+        Ok(None) => read_modinfo(path),
+        Err(e) => Err(bad(format!("failed to decompress: {e}"))),
+    }
+}
+
+/// The LZMA2 data of a single-block `.xz` stream whose only filter is LZMA2 (as Kbuild
+/// compresses modules), as a reader of the decompressed bytes; `None` for any other layout.
+/// The stream's index and check, after the data, are not read.
+fn xz_lzma2(mut input: impl Read + 'static) -> std::io::Result<Option<Box<dyn Read>>> {
+    // Stream header: magic, flags, CRC32.
+    let mut header = [0u8; 12];
+    input.read_exact(&mut header)?;
+    if header[..6] != *b"\xfd7zXZ\0" {
+        return Ok(None);
+    }
+    // Block header: its size, flags, optional sizes, one filter (ID 0x21, one property byte),
+    // padding, CRC32.
+    let mut size = [0u8; 1];
+    input.read_exact(&mut size)?;
+    if size[0] == 0 {
+        return Ok(None); // No block: an empty stream.
+    }
+    let mut block = vec![0u8; usize::from(size[0]) * 4 + 3];
+    input.read_exact(&mut block)?;
+    let flags = block[0];
+    if flags & 0x3f != 0 {
+        return Ok(None); // More than one filter, or reserved bits.
+    }
+    let mut at = 1;
+    for present in [flags & 0x40 != 0, flags & 0x80 != 0] {
+        if present {
+            // A variable-length integer: bytes with the top bit set continue it.
+            while block.get(at).is_some_and(|b| b & 0x80 != 0) {
+                at += 1;
+            }
+            at += 1;
+        }
+    }
+    let (Some(&0x21), Some(&1), Some(&dict)) =
+        (block.get(at), block.get(at + 1), block.get(at + 2))
+    else {
+        return Ok(None);
+    };
+    // Kbuild's modules use 1 MiB (`--lzma2=dict=1MiB`); anything past 64 MiB is read in full.
+    if dict > 29 {
+        return Ok(None);
+    }
+    let dict_size = (2 | u32::from(dict & 1)) << (dict / 2 + 11);
+    Ok(Some(Box::new(lzma_rust2::Lzma2Reader::new(input, dict_size, None))))
+}
+
+/// `.modinfo` of an uncompressed module, reading only its headers and that section.
+fn read_plain_modinfo(path: &Path, file: fs::File) -> Result<Modinfo, KernelError> {
+    let bad = |reason: String| KernelError::Modinfo { path: path.to_owned(), reason };
+    let cache = object::ReadCache::new(file);
+    let obj = object::File::parse(&cache).map_err(|e| bad(format!("not an ELF object: {e}")))?;
+    let section =
+        obj.section_by_name(".modinfo").ok_or_else(|| bad("it has no .modinfo section".into()))?;
+    let data = section.data().map_err(|e| bad(format!("unreadable .modinfo: {e}")))?;
+    Ok(parse_modinfo(data))
+}
+
+/// Reads the decompressed module `stream` up to the end of its `.modinfo` and returns the
+/// section's fields (`key=value` strings, each ending in NUL). The section is found by the field
+/// every module has, `name=<module name>`: the run of `key=value` strings around it, which
+/// ends where something else (an empty string, a string that is no field) begins. `None` when
+/// the stream ends without such a field.
+pub(crate) fn find_modinfo(mut stream: impl Read, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+    let anchor = format!("\0name={name}\0").into_bytes();
+    let mut buf = Vec::new();
+    // Small reads: what is decompressed past the section's end is wasted.
+    let mut chunk = vec![0u8; 4 << 10];
+    let mut found: Option<usize> = None;
+    let mut searched = 0;
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let at_end = n == 0;
+        if found.is_none() {
+            found = buf[searched..]
+                .windows(anchor.len())
+                .position(|w| w == anchor)
+                .map(|at| searched + at);
+            searched = buf.len().saturating_sub(anchor.len() - 1);
+        }
+        if let Some(at) = found {
+            if let Some(run) = modinfo_run(&buf, at, at_end) {
+                return Ok(Some(run.to_vec()));
+            }
+        }
+        if at_end {
+            return Ok(None);
+        }
+    }
+}
+
+/// The keys `.modinfo` fields have (`MODULE_INFO(tag, ...)` tags that the kernel and modpost
+/// use).
+const MODINFO_KEYS: &[&[u8]] = &[
+    b"alias",
+    b"author",
+    b"depends",
+    b"description",
+    b"file",
+    b"firmware",
+    b"import_ns",
+    b"intree",
+    b"license",
+    b"livepatch",
+    b"name",
+    b"parm",
+    b"parmtype",
+    b"retpoline",
+    b"scmversion",
+    b"softdep",
+    b"srcversion",
+    b"staging",
+    b"vermagic",
+    b"version",
+    b"weakdep",
+];
+
+/// The key of `key=value` (a C identifier), if `s` has that shape.
+fn field_key(s: &[u8]) -> Option<&[u8]> {
+    let eq = s.iter().position(|&b| b == b'=')?;
+    let key = &s[..eq];
+    (eq > 0 && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')).then_some(key)
+}
+
+/// Where the field in `s` (the bytes between two NULs) starts: at 0 for a field of a known key
+/// or of any identifier; later for a known key glued to the last bytes of the section before
+/// `.modinfo` (which has no alignment, so its first field follows them directly).
+fn field_start(s: &[u8]) -> Option<usize> {
+    match field_key(s) {
+        Some(key) if MODINFO_KEYS.contains(&key) => Some(0),
+        key => (1..s.len())
+            .find(|&at| {
+                MODINFO_KEYS
+                    .iter()
+                    .any(|k| s[at..].starts_with(k) && s.get(at + k.len()) == Some(&b'='))
+            })
+            .or(key.map(|_| 0)),
+    }
+}
+
+/// The run of `key=value\0` fields around the NUL at `nul` (which precedes `name=`). `None`
+/// while the run's end is not in `buf` yet (unless `at_end`).
+fn modinfo_run(buf: &[u8], nul: usize, at_end: bool) -> Option<&[u8]> {
+    let mut start = nul + 1;
+    // Backwards: the field that ends at `start - 1`, while there is one.
+    while start > 0 {
+        let end = start - 1;
+        let begin = buf[..end].iter().rposition(|&b| b == 0).map_or(0, |at| at + 1);
+        let Some(at) = field_start(&buf[begin..end]) else { break };
+        start = begin + at;
+        if at > 0 {
+            // Glued to the section before: nothing of .modinfo precedes it.
+            break;
+        }
+    }
+    let mut end = nul + 1;
+    loop {
+        match buf[end..].iter().position(|&b| b == 0) {
+            Some(len) if len > 0 && field_key(&buf[end..end + len]).is_some() => end += len + 1,
+            Some(_) => break,
+            None if at_end => break,
+            None => return None,
+        }
+    }
+    Some(&buf[start..end])
+}
+
 /// A module file's contents, decompressed.
-fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
+pub(crate) fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
     let file = fs::File::open(path).map_err(|e| KernelError::io("read module", path, e))?;
     let mut input = std::io::BufReader::new(file);
     let name = path.to_string_lossy();
@@ -295,9 +521,22 @@ pub(crate) mod tests {
 
     /// Writes a minimal relocatable ELF whose `.modinfo` says `depends=<deps>`.
     pub(crate) fn fake_module(dir: &Path, file_name: &str, deps: &[&str]) -> PathBuf {
-        let name = module_name(file_name).unwrap();
-        let info =
-            format!("license=GPL\0depends={}\0name={name}\0vermagic=6.1.0 SMP\0", deps.join(","));
+        fake_module_with(dir, file_name, deps, &[])
+    }
+
+    /// [`fake_module`] with `alias=` fields.
+    pub(crate) fn fake_module_with(
+        dir: &Path,
+        file_name: &str,
+        deps: &[&str],
+        aliases: &[&str],
+    ) -> PathBuf {
+        let name = module_name(file_name.rsplit('/').next().unwrap()).unwrap();
+        let aliases: String = aliases.iter().map(|a| format!("alias={a}\0")).collect();
+        let info = format!(
+            "{aliases}license=GPL\0depends={}\0name={name}\0vermagic=6.1.0 SMP\0",
+            deps.join(",")
+        );
         let bytes = elf_with_section(".modinfo", info.as_bytes());
         let path = dir.join(file_name);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -409,6 +648,89 @@ pub(crate) mod tests {
             let info = read_modinfo(&dir.join(format!("veth.{ext}"))).unwrap();
             assert_eq!(info.depends, ["dummy"], "{ext}");
         }
+    }
+
+    #[test]
+    fn quick_modinfo_reads_what_the_full_read_reads() {
+        let dir = super::super::tests::scratch_dir("modules-quick");
+        let plain = fake_module_with(&dir, "vxlan.ko", &["udp_tunnel"], &["rtnl-link-vxlan"]);
+        let bytes = fs::read(&plain).unwrap();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut bytes.as_slice(), &mut xz).unwrap();
+        fs::write(dir.join("vxlan.ko.xz"), xz).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &bytes).unwrap();
+        fs::write(dir.join("vxlan.ko.gz"), gz.finish().unwrap()).unwrap();
+        for ext in ["ko", "ko.xz", "ko.gz"] {
+            let path = dir.join(format!("vxlan.{ext}"));
+            let quick = read_modinfo_quick(&path).unwrap();
+            assert_eq!(quick, read_modinfo(&path).unwrap(), "{ext}");
+            assert_eq!(quick.aliases, ["rtnl-link-vxlan"], "{ext}");
+            assert_eq!(quick.depends, ["udp_tunnel"], "{ext}");
+        }
+    }
+
+    #[test]
+    fn reads_the_lzma2_data_of_an_xz_stream() {
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut data.as_slice(), &mut xz).unwrap();
+        let mut stream = xz_lzma2(std::io::Cursor::new(xz.clone())).unwrap().unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        // Two filters (a BCJ before LZMA2, say): not this reader's.
+        let mut two_filters = xz.clone();
+        two_filters[13] |= 0x01;
+        assert!(xz_lzma2(std::io::Cursor::new(two_filters)).unwrap().is_none());
+        assert!(xz_lzma2(std::io::Cursor::new(b"not xz at all".to_vec())).unwrap().is_none());
+        assert!(xz_lzma2(std::io::Cursor::new(xz[..5].to_vec())).is_err());
+    }
+
+    #[test]
+    fn finds_modinfo_between_other_sections() {
+        let section = b"alias=net-pf-38\0license=GPL\0depends=\0name=af_alg\0vermagic=6.12 SMP\0";
+        let mut stream = b"\x7fELF\x02\0\0\x01code\0fmt %s=%d\0".to_vec();
+        stream.extend_from_slice(section);
+        stream.extend_from_slice(b"\0\0\0\x08rest=of\0file");
+        let run = find_modinfo(&stream[..], "af_alg").unwrap().unwrap();
+        assert_eq!(run, section);
+        // Split anywhere, the same.
+        for split in [1, 7, 30, 40, 60] {
+            let reader = std::io::Read::chain(&stream[..split], &stream[split..]);
+            assert_eq!(find_modinfo(reader, "af_alg").unwrap().unwrap(), section, "{split}");
+        }
+        // A field-like string right before the section is taken in; it is harmless.
+        let mut sloppy = b"\x01\x02\0mode=%d\0".to_vec();
+        sloppy.extend_from_slice(section);
+        let run = find_modinfo(&sloppy[..], "af_alg").unwrap().unwrap();
+        assert_eq!(parse_modinfo(&run).aliases, ["net-pf-38"]);
+        // The first field glued to the last bytes of the section before (no NUL between).
+        for junk in [&b"\x00\x8c\x05"[..], b"\x00\x8c\x05xy", b"\x00ab=c\x01author"] {
+            let mut glued = junk.to_vec();
+            glued.extend_from_slice(section);
+            let run = find_modinfo(&glued[..], "af_alg").unwrap().unwrap();
+            assert_eq!(run, section, "{junk:?}");
+        }
+        // No name field of this module: not found (the caller reads the ELF instead).
+        assert_eq!(find_modinfo(&stream[..], "algif_hash").unwrap(), None);
+        // The section at the very end of the stream.
+        assert_eq!(find_modinfo(&section[..], "af_alg").unwrap().unwrap(), section);
+    }
+
+    #[test]
+    fn closure_leaves_out_loaded_modules() {
+        let dir = super::super::tests::scratch_dir("modules-loaded");
+        fake_module(&dir, "udp_tunnel.ko", &[]);
+        fake_module(&dir, "ip6_udp_tunnel.ko", &[]);
+        fake_module(&dir, "vxlan.ko", &["udp_tunnel", "ip6_udp_tunnel"]);
+        let index = ModuleIndex::scan(&dir).unwrap();
+        let names = |v: Vec<ModuleFile>| v.into_iter().map(|m| m.name).collect::<Vec<_>>();
+        let all = index.closure_without("k", &["vxlan"], &[]).unwrap();
+        assert_eq!(names(all), ["udp_tunnel", "ip6_udp_tunnel", "vxlan"]);
+        let some = index.closure_without("k", &["vxlan"], &["udp-tunnel".into()]).unwrap();
+        assert_eq!(names(some), ["ip6_udp_tunnel", "vxlan"]);
+        assert!(index.closure_without("k", &["vxlan"], &["vxlan".into()]).unwrap().is_empty());
     }
 
     #[test]

@@ -253,3 +253,20 @@ fn sizes() {
     assert_eq!(human_size(512), "512 B");
     assert_eq!(human_size(98_300_000), "98.3 MB");
 }
+
+/// On the stored kernels: the quick `.modinfo` reader finds the same fields as the full one,
+/// on a sample of each kernel's modules (`.ko.xz` on 6.12, `.ko` on 6.1).
+#[test]
+fn quick_modinfo_agrees_with_the_full_read_on_real_modules() {
+    for (spec, arch) in [("6.12", Arch::X86_64), ("6.1", Arch::X86_64), ("6.12", Arch::Aarch64)] {
+        let Some(k) = stored(spec, arch) else { continue };
+        let files = modules::ModuleIndex::scan(k.modules_dir.as_ref().unwrap()).unwrap();
+        let sample: Vec<_> = files.iter().step_by(60).collect();
+        assert!(sample.len() > 50, "{spec} {arch}: only {} modules sampled", sample.len());
+        for (name, path) in sample {
+            let quick = modules::read_modinfo_quick(path).unwrap();
+            assert_eq!(quick, modules::read_modinfo(path).unwrap(), "{spec} {arch} {name}");
+            assert_eq!(quick.name.as_deref(), Some(name.as_str()));
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 mod bpf;
 mod cgroup;
+mod modprobe;
 mod net;
 mod ns;
 mod sys;

@@ -14,20 +14,20 @@ use crate::sys::{check, owned};
 const VETH_INFO_PEER: u16 = 1;
 
 /// A netlink request under construction: header, fixed part, attributes.
-struct Request {
+pub(crate) struct Request {
     kind: u16,
     flags: u16,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
-fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(crate) fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(payload);
     buf.resize(buf.len().next_multiple_of(4), 0);
 }
 
-fn ifinfomsg(index: i32, flags: u32, change: u32) -> Vec<u8> {
+pub(crate) fn ifinfomsg(index: i32, flags: u32, change: u32) -> Vec<u8> {
     let mut msg = vec![0u8; 16]; // family, pad, type: 0
     msg[4..8].copy_from_slice(&index.to_ne_bytes());
     msg[8..12].copy_from_slice(&flags.to_ne_bytes());
@@ -35,14 +35,14 @@ fn ifinfomsg(index: i32, flags: u32, change: u32) -> Vec<u8> {
     msg
 }
 
-fn name_z(name: &str) -> Vec<u8> {
+pub(crate) fn name_z(name: &str) -> Vec<u8> {
     let mut z = name.as_bytes().to_vec();
     z.push(0);
     z
 }
 
 impl Request {
-    fn new(kind: u16, extra_flags: i32) -> Self {
+    pub(crate) fn new(kind: u16, extra_flags: i32) -> Self {
         Request {
             kind,
             flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK | extra_flags) as u16,
@@ -52,7 +52,7 @@ impl Request {
 
     /// Sends the request on a NETLINK_ROUTE socket of the calling thread's network namespace
     /// and returns the kernel's answer (0 or an errno).
-    fn send(self) -> io::Result<()> {
+    pub(crate) fn send(self) -> io::Result<()> {
         let mut message = Vec::new();
         message.extend_from_slice(&((16 + self.body.len()) as u32).to_ne_bytes());
         message.extend_from_slice(&self.kind.to_ne_bytes());
@@ -117,7 +117,7 @@ fn add_link(name: &str, kind: &str, peer: Option<(&str, &OwnedFd)>) -> io::Resul
 }
 
 /// `ip link del <name>`.
-fn delete_link(name: &str) -> io::Result<()> {
+pub(crate) fn delete_link(name: &str) -> io::Result<()> {
     let mut request = Request::new(libc::RTM_DELLINK, 0);
     request.body = ifinfomsg(index_of(name) as i32, 0, 0);
     request.send()

@@ -1,6 +1,7 @@
 //! vm_tests that `tests/outcomes.rs` checks from the host: the guest's clock against the host's,
-//! a fixture that has vanished since compile time (in a patched copy of this binary), and the
-//! userland a run's settings give the guest.
+//! a fixture that has vanished since compile time (in a patched copy of this binary), the
+//! userland a run's settings give the guest, and a module loaded on demand from a kernel given
+//! by path.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,14 @@ fn prints_its_userland() {
     let sh = std::path::Path::new("/bin/sh").exists();
     let usr = std::path::Path::new("/usr/bin").is_dir();
     println!("userland: sh={sh} usr={usr}");
+}
+
+/// Loads `dummy` by one of its aliases, which needs the kernel's alias index.
+#[vm_test]
+fn loads_a_module_by_alias() {
+    let output = std::process::Command::new("modprobe").arg("rtnl-link-dummy").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(std::path::Path::new("/sys/module/dummy").exists());
 }
 
 vmtest::main!();
