@@ -11,10 +11,10 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::store::{lock_file, Store};
-use super::KernelError;
+use super::{human_size, KernelError};
 use crate::arch::Arch;
 
 /// A Debian package's candidate version.
@@ -124,8 +124,34 @@ impl Apt {
             .collect())
     }
 
+    /// Downloads `package` into a fresh `download/` dir under `tmp`, under apt's shared lock,
+    /// telling `progress` the package, its size and the time taken; returns the `.deb`'s path.
+    pub(crate) fn download_into(
+        &self,
+        package: &Package,
+        tmp: &Path,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<PathBuf, KernelError> {
+        let download = tmp.join("download");
+        fs::create_dir_all(&download).map_err(|e| KernelError::io("create", &download, e))?;
+        let size = package.size.map(|s| format!(", {}", human_size(s))).unwrap_or_default();
+        progress(&format!("downloading {} {}{size}", package.name, package.version));
+        let started = Instant::now();
+        let deb = {
+            let _lock = self.lock(false)?;
+            self.download(package, &download)?
+        };
+        let deb_size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+        progress(&format!(
+            "downloaded {} in {:.1}s",
+            human_size(deb_size),
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(deb)
+    }
+
     /// Downloads `package` at its version into the dir `into`; returns the `.deb`'s path.
-    pub(crate) fn download(&self, package: &Package, into: &Path) -> Result<PathBuf, KernelError> {
+    fn download(&self, package: &Package, into: &Path) -> Result<PathBuf, KernelError> {
         let pin = format!("{}={}", package.name, package.version);
         run(self.command("apt-get").current_dir(into).args(["-q", "download"]).arg(&pin))?;
         let entries = fs::read_dir(into).map_err(|e| KernelError::io("read", into, e))?;

@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Instant;
 
 use super::apt::{self, Apt, Package, Stanza};
 use super::image::image_info;
@@ -49,20 +48,7 @@ pub(crate) fn fetch(
     }
 
     let tmp = store.temp_dir(arch, &release)?;
-    let download = tmp.join("download");
-    fs::create_dir_all(&download).map_err(|e| KernelError::io("create", &download, e))?;
-    progress(&format!("downloading {} {}{size}", package.name, package.version));
-    let started = Instant::now();
-    let deb = {
-        let _lock = apt.lock(false)?;
-        apt.download(&package, &download)?
-    };
-    let deb_size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
-    progress(&format!(
-        "downloaded {} in {:.1}s",
-        human_size(deb_size),
-        started.elapsed().as_secs_f64()
-    ));
+    let deb = apt.download_into(&package, &tmp, progress)?;
 
     let unpacked = tmp.join("unpacked");
     progress(&format!("unpacking {}", deb.display()));

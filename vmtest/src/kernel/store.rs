@@ -372,23 +372,23 @@ pub(crate) fn write_meta(
 /// One field of a stored kernel's `kernel.meta`.
 pub(crate) fn meta_field(dir: &Path, key: &str) -> Option<String> {
     let text = fs::read_to_string(dir.join(META)).ok()?;
+    meta_value(&text, key)
+}
+
+/// The value of `key` in a store entry's `key=value` metadata text, trimmed; `None` when it is
+/// missing or empty.
+pub(crate) fn meta_value(text: &str, key: &str) -> Option<String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
         .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| v.trim().to_owned())
         .filter(|v| !v.is_empty())
 }
 
 pub(crate) fn read_meta(dir: &Path) -> Result<Kernel, KernelError> {
     let path = dir.join(META);
     let text = fs::read_to_string(&path).map_err(|e| KernelError::io("read", &path, e))?;
-    let field = |key: &str| {
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
+    let field = |key: &str| meta_value(&text, key);
     let bad = |reason: String| KernelError::Metadata { path: path.clone(), reason };
     let name = field("name").ok_or_else(|| bad("it has no `name=`".into()))?;
     let arch = field("arch")

@@ -13,7 +13,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use super::applets::{self, Applet};
 use crate::arch::Arch;
@@ -73,13 +72,7 @@ fn read_entry(dir: &Path) -> Result<Option<Userland>, KernelError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(KernelError::io("read", &meta, e)),
     };
-    let field = |key: &str| {
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
+    let field = |key: &str| crate::kernel::store::meta_value(&text, key);
     let bad = |reason: String| KernelError::Metadata { path: meta.clone(), reason };
     let arch = field("arch")
         .ok_or_else(|| bad("it has no `arch=`".into()))?
@@ -164,15 +157,7 @@ fn fetch(
     }
 
     let tmp = entry_temp_dir(&dir, ENTRY)?;
-    let download = tmp.join("download");
-    fs::create_dir_all(&download).map_err(|e| KernelError::io("create", &download, e))?;
-    progress(&format!("downloading {} {}{size}", package.name, package.version));
-    let started = Instant::now();
-    let deb = {
-        let _lock = apt.lock(false)?;
-        apt.download(&package, &download)?
-    };
-    progress(&format!("downloaded in {:.1}s", started.elapsed().as_secs_f64()));
+    let deb = apt.download_into(&package, &tmp, progress)?;
     let unpacked = tmp.join("unpacked");
     apt::unpack(&deb, &unpacked)?;
     let entry = tmp.join(ENTRY);
