@@ -122,7 +122,7 @@ pub(crate) fn run_host(crate_root: &'static [u8]) -> ! {
             }
         },
     };
-    std::process::exit(code)
+    crate::process::exit(code)
 }
 
 /// libtest's options from `argv` (the program first). `Err` holds the exit code once the usage

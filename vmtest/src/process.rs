@@ -16,6 +16,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,9 @@ struct Live {
     /// Cleanup has run: no new QEMU or temp dir may appear (the process is about to end).
     stopping: bool,
 }
+
+/// A cleanup signal arrived: the signal thread owns the exit status from now on.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 static LIVE: Mutex<Live> =
     Mutex::new(Live { groups: BTreeSet::new(), dirs: BTreeSet::new(), stopping: false });
@@ -79,6 +83,7 @@ pub(crate) fn install_signal_cleanup() {
                 let mut signal: libc::c_int = 0;
                 // SAFETY: `set` is initialised and `signal` is a valid out pointer.
                 if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                    INTERRUPTED.store(true, Ordering::SeqCst);
                     kill_everything();
                     eprintln!("vmtest: interrupted; stopped every VM and removed its temp dir");
                     std::process::exit(128 + signal);
@@ -86,6 +91,23 @@ pub(crate) fn install_signal_cleanup() {
             })
             .expect("failed to spawn the signal thread");
     });
+}
+
+/// Ends the process with `code`, unless a cleanup signal arrived (see [`hold_if_interrupted`]).
+pub(crate) fn exit(code: i32) -> ! {
+    hold_if_interrupted();
+    std::process::exit(code)
+}
+
+/// Never returns once a cleanup signal arrived: the signal thread is then ending the process
+/// with 128 + the signal, and a run that finished only because its VMs were killed must not
+/// exit first with its own status.
+pub(crate) fn hold_if_interrupted() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 fn kill_everything() {

@@ -17,7 +17,9 @@ use crate::harness::{self, TestBinary};
 
 /// `run <binary> [libtest args]`: runs the binary's tests in VMs; returns its exit code.
 pub fn run(binary: &Path, args: &[String]) -> ExitCode {
-    exit_code(run_code(binary, args))
+    let code = run_code(binary, args);
+    crate::process::hold_if_interrupted();
+    exit_code(code)
 }
 
 fn run_code(binary: &Path, args: &[String]) -> i32 {
