@@ -231,10 +231,7 @@ fn compat(only: Option<&[String]>) -> Result<bool, String> {
         "cargo build -p vmtest --features cli --bin cargo-vmtest",
     )?;
     let runner = target_dir().join("debug/cargo-vmtest");
-    let mut report = String::from(
-        "| crate | where | test binaries | passed | failed | ignored | vs host |\n\
-         |---|---|---|---|---|---|---|\n",
-    );
+    let mut report = String::from(REPORT_HEAD);
     let mut ok = true;
     let mut notes = String::new();
     for suite in SUITES.iter().filter(|s| only.is_none_or(|o| o.iter().any(|n| n == s.name))) {
@@ -288,7 +285,7 @@ fn compat(only: Option<&[String]>) -> Result<bool, String> {
         eprintln!("compat: {} done in {:.0} s", suite.name, started.elapsed().as_secs_f64());
     }
     if !notes.is_empty() {
-        report.push_str("\nKnown differences and notes:\n\n");
+        report.push_str("\n## Known differences and notes\n\n");
         let unique: std::collections::BTreeSet<&str> = notes.lines().collect();
         for line in unique {
             let _ = writeln!(report, "{line}");
@@ -301,6 +298,22 @@ fn compat(only: Option<&[String]>) -> Result<bool, String> {
     eprintln!("compat: table written to {}", path.display());
     Ok(ok)
 }
+
+/// The top of `compatibility.md`: what the table is.
+const REPORT_HEAD: &str = "# Published crates' own suites in vmtest's VMs
+
+Written by `cargo xtask compat`: each crate is fetched at the pinned version, its test binaries
+are built as its authors build them (`cargo test --lib --tests` with its features; natively,
+and for `aarch64-unknown-linux-musl`), and each binary runs unchanged on the host (x86_64,
+glibc) and through `cargo-vmtest run` on each kernel as a cargo target runner would run it. Counts
+are summed over a crate's test binaries. `vs host` says whether every test that passes on the
+host passes in the VM and whether every binary ended as a libtest binary ends; known
+differences are listed below the table with their reasons. The aarch64 build is against musl,
+so tests that the crate itself `#[cfg]`s out or `#[ignore]`s there are noted, not compared.
+
+| crate | where | test binaries | passed | failed | ignored | vs host |
+|---|---|---|---|---|---|---|
+";
 
 /// One table row: a suite's binaries on the host or one target, summed.
 fn row(suite: &Suite, where_: &str, runs: &BTreeMap<String, BinaryRun>, verdict: &str) -> String {
