@@ -8,7 +8,7 @@
 //! passes on the host does not pass in the VM, unless [`KNOWN`] lists it with its reason. The
 //! table goes to stdout and `target/compat/compatibility.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -233,7 +233,7 @@ fn compat(only: Option<&[String]>) -> Result<bool, String> {
     let runner = target_dir().join("debug/cargo-vmtest");
     let mut report = String::from(REPORT_HEAD);
     let mut ok = true;
-    let mut notes = String::new();
+    let mut notes = Notes::default();
     for suite in SUITES.iter().filter(|s| only.is_none_or(|o| o.iter().any(|n| n == s.name))) {
         let started = Instant::now();
         let src = fetch(suite, &root)?;
@@ -286,10 +286,7 @@ fn compat(only: Option<&[String]>) -> Result<bool, String> {
     }
     if !notes.is_empty() {
         report.push_str("\n## Known differences and notes\n\n");
-        let unique: std::collections::BTreeSet<&str> = notes.lines().collect();
-        for line in unique {
-            let _ = writeln!(report, "{line}");
-        }
+        report.push_str(&notes.render());
     }
     println!("{report}");
     let path = root.join("compatibility.md");
@@ -487,6 +484,48 @@ fn parse(stdout: &str) -> BinaryRun {
     run
 }
 
+/// The tests a known difference covered in a run, and where it was seen (`6.12 x86_64`).
+type KnownSeen = (BTreeSet<String>, BTreeSet<String>);
+
+/// What the report says below its table: known differences grouped by crate and reason, and
+/// other notes.
+#[derive(Default)]
+struct Notes {
+    known: BTreeMap<(String, &'static str), KnownSeen>,
+    other: BTreeSet<String>,
+}
+
+impl Notes {
+    fn known(&mut self, krate: &str, reason: &'static str, test: &str, where_: &str) {
+        let (tests, wheres) = self.known.entry((krate.to_owned(), reason)).or_default();
+        tests.insert(test.to_owned());
+        wheres.insert(where_.to_owned());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.known.is_empty() && self.other.is_empty()
+    }
+
+    fn render(&self) -> String {
+        let mut text = String::new();
+        for ((krate, reason), (tests, wheres)) in &self.known {
+            let tests: Vec<String> = tests.iter().map(|t| format!("`{t}`")).collect();
+            let wheres: Vec<&str> = wheres.iter().map(String::as_str).collect();
+            let _ = writeln!(
+                text,
+                "- {krate}, {} tests on {}: {reason}. Tests: {}.",
+                tests.len(),
+                wheres.join(", "),
+                tests.join(", ")
+            );
+        }
+        for line in &self.other {
+            let _ = writeln!(text, "{line}");
+        }
+        text
+    }
+}
+
 /// What is wrong with `vm` against `host` (empty when nothing); known differences and tests
 /// that pass only in the VM go to `notes`.
 fn compare(
@@ -494,7 +533,7 @@ fn compare(
     (kernel, arch): (&str, Arch),
     host: &BinaryRun,
     vm: &BinaryRun,
-    notes: &mut String,
+    notes: &mut Notes,
 ) -> String {
     let arch = arch.to_string();
     let mut problems = Vec::new();
@@ -526,7 +565,7 @@ fn compare(
         });
         match known {
             Some(known) => {
-                let _ = writeln!(notes, "- {krate} `{test}` on {kernel} {arch}: {}", known.reason);
+                notes.known(krate, known.reason, test, &format!("{kernel} {arch}"));
             }
             None => unexplained.push(test.as_str()),
         }
@@ -535,20 +574,18 @@ fn compare(
         problems.push(format!("passes on the host, fails in the VM: {}", unexplained.join(", ")));
     }
     if ignored > 0 {
-        let _ = writeln!(
-            notes,
+        notes.other.insert(format!(
             "- {krate} on {kernel} {arch}: {ignored} tests that pass on the host are `#[ignore]`d \
              in this build (for its arch or libc)"
-        );
+        ));
     }
     if missing > 0 && vm.abnormal.is_some() {
         problems.push(format!("{missing} tests that pass on the host did not run in the VM"));
     } else if missing > 0 {
-        let _ = writeln!(
-            notes,
+        notes.other.insert(format!(
             "- {krate} on {kernel} {arch}: {missing} tests of the host's build are not in this \
              build (`#[cfg]`'d out for its arch or libc)"
-        );
+        ));
     }
     problems.join("; ")
 }
@@ -574,7 +611,7 @@ mod tests {
     fn a_host_pass_that_fails_in_the_vm_is_reported() {
         let host = parse("test a ... ok\ntest b ... FAILED\n");
         let vm = parse("test a ... FAILED\ntest b ... ok\n");
-        let mut notes = String::new();
+        let mut notes = Notes::default();
         let verdict = compare("x", ("6.12", Arch::X86_64), &host, &vm, &mut notes);
         assert_eq!(verdict, "passes on the host, fails in the VM: a");
         let mut killed = parse("");
@@ -583,7 +620,8 @@ mod tests {
         assert_eq!(gone, "killed; 1 tests that pass on the host did not run in the VM");
         let cfgd_out = compare("x", ("6.12", Arch::Aarch64), &host, &parse(""), &mut notes);
         assert_eq!(cfgd_out, "");
-        assert!(notes.contains("1 tests of the host's build are not in this build"), "{notes}");
+        let text = notes.render();
+        assert!(text.contains("1 tests of the host's build are not in this build"), "{text}");
         let same = compare("x", ("6.12", Arch::X86_64), &host, &host, &mut notes);
         assert_eq!(same, "");
     }
