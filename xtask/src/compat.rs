@@ -307,6 +307,7 @@ are summed over a crate's test binaries. `vs host` says whether every test that 
 host passes in the VM and whether every binary ended as a libtest binary ends; known
 differences are listed below the table with their reasons. The aarch64 build is against musl,
 so tests that the crate itself `#[cfg]`s out or `#[ignore]`s there are noted, not compared.
+A VM row's failures beyond the known differences are tests that fail on the host as well.
 
 | crate | where | test binaries | passed | failed | ignored | vs host |
 |---|---|---|---|---|---|---|
