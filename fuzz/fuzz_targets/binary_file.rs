@@ -10,4 +10,5 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&path, data).expect("failed to write the fuzz input");
     vmtest::__fuzz::binary_file(&path);
     vmtest::__fuzz::kernel_image(&path);
+    let _ = std::fs::remove_file(&path);
 });

@@ -393,9 +393,30 @@ pub(crate) mod tests {
         guard
     }
 
-    fn out() -> OutDir {
-        let base = std::env::temp_dir().join(format!("vmtest-init-out-{}", std::process::id()));
-        OutDir::create_in(&base, 0).unwrap()
+    /// A test's output dir in a temp dir of its own, removed when the value is dropped.
+    struct TempOut {
+        base: std::path::PathBuf,
+        out: OutDir,
+    }
+
+    impl std::ops::Deref for TempOut {
+        type Target = OutDir;
+        fn deref(&self) -> &OutDir {
+            &self.out
+        }
+    }
+
+    impl Drop for TempOut {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
+
+    fn out() -> TempOut {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!("vmtest-init-out-{}-{n}", std::process::id()));
+        TempOut { out: OutDir::create_in(&base, 0).unwrap(), base }
     }
 
     fn control() -> Control {
