@@ -412,19 +412,30 @@ impl<R: Read> FrameReader<R> {
         if got < header.len() {
             return Err(FrameError::Truncated { got, want: header.len() });
         }
-        let len = u32::from_le_bytes(header) as usize;
-        if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge { len: len as u64 });
-        }
-        // Read without zero-filling first (a per-byte loop in unoptimised builds); the buffer
-        // grows only as bytes arrive, so a lying length costs no memory.
-        self.buf.clear();
-        let got = (&mut self.inner).take(len as u64).read_to_end(&mut self.buf)?;
-        if got < len {
-            return Err(FrameError::Truncated { got, want: len });
-        }
-        Ok(Some(postcard::from_bytes(&self.buf)?))
+        read_body(&mut self.inner, &mut self.buf, header, MAX_FRAME_LEN).map(Some)
     }
+}
+
+/// Reads the body of a frame whose length prefix is `header` into `buf` and decodes it; a
+/// length over `max_len` is an error.
+fn read_body<T: DeserializeOwned>(
+    inner: &mut impl Read,
+    buf: &mut Vec<u8>,
+    header: [u8; 4],
+    max_len: usize,
+) -> Result<T, FrameError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > max_len {
+        return Err(FrameError::TooLarge { len: len as u64 });
+    }
+    // Read without zero-filling first (a per-byte loop in unoptimised builds); the buffer grows
+    // only as bytes arrive, so a lying length costs no memory.
+    buf.clear();
+    let got = inner.take(len as u64).read_to_end(buf)?;
+    if got < len {
+        return Err(FrameError::Truncated { got, want: len });
+    }
+    Ok(postcard::from_bytes(buf)?)
 }
 
 /// Encodes `value` as one frame of [`MODULES_PORT`]: [`MODULE_FRAME_MAGIC`], then a frame as
@@ -463,16 +474,7 @@ impl<R: Read> ModuleFrameReader<R> {
         if got < header.len() {
             return Err(FrameError::Truncated { got, want: header.len() });
         }
-        let len = u32::from_le_bytes(header) as usize;
-        if len > self.max_len {
-            return Err(FrameError::TooLarge { len: len as u64 });
-        }
-        self.buf.clear();
-        let got = (&mut self.inner).take(len as u64).read_to_end(&mut self.buf)?;
-        if got < len {
-            return Err(FrameError::Truncated { got, want: len });
-        }
-        Ok(Some(postcard::from_bytes(&self.buf)?))
+        read_body(&mut self.inner, &mut self.buf, header, self.max_len).map(Some)
     }
 
     /// Consumes bytes up to and including the next [`MODULE_FRAME_MAGIC`]; `false` at the end

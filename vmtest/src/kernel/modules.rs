@@ -633,17 +633,22 @@ pub(crate) mod tests {
         );
     }
 
+    /// Writes `<module>.xz` and `<module>.gz` next to the plain module file `plain`.
+    fn write_compressed_copies(plain: &Path) {
+        let bytes = fs::read(plain).unwrap();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut bytes.as_slice(), &mut xz).unwrap();
+        fs::write(plain.with_extension("ko.xz"), xz).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &bytes).unwrap();
+        fs::write(plain.with_extension("ko.gz"), gz.finish().unwrap()).unwrap();
+    }
+
     #[test]
     fn compressed_modules() {
         let dir = super::super::tests::scratch_dir("modules-compressed");
         let plain = fake_module(&dir, "veth.ko", &["dummy"]);
-        let bytes = fs::read(&plain).unwrap();
-        let mut xz = Vec::new();
-        lzma_rs::xz_compress(&mut bytes.as_slice(), &mut xz).unwrap();
-        fs::write(dir.join("veth.ko.xz"), xz).unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &bytes).unwrap();
-        fs::write(dir.join("veth.ko.gz"), gz.finish().unwrap()).unwrap();
+        write_compressed_copies(&plain);
         for ext in ["ko", "ko.xz", "ko.gz"] {
             let info = read_modinfo(&dir.join(format!("veth.{ext}"))).unwrap();
             assert_eq!(info.depends, ["dummy"], "{ext}");
@@ -654,13 +659,7 @@ pub(crate) mod tests {
     fn quick_modinfo_reads_what_the_full_read_reads() {
         let dir = super::super::tests::scratch_dir("modules-quick");
         let plain = fake_module_with(&dir, "vxlan.ko", &["udp_tunnel"], &["rtnl-link-vxlan"]);
-        let bytes = fs::read(&plain).unwrap();
-        let mut xz = Vec::new();
-        lzma_rs::xz_compress(&mut bytes.as_slice(), &mut xz).unwrap();
-        fs::write(dir.join("vxlan.ko.xz"), xz).unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &bytes).unwrap();
-        fs::write(dir.join("vxlan.ko.gz"), gz.finish().unwrap()).unwrap();
+        write_compressed_copies(&plain);
         for ext in ["ko", "ko.xz", "ko.gz"] {
             let path = dir.join(format!("vxlan.{ext}"));
             let quick = read_modinfo_quick(&path).unwrap();
