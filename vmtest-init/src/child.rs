@@ -382,7 +382,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// `run` reaps any child, so tests that spawn must not overlap.
+    /// `run` reaps any child, and a fork copies every descriptor open at that moment, so tests
+    /// that start or reap processes must not overlap: each holds this.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// Also makes this process the reaper of orphans, as PID 1 is: test processes are

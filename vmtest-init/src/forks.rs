@@ -318,11 +318,20 @@ mod tests {
 
     #[test]
     fn a_failed_request_retires_the_server() {
+        // Serial: other tests reap any child (the stand-in) and fork copies of `theirs`.
+        let _serial = crate::child::tests::serial();
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
+        )
+        .unwrap();
+        // Bounded, as a started server's socket is: a stray copy of `theirs` fails, never hangs.
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(REPLY_PATIENCE),
         )
         .unwrap();
         // A stand-in server process for `Drop` to kill.

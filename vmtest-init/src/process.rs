@@ -330,6 +330,33 @@ pub(crate) mod tests {
         assert_eq!(done, 0, "{}", io::Error::last_os_error());
     }
 
+    /// Reads `fd` to its end, failing once `patience` has passed without it: a child that got
+    /// stuck fails the test instead of hanging it.
+    pub(crate) fn read_within(fd: OwnedFd, patience: Duration) -> Result<Vec<u8>, String> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let deadline = std::time::Instant::now() + patience;
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!("no end of output after {patience:?} ({} bytes)", bytes.len()));
+            }
+            let timeout = Timespec::try_from(left).unwrap();
+            match poll(&mut [PollFd::new(&fd, PollFlags::IN)], Some(&timeout)) {
+                Ok(0) | Err(Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(format!("failed to poll: {e}")),
+            }
+            match rustix::io::read(&fd, &mut chunk) {
+                Ok(0) => return Ok(bytes),
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(format!("failed to read: {e}")),
+            }
+        }
+    }
+
     /// Sets SIGUSR1 to `handler` and blocks or unblocks SIGUSR2 in the calling thread.
     fn disturb(handler: libc::sighandler_t, how: libc::c_int) {
         // SAFETY: changes only how this process handles SIGUSR1 and whether this thread takes
@@ -389,8 +416,10 @@ pub(crate) mod tests {
             Forked::Parent(pids) => {
                 disturb(libc::SIG_DFL, libc::SIG_UNBLOCK);
                 drop(w);
-                let mut bytes = Vec::new();
-                File::from(r).read_to_end(&mut bytes).unwrap();
+                let bytes = read_within(r, Duration::from_secs(30)).unwrap_or_else(|e| {
+                    kill(pids);
+                    panic!("the test process did not report: {e}")
+                });
                 let facts: Vec<i32> =
                     bytes.chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
                 let me = rustix::process::getpid().as_raw_nonzero().get();
