@@ -143,7 +143,8 @@ pub(crate) fn run(
     let kvm_failed = spec.accel == Accel::Kvm
         && !greeted
         && result.is_err()
-        && crate::accel::kvm_failed(&String::from_utf8_lossy(&stderr));
+        && (kvm_error.load(Ordering::Relaxed)
+            || crate::accel::kvm_failed(&String::from_utf8_lossy(&stderr)));
 
     let problem = match result {
         Ok(()) => None,
@@ -232,6 +233,16 @@ fn drive(
             Ok(Ok(message)) => message,
             Ok(Err(e)) => return Err(format!("the guest sent a malformed message: {e}")),
             Err(RecvTimeoutError::Timeout) if !*greeted && Instant::now() < deadline => continue,
+            Err(RecvTimeoutError::Timeout) if !*greeted && spec.accel == Accel::Kvm => {
+                // A KVM that cannot run the guest may take longer than the boot timeout to
+                // say so (seen: 20-40 s on a paravirtual KVM): a guest that never started under
+                // KVM counts as KVM's failure, so that the run can fall back to TCG.
+                kvm_error.store(true, Ordering::Relaxed);
+                return Err(format!(
+                    "KVM did not start the guest within {:.0} s of boot",
+                    spec.boot_timeout.as_secs_f64()
+                ));
+            }
             Err(RecvTimeoutError::Timeout) if !*greeted => {
                 return Err(format!(
                     "the guest did not start the harness within {:.0} s of boot \
