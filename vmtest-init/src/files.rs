@@ -3,26 +3,29 @@
 //!
 //! Each test gets `/run/vmtest/out/<id>/` with `profiles/` (where `LLVM_PROFILE_FILE` points)
 //! and `artifacts/` (named by [`ARTIFACT_ENV`]). After the test every regular file below it is
-//! sent as [`GuestMessage::FileChunk`]s named by its path relative to that directory, and the
-//! directory is removed (it lives in guest memory).
+//! sent as [`GuestMessage::FileChunk`]s named by its path relative to that directory, byte for
+//! byte (the host judges the names), and the directory is removed (it lives in guest memory).
+//! The kernel log of a failed test is sent last, as [`KERNEL_LOG_NAME`]: it never lives in the
+//! test's directory, so no artifact of the test is taken for it. The chunks carry no test id:
+//! the host files them under the test it knows is running.
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::ports::Control;
-use crate::protocol::{GuestMessage, ARTIFACTS_DIR, FILE_CHUNK_LEN, PROFILES_DIR};
+use crate::protocol::{GuestMessage, ARTIFACTS_DIR, FILE_CHUNK_LEN, KERNEL_LOG_NAME, PROFILES_DIR};
 
 /// Where the per-test directories live.
 const OUT_ROOT: &str = "/run/vmtest/out";
-
-/// Name of the kernel log saved for a failed test.
-pub(crate) const DMESG_NAME: &str = "dmesg.txt";
 
 /// A test's output directory.
 pub(crate) struct OutDir {
     id: u32,
     root: PathBuf,
+    /// The kernel log, once saved for a failed test.
+    kernel_log: Option<Vec<u8>>,
 }
 
 impl OutDir {
@@ -40,7 +43,7 @@ impl OutDir {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
         }
-        Ok(OutDir { id, root })
+        Ok(OutDir { id, root, kernel_log: None })
     }
 
     /// Where the test's artifacts go.
@@ -53,11 +56,11 @@ impl OutDir {
         format!("{}/%p.profraw", self.root.join(PROFILES_DIR).display())
     }
 
-    /// Saves the whole kernel log as an artifact (for a test that failed).
-    pub(crate) fn save_kernel_log(&self) {
+    /// Keeps the whole kernel log, to send after the test's files (for a test that failed).
+    pub(crate) fn save_kernel_log(&mut self) {
         let text =
             read_kernel_log().unwrap_or_else(|e| format!("failed to read the kernel log: {e}\n"));
-        let _ = std::fs::write(self.artifacts().join(DMESG_NAME), text);
+        self.kernel_log = Some(text.into_bytes());
     }
 
     /// Sends every file below the directory to the host, then removes it. A file that cannot
@@ -68,8 +71,11 @@ impl OutDir {
         files.sort();
         for path in files {
             let Ok(relative) = path.strip_prefix(&self.root) else { continue };
-            let name = relative.to_string_lossy().into_owned();
-            if let Err(e) = send_file(control, self.id, &name, &path) {
+            let name = relative.as_os_str().as_bytes();
+            let sent = File::open(&path)
+                .map_err(SendError::Read)
+                .and_then(|mut file| send_file(control, name, &mut file));
+            if let Err(e) = sent {
                 match e {
                     SendError::Port(e) => return Err(e),
                     SendError::Read(e) => control.send(&GuestMessage::Log(format!(
@@ -81,6 +87,12 @@ impl OutDir {
             }
         }
         let _ = std::fs::remove_dir_all(&self.root);
+        if let Some(log) = &self.kernel_log {
+            send_file(control, KERNEL_LOG_NAME.as_bytes(), &mut &log[..]).map_err(|e| match e {
+                SendError::Port(e) => e,
+                SendError::Read(e) => format!("failed to send the kernel log: {e}"),
+            })?;
+        }
         Ok(())
     }
 }
@@ -103,16 +115,14 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn send_file(control: &Control, id: u32, name: &str, path: &Path) -> Result<(), SendError> {
-    let mut file = File::open(path).map_err(SendError::Read)?;
+fn send_file(control: &Control, name: &[u8], file: &mut impl Read) -> Result<(), SendError> {
     let mut offset = 0u64;
     let mut chunk = vec![0u8; FILE_CHUNK_LEN];
     loop {
-        let n = read_full(&mut file, &mut chunk).map_err(SendError::Read)?;
+        let n = read_full(file, &mut chunk).map_err(SendError::Read)?;
         let last = n < chunk.len();
         let message = GuestMessage::FileChunk {
-            id: Some(id),
-            name: name.to_owned(),
+            name: name.to_vec(),
             offset,
             data: chunk[..n].to_vec(),
             last,
@@ -126,7 +136,7 @@ fn send_file(control: &Control, id: u32, name: &str, path: &Path) -> Result<(), 
 }
 
 /// Reads until `buf` is full or the file ends; returns how much was read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {

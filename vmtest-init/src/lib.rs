@@ -136,7 +136,7 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
     }
     for test in &plan.tests {
         control.send_written(&GuestMessage::TestStarted { id: test.id })?;
-        let out = files::OutDir::create(test.id)?;
+        let mut out = files::OutDir::create(test.id)?;
         let finished = match loaded.failures.get(&test.id) {
             Some(failures) => unrunnable(failures),
             None => child::run(test, control, &out, server.as_ref())?,
@@ -183,8 +183,12 @@ fn report(control: &Control, test: &PlannedTest, finished: child::Finished) -> R
 fn read_plan(path: &Path) -> Result<Plan, String> {
     let bytes = std::fs::read(path)
         .map_err(|e| format!("failed to read the plan {}: {e}", path.display()))?;
-    protocol::decode_frame(&bytes)
-        .map_err(|e| format!("failed to decode the plan {}: {e}", path.display()))
+    let decode_error = |e| format!("failed to decode the plan {}: {e}", path.display());
+    // The version first: a plan of another version may not decode at all.
+    let version = protocol::plan_version(&bytes).map_err(decode_error)?;
+    protocol::VersionMismatch::check(protocol::Reader::Guest, version)
+        .map_err(|e| format!("failed to read the plan {}: {e}", path.display()))?;
+    protocol::decode_frame(&bytes).map_err(decode_error)
 }
 
 /// Opens the control port and greets the host, once; later calls return the same port.

@@ -4,10 +4,17 @@
 //! frame. Guest to host: a stream of [`GuestMessage`] frames on the control port, a
 //! virtio-serial port named [`CONTROL_PORT`].
 //!
-//! A frame is a 4-byte little-endian payload length followed by a postcard-encoded payload.
-//! The first message on the control port is always [`GuestMessage::Hello`] carrying
-//! [`PROTOCOL_VERSION`]; the last one of a clean run is [`GuestMessage::Done`]. A stream that
-//! ends without `Done` means the VM died.
+//! A frame is a 4-byte little-endian payload length followed by a postcard-encoded payload; a
+//! payload with bytes left over after its value, or a plan file with bytes after its frame, is
+//! an error ([`FrameError::Trailing`]), not something to skip.
+//!
+//! Both directions are versioned by [`PROTOCOL_VERSION`]: the plan starts with it
+//! ([`Plan::version`]), and the first message on the control port is always
+//! [`GuestMessage::Hello`] carrying it; the last one of a clean run is [`GuestMessage::Done`].
+//! A stream that ends without `Done` means the VM died. The version is the first thing each
+//! side decodes ([`plan_version`], `Hello` is variant 0 with the version first, a layout that
+//! never changes), so a mismatch is told apart from garbage and [`VersionMismatch`] says which
+//! side is older and what to rebuild.
 //!
 //! The host treats every frame as untrusted: [`FrameReader`] bounds the frame size and never
 //! panics on garbage.
@@ -22,8 +29,11 @@ use std::io::{self, Read, Write};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// Version of this wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version of this wire format (the plan and the control port's frames); bumped on any
+/// incompatible change to either. 3: the plan carries the version; file chunks carry no test id
+/// (the host knows which test is running) and their names are bytes; the kernel log of a failed
+/// test travels as [`KERNEL_LOG_NAME`].
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts, in bytes (payload only).
 pub const MAX_FRAME_LEN: usize = 16 << 20;
@@ -44,6 +54,9 @@ pub const PROFILE_ENV: &str = "LLVM_PROFILE_FILE";
 pub const ARTIFACTS_DIR: &str = "artifacts";
 /// See [`ARTIFACTS_DIR`].
 pub const PROFILES_DIR: &str = "profiles";
+/// The [`GuestMessage::FileChunk`] name of a failed test's kernel log: outside
+/// [`ARTIFACTS_DIR`], so that no artifact of the test can be taken for it or replaced by it.
+pub const KERNEL_LOG_NAME: &str = "vmtest/dmesg.txt";
 
 /// Where the host puts the plan inside the initramfs.
 pub const PLAN_PATH: &str = "/vmtest/plan";
@@ -78,12 +91,86 @@ pub const TEST_ENV: &str = "VMTEST_TEST";
 pub const SKIP_ENV: &str = "VMTEST_SKIP_FILE";
 
 /// What the guest must do, written by the host before boot.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
+    /// [`PROTOCOL_VERSION`] of the host that wrote the plan. The first field, so that
+    /// [`plan_version`] reads it from a plan of any version.
+    pub version: u32,
     /// Kernel modules to load, in load order (dependencies first). Paths inside the guest.
     pub modules: Vec<Module>,
     /// The programs to run, one after another, each in its own child process.
     pub tests: Vec<PlannedTest>,
+}
+
+impl Plan {
+    /// A plan of this [`PROTOCOL_VERSION`].
+    pub fn new(modules: Vec<Module>, tests: Vec<PlannedTest>) -> Plan {
+        Plan { version: PROTOCOL_VERSION, modules, tests }
+    }
+}
+
+impl Default for Plan {
+    fn default() -> Plan {
+        Plan::new(Vec::new(), Vec::new())
+    }
+}
+
+/// Which side of the wire read the other's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// The host read the guest's `Hello`.
+    Host,
+    /// The guest read the host's plan.
+    Guest,
+}
+
+/// The two sides speak different versions of this protocol: its message says which side is
+/// older and what to rebuild.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct VersionMismatch {
+    /// The side that noticed.
+    pub reader: Reader,
+    /// The version the other side speaks.
+    pub theirs: u32,
+}
+
+impl VersionMismatch {
+    /// `Err` when `theirs` (read by `reader` from the other side) is not [`PROTOCOL_VERSION`].
+    pub fn check(reader: Reader, theirs: u32) -> Result<(), VersionMismatch> {
+        if theirs == PROTOCOL_VERSION {
+            Ok(())
+        } else {
+            Err(VersionMismatch { reader, theirs })
+        }
+    }
+
+    fn message(&self) -> String {
+        let ours = PROTOCOL_VERSION;
+        let theirs = self.theirs;
+        // The guest is this crate as PID 1: the test binary itself, or a static `vmtest-init`
+        // (`cargo vmtest run`, `VMTEST_INIT`). The host is the `vmtest` crate's harness or runner.
+        let (guest, host) = match self.reader {
+            Reader::Host => (theirs, ours),
+            Reader::Guest => (ours, theirs),
+        };
+        let rebuild = if guest < host {
+            "the guest's vmtest-init is older than the host's vmtest: rebuild it from the same              vmtest version (for `cargo vmtest run`, the binary VMTEST_INIT names; unset              VMTEST_INIT to let the runner build a matching one)"
+        } else {
+            "the host's vmtest is older than the guest's vmtest-init: update the vmtest              dependency (or cargo-vmtest) to the version the guest was built from, or rebuild              the guest's vmtest-init (VMTEST_INIT) from the host's version"
+        };
+        format!(
+            "the guest speaks vmtest protocol version {guest}, the host version {host}: {rebuild}"
+        )
+    }
+}
+
+/// The [`PROTOCOL_VERSION`] a plan frame was written with, read from its first field alone, so
+/// that a plan of another version (whose other fields may not decode) is still recognised.
+pub fn plan_version(frame: &[u8]) -> Result<u32, FrameError> {
+    let payload = frame.get(4..).ok_or(FrameError::Truncated { got: frame.len(), want: 4 })?;
+    let (version, _) = postcard::take_from_bytes::<u32>(payload)?;
+    Ok(version)
 }
 
 /// One kernel module to load before the tests run.
@@ -189,12 +276,14 @@ pub enum GuestMessage {
         #[serde(with = "bytes")]
         output: Vec<u8>,
     },
-    /// A piece of a file the guest hands to the host (coverage, artifacts, dmesg).
+    /// A piece of a file the guest hands to the host (coverage, artifacts, dmesg). It belongs
+    /// to the test the guest last reported as started and not yet finished: the host decides,
+    /// the guest does not say.
     FileChunk {
-        /// The test the file belongs to, if any.
-        id: Option<u32>,
-        /// Relative file name; the host rejects anything that could escape its directory.
-        name: String,
+        /// Relative file name, as the guest's file system has it (not necessarily UTF-8); the
+        /// host rejects anything that could escape its directory or is not plain text.
+        #[serde(with = "bytes")]
+        name: Vec<u8>,
         /// Offset of `data` in the file.
         offset: u64,
         /// At most [`FILE_CHUNK_LEN`] bytes.
@@ -357,6 +446,14 @@ pub enum FrameError {
     /// The payload is not a valid message.
     #[error("failed to decode frame payload: {0}")]
     Decode(#[from] postcard::Error),
+    /// Bytes are left after the value (in a payload, or after a plan's frame).
+    #[error("{len} unexpected bytes after the {what}")]
+    Trailing {
+        /// How many bytes.
+        len: usize,
+        /// `frame payload's value` or `frame`.
+        what: &'static str,
+    },
 }
 
 /// Encodes `value` as one frame.
@@ -381,13 +478,19 @@ pub fn write_frame<T: Serialize>(writer: &mut impl Write, value: &T) -> Result<(
     Ok(())
 }
 
-/// Decodes a buffer that holds exactly one frame (used for the plan file).
+/// Decodes a buffer that holds exactly one frame (used for the plan file); bytes after it are
+/// an error.
 pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
-    let mut reader = FrameReader::new(bytes);
-    match reader.next_frame()? {
-        Some(value) => Ok(value),
-        None => Err(FrameError::Truncated { got: 0, want: 4 }),
+    let mut rest = bytes;
+    let mut reader = FrameReader::new(&mut rest);
+    let value = match reader.next_frame()? {
+        Some(value) => value,
+        None => return Err(FrameError::Truncated { got: 0, want: 4 }),
+    };
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing { len: rest.len(), what: "frame" });
     }
+    Ok(value)
 }
 
 /// Reads frames from a byte stream, bounding each frame's size.
@@ -435,7 +538,11 @@ fn read_body<T: DeserializeOwned>(
     if got < len {
         return Err(FrameError::Truncated { got, want: len });
     }
-    Ok(postcard::from_bytes(buf)?)
+    let (value, rest) = postcard::take_from_bytes(buf)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing { len: rest.len(), what: "frame payload's value" });
+    }
+    Ok(value)
 }
 
 /// Encodes `value` as one frame of [`MODULES_PORT`]: [`MODULE_FRAME_MAGIC`], then a frame as
@@ -574,13 +681,12 @@ mod tests {
             GuestMessage::Output { id: 1, stream: Stream::Stderr, bytes: vec![0, 1, 0xff] };
         assert_eq!(encode_frame(&output).unwrap(), [7, 0, 0, 0, 3, 1, 1, 3, 0, 1, 255]);
         let chunk = GuestMessage::FileChunk {
-            id: Some(2),
-            name: "a".into(),
+            name: b"a".to_vec(),
             offset: 0,
             data: vec![9, 8],
             last: true,
         };
-        assert_eq!(encode_frame(&chunk).unwrap(), [10, 0, 0, 0, 5, 1, 2, 1, 97, 0, 2, 9, 8, 1]);
+        assert_eq!(encode_frame(&chunk).unwrap(), [8, 0, 0, 0, 5, 1, 97, 0, 2, 9, 8, 1]);
         let finished = GuestMessage::TestFinished {
             id: 300,
             outcome: Outcome::Exited(0),
@@ -654,8 +760,65 @@ mod tests {
     }
 
     #[test]
+    fn trailing_bytes_are_an_error() {
+        // After the value inside a payload: the length says 3, the value takes 2.
+        let mut frame = encode_frame(&GuestMessage::Log("x".into())).unwrap();
+        frame[0] += 1;
+        frame.push(0);
+        let err = FrameReader::new(&frame[..]).next_frame::<GuestMessage>().unwrap_err();
+        assert!(matches!(err, FrameError::Trailing { len: 1, .. }), "{err}");
+        // After a plan's frame.
+        let mut frame = encode_frame(&Plan::default()).unwrap();
+        frame.extend_from_slice(b"junk");
+        let err = decode_frame::<Plan>(&frame).unwrap_err();
+        assert!(matches!(err, FrameError::Trailing { len: 4, what: "frame" }), "{err}");
+        assert_eq!(err.to_string(), "4 unexpected bytes after the frame");
+        // Module frames too.
+        let mut frame = encode_module_frame(&ModuleReply::BuiltIn { nonce: 1 }).unwrap();
+        frame[MODULE_FRAME_MAGIC.len()] += 2;
+        frame.extend_from_slice(&[0, 0]);
+        let mut reader = ModuleFrameReader::new(&frame[..], MAX_FRAME_LEN);
+        assert!(matches!(reader.next_frame::<ModuleReply>(), Err(FrameError::Trailing { .. })));
+    }
+
+    #[test]
+    fn the_plan_carries_the_version_first() {
+        let frame = encode_frame(&Plan::default()).unwrap();
+        assert_eq!(plan_version(&frame).unwrap(), PROTOCOL_VERSION);
+        // A plan of another version whose other fields mean something else entirely.
+        let other = encode_frame(&(99u32, "not a module list", 7u8)).unwrap();
+        assert_eq!(plan_version(&other).unwrap(), 99);
+        assert!(decode_frame::<Plan>(&other).is_err());
+        // A version-2 plan had no version: its first field was the module list's length.
+        assert!(plan_version(&[1, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn a_version_mismatch_says_which_side_is_older_and_what_to_rebuild() {
+        assert_eq!(VersionMismatch::check(Reader::Host, PROTOCOL_VERSION), Ok(()));
+        let old_guest = VersionMismatch::check(Reader::Host, PROTOCOL_VERSION - 1).unwrap_err();
+        let text = old_guest.to_string();
+        assert!(text.starts_with(&format!(
+            "the guest speaks vmtest protocol version {}, the host version {PROTOCOL_VERSION}: \
+             the guest's vmtest-init is older than the host's vmtest: rebuild it",
+            PROTOCOL_VERSION - 1
+        )));
+        assert!(text.contains("VMTEST_INIT"), "{text}");
+        let old_host = VersionMismatch::check(Reader::Guest, PROTOCOL_VERSION - 1).unwrap_err();
+        let text = old_host.to_string();
+        assert!(text.starts_with(&format!(
+            "the guest speaks vmtest protocol version {PROTOCOL_VERSION}, the host version {}: \
+             the host's vmtest is older",
+            PROTOCOL_VERSION - 1
+        )));
+        let new_guest = VersionMismatch::check(Reader::Host, PROTOCOL_VERSION + 1).unwrap_err();
+        assert!(new_guest.to_string().contains("the host's vmtest is older"), "{new_guest}");
+    }
+
+    #[test]
     fn plan_round_trips() {
         let plan = Plan {
+            version: PROTOCOL_VERSION,
             modules: vec![],
             tests: vec![PlannedTest {
                 id: 0,

@@ -66,7 +66,7 @@ fn runs_a_plan_and_powers_off() {
             ..test(10, "", true)
         });
     }
-    let plan = Plan { modules, tests };
+    let plan = Plan::new(modules, tests);
 
     let messages = env.boot(&plan, &files);
     let mut messages = messages.into_iter();
@@ -209,14 +209,14 @@ fn runs_a_plan_and_powers_off() {
 #[ignore = "boots a VM: needs qemu-system-x86_64, the musl target and VMTEST_KERNEL"]
 fn reports_a_fatal_error_and_powers_off() {
     let env = BootEnv::new("fatal");
-    let plan = Plan {
-        modules: vec![Module {
+    let plan = Plan::new(
+        vec![Module {
             name: "virtio_missing".into(),
             path: "/lib/modules/virtio_missing.ko".into(),
             wanted_by: vec![],
         }],
-        tests: vec![],
-    };
+        vec![],
+    );
     let messages = env.boot(&plan, &[]);
     assert!(matches!(messages.first(), Some(GuestMessage::Hello { .. })), "{messages:?}");
     match messages.last() {

@@ -13,8 +13,9 @@ use vmtest_init::protocol::{ARTIFACTS_DIR, ARTIFACT_ENV};
 /// `target/<profile>/vmtest/<test binary>/artifacts/<test name>/<name>` and prints where. A
 /// failed test also gets the guest's kernel log there, as `dmesg.txt`.
 ///
-/// `name` is a relative path of plain components (`"trace.json"`, `"maps/1.txt"`); a file of
-/// the same name is replaced. Returns the file's path in the guest.
+/// `name` is a relative path of plain components (`"trace.json"`, `"maps/1.txt"`) without
+/// control characters; a file of the same name is replaced. `dmesg.txt` (at the top) is
+/// reserved for the kernel log. Returns the file's path in the guest.
 ///
 /// ```no_run
 /// #[vmtest::vm_test]
@@ -26,8 +27,9 @@ use vmtest_init::protocol::{ARTIFACTS_DIR, ARTIFACT_ENV};
 ///
 /// # Errors
 ///
-/// Outside a `#[vm_test]` running in a VM, for a name that is absolute, empty or has a `.`,
-/// `..` or empty component, and when the file cannot be written.
+/// Outside a `#[vm_test]` running in a VM, for a name that is absolute, empty, has a `.`,
+/// `..` or empty component or a control character, or is `dmesg.txt`, and when the file cannot
+/// be written.
 pub fn artifact(name: &str, contents: impl AsRef<[u8]>) -> io::Result<PathBuf> {
     let Some(dir) = std::env::var_os(ARTIFACT_ENV) else {
         return Err(io::Error::other(format!(

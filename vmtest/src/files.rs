@@ -1,10 +1,15 @@
 //! Files from the guest: each test's artifacts and LLVM profiles, received in chunks over the
 //! control port and written where the host wants them.
 //!
-//! Nothing from the guest is trusted. A name must be relative, made of plain components (no
-//! `..`, `.`, empty component or NUL) under `artifacts/` or `profiles/`; chunks must arrive in
-//! order; a file and a test's files together are bounded in size. A file is written under a
-//! temporary name and renamed when its last chunk arrives, so a stream cut short (a dead VM)
+//! Nothing from the guest is trusted. A name must be UTF-8 without control characters (so it
+//! neither merges with another nor reaches a terminal raw), relative, made of plain components
+//! (no `..`, `.`, empty component or NUL) under `artifacts/` or `profiles/`, or be
+//! [`KERNEL_LOG_NAME`]; the artifact [`DMESG_NAME`] is reserved for the kernel log. Chunks must
+//! arrive in order; a file and a test's files together are bounded in size. Which test a file
+//! belongs to is the host's to say (the test running on that VM), never the guest's.
+//!
+//! A file is written under a temporary name of its own (created exclusively, so it can be no
+//! artifact's name) and renamed when its last chunk arrives, so a stream cut short (a dead VM)
 //! leaves nothing half-written. A rejected file is reported and skipped; the run goes on.
 
 use std::collections::BTreeMap;
@@ -12,7 +17,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use vmtest_init::protocol::{ARTIFACTS_DIR, PROFILES_DIR};
+use vmtest_init::protocol::{ARTIFACTS_DIR, KERNEL_LOG_NAME, PROFILES_DIR};
 
 /// Largest file accepted from the guest, unless `VMTEST_FILE_LIMIT` says otherwise.
 pub(crate) const DEFAULT_FILE_LIMIT: u64 = 1 << 30;
@@ -20,8 +25,10 @@ pub(crate) const DEFAULT_FILE_LIMIT: u64 = 1 << 30;
 pub(crate) const FILE_LIMIT_ENV: &str = "VMTEST_FILE_LIMIT";
 /// Longest name accepted, in bytes.
 const MAX_NAME_LEN: usize = 1024;
-/// Suffix of a file still being received.
+/// Suffix of a file still being received (before a unique number).
 const PARTIAL_SUFFIX: &str = ".vmtest-partial";
+/// The artifact name the kernel log of a failed test gets on the host; reserved for it.
+pub(crate) const DMESG_NAME: &str = "dmesg.txt";
 
 /// What a file from the guest is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,8 +39,18 @@ pub(crate) enum Kind {
     Profile,
 }
 
-/// Checks a file name sent by the guest; returns its kind and its path below that kind's
-/// directory.
+/// Checks a file name sent by the guest (raw bytes); returns its kind and its path below that
+/// kind's directory.
+pub(crate) fn parse_name_bytes(name: &[u8]) -> Result<(Kind, PathBuf), String> {
+    let name = std::str::from_utf8(name).map_err(|_| "a name that is not UTF-8".to_owned())?;
+    if name == KERNEL_LOG_NAME {
+        return Ok((Kind::Artifact, PathBuf::from(DMESG_NAME)));
+    }
+    parse_name(name)
+}
+
+/// Checks a file name (as `vmtest::artifact` makes it, or the guest sent it); returns its kind
+/// and its path below that kind's directory.
 pub(crate) fn parse_name(name: &str) -> Result<(Kind, PathBuf), String> {
     if name.is_empty() {
         return Err("an empty name".to_owned());
@@ -43,6 +60,9 @@ pub(crate) fn parse_name(name: &str) -> Result<(Kind, PathBuf), String> {
     }
     if name.contains('\0') {
         return Err("a NUL byte in the name".to_owned());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a control character in the name".to_owned());
     }
     if name.starts_with('/') {
         return Err("an absolute path".to_owned());
@@ -69,6 +89,11 @@ pub(crate) fn parse_name(name: &str) -> Result<(Kind, PathBuf), String> {
     }
     if kind == Kind::Profile && relative.components().count() != 1 {
         return Err("a profile in a subdirectory".to_owned());
+    }
+    if kind == Kind::Artifact && relative == Path::new(DMESG_NAME) {
+        return Err(format!(
+            "`{DMESG_NAME}` is reserved for the kernel log vmtest saves for a failed test"
+        ));
     }
     Ok((kind, relative))
 }
@@ -114,13 +139,17 @@ pub(crate) struct Receiver<'a> {
     file_limit: u64,
     open: Option<OpenFile>,
     /// A file being skipped after it was rejected: (test, name).
-    skipping: Option<(u32, String)>,
+    skipping: Option<(u32, Vec<u8>)>,
     tests: BTreeMap<u32, Received>,
+    /// Files sent while no test was running, refused: why, per file.
+    strays: Vec<String>,
+    /// Numbers the temporary files.
+    serial: u64,
 }
 
 struct OpenFile {
     id: u32,
-    name: String,
+    name: Vec<u8>,
     path: PathBuf,
     partial: PathBuf,
     file: File,
@@ -136,19 +165,36 @@ impl OpenFile {
 
 impl<'a> Receiver<'a> {
     pub(crate) fn new(route: Box<Route<'a>>, file_limit: u64) -> Self {
-        Receiver { route, file_limit, open: None, skipping: None, tests: BTreeMap::new() }
+        Receiver {
+            route,
+            file_limit,
+            open: None,
+            skipping: None,
+            tests: BTreeMap::new(),
+            strays: Vec::new(),
+            serial: 0,
+        }
     }
 
-    /// Takes one chunk. Problems are recorded for the test (see [`Receiver::finish`]).
+    /// Takes one chunk for `running`, the test the host knows to be running on this VM (the
+    /// guest sends a test's files after it ends and before it reports how it ended). A chunk
+    /// while no test runs is refused (see [`Receiver::take_strays`]); other problems are
+    /// recorded for the test (see [`Receiver::finish`]).
     pub(crate) fn chunk(
         &mut self,
-        id: Option<u32>,
-        name: &str,
+        running: Option<u32>,
+        name: &[u8],
         offset: u64,
         data: &[u8],
         last: bool,
     ) {
-        let Some(id) = id else { return };
+        let Some(id) = running else {
+            if offset == 0 {
+                self.strays
+                    .push(format!("{}: refused: sent while no test was running", printable(name)));
+            }
+            return;
+        };
         if self.skipping.as_ref().is_some_and(|(i, n)| *i == id && n == name) {
             if last {
                 self.skipping = None;
@@ -158,7 +204,7 @@ impl<'a> Receiver<'a> {
         self.skipping = None;
         if self.open.as_ref().is_some_and(|f| f.id != id || f.name != name) {
             let cut = self.open.take().expect("checked above");
-            self.problem(cut.id, format!("{}: ended without its last chunk", cut.name));
+            self.problem(cut.id, format!("{}: ended without its last chunk", printable(&cut.name)));
             cut.discard();
         }
         if let Err(why) = self.write(id, name, offset, data, last) {
@@ -175,13 +221,13 @@ impl<'a> Receiver<'a> {
     fn write(
         &mut self,
         id: u32,
-        name: &str,
+        name: &[u8],
         offset: u64,
         data: &[u8],
         last: bool,
     ) -> Result<(), String> {
         if self.open.is_none() {
-            let (kind, relative) = parse_name(name)?;
+            let (kind, relative) = parse_name_bytes(name)?;
             if offset != 0 {
                 return Err(format!("its first chunk starts at offset {offset}"));
             }
@@ -191,15 +237,11 @@ impl<'a> Receiver<'a> {
                 }
                 return Ok(());
             };
-            let mut partial = path.clone().into_os_string();
-            partial.push(PARTIAL_SUFFIX);
-            let partial = PathBuf::from(partial);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
             }
-            let file = File::create(&partial)
-                .map_err(|e| format!("failed to create {}: {e}", partial.display()))?;
+            let (partial, file) = self.create_partial(&path)?;
             self.open = Some(OpenFile { id, name: name.to_owned(), path, partial, file, len: 0 });
         }
         let limit = self.file_limit;
@@ -229,6 +271,23 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
+    /// Creates the temporary file `path` is received into: beside it (so the rename stays on
+    /// one file system), created exclusively under a name no file there has, so that it never
+    /// replaces a file already received (an artifact named like a temporary file).
+    fn create_partial(&mut self, path: &Path) -> Result<(PathBuf, File), String> {
+        loop {
+            self.serial += 1;
+            let mut partial = path.as_os_str().to_owned();
+            partial.push(format!("{PARTIAL_SUFFIX}-{}-{}", std::process::id(), self.serial));
+            let partial = PathBuf::from(partial);
+            match File::options().write(true).create_new(true).open(&partial) {
+                Ok(file) => return Ok((partial, file)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("failed to create {}: {e}", partial.display())),
+            }
+        }
+    }
+
     fn problem(&mut self, id: u32, problem: String) {
         self.tests.entry(id).or_default().problems.push(problem);
     }
@@ -237,13 +296,18 @@ impl<'a> Receiver<'a> {
     pub(crate) fn finish(&mut self, id: u32) -> Received {
         if self.open.as_ref().is_some_and(|f| f.id == id) {
             let cut = self.open.take().expect("checked above");
-            self.problem(id, format!("{}: ended without its last chunk", cut.name));
+            self.problem(id, format!("{}: ended without its last chunk", printable(&cut.name)));
             cut.discard();
         }
         if self.skipping.as_ref().is_some_and(|(i, _)| *i == id) {
             self.skipping = None;
         }
         self.tests.remove(&id).unwrap_or_default()
+    }
+
+    /// The files refused because no test was running when they came, since the last call.
+    pub(crate) fn take_strays(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.strays)
     }
 }
 
@@ -256,9 +320,12 @@ impl Drop for Receiver<'_> {
     }
 }
 
-/// `name` for a message: control characters escaped.
-fn printable(name: &str) -> String {
-    name.escape_debug().to_string()
+/// `name` for a message: control characters escaped, and bytes that are not UTF-8 as `\xNN`.
+pub(crate) fn printable(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(name) => name.escape_debug().to_string(),
+        Err(_) => name.escape_ascii().to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +393,10 @@ mod tests {
             ("artifacts", "no file name"),
             ("elsewhere/x", "not under"),
             ("profiles/sub/x.profraw", "subdirectory"),
+            ("artifacts/a\x1b[31mred", "control character"),
+            ("artifacts/\u{9b}2J", "control character"),
+            ("artifacts/line\nbreak", "control character"),
+            ("artifacts/dmesg.txt", "reserved for the kernel log"),
         ];
         for (name, why) in cases {
             let err = parse_name(name).unwrap_err();
@@ -334,6 +405,88 @@ mod tests {
         assert!(parse_name(&format!("artifacts/{}", "x".repeat(2000)))
             .unwrap_err()
             .contains("longer"));
+        // Only the top-level `dmesg.txt` is the kernel log's.
+        assert_eq!(
+            parse_name("artifacts/logs/dmesg.txt").unwrap(),
+            (Kind::Artifact, PathBuf::from("logs/dmesg.txt"))
+        );
+        // Bytes from the guest: UTF-8 only, and the kernel log under its own name.
+        assert!(parse_name_bytes(b"artifacts/a\xff").unwrap_err().contains("not UTF-8"));
+        assert_eq!(
+            parse_name_bytes(KERNEL_LOG_NAME.as_bytes()).unwrap(),
+            (Kind::Artifact, PathBuf::from(DMESG_NAME))
+        );
+        assert!(parse_name_bytes(b"vmtest/other").is_err());
+    }
+
+    #[test]
+    fn the_kernel_log_never_replaces_the_tests_own_artifact() {
+        let root = temp("dmesg");
+        let mut rx = receiver(&root, 1 << 20);
+        rx.chunk(Some(1), b"artifacts/dmesg.txt", 0, b"the test's own", true);
+        rx.chunk(Some(1), KERNEL_LOG_NAME.as_bytes(), 0, b"kernel log", true);
+        let received = rx.finish(1);
+        assert_eq!(received.written, [root.join("1-a/dmesg.txt")]);
+        assert_eq!(std::fs::read(root.join("1-a/dmesg.txt")).unwrap(), b"kernel log");
+        let problems = received.problems.join("\n");
+        assert!(
+            problems.contains("artifacts/dmesg.txt: rejected: `dmesg.txt` is reserved"),
+            "{problems}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn an_artifact_named_like_a_temporary_file_is_kept() {
+        let root = temp("partial-names");
+        let mut rx = receiver(&root, 1 << 20);
+        let pid = std::process::id();
+        let sneaky = format!("artifacts/x.vmtest-partial-{pid}-1");
+        rx.chunk(Some(1), b"artifacts/x.vmtest-partial", 0, b"one", true);
+        rx.chunk(Some(1), sneaky.as_bytes(), 0, b"two", true);
+        rx.chunk(Some(1), b"artifacts/x", 0, b"three", false);
+        rx.chunk(Some(1), b"artifacts/x", 5, b"!", true);
+        let received = rx.finish(1);
+        assert!(received.problems.is_empty(), "{:?}", received.problems);
+        let read = |name: &str| std::fs::read_to_string(root.join("1-a").join(name)).unwrap();
+        assert_eq!(read("x.vmtest-partial"), "one");
+        assert_eq!(read(&sneaky["artifacts/".len()..]), "two");
+        assert_eq!(read("x"), "three!");
+        assert_eq!(tree(&root).len(), 3, "{:?}", tree(&root));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_or_hold_controls_are_refused_and_printed_escaped() {
+        let root = temp("odd-names");
+        let mut rx = receiver(&root, 1 << 20);
+        // Two names that a lossy conversion would merge into one.
+        rx.chunk(Some(1), b"artifacts/a\xff", 0, b"first", true);
+        rx.chunk(Some(1), b"artifacts/a\xfe", 0, b"second", true);
+        rx.chunk(Some(1), b"artifacts/\x1b]0;owned\x07", 0, b"x", true);
+        let received = rx.finish(1);
+        assert!(received.written.is_empty(), "{:?}", received.written);
+        let problems = received.problems.join("\n");
+        for expected in [
+            "artifacts/a\\xff: rejected: a name that is not UTF-8",
+            "artifacts/a\\xfe: rejected: a name that is not UTF-8",
+            "artifacts/\\u{1b}]0;owned\\u{7}: rejected: a control character in the name",
+        ] {
+            assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+        }
+        assert!(!problems.contains('\x1b'), "{problems:?}");
+        assert!(tree(&root).is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn files_belong_to_the_test_the_host_says_is_running() {
+        let root = temp("owner");
+        let mut rx = receiver(&root, 1 << 20);
+        rx.chunk(Some(2), b"artifacts/mine", 0, b"x", true);
+        assert!(rx.finish(1).written.is_empty());
+        assert_eq!(rx.finish(2).written, [root.join("2-a/mine")]);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
@@ -350,9 +503,11 @@ mod tests {
     fn chunks_make_a_file_renamed_at_the_end() {
         let root = temp("chunks");
         let mut rx = receiver(&root, 1 << 20);
-        rx.chunk(Some(1), "artifacts/out/data.bin", 0, b"hello ", false);
-        assert_eq!(tree(&root), ["1-a/out/data.bin.vmtest-partial"]);
-        rx.chunk(Some(1), "artifacts/out/data.bin", 6, b"world", true);
+        rx.chunk(Some(1), b"artifacts/out/data.bin", 0, b"hello ", false);
+        let partial = tree(&root);
+        assert_eq!(partial.len(), 1);
+        assert!(partial[0].starts_with("1-a/out/data.bin.vmtest-partial-"), "{partial:?}");
+        rx.chunk(Some(1), b"artifacts/out/data.bin", 6, b"world", true);
         let received = rx.finish(1);
         assert!(received.problems.is_empty(), "{:?}", received.problems);
         assert_eq!(received.written, [root.join("1-a/out/data.bin")]);
@@ -364,21 +519,22 @@ mod tests {
     fn hostile_input_is_rejected_and_the_rest_goes_on() {
         let root = temp("hostile");
         let mut rx = receiver(&root, 8);
-        rx.chunk(Some(1), "artifacts/../../escape", 0, b"x", true);
-        rx.chunk(Some(1), "/abs", 0, b"x", true);
-        rx.chunk(Some(1), "artifacts/nul\0", 0, b"x", true);
+        rx.chunk(Some(1), b"artifacts/../../escape", 0, b"x", true);
+        rx.chunk(Some(1), b"/abs", 0, b"x", true);
+        rx.chunk(Some(1), b"artifacts/nul\0", 0, b"x", true);
         // Too large: its later chunks are skipped, and nothing of it stays.
-        rx.chunk(Some(1), "artifacts/big", 0, b"12345", false);
-        rx.chunk(Some(1), "artifacts/big", 5, b"67890", false);
-        rx.chunk(Some(1), "artifacts/big", 10, b"x", true);
+        rx.chunk(Some(1), b"artifacts/big", 0, b"12345", false);
+        rx.chunk(Some(1), b"artifacts/big", 5, b"67890", false);
+        rx.chunk(Some(1), b"artifacts/big", 10, b"x", true);
         // Out of order.
-        rx.chunk(Some(1), "artifacts/gap", 0, b"12", false);
-        rx.chunk(Some(1), "artifacts/gap", 5, b"67", true);
+        rx.chunk(Some(1), b"artifacts/gap", 0, b"12", false);
+        rx.chunk(Some(1), b"artifacts/gap", 5, b"67", true);
         // Starts in the middle.
-        rx.chunk(Some(1), "artifacts/middle", 3, b"12", true);
-        // No test.
-        rx.chunk(None, "artifacts/orphan", 0, b"12", true);
-        rx.chunk(Some(1), "artifacts/fine", 0, b"ok", true);
+        rx.chunk(Some(1), b"artifacts/middle", 3, b"12", true);
+        // No test running.
+        rx.chunk(None, b"artifacts/orphan", 0, b"12", true);
+        assert_eq!(rx.take_strays(), ["artifacts/orphan: refused: sent while no test was running"]);
+        rx.chunk(Some(1), b"artifacts/fine", 0, b"ok", true);
         let received = rx.finish(1);
         assert_eq!(received.written, [root.join("1-a/fine")]);
         let problems = received.problems.join("\n");
@@ -401,10 +557,10 @@ mod tests {
         let root = temp("truncated");
         {
             let mut rx = receiver(&root, 1 << 20);
-            rx.chunk(Some(1), "artifacts/a", 0, b"part", false);
+            rx.chunk(Some(1), b"artifacts/a", 0, b"part", false);
             // The next file starts before `a` ended.
-            rx.chunk(Some(1), "artifacts/b", 0, b"whole", true);
-            rx.chunk(Some(2), "artifacts/c", 0, b"part", false);
+            rx.chunk(Some(1), b"artifacts/b", 0, b"whole", true);
+            rx.chunk(Some(2), b"artifacts/c", 0, b"part", false);
             let received = rx.finish(1);
             assert_eq!(received.written, [root.join("1-a/b")]);
             assert!(received.problems[0].contains("artifacts/a: ended without its last chunk"));
@@ -418,8 +574,8 @@ mod tests {
     fn unwanted_kinds_are_dropped_silently() {
         let root = temp("unwanted");
         let mut rx = Receiver::new(Box::new(|_, _, _| None), 1 << 20);
-        rx.chunk(Some(1), "profiles/1.profraw", 0, b"data", false);
-        rx.chunk(Some(1), "profiles/1.profraw", 4, b"more", true);
+        rx.chunk(Some(1), b"profiles/1.profraw", 0, b"data", false);
+        rx.chunk(Some(1), b"profiles/1.profraw", 4, b"more", true);
         let received = rx.finish(1);
         assert!(received.written.is_empty() && received.problems.is_empty(), "{received:?}");
         assert!(tree(&root).is_empty());

@@ -831,8 +831,12 @@ impl Group {
                 }
                 running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
-            GuestMessage::FileChunk { id, name, offset, data, last } => {
-                received.chunk(id, &name, offset, &data, last);
+            GuestMessage::FileChunk { name, offset, data, last } => {
+                // The test running on this VM owns the file, whatever the guest might claim.
+                received.chunk(running.map(|m| m.id), &name, offset, &data, last);
+                for stray in received.take_strays() {
+                    eprintln!("vmtest: warning: a file from the guest: {stray}");
+                }
                 running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
             }
             GuestMessage::TestFinished { id, outcome, duration_ms: _, output } => {
@@ -929,10 +933,8 @@ impl Group {
                 wanted_by,
             });
         }
-        let plan = Plan {
-            modules: planned_modules,
-            tests: pending.iter().map(|m| self.planned(m, context)).collect(),
-        };
+        let plan =
+            Plan::new(planned_modules, pending.iter().map(|m| self.planned(m, context)).collect());
         let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
         initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
         context.userland.add_beneath(&mut initramfs)?;

@@ -84,9 +84,9 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         }
     }
     let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let plan = Plan {
+    let plan = Plan::new(
         modules,
-        tests: vec![PlannedTest {
+        vec![PlannedTest {
             id: 0,
             name: name.clone(),
             program: "/main".to_owned(),
@@ -96,7 +96,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             capture: false,
         }],
-    };
+    );
     let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
     initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
     GuestUserland::for_run(arch)?.add_beneath(&mut initramfs)?;

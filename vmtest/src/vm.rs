@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::{
-    FrameError, FrameReader, GuestMessage, CONTROL_PORT, MODULES_PORT, PROTOCOL_VERSION,
+    FrameError, FrameReader, GuestMessage, Reader, VersionMismatch, CONTROL_PORT, MODULES_PORT,
+    PROTOCOL_VERSION,
 };
 
 use crate::accel::Accel;
@@ -262,9 +263,7 @@ fn drive(
         };
         match message {
             GuestMessage::Hello { version, .. } if version != PROTOCOL_VERSION => {
-                return Err(format!(
-                    "the guest speaks protocol version {version}, the host {PROTOCOL_VERSION}"
-                ));
+                return Err(VersionMismatch { reader: Reader::Host, theirs: version }.to_string());
             }
             GuestMessage::Hello { .. } if !*greeted => {
                 *greeted = true;

@@ -102,6 +102,51 @@ fn a_file_over_the_limit_is_refused_and_the_run_goes_on() {
     assert!(!ran.stderr.contains("artifacts in "), "{}", ran.stderr);
 }
 
+#[test]
+fn odd_names_are_refused_and_nothing_overwrites_another_file() {
+    let ran = run(&["--test-threads", "1", "names"], &[]);
+    assert_eq!(ran.code, Some(101), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    for line in [
+        "test refuses_reserved_and_unprintable_names ... ok",
+        "test fails_with_odd_artifact_names ... FAILED",
+    ] {
+        assert!(ran.stdout.lines().any(|l| l == line), "missing {line:?} in:\n{}", ran.stdout);
+    }
+    let ok = artifact_dir(&ran, "refuses_reserved_and_unprintable_names");
+    assert!(ok.join("logs/dmesg.txt").is_file());
+
+    let failed = artifact_dir(&ran, "fails_with_odd_artifact_names");
+    // The kernel log is vmtest's `dmesg.txt`; the test's own file of that name is refused.
+    let dmesg = std::fs::read_to_string(failed.join("dmesg.txt")).unwrap();
+    assert!(dmesg.contains("Linux version"), "dmesg.txt is not the kernel log:\n{dmesg}");
+    // Both survive: the temporary file of `x` is no artifact's name.
+    assert_eq!(std::fs::read_to_string(failed.join("x")).unwrap(), "x\n");
+    assert_eq!(
+        std::fs::read_to_string(failed.join("x.vmtest-partial")).unwrap(),
+        "named like a temporary file\n"
+    );
+    let mut names: Vec<String> = walk(&failed)
+        .iter()
+        .map(|p| p.strip_prefix(&failed).unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dmesg.txt", "x", "x.vmtest-partial"], "{names:?}");
+    let test = "fails_with_odd_artifact_names: a file from the guest: artifacts/";
+    for warning in [
+        "dmesg.txt: rejected: `dmesg.txt` is reserved for the kernel log",
+        "name-\\xfe: rejected: a name that is not UTF-8",
+        "name-\\xff: rejected: a name that is not UTF-8",
+        "esc-\\u{1b}]0;title\\u{7}: rejected: a control character in the name",
+    ] {
+        assert!(
+            ran.stderr.contains(&format!("{test}{warning}")),
+            "no {warning:?} in:\n{}",
+            ran.stderr
+        );
+    }
+    assert!(!ran.stderr.contains('\x1b'), "a raw escape reached the terminal:\n{}", ran.stderr);
+}
+
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

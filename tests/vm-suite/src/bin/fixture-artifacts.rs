@@ -32,4 +32,31 @@ fn fails_after_saving_an_artifact() {
     panic!("deliberate failure");
 }
 
+#[vm_test]
+fn refuses_reserved_and_unprintable_names() {
+    for name in ["dmesg.txt", "red\x1b[31m", "tab\there", "\u{9b}2J"] {
+        let err = vmtest::artifact(name, "x").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{name:?}: {err}");
+    }
+    vmtest::artifact("logs/dmesg.txt", "only the top-level name is reserved\n").unwrap();
+}
+
+/// Writes straight into the artifact directory what `vmtest::artifact` refuses, and names that
+/// collide with vmtest's own, then fails (so the kernel log comes too).
+#[vm_test]
+fn fails_with_odd_artifact_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::path::PathBuf::from(std::env::var_os("VMTEST_ARTIFACT_DIR").unwrap());
+    let write = |name: &[u8], text: &str| {
+        std::fs::write(dir.join(std::ffi::OsStr::from_bytes(name)), text).unwrap()
+    };
+    write(b"dmesg.txt", "the test's own dmesg.txt\n");
+    write(b"name-\xff", "ff\n");
+    write(b"name-\xfe", "fe\n");
+    write(b"esc-\x1b]0;title\x07", "escape\n");
+    write(b"x", "x\n");
+    write(b"x.vmtest-partial", "named like a temporary file\n");
+    panic!("deliberate failure with odd artifact names");
+}
+
 vmtest::main!();
