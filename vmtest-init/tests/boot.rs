@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::{
     encode_frame, FrameReader, GuestMessage, Module, Outcome, Plan, PlannedTest, Stream,
-    PROTOCOL_VERSION,
+    KERNEL_LOG_NAME, PROTOCOL_VERSION,
 };
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -102,9 +102,10 @@ fn runs_a_plan_and_powers_off() {
                 eprintln!("test {id}: {outcome:?} in {duration_ms} ms");
                 finished.insert(id, (outcome, duration_ms, output));
             }
-            GuestMessage::FileChunk { id, name, data, .. } => {
-                assert_eq!(current, id, "file {name} outside its test");
-                files.entry((id.unwrap_or(u32::MAX), name)).or_default().extend(data);
+            GuestMessage::FileChunk { name, data, .. } => {
+                let name = String::from_utf8(name).unwrap();
+                let id = current.unwrap_or_else(|| panic!("file {name} outside any test"));
+                files.entry((id, name)).or_default().extend(data);
             }
             GuestMessage::KernelLog { id, .. } => assert_eq!(current, Some(id)),
             GuestMessage::Done => done = true,
@@ -128,9 +129,9 @@ fn runs_a_plan_and_powers_off() {
          env VMTEST_ARTIFACT_DIR=/run/vmtest/out/0/artifacts\ncwd /tmp\n"
     );
 
-    // A failed test's kernel log travels as an artifact; a passing test sends nothing.
+    // A failed test's kernel log travels under its own name; a passing test sends nothing.
     let dmesg: Vec<u32> =
-        files.keys().filter(|(_, name)| name == "artifacts/dmesg.txt").map(|(id, _)| *id).collect();
+        files.keys().filter(|(_, name)| name == KERNEL_LOG_NAME).map(|(id, _)| *id).collect();
     let failed: Vec<u32> = finished
         .iter()
         .filter(|(_, (outcome, ..))| !matches!(outcome, Outcome::Exited(0) | Outcome::Skipped(_)))
@@ -138,7 +139,7 @@ fn runs_a_plan_and_powers_off() {
         .collect();
     assert!(failed.starts_with(&[1, 2, 3]), "{failed:?}");
     assert_eq!(dmesg, failed, "{:?}", files.keys().collect::<Vec<_>>());
-    assert!(text(&files[&(1, "artifacts/dmesg.txt".to_owned())]).contains("Linux version"));
+    assert!(text(&files[&(1, KERNEL_LOG_NAME.to_owned())]).contains("Linux version"));
 
     assert_eq!(finished[&1].0, Outcome::Exited(3));
     let (outcome, duration_ms, _) = &finished[&2];
@@ -228,6 +229,40 @@ fn reports_a_fatal_error_and_powers_off() {
     assert!(env.console().contains("vmtest-init: fatal: failed to load module virtio_missing"));
 }
 
+#[test]
+#[ignore = "boots a VM: needs qemu-system-x86_64, the musl target and VMTEST_KERNEL"]
+fn refuses_a_plan_of_another_version_or_with_trailing_bytes() {
+    let env = BootEnv::new("version");
+    let newer = Plan { version: PROTOCOL_VERSION + 1, ..Plan::default() };
+    let mut trailing = encode_frame(&Plan::default()).unwrap();
+    trailing.extend_from_slice(b"junk");
+    for (plan, expected) in [
+        (
+            encode_frame(&newer).unwrap(),
+            format!(
+                "failed to read the plan /vmtest/plan: the guest speaks vmtest protocol version \
+                 {PROTOCOL_VERSION}, the host version {}: the guest's vmtest-init is older than \
+                 the host's vmtest: rebuild it",
+                PROTOCOL_VERSION + 1
+            ),
+        ),
+        (
+            trailing,
+            "failed to decode the plan /vmtest/plan: 4 unexpected bytes after the frame".to_owned(),
+        ),
+    ] {
+        let messages = env.boot_with_plan_bytes(&plan, &[]);
+        assert!(
+            matches!(messages.first(), Some(GuestMessage::Hello { version: PROTOCOL_VERSION, .. })),
+            "{messages:?}"
+        );
+        match messages.last() {
+            Some(GuestMessage::Fatal(e)) => assert!(e.starts_with(&expected), "{e}"),
+            other => panic!("expected Fatal last, got {other:?}\n{}", env.console()),
+        }
+    }
+}
+
 /// A scratch directory with the init binary and the probe program built for musl.
 struct BootEnv {
     dir: PathBuf,
@@ -257,6 +292,11 @@ impl BootEnv {
 
     /// Boots with `plan` and `files` (path in the initramfs, contents); returns every frame.
     fn boot(&self, plan: &Plan, files: &[(String, Vec<u8>)]) -> Vec<GuestMessage> {
+        self.boot_with_plan_bytes(&encode_frame(plan).unwrap(), files)
+    }
+
+    /// [`BootEnv::boot`] with the plan file's bytes as given.
+    fn boot_with_plan_bytes(&self, plan: &[u8], files: &[(String, Vec<u8>)]) -> Vec<GuestMessage> {
         let initrd = self.dir.join("initrd.cpio");
         let mut cpio = Cpio::default();
         for dir in ["bin", "vmtest", "lib", "lib/modules", "tmp"] {
@@ -264,7 +304,7 @@ impl BootEnv {
         }
         cpio.file("init", 0o755, &std::fs::read(&self.init).unwrap());
         cpio.file("bin/probe", 0o755, &std::fs::read(&self.probe).unwrap());
-        cpio.file("vmtest/plan", 0o644, &encode_frame(plan).unwrap());
+        cpio.file("vmtest/plan", 0o644, plan);
         for (path, bytes) in files {
             cpio.file(path, 0o644, bytes);
         }

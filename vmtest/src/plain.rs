@@ -163,7 +163,11 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
             0
         }
         (None, Some(problem)) => {
-            eprintln!("vmtest: {name} did not finish: {problem}\n{}", console());
+            eprintln!(
+                "vmtest: {name} did not finish under {}: {problem}\n{}",
+                init.display(),
+                console()
+            );
             1
         }
         (None, None) => {

@@ -101,6 +101,41 @@ fn plain_crate_runs_as_under_cargo() {
     assert!(stdout.contains("test result: ok. 5 passed"), "{stdout}");
 }
 
+/// A `VMTEST_INIT` built from an older vmtest (protocol version 2): the run stops with an
+/// error saying the guest's init is the older side and what to rebuild.
+#[test]
+fn an_old_vmtest_init_is_a_clear_error_naming_what_to_rebuild() {
+    let (binary, _) = plain_build();
+    let dir = tempfile::tempdir().unwrap();
+    let old_init = dir.path().join("old-init");
+    let triple = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+    let status = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--edition", "2021", "-O", "--target", &triple, "-o"])
+        .arg(&old_init)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/runner/old_init.rs"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the old init failed");
+    let output = Command::new(RUNNER)
+        .arg(binary)
+        .env("VMTEST_INIT", &old_init)
+        .env("VMTEST_KERNEL", "6.12")
+        .current_dir(workspace().join("tests/plain-crate"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&old_init.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the guest speaks vmtest protocol version 2, the host version 3: the guest's \
+             vmtest-init is older than the host's vmtest: rebuild it"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("VMTEST_INIT"), "{stderr}");
+}
+
 #[test]
 fn plain_binary_in_a_directory_the_guest_mounts_over_is_a_clear_error() {
     let (binary, init) = plain_build();
