@@ -433,23 +433,48 @@ fn resolve_file(path: &str, manifest_dir: Option<&Path>) -> Result<String, Strin
             }
         }
     };
-    // Drop `.` components and repeated separators; keep `..`, which may cross a symlink.
-    let absolute: PathBuf =
-        joined.components().filter(|c| !matches!(c, Component::CurDir)).collect();
-    if std::fs::symlink_metadata(&absolute).is_err() {
-        return Err(if given.is_absolute() {
+    let not_found = || {
+        if given.is_absolute() {
             format!("file not found: `{path}`")
         } else {
             format!(
                 "file not found: `{path}` (relative paths start at the crate's directory, \
                  where Cargo.toml is)"
             )
-        });
+        }
+    };
+    let absolute = resolve_dots(&joined).map_err(|_| not_found())?;
+    let metadata = std::fs::symlink_metadata(&absolute).map_err(|_| not_found())?;
+    let file_type = metadata.file_type();
+    if !(file_type.is_file() || file_type.is_dir() || file_type.is_symlink()) {
+        return Err(format!(
+            "`{path}` is not a regular file, directory or symbolic link (a FIFO, socket or \
+             device cannot be a fixture)"
+        ));
     }
     absolute
         .into_os_string()
         .into_string()
         .map_err(|_| format!("the path `{path}` resolves to a path that is not UTF-8"))
+}
+
+/// `path` (absolute) without `.`, `..` and repeated separators, each `..` resolved as the
+/// kernel does: against the real directory the path has reached (so `/a/link/..` is the parent
+/// of where `link` points, not `/a`). Symlinks not followed by a `..` stay as written. The
+/// harness resolves a path with the same rule at run time (`vmtest/src/fixtures.rs`).
+fn resolve_dots(path: &Path) -> std::io::Result<PathBuf> {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out = std::fs::canonicalize(&out)?;
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Checks that the function is one the harness can call as a test.
@@ -590,5 +615,39 @@ mod tests {
         assert!(resolve_file("no/such/file", Some(dir)).unwrap_err().contains("not found"));
         assert!(resolve_file("src/lib.rs", None).unwrap_err().contains("CARGO_MANIFEST_DIR"));
         assert!(resolve_file("", Some(dir)).is_err());
+    }
+
+    #[test]
+    fn dots_in_files_resolve_through_symlinks_as_the_kernel_does() {
+        let dir = std::env::temp_dir().join(format!("vmtest-macros-dots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real/deep")).unwrap();
+        std::fs::write(dir.join("real/data.txt"), "x").unwrap();
+        std::fs::create_dir(dir.join("crate")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real/deep"), dir.join("crate/link")).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
+        // `link/..` is `real`: the path is resolved, not kept with its `..`.
+        let resolved = resolve_file("link/../data.txt", Some(&dir.join("crate")));
+        assert_eq!(resolved, Ok(dir.join("real/data.txt").to_str().unwrap().to_owned()));
+        // `crate/../real/data.txt` has no symlink before its `..`: the same as by text.
+        let plain = resolve_file("../real/data.txt", Some(&dir.join("crate")));
+        assert_eq!(plain, Ok(dir.join("real/data.txt").to_str().unwrap().to_owned()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fifo_cannot_be_a_fixture() {
+        let dir = std::env::temp_dir().join(format!("vmtest-macros-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mkfifo").arg(dir.join("pipe")).status();
+        if !status.is_ok_and(|s| s.success()) {
+            let _ = std::fs::remove_dir_all(&dir);
+            eprintln!("skipped: mkfifo is not available");
+            return;
+        }
+        let err = resolve_file("pipe", Some(&dir)).unwrap_err();
+        assert!(err.contains("`pipe` is not a regular file, directory or symbolic link"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -712,7 +712,6 @@ impl Group {
     /// Boots VMs until every test has a verdict: when a VM dies (a kernel panic, a crash), the
     /// test that was running fails and the tests after it run in a fresh VM.
     fn run(&self, context: &RunContext, notes: &Sender<Note>) {
-        let _permit = context.vms.acquire(self.memory_estimate_mib(context));
         let mut problem = None;
         for attempt in 0.. {
             let pending: Vec<&Member> =
@@ -745,12 +744,10 @@ impl Group {
         }
     }
 
-    /// The guest memory of this group's VM before its initramfs exists: the test's `memory`,
-    /// or the default sizing with the test binary standing in for the initramfs.
-    fn memory_estimate_mib(&self, context: &RunContext) -> u64 {
-        self.key.memory_mib.unwrap_or_else(|| {
-            default_memory_mib(std::fs::metadata(&context.exe).map_or(0, |m| m.len()))
-        })
+    /// The guest memory of this group's VM: the test's `memory`, or the default sizing from the
+    /// initramfs actually written (fixtures, libraries and userland included).
+    fn memory_mib(&self, initramfs_bytes: u64) -> u64 {
+        self.key.memory_mib.unwrap_or_else(|| default_memory_mib(initramfs_bytes))
     }
 
     fn console_log(&self, context: &RunContext, attempt: u32) -> PathBuf {
@@ -775,7 +772,9 @@ impl Group {
         let workdir = crate::process::vm_workdir()?;
         let initrd = workdir.path().join("initrd.cpio");
         let size = self.write_initramfs(context, pending, &initrd)?;
-        let memory_mib = self.key.memory_mib.unwrap_or_else(|| default_memory_mib(size));
+        let memory_mib = self.memory_mib(size);
+        // Counted against the host's memory with the size the VM really gets.
+        let permit = context.vms.acquire(memory_mib);
         let accel = context.accel();
         let scale = accel.timeout_scale;
         let spec = VmSpec {
@@ -879,6 +878,7 @@ impl Group {
         let Some(mut problem) = end.problem else { return Ok(None) };
         if end.kvm_failed && accel.may_fall_back {
             context.fall_back_to_tcg(&problem)?;
+            drop(permit);
             return self.boot(context, pending, attempt, notes);
         }
         if end.kvm_failed {

@@ -477,7 +477,10 @@ fn write_host_file<W: Write>(
 ) -> Result<(), InitramfsError> {
     let read_err = |source| InitramfsError::ReadHost { path: path.to_owned(), source };
     let write_err = |source| InitramfsError::Write { path: name.to_owned(), source };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = open_regular(path).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => InitramfsError::NotAFile { path: path.to_owned() },
+        _ => read_err(e),
+    })?;
     let len = file.metadata().map_err(read_err)?.len();
     let mut writer = header.write(out, newc_file_size(name, len)?);
     let mut buf = vec![0u8; 256 * 1024];
@@ -502,6 +505,21 @@ fn write_host_file<W: Write>(
     }
     writer.finish().map_err(write_err)?;
     Ok(())
+}
+
+/// Opens `path` (following symlinks) for reading if it is a regular file, without blocking on
+/// anything else: a FIFO put where a file was (between the check and the copy) would block an
+/// ordinary open forever. Anything but a regular file is an [`io::ErrorKind::InvalidInput`]
+/// error.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    if file.metadata()?.is_file() {
+        // O_NONBLOCK does nothing for a regular file's reads.
+        Ok(file)
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"))
+    }
 }
 
 struct CountingWriter<W> {

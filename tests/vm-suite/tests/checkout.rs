@@ -31,6 +31,16 @@ fn copy_checkout(base: &str, name: &str) -> tempfile::TempDir {
     );
     std::fs::write(root.join("Cargo.toml"), manifest).unwrap();
     std::fs::copy(workspace().join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
+    // A target dir inside the checkout, as a plain `cargo build` there makes it (this run
+    // builds elsewhere): `files = ["."]` must leave it out.
+    std::fs::create_dir_all(root.join("target/debug")).unwrap();
+    std::fs::write(
+        root.join("target/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n\
+         # This file is a cache directory tag created by cargo.\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("target/debug/build-output"), "not for the guest").unwrap();
     dir
 }
 
@@ -53,7 +63,7 @@ fn passes_in_a_checkout_under(base: &str, name: &str) {
     assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let seen = format!("checkout seen at {}", checkout.path().display());
     assert!(stdout.contains(&seen), "{seen:?} missing:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("test result: ok. 1 passed"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 2 passed"), "{stdout}");
     let path = checkout.path().to_owned();
     checkout.close().unwrap();
     assert!(!path.exists(), "{} is left behind", path.display());

@@ -85,6 +85,14 @@ fn reads_fixtures_at_their_host_path() {
     );
 }
 
+/// `..` after a symlink is resolved where the link leads, as the kernel resolves it, at compile
+/// time and at run time alike: `tests/data/to-bin` links to `src/bin`, so `to-bin/..` is `src`.
+#[vm_test(files = ["tests/data/to-bin/../lib.rs"])]
+fn a_fixture_path_with_dots_is_resolved_through_its_symlink() {
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs");
+    assert_eq!(std::fs::read(lib).unwrap(), include_bytes!("../src/lib.rs"));
+}
+
 #[vm_test]
 fn runs_in_the_manifest_dir_without_fixtures() {
     assert_eq!(std::env::current_dir().unwrap(), Path::new(env!("CARGO_MANIFEST_DIR")));

@@ -197,6 +197,33 @@ fn host_files_are_read_at_write_time() {
 }
 
 #[test]
+fn a_file_swapped_for_a_fifo_is_an_error_not_a_hang() {
+    let dir = TempDir::new("initramfs-fifo");
+    let host = dir.path().join("f");
+    std::fs::write(&host, "a file when added").unwrap();
+    let mut initramfs = Initramfs::new();
+    initramfs.add_host_file("/f", &host, 0o644).unwrap();
+    std::fs::remove_file(&host).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &host,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // Written on another thread: a hang fails the test instead of stopping it.
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = send.send(initramfs.write_to(io::sink()).map_err(|e| e.to_string()));
+    });
+    let result = receive.recv_timeout(std::time::Duration::from_secs(10));
+    let err = result.expect("writing the initramfs blocked on the FIFO").unwrap_err();
+    assert!(err.contains(&format!("{}", host.display())), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
 fn newc_size_fields_are_checked() {
     assert_eq!(newc_file_size("f", 0).unwrap(), 0);
     assert_eq!(newc_file_size("f", u64::from(u32::MAX)).unwrap(), u32::MAX);

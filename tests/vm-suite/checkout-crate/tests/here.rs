@@ -21,4 +21,15 @@ fn sees_its_fixture_and_working_directory() {
     println!("checkout seen at {}", cwd.display());
 }
 
+/// The whole crate as a fixture: its files come, its target dir (tagged by `CACHEDIR.TAG`)
+/// does not.
+#[vm_test(files = ["."])]
+fn sees_its_crate_without_the_target_dir() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(root.join("Cargo.toml").is_file());
+    assert!(root.join("tests/here.rs").is_file());
+    assert!(root.join("tests/data/fixture.txt").is_file());
+    assert!(!root.join("target").exists(), "the target dir was copied into the guest");
+}
+
 vmtest::main!();
