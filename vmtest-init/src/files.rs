@@ -81,7 +81,8 @@ impl OutDir {
                     SendError::Read(e) => control.send(&GuestMessage::Log(format!(
                         "test {}: failed to read {}: {e}",
                         self.id,
-                        path.display()
+                        // Escaped: the name is the test's, and the host prints this line.
+                        path.as_os_str().as_bytes().escape_ascii()
                     )))?,
                 }
             }
