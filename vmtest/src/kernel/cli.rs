@@ -1,9 +1,11 @@
-//! `kernel fetch|list|add`: the commands behind `cargo vmtest kernel` and, in the vmtest
+//! `kernel fetch|list|add|verify`: the commands behind `cargo vmtest kernel` and, in the vmtest
 //! workspace, `cargo xtask kernel`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::entry::{self, EntryError};
+use super::manifest::Depth;
 use super::{human_size, Fetched, Store};
 use crate::arch::Arch;
 
@@ -18,6 +20,10 @@ fn usage(program: &str) -> String {
   {program} kernel add <name> --image <path> [--modules <dir>] [--config <path>]
       Register your own build (its arch and version are read from the image header).
       --modules is lib/modules/<release> or an INSTALL_MOD_PATH holding one.
+  {program} kernel verify [<name>...] [--arch <arch>]
+      Hash every file of the stored kernels (or those named) and compare with the checksums
+      recorded when they were added; names each damaged one and the command that repairs it
+      (`kernel fetch <series>` for Debian's). Exits 1 if any is damaged.
 
 The store is $VMTEST_KERNELS, else $XDG_CACHE_HOME/vmtest/kernels, else ~/.cache/vmtest/kernels.",
         host = Arch::host()
@@ -56,6 +62,7 @@ enum Command {
     Fetch { specs: Vec<String>, arch: Arch },
     List { arch: Option<Arch> },
     Add { name: String, image: PathBuf, modules: Option<PathBuf>, config: Option<PathBuf> },
+    Verify { names: Vec<String>, arch: Option<Arch> },
 }
 
 /// `--flag value` pairs, in order.
@@ -110,7 +117,7 @@ pub(crate) fn parse_arch(value: Option<&str>) -> Result<Option<Arch>, UsageError
 
 fn parse(args: &[String]) -> Result<Command, UsageError> {
     let Some((sub, rest)) = args.split_first() else {
-        return Err(UsageError("missing a command: fetch, list or add".into()));
+        return Err(UsageError("missing a command: fetch, list, add or verify".into()));
     };
     let parsed = match sub.as_str() {
         "help" | "-h" | "--help" => return Ok(Command::Help),
@@ -145,7 +152,15 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
                 config: option(&opts, "config").map(PathBuf::from),
             })
         }),
-        other => Err(UsageError(format!("unknown command `{other}`: expected fetch, list or add"))),
+        "verify" => split(rest, &["arch"]).and_then(|(pos, opts)| {
+            Ok(Command::Verify {
+                names: pos.into_iter().map(str::to_owned).collect(),
+                arch: parse_arch(option(&opts, "arch"))?,
+            })
+        }),
+        other => Err(UsageError(format!(
+            "unknown command `{other}`: expected fetch, list, add or verify"
+        ))),
     };
     match parsed {
         Err(UsageError(m)) if m.is_empty() => Ok(Command::Help),
@@ -216,6 +231,7 @@ fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelErr
             print_all(&out);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify { names, arch } => verify(&store, &names, arch),
         Command::Add { name, image, modules, config } => {
             let kernel = store.add(&name, &image, modules.as_deref(), config.as_deref())?;
             println!(
@@ -228,6 +244,60 @@ fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelErr
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `kernel verify`: one line per entry, `ok`, `legacy` (no checksums recorded: the entry is in
+/// use by a run; sizes and header checked) or `DAMAGED` with the reason and the repair.
+fn verify(
+    store: &Store,
+    names: &[String],
+    arch: Option<Arch>,
+) -> Result<ExitCode, super::KernelError> {
+    let mut out = format!("kernel store: {}\n", store.root().display());
+    let (mut damaged, mut seen) = (0, Vec::new());
+    for arch in arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
+        for dir in store.entry_dirs(arch)? {
+            let name =
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if !names.is_empty() && !names.contains(&name) {
+                continue;
+            }
+            seen.push(name.clone());
+            let line = match entry::open(&dir, Depth::Full) {
+                Ok(opened) => match opened.manifest {
+                    Some((files, bytes)) => {
+                        format!(
+                            "ok       {name} ({arch}): {files} files, {} hashed",
+                            human_size(bytes)
+                        )
+                    }
+                    None => format!(
+                        "legacy   {name} ({arch}): no checksums recorded yet (a run is using it); \
+                         its files are present and its image header reads"
+                    ),
+                },
+                Err(EntryError::Damaged(reason)) => {
+                    damaged += 1;
+                    let package = super::store::meta_field(&dir, "package");
+                    let repair = entry::repair_hint(&dir, arch, package.as_deref());
+                    format!("DAMAGED  {name} ({arch}): {reason}; repair it with {repair}")
+                }
+                Err(EntryError::Store(e)) => return Err(e),
+            };
+            out += &line;
+            out.push('\n');
+        }
+    }
+    if let Some(missing) = names.iter().find(|n| !seen.contains(n)) {
+        print_all(&out);
+        eprintln!("error: no kernel named `{missing}` in the store (see `kernel list`)");
+        return Ok(ExitCode::FAILURE);
+    }
+    if seen.is_empty() {
+        out += "no kernels\n";
+    }
+    print_all(&out);
+    Ok(if damaged == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Prints to stdout; a closed pipe (`| head`) ends the output quietly.
@@ -269,6 +339,11 @@ mod tests {
             }
         );
         assert_eq!(p(&["fetch", "--help"]).unwrap(), Command::Help);
+        assert_eq!(
+            p(&["verify", "6.1.0-57-amd64", "--arch", "x86_64"]).unwrap(),
+            Command::Verify { names: vec!["6.1.0-57-amd64".into()], arch: Some(Arch::X86_64) }
+        );
+        assert_eq!(p(&["verify"]).unwrap(), Command::Verify { names: vec![], arch: None });
     }
 
     #[test]
@@ -284,5 +359,6 @@ mod tests {
         assert!(p(&["add", "--image", "i"]).unwrap_err().contains("exactly one name"));
         assert!(p(&["list", "extra"]).unwrap_err().contains("no argument"));
         assert!(p(&["frobnicate"]).unwrap_err().contains("unknown command `frobnicate`"));
+        assert!(p(&["verify", "--arch", "sparc"]).unwrap_err().contains("unknown architecture"));
     }
 }

@@ -7,7 +7,9 @@ use std::fs;
 use std::path::Path;
 
 use super::apt::{self, Apt, Package, Stanza};
+use super::entry::{self, EntryError};
 use super::image::image_info;
+use super::manifest::Depth;
 use super::resolve::{compare_versions, Series};
 use super::store::{self, Fetched, Store};
 use super::{human_size, Kernel, KernelError};
@@ -16,6 +18,24 @@ use crate::arch::Arch;
 /// The kernel release a `linux-image-<release>` package installs.
 fn release(package: &Package) -> &str {
     package.name.strip_prefix("linux-image-").unwrap_or(&package.name)
+}
+
+/// Checks a release name taken from apt's output before it becomes a store dir's name and a
+/// path inside the unpacked package: a digit, then letters, digits and `.+~_-` (as Debian's
+/// `6.12.57+deb13-amd64`), at most 100 bytes, no `..`.
+pub(crate) fn check_release(release: &str) -> Result<(), String> {
+    let plain = release.starts_with(|c: char| c.is_ascii_digit())
+        && release.len() <= 100
+        && !release.contains("..")
+        && release.chars().all(|c| c.is_ascii_alphanumeric() || ".+~_-".contains(c));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "its kernel release {release:?} is not a plain release name (a digit, then letters, \
+             digits and `.+~_-`, at most 100 bytes, no `..`); refusing to use it as a path"
+        ))
+    }
 }
 
 pub(crate) fn fetch(
@@ -33,6 +53,8 @@ pub(crate) fn fetch(
         resolve(&apt, arch, &series, spec)?
     };
     let release = release(&package).to_owned();
+    check_release(&release)
+        .map_err(|reason| KernelError::BadPackage { package: package.name.clone(), reason })?;
     let size = package.size.map(|s| format!(", {}", human_size(s))).unwrap_or_default();
     progress(&format!("{spec} for {arch}: {} {}{size}", package.name, package.version));
 
@@ -40,11 +62,24 @@ pub(crate) fn fetch(
         progress(&format!("waiting for another fetch of {release} ({arch}) to finish"))
     })?;
     let dest = store.arch_dir(arch).join(&release);
-    if dest.join(store::META).is_file()
-        && store::meta_field(&dest, "package_version").as_deref() == Some(&package.version)
-    {
-        progress(&format!("{release} ({arch}) is already in the store and current: nothing to do"));
-        return Ok(Fetched::AlreadyPresent(store::read_meta(&dest)?));
+    if dest.exists() {
+        // Every file is hashed: a fetch is what repairs an entry `kernel verify` found damaged.
+        match entry::open(&dest, Depth::Full) {
+            Ok(opened)
+                if store::meta_field(&dest, "package_version").as_deref()
+                    == Some(&package.version) =>
+            {
+                progress(&format!(
+                    "{release} ({arch}) is already in the store, intact and current: nothing to do"
+                ));
+                return Ok(Fetched::AlreadyPresent(opened.kernel));
+            }
+            Ok(_) => {}
+            Err(EntryError::Damaged(reason)) => progress(&format!(
+                "{release} ({arch}) in the store is damaged ({reason}): fetching it again"
+            )),
+            Err(EntryError::Store(e)) => return Err(e),
+        }
     }
 
     let tmp = store.temp_dir(arch, &release)?;
@@ -56,7 +91,9 @@ pub(crate) fn fetch(
     let kernel_dir = tmp.join("kernel");
     let kernel = assemble(&unpacked, &kernel_dir, &dest, &package, &series, arch)?;
     fs::remove_file(&deb).map_err(|e| KernelError::io("remove", &deb, e))?;
-    store.install(&kernel_dir, &dest)?;
+    store.install(&kernel_dir, &dest, &mut || {
+        progress(&format!("waiting for the runs using {release} ({arch}) to finish"))
+    })?;
     fs::remove_dir_all(&tmp).map_err(|e| KernelError::io("remove", &tmp, e))?;
     progress(&format!(
         "added {release} ({arch}, {}) to {}",
@@ -123,7 +160,7 @@ fn assemble(
         package: Some(package.name.clone()),
         store_dir: Some(dest.to_owned()),
     };
-    store::write_meta(kernel_dir, &kernel, Some(&package.version))?;
+    store::seal(kernel_dir, &kernel, Some(&package.version))?;
     Ok(kernel)
 }
 
@@ -252,6 +289,33 @@ mod tests {
             (vec![], vec!["linux-image-6.12.117+deb12-arm64"])
         );
         assert_eq!(available_series(NAMES, None, "amd64"), ["6.1", "6.12"]);
+    }
+
+    #[test]
+    fn release_names_from_apt_are_checked_before_they_become_paths() {
+        for good in
+            ["6.12.57+deb13-amd64", "6.1.0-57-cloud-amd64", "6.12.117+deb12-arm64", "6.0~rc1_x"]
+        {
+            check_release(good).unwrap();
+        }
+        for bad in [
+            "",
+            "../../etc",
+            "6.1/../../x",
+            "6.1/x",
+            "..",
+            "6.1..2-amd64",
+            "6.1\n-amd64",
+            "6.1\u{1b}[31m",
+            "linux-6.1",
+            "-6.1",
+            ".6.1",
+            "6.1 amd64",
+            &"6".repeat(101),
+        ] {
+            let err = check_release(bad).unwrap_err();
+            assert!(err.contains("not a plain release name"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

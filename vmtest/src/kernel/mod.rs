@@ -8,8 +8,10 @@
 
 mod alias;
 pub(crate) mod apt;
+mod entry;
 mod fetch;
 mod image;
+mod manifest;
 mod modules;
 mod ondemand;
 mod pvh;
@@ -164,6 +166,22 @@ pub enum KernelError {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// The stored kernel asked for is damaged (and no other stored kernel matches).
+    #[error(
+        "failed to use kernel `{name}` from the store: the entry {} is damaged ({reason}); \
+         repair it with {repair}",
+        entry.display()
+    )]
+    Damaged {
+        /// The kernel's name.
+        name: String,
+        /// Its dir in the store.
+        entry: PathBuf,
+        /// What is wrong.
+        reason: String,
+        /// The command that repairs it.
+        repair: String,
     },
     /// Neither `VMTEST_KERNELS`, `XDG_CACHE_HOME` nor `HOME` is set.
     #[error("failed to locate the kernel store: set VMTEST_KERNELS (or XDG_CACHE_HOME or HOME)")]

@@ -4,22 +4,29 @@
 //! <root>/                        VMTEST_KERNELS, else $XDG_CACHE_HOME/vmtest/kernels,
 //!   x86_64/                      else ~/.cache/vmtest/kernels
 //!     6.12.117+deb12-amd64/      one dir per kernel, named by its release (or the user's name)
-//!       kernel.meta              name, arch, version, flavour, package; written last
+//!       kernel.meta              name, arch, version, flavour, package, sums; written last
+//!       kernel.sums              size, mtime and SHA-256 of each file below (see `manifest`)
 //!       vmlinuz  config  modules/
+//!       vmlinux-pvh  modules.alias   derived by runs, checked before use (see `entry`)
 //!     .tmp-<name>/               a fetch or add in progress (renamed into place when complete)
-//!     .locks/<name>.lock         flock held while a kernel is written
+//!     .locks/<name>.lock         flock held while a kernel is fetched or added
+//!     .locks/<name>.use          flock shared by the runs using the kernel, exclusive to replace it
 //!   aarch64/...
 //!   apt/<debian arch>/           apt's lists and cache for fetching, apart from the system's
 //!   userland/<arch>/busybox/     the guest's busybox (see `crate::userland`)
 //! ```
 //! A kernel dir counts as present only when it holds `kernel.meta`, and it appears only by a
-//! rename of a complete dir: an interrupted fetch leaves at most a `.tmp-*` dir, which the next
-//! fetch of that kernel removes.
+//! rename of a complete dir whose files were flushed to disk first (`syncfs`), replacing an
+//! older one in one atomic exchange: an interrupted or crashed fetch leaves at most a `.tmp-*`
+//! dir, which the next fetch of that kernel removes. An entry whose metadata or files are
+//! damaged is skipped with one warning naming it and the command that repairs it.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use super::entry::{self, EntryError};
 use super::image::image_info;
+use super::manifest::{self, Depth, Manifest, SUMS};
 use super::{resolve, Kernel, KernelError};
 use crate::arch::Arch;
 
@@ -108,17 +115,68 @@ impl Store {
             if name.to_string_lossy().starts_with('.') || !entry.path().join(META).is_file() {
                 continue;
             }
-            kernels.push(read_meta(&entry.path())?);
+            match read_meta(&entry.path()) {
+                Ok(kernel) => kernels.push(kernel),
+                Err(e) => {
+                    let path = entry.path();
+                    entry::warn_skipped(
+                        &path,
+                        &e.to_string(),
+                        &entry::repair_hint(&path, arch, None),
+                    );
+                }
+            }
         }
         kernels.sort_by(|a, b| resolve::compare_versions(&a.name, &b.name));
         Ok(kernels)
     }
 
-    /// The stored kernel `spec` names for `arch` (see [`resolve`](super::resolve)).
+    /// The dirs of every entry for `arch` that has metadata (readable or not), by name.
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
+    pub(crate) fn entry_dirs(&self, arch: Arch) -> Result<Vec<PathBuf>, KernelError> {
+        let dir = self.arch_dir(arch);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(KernelError::io("read kernel store dir", &dir, e)),
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .filter(|p| p.join(META).is_file())
+            .collect();
+        dirs.sort_by(|a, b| resolve::compare_versions(&a.to_string_lossy(), &b.to_string_lossy()));
+        Ok(dirs)
+    }
+
+    /// The stored kernel `spec` names for `arch` (see [`resolve`](super::resolve)), checked
+    /// against its manifest. A damaged entry is skipped with a warning naming it; when nothing
+    /// else matches, the error names it and how to repair it. The process keeps a shared lock
+    /// on the entry until it exits, so the kernel is not replaced under its runs.
     pub fn find(&self, spec: &str, arch: Arch) -> Result<Kernel, KernelError> {
-        let kernels = self.list_arch(arch)?;
-        if let Some(kernel) = resolve::select(spec, &kernels) {
-            return Ok(kernel.clone());
+        let mut kernels = self.list_arch(arch)?;
+        let mut damaged = None;
+        while let Some(kernel) = resolve::select(spec, &kernels).cloned() {
+            let dir = kernel.store_dir.clone().unwrap_or_default();
+            match entry::open(&dir, Depth::Quick) {
+                Ok(opened) => return Ok(opened.kernel),
+                Err(EntryError::Store(e)) => return Err(e),
+                Err(EntryError::Damaged(reason)) => {
+                    let repair = entry::repair_hint(&dir, arch, kernel.package.as_deref());
+                    entry::warn_skipped(&dir, &reason, &repair);
+                    damaged.get_or_insert(KernelError::Damaged {
+                        name: kernel.name.clone(),
+                        entry: dir.clone(),
+                        reason,
+                        repair,
+                    });
+                    kernels.retain(|k| k.store_dir.as_ref() != Some(&dir));
+                }
+            }
+        }
+        if let Some(damaged) = damaged {
+            return Err(damaged);
         }
         Err(KernelError::UnknownKernel {
             spec: spec.to_owned(),
@@ -181,8 +239,8 @@ impl Store {
             package: None,
             store_dir: Some(dest.clone()),
         };
-        write_meta(&tmp, &kernel, None)?;
-        self.install(&tmp, &dest)?;
+        seal(&tmp, &kernel, None)?;
+        self.install(&tmp, &dest, &mut || {})?;
         // Now rather than in the first test run.
         kernel.boot_image(crate::accel::Accel::Tcg);
         Ok(kernel)
@@ -205,17 +263,42 @@ impl Store {
         entry_temp_dir(&self.arch_dir(arch), name)
     }
 
-    /// Moves a complete kernel dir into place, replacing an older one at `dest`.
-    pub(crate) fn install(&self, tmp: &Path, dest: &Path) -> Result<(), KernelError> {
-        if dest.exists() {
-            let mut old = tmp.as_os_str().to_owned();
-            old.push(".old");
-            let old = PathBuf::from(old);
-            let _ = fs::remove_dir_all(&old);
-            fs::rename(dest, &old).map_err(|e| KernelError::io("move aside", dest, e))?;
-            fs::remove_dir_all(&old).map_err(|e| KernelError::io("remove", &old, e))?;
-        }
-        fs::rename(tmp, dest).map_err(|e| KernelError::io("move into place", dest, e))
+    /// Moves a complete, sealed kernel dir into place. An older one at `dest` is replaced in
+    /// one atomic exchange, with its use lock held exclusively (after calling `on_wait` when
+    /// runs are using it), and then removed.
+    pub(crate) fn install(
+        &self,
+        tmp: &Path,
+        dest: &Path,
+        on_wait: &mut dyn FnMut(),
+    ) -> Result<(), KernelError> {
+        entry::exclusive(dest, on_wait, || {
+            let parent = dest.parent().unwrap_or(Path::new("."));
+            if !dest.exists() {
+                fs::rename(tmp, dest).map_err(|e| KernelError::io("move into place", dest, e))?;
+                return manifest::sync_dir(parent);
+            }
+            use rustix::fs::{renameat_with, RenameFlags, CWD};
+            match renameat_with(CWD, tmp, CWD, dest, RenameFlags::EXCHANGE) {
+                Ok(()) => {}
+                // A filesystem without RENAME_EXCHANGE: move aside, then into place. Runs
+                // wait on the lock meanwhile, so none sees the gap.
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                    let mut old = tmp.as_os_str().to_owned();
+                    old.push(".old");
+                    let old = PathBuf::from(old);
+                    let _ = fs::remove_dir_all(&old);
+                    fs::rename(dest, &old).map_err(|e| KernelError::io("move aside", dest, e))?;
+                    fs::rename(tmp, dest)
+                        .map_err(|e| KernelError::io("move into place", dest, e))?;
+                    fs::rename(&old, tmp).map_err(|e| KernelError::io("move", &old, e))?;
+                }
+                Err(e) => return Err(KernelError::io("move into place", dest, e.into())),
+            }
+            manifest::sync_dir(parent)?;
+            // `tmp` now holds the old entry.
+            fs::remove_dir_all(tmp).map_err(|e| KernelError::io("remove", tmp, e))
+        })
     }
 
     /// Bytes used by a stored kernel.
@@ -262,7 +345,7 @@ pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<File, KernelErro
     Ok(file)
 }
 
-fn open_lock_file(path: &Path) -> Result<File, KernelError> {
+pub(crate) fn open_lock_file(path: &Path) -> Result<File, KernelError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| KernelError::io("create", dir, e))?;
     }
@@ -346,8 +429,30 @@ pub(crate) fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Seals a kernel dir before it is moved into place: records the manifest of its files
+/// (`kernel.sums`), then its metadata (`kernel.meta`, last), each durably, and flushes the
+/// whole dir to disk.
+pub(crate) fn seal(
+    dir: &Path,
+    kernel: &Kernel,
+    package_version: Option<&str>,
+) -> Result<(), KernelError> {
+    let roots: Vec<&str> = [Some(IMAGE)]
+        .into_iter()
+        .chain([
+            kernel.config.as_ref().map(|_| CONFIG),
+            kernel.modules_dir.as_ref().map(|_| MODULES),
+        ])
+        .flatten()
+        .collect();
+    let sums = Manifest::compute(dir, &roots)?;
+    manifest::write_durably(&dir.join(SUMS), sums.to_text().as_bytes())?;
+    write_meta(dir, kernel, package_version)?;
+    manifest::sync_filesystem(dir)
+}
+
 /// Writes `kernel.meta` into a kernel dir (the last file written before it is moved in place).
-pub(crate) fn write_meta(
+fn write_meta(
     dir: &Path,
     kernel: &Kernel,
     package_version: Option<&str>,
@@ -355,7 +460,7 @@ pub(crate) fn write_meta(
     let opt = |v: Option<&str>| v.unwrap_or("").to_owned();
     let text = format!(
         "# vmtest kernel store entry\nname={}\narch={}\nversion={}\nflavour={}\npackage={}\n\
-         package_version={}\nimage={IMAGE}\nconfig={}\nmodules={}\n",
+         package_version={}\nimage={IMAGE}\nconfig={}\nmodules={}\nsums={SUMS}\n",
         kernel.name,
         kernel.arch,
         opt(kernel.version.as_deref()),
@@ -365,8 +470,7 @@ pub(crate) fn write_meta(
         if kernel.config.is_some() { CONFIG } else { "" },
         if kernel.modules_dir.is_some() { MODULES } else { "" },
     );
-    let path = dir.join(META);
-    fs::write(&path, text).map_err(|e| KernelError::io("write", &path, e))
+    manifest::write_durably(&dir.join(META), text.as_bytes())
 }
 
 /// One field of a stored kernel's `kernel.meta`.
@@ -388,20 +492,31 @@ pub(crate) fn meta_value(text: &str, key: &str) -> Option<String> {
 pub(crate) fn read_meta(dir: &Path) -> Result<Kernel, KernelError> {
     let path = dir.join(META);
     let text = fs::read_to_string(&path).map_err(|e| KernelError::io("read", &path, e))?;
-    let field = |key: &str| meta_value(&text, key);
-    let bad = |reason: String| KernelError::Metadata { path: path.clone(), reason };
-    let name = field("name").ok_or_else(|| bad("it has no `name=`".into()))?;
-    let arch = field("arch")
-        .ok_or_else(|| bad("it has no `arch=`".into()))?
-        .parse::<Arch>()
-        .map_err(|e| bad(e.to_string()))?;
+    parse_meta(dir, &text).map_err(|reason| KernelError::Metadata { path, reason })
+}
+
+/// The kernel an entry's `kernel.meta` text describes; its file names must be plain names in
+/// the entry's dir.
+pub(crate) fn parse_meta(dir: &Path, text: &str) -> Result<Kernel, String> {
+    let field = |key: &str| meta_value(text, key);
+    let name = field("name").ok_or("it has no `name=`")?;
+    let arch =
+        field("arch").ok_or("it has no `arch=`")?.parse::<Arch>().map_err(|e| e.to_string())?;
+    let file = |key: &str| -> Result<Option<PathBuf>, String> {
+        match field(key) {
+            Some(v) if v.contains('/') || v.starts_with('.') || v.chars().any(char::is_control) => {
+                Err(format!("`{key}={v}` is not a plain file name in the entry"))
+            }
+            v => Ok(v.map(|v| dir.join(v))),
+        }
+    };
     Ok(Kernel {
         name,
         arch,
         version: field("version"),
-        image: dir.join(field("image").unwrap_or_else(|| IMAGE.into())),
-        modules_dir: field("modules").map(|m| dir.join(m)),
-        config: field("config").map(|c| dir.join(c)),
+        image: file("image")?.unwrap_or_else(|| dir.join(IMAGE)),
+        modules_dir: file("modules")?,
+        config: file("config")?,
         flavour: field("flavour"),
         package: field("package"),
         store_dir: Some(dir.to_owned()),
@@ -454,6 +569,208 @@ mod tests {
         assert!(err.contains("`a/b`"), "{err}");
         let err = store.add("x", &config, None, None).unwrap_err().to_string();
         assert!(err.contains("not a kernel image"), "{err}");
+    }
+
+    /// A store with one x86_64 kernel added under `name` (with a config and a module).
+    fn store_with(dir: &Path, names: &[&str]) -> Store {
+        let store = Store::at(dir.join("store"));
+        for name in names {
+            let src = dir.join(format!("src-{name}"));
+            let mods = src.join("lib/modules/6.15.0");
+            crate::kernel::modules::tests::fake_module(&mods.join("kernel"), "net/dummy.ko", &[]);
+            fs::write(src.join("bzImage"), fake_bzimage(&format!("{name}-rc1"))).unwrap();
+            fs::write(src.join("config"), "CONFIG_VIRTIO=y\n").unwrap();
+            store.add(name, &src.join("bzImage"), Some(&src), Some(&src.join("config"))).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn a_corrupt_meta_skips_only_that_entry() {
+        let dir = scratch_dir("store-corrupt-meta");
+        let store = store_with(&dir, &["6.15.1", "6.15.2", "mine"]);
+        let entry = store.arch_dir(Arch::X86_64).join("6.15.2");
+        fs::write(entry.join(META), "\0\0garbage").unwrap();
+        let mine = store.arch_dir(Arch::X86_64).join("mine");
+        fs::write(mine.join(META), "name=mine\narch=x86_64\nimage=../../../etc/passwd\n").unwrap();
+
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|k| k.name).collect();
+        assert_eq!(names, ["6.15.1"]);
+        assert_eq!(store.find("6.15", Arch::X86_64).unwrap().name, "6.15.1");
+        let err = store.find("mine", Arch::X86_64).unwrap_err().to_string();
+        assert!(err.contains("failed to find kernel `mine`"), "{err}");
+
+        let reason = read_meta(&mine).unwrap_err().to_string();
+        assert!(
+            reason.contains("`image=../../../etc/passwd` is not a plain file name"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn damaged_entries_are_skipped_and_named_with_their_repair() {
+        let dir = scratch_dir("store-damaged");
+        let store = store_with(&dir, &["6.15.1", "6.15.2"]);
+        let newest = store.arch_dir(Arch::X86_64).join("6.15.2");
+        assert!(newest.join(SUMS).is_file());
+        assert_eq!(meta_field(&newest, "sums").as_deref(), Some(SUMS));
+
+        // Truncated: caught by its size, the older 6.15 is used instead.
+        let image = newest.join(IMAGE);
+        let good = fs::read(&image).unwrap();
+        fs::write(&image, b"").unwrap();
+        assert_eq!(store.find("6.15", Arch::X86_64).unwrap().name, "6.15.1");
+        let err = store.find("6.15.2", Arch::X86_64).unwrap_err().to_string();
+        assert!(err.contains(&format!("the entry {} is damaged", newest.display())), "{err}");
+        assert!(err.contains("`vmlinuz` is 0 bytes"), "{err}");
+        assert!(err.contains(&format!("`rm -r {}`", newest.display())), "{err}");
+        assert!(err.contains("`cargo vmtest kernel add 6.15.2 --image"), "{err}");
+
+        // Same size, other bytes, a new mtime: caught by its hash.
+        let mut flipped = good.clone();
+        flipped[0x300] ^= 0xff;
+        fs::write(&image, &flipped).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+        File::options().write(true).open(&image).unwrap().set_modified(later).unwrap();
+        let err = Store::at(store.root()).find("6.15.2", Arch::X86_64).unwrap_err().to_string();
+        assert!(err.contains("`vmlinuz` does not match its SHA-256"), "{err}");
+
+        // Restored: usable again, and its new mtime is recorded.
+        fs::write(&image, &good).unwrap();
+        File::options().write(true).open(&image).unwrap().set_modified(later).unwrap();
+        let opened = entry::check(&newest, Depth::Quick).unwrap();
+        assert_eq!(opened.kernel.name, "6.15.2");
+        // A module that vanished.
+        let module = newest.join("modules/kernel/net/dummy.ko");
+        fs::remove_file(&module).unwrap();
+        let err = entry::check(&newest, Depth::Quick).unwrap_err();
+        assert!(format!("{err:?}").contains("dummy.ko` cannot be read"), "{err:?}");
+    }
+
+    #[test]
+    fn an_entry_without_checksums_gets_them_on_first_use() {
+        let dir = scratch_dir("store-legacy");
+        let store = store_with(&dir, &["6.15.1", "6.15.2"]);
+        // As vmtest wrote entries before it kept checksums.
+        for name in ["6.15.1", "6.15.2"] {
+            let entry = store.arch_dir(Arch::X86_64).join(name);
+            fs::remove_file(entry.join(SUMS)).unwrap();
+            let meta = fs::read_to_string(entry.join(META)).unwrap();
+            fs::write(entry.join(META), meta.replace("sums=kernel.sums\n", "")).unwrap();
+        }
+        let damaged = store.arch_dir(Arch::X86_64).join("6.15.2");
+        fs::write(damaged.join(CONFIG), b"").unwrap();
+
+        let k = store.find("6.15", Arch::X86_64).unwrap();
+        assert_eq!(k.name, "6.15.1", "the legacy entry with an empty config is skipped");
+        let entry = k.store_dir.unwrap();
+        assert_eq!(meta_field(&entry, "sums").as_deref(), Some(SUMS));
+        let sums = fs::read_to_string(entry.join(SUMS)).unwrap();
+        assert!(sums.contains(" vmlinuz\n") && sums.contains(" modules/kernel/net/dummy.ko\n"));
+        assert!(!damaged.join(SUMS).exists(), "no checksums are recorded for a damaged entry");
+        let err = entry::check(&damaged, Depth::Quick).unwrap_err();
+        assert!(format!("{err:?}").contains("`config` is empty"), "{err:?}");
+    }
+
+    #[test]
+    fn damaged_derived_files_are_removed_and_made_again() {
+        let dir = scratch_dir("store-derived");
+        let store = store_with(&dir, &["6.15.1"]);
+        let entry = store.arch_dir(Arch::X86_64).join("6.15.1");
+        fs::write(entry.join("vmlinux-pvh"), b"").unwrap();
+        fs::write(entry.join("modules.alias"), b"").unwrap();
+        let k = store.find("6.15.1", Arch::X86_64).unwrap();
+        assert!(!entry.join("vmlinux-pvh").exists() && !entry.join("modules.alias").exists());
+        // The fake bzImage has no payload: the boot image is the bzImage, noted as such.
+        assert_eq!(k.boot_image(crate::accel::Accel::Tcg), k.image);
+
+        // An ELF shorter than its segments (a write cut short).
+        let elf = entry.join("vmlinux-pvh");
+        let mut bytes = vec![0u8; 64 + 56];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        bytes[4] = 2;
+        bytes[5] = 1;
+        bytes[6] = 1;
+        bytes[18] = 62;
+        bytes[32] = 64; // e_phoff
+        bytes[52] = 64; // e_ehsize
+        bytes[54] = 56; // e_phentsize
+        bytes[56] = 1; // e_phnum
+        bytes[64] = 1; // PT_LOAD
+        bytes[64 + 8..64 + 16].copy_from_slice(&4096u64.to_le_bytes()); // p_offset
+        bytes[64 + 32..64 + 40].copy_from_slice(&4096u64.to_le_bytes()); // p_filesz
+        fs::write(&elf, &bytes).unwrap();
+        entry::check(&entry, Depth::Quick).unwrap();
+        assert!(!elf.exists(), "a truncated ELF is removed");
+        bytes.resize(8192, 0);
+        fs::write(&elf, &bytes).unwrap();
+        entry::check(&entry, Depth::Quick).unwrap();
+        assert!(elf.exists(), "a whole one is kept");
+    }
+
+    #[test]
+    fn a_replacement_waits_for_the_runs_using_the_entry() {
+        use rustix::fs::{flock, FlockOperation};
+        let dir = scratch_dir("store-replace");
+        let store = store_with(&dir, &["6.15.1"]);
+        let dest = store.arch_dir(Arch::X86_64).join("6.15.1");
+        let lock = store.arch_dir(Arch::X86_64).join(".locks/6.15.1.use");
+        // Another process's run (an open file description of its own).
+        let reader = open_lock_file(&lock).unwrap();
+        flock(&reader, FlockOperation::LockShared).unwrap();
+
+        let tmp = store.temp_dir(Arch::X86_64, "6.15.1").unwrap();
+        fs::write(tmp.join("marker"), b"new").unwrap();
+        let waited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let installer = {
+            let (store, tmp, dest, waited) =
+                (store.clone(), tmp.clone(), dest.clone(), waited.clone());
+            std::thread::spawn(move || {
+                store.install(&tmp, &dest, &mut || {
+                    waited.store(true, std::sync::atomic::Ordering::SeqCst)
+                })
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(waited.load(std::sync::atomic::Ordering::SeqCst), "the installer said it waits");
+        assert!(dest.join(META).is_file() && !dest.join("marker").exists(), "not replaced yet");
+        drop(reader);
+        installer.join().unwrap().unwrap();
+        assert!(dest.join("marker").is_file() && !tmp.exists());
+
+        // And a run waits while an entry is being replaced.
+        let writer = open_lock_file(&lock).unwrap();
+        flock(&writer, FlockOperation::LockExclusive).unwrap();
+        let finder = {
+            let dest = dest.clone();
+            std::thread::spawn(move || entry::open(&dest, Depth::Quick).map(|_| ()))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!finder.is_finished(), "a run does not read an entry being replaced");
+        drop(writer);
+        let err = finder.join().unwrap().unwrap_err();
+        assert!(format!("{err:?}").contains("kernel.meta cannot be read"), "{err:?}");
+    }
+
+    #[test]
+    fn repair_hints_name_the_series_or_the_add_command() {
+        let hint = |name: &str, arch, pkg| {
+            entry::repair_hint(&Path::new("/s/x86_64").join(name), arch, pkg)
+        };
+        assert!(hint("6.12.117+deb12-amd64", Arch::X86_64, None)
+            .contains("kernel fetch 6.12 --arch x86_64"));
+        assert!(hint("6.1.0-57-cloud-amd64", Arch::X86_64, None)
+            .contains("kernel fetch 6.1-cloud --arch x86_64"));
+        assert!(
+            hint("6.1.0-57-amd64", Arch::X86_64, None).contains("kernel fetch 6.1 --arch x86_64")
+        );
+        assert!(hint("6.12.117+deb12-arm64", Arch::Aarch64, None)
+            .contains("kernel fetch 6.12 --arch aarch64"));
+        let own = hint("bpf-next", Arch::X86_64, None);
+        assert!(
+            own.contains("`rm -r /s/x86_64/bpf-next`") && own.contains("kernel add bpf-next"),
+            "{own}"
+        );
     }
 
     #[test]

@@ -162,7 +162,7 @@ fn fetch(
     apt::unpack(&deb, &unpacked)?;
     let entry = tmp.join(ENTRY);
     assemble(&unpacked, &entry, arch, &package.name, &package.version)?;
-    store.install(&entry, &dest)?;
+    store.install(&entry, &dest, &mut || {})?;
     fs::remove_dir_all(&tmp).map_err(|e| KernelError::io("remove", &tmp, e))?;
     let userland = read_entry(&dest)?.ok_or_else(|| KernelError::Metadata {
         path: dest.join(META),
