@@ -20,7 +20,8 @@ commands:
   test --arch <arch> [<cargo test args>] [-- <test args>]
                           cross-build the VM suites for <arch> (x86_64, aarch64/arm64) and run
                           them under that arch's QEMU through `cargo-vmtest run`
-  kernel fetch|list|add   manage the kernel store (`cargo xtask kernel help`)
+  kernel fetch|list|add|verify
+                          manage the kernel store (`cargo xtask kernel help`)
   userland fetch|list     the guest's busybox userland in the kernel store
   bench [--arch <arch>] [--rounds N] [--only <scenario>,...]
                           time boots against the bare-QEMU floor (one test, 50 tests, a 2-kernel

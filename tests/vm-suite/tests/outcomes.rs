@@ -701,3 +701,95 @@ fn a_kernel_given_by_path_loads_modules_from_its_modules_dir() {
     assert_eq!(before, after, "the modules dir changed");
     run.assert_clean();
 }
+
+/// Copies files and dirs from `from` into `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let ty = entry.file_type().unwrap();
+        if ty.is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else if ty.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn store_kernels_are_checked_before_they_boot_and_skipped_when_damaged() {
+    let arch = vmtest::arch::Arch::host();
+    let Ok(real) = vmtest::kernel::resolve(Some("6.12"), arch) else {
+        eprintln!("skipped: no 6.12 kernel in the store (`cargo xtask setup` fetches one)");
+        return;
+    };
+    let real_store = vmtest::kernel::Store::open().unwrap();
+    // A store of our own (the real one is shared with other runs): a copy of the stored 6.12
+    // as vmtest wrote entries before it kept checksums, with a vmlinux-pvh left empty by a
+    // crash, beside a newer entry whose kernel.meta is garbage.
+    let scratch = RunDir::new("store-check-store");
+    let store = scratch.0.join("store");
+    let src = real.store_dir.expect("a stored kernel has its dir");
+    let name = src.file_name().unwrap().to_str().unwrap().to_owned();
+    let entry = store.join(arch.name()).join(&name);
+    std::fs::create_dir_all(&entry).unwrap();
+    for file in ["vmlinuz", "config"] {
+        std::fs::copy(src.join(file), entry.join(file)).unwrap();
+    }
+    copy_tree(&src.join("modules"), &entry.join("modules"));
+    let meta = std::fs::read_to_string(src.join("kernel.meta")).unwrap();
+    let legacy: String =
+        meta.lines().filter(|l| !l.starts_with("sums=")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(entry.join("kernel.meta"), legacy).unwrap();
+    std::fs::write(entry.join("vmlinux-pvh"), b"").unwrap();
+    let corrupt = store.join(arch.name()).join(format!("6.12.999+deb12-{}", arch.debian_name()));
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("kernel.meta"), b"\0\0\xffnot metadata").unwrap();
+    std::os::unix::fs::symlink(real_store.root().join("userland"), store.join("userland")).unwrap();
+    let env = [("VMTEST_KERNELS", store.to_str().unwrap()), ("VMTEST_KERNEL", "6.12")];
+    let boot = |label: &str| {
+        let run = RunDir::new(label);
+        let ran = run.run(FAILING, &["--exact", "prints_kernel_release", "--nocapture"], &env);
+        run.assert_clean();
+        ran
+    };
+
+    // First use: the checksums are recorded, the empty PVH image is made again, the corrupt
+    // entry is skipped with one warning naming it and its repair, and the kernel boots.
+    let ran = boot("store-check-first");
+    let stdout = &ran.expect_code(0).stdout;
+    assert_contains(stdout, &[&format!("kernel release: {name}")]);
+    let entry_path = entry.display().to_string();
+    assert_contains(
+        &ran.stderr,
+        &[
+            &format!("recording the checksums of the kernel store entry {entry_path}"),
+            &format!("removed the damaged {entry_path}/vmlinux-pvh (it is empty)"),
+        ],
+    );
+    let skipped: Vec<&str> = ran.stderr.lines().filter(|l| l.contains("skipping")).collect();
+    assert_eq!(skipped.len(), 1, "{}", ran.stderr);
+    assert_contains(
+        skipped[0],
+        &[&corrupt.display().to_string(), &format!("kernel fetch 6.12 --arch {arch}")],
+    );
+    assert!(entry.join("kernel.sums").is_file());
+    assert!(std::fs::metadata(entry.join("vmlinux-pvh")).unwrap().len() > 0);
+
+    // Verified against its checksums, it boots again, and nothing is recorded twice.
+    let ran = boot("store-check-verified");
+    assert_contains(&ran.expect_code(0).stdout, &[&format!("kernel release: {name}")]);
+    assert!(!ran.stderr.contains("recording"), "{}", ran.stderr);
+
+    // A flipped byte under a new mtime: one error naming the entry and the repair, no boot.
+    let image = entry.join("vmlinuz");
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[0x1000] ^= 0xff;
+    std::fs::write(&image, &bytes).unwrap();
+    let ran = boot("store-check-damaged");
+    ran.expect_one_error(&[
+        &format!("the entry {entry_path} is damaged"),
+        "`vmlinuz` does not match its SHA-256",
+        &format!("kernel fetch 6.12 --arch {arch}"),
+    ]);
+}

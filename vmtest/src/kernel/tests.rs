@@ -270,3 +270,56 @@ fn quick_modinfo_agrees_with_the_full_read_on_real_modules() {
         }
     }
 }
+
+#[test]
+#[ignore = "downloads Debian's current 6.12 kernel package (about 107 MB)"]
+fn fetch_repairs_a_damaged_entry() {
+    let arch = Arch::X86_64;
+    let Some(real) = stored("6.12", arch) else { return };
+    if apt::require_tools(std::env::var_os("PATH").as_deref()).is_err() {
+        eprintln!("skipped: apt's tools are not installed");
+        return;
+    }
+    // A copy of the stored entry (and apt's lists) in a store of its own, with a module cut
+    // short and the image changed in place.
+    let dir = scratch_dir("fetch-repair");
+    let store = Store::at(&*dir);
+    let src = real.store_dir.clone().unwrap();
+    let entry = store.arch_dir(arch).join(&real.name);
+    store::copy_tree(&src, &entry).unwrap();
+    let real_store = Store::open().unwrap();
+    store::copy_tree(&real_store.root().join("apt"), &dir.join("apt")).unwrap();
+    let module = entry.join("modules/kernel/drivers/net/dummy.ko.xz");
+    fs::write(&module, b"").unwrap();
+
+    let mut lines = Vec::new();
+    let fetched = store.fetch("6.12", arch, &mut |l| lines.push(l.to_owned())).unwrap();
+    if fetched.kernel().name != real.name {
+        eprintln!(
+            "skipped: Debian's 6.12 is now {}, not the stored {}",
+            fetched.kernel().name,
+            real.name
+        );
+        return;
+    }
+    assert!(matches!(fetched, Fetched::Added(_)), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("is damaged (`modules/kernel/drivers/net/dummy.ko.xz` is 0 bytes")
+                && l.contains("fetching it again")),
+        "{lines:#?}"
+    );
+    entry::check(&entry, manifest::Depth::Full).unwrap();
+    assert!(fs::metadata(&module).unwrap().len() > 0);
+    let leftovers: Vec<_> = fs::read_dir(store.arch_dir(arch))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Intact now: a second fetch downloads nothing.
+    let again = store.fetch("6.12", arch, &mut |_| {}).unwrap();
+    assert!(matches!(again, Fetched::AlreadyPresent(_)));
+}
