@@ -773,6 +773,75 @@ mod tests {
         );
     }
 
+    /// Set in the child that `an_added_entry_reaches_the_disk_before_its_name` traces.
+    const TRACED_ADD: &str = "VMTEST_STORE_TRACED_ADD";
+
+    #[test]
+    fn an_added_entry_reaches_the_disk_before_its_name() {
+        if let Some(dir) = std::env::var_os(TRACED_ADD) {
+            store_with(Path::new(&dir), &["6.15.1"]);
+            return;
+        }
+        let dir = scratch_dir("store-traced");
+        let log = dir.join("strace.log");
+        let status = std::process::Command::new("strace")
+            .args([
+                "-f",
+                "-y",
+                "-qq",
+                "-e",
+                "trace=fsync,fdatasync,syncfs,rename,renameat,renameat2",
+            ])
+            .arg("-o")
+            .arg(&log)
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kernel::store::tests::an_added_entry_reaches_the_disk_before_its_name",
+            ])
+            .env(TRACED_ADD, &*dir)
+            .stdout(std::process::Stdio::null())
+            .status();
+        match status {
+            Err(e) => {
+                return eprintln!("skipped: cannot run strace ({e}); `apt-get install strace`")
+            }
+            Ok(s) if !s.success() && !log.exists() => {
+                return eprintln!("skipped: strace cannot trace here ({s})")
+            }
+            Ok(s) => assert!(s.success(), "the traced add failed: {s}"),
+        }
+        let trace = fs::read_to_string(&log).unwrap();
+        let arch_dir = dir.join("store/x86_64");
+        let at = |what: &str, needle: &str| {
+            trace
+                .lines()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {what}:\n{trace}"))
+        };
+        let tmp = arch_dir.join(".tmp-6.15.1");
+        let sums = at("rename to kernel.sums", &format!("{}\")", tmp.join(SUMS).display()));
+        let meta = at("rename to kernel.meta", &format!("{}\")", tmp.join(META).display()));
+        let fsynced_meta = at("fsync of the temp kernel.meta", ".kernel.meta.tmp-");
+        let syncfs = at("syncfs", "syncfs(");
+        let install =
+            at("rename into place", &format!("\"{}\"", arch_dir.join("6.15.1").display()));
+        let synced_dir = format!("<{}>)", arch_dir.display());
+        let dir_synced = trace
+            .lines()
+            .skip(install)
+            .any(|l| l.contains("fsync(") && l.ends_with(&format!("{synced_dir} = 0")));
+        assert!(
+            sums < meta && fsynced_meta < meta,
+            "kernel.meta is written last, durably:\n{trace}"
+        );
+        assert!(
+            meta < syncfs && syncfs < install,
+            "flushed before it is renamed into place:\n{trace}"
+        );
+        assert!(dir_synced, "the rename is made durable:\n{trace}");
+    }
+
     #[test]
     fn half_written_kernels_do_not_count() {
         let dir = scratch_dir("store-partial");
