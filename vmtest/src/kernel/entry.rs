@@ -318,7 +318,10 @@ pub(crate) fn repair_hint(dir: &Path, arch: Arch, package: Option<&str>) -> Stri
                 Some(f) => format!("{series}-{f}"),
                 None => series,
             };
-            super::fetch_command(&spec, arch)
+            format!(
+                "{} (or remove the dir, if Debian's {spec} has moved to a newer release)",
+                super::fetch_command(&spec, arch)
+            )
         }
         None => format!(
             "`rm -r {}` and `cargo vmtest kernel add {name} --image <path> [--modules <dir>] \
