@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: install what the test suite needs on a Debian machine.
 //!
-//! QEMU from Debian's packages (when missing; needs root), the musl rustup targets, and the
+//! QEMU and the host tools the suite runs (`ip`, `strace`) from Debian's packages (when
+//! missing; needs root), the musl rustup targets, and the
 //! kernels the suite boots and the guest userland (Debian's static busybox) of each arch they
 //! boot, fetched into the kernel store.
 
@@ -11,9 +12,15 @@ use vmtest::kernel::Store;
 
 use crate::exec::{have, run};
 
-/// QEMU system emulators and the Debian packages that provide them.
-const QEMU: [(&str, &str); 2] =
-    [("qemu-system-x86_64", "qemu-system-x86"), ("qemu-system-aarch64", "qemu-system-arm")];
+/// The programs the suite runs on the host (QEMU's system emulators; `ip` for the network
+/// namespace tests; `strace` for the store's write-order test) and the Debian packages that
+/// provide them.
+const HOST_TOOLS: [(&str, &str); 4] = [
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-system-aarch64", "qemu-system-arm"),
+    ("ip", "iproute2"),
+    ("strace", "strace"),
+];
 
 /// The kernels the workspace's suites boot, per architecture.
 pub const SUITE_KERNELS: [(Arch, &[&str]); 2] =
@@ -34,14 +41,18 @@ pub fn run_setup(args: &[String]) -> ExitCode {
 }
 
 fn setup() -> Result<(), String> {
-    let missing: Vec<&str> =
-        QEMU.iter().filter(|(binary, _)| !have(binary)).map(|&(_, package)| package).collect();
+    let missing: Vec<&str> = HOST_TOOLS
+        .iter()
+        .filter(|(binary, _)| !have(binary))
+        .map(|&(_, package)| package)
+        .collect();
     if !missing.is_empty() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(format!(
-                "QEMU is missing; install it with \
+                "the host tools of the suite are missing (Debian packages {}); install them with \
                  `sudo apt-get install -y --no-install-recommends {}`",
+                missing.join(", "),
                 missing.join(" ")
             ));
         }
