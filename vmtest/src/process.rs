@@ -7,14 +7,20 @@
 //!   the conventional status (130 for Ctrl-C).
 //! - A panic on any thread but a VM's own (those are caught and reported per group) kills every
 //!   live QEMU group and removes its temp dir before the process unwinds out of `main`.
-//! - QEMU gets `PR_SET_PDEATHSIG(SIGKILL)` as the backstop when the harness is killed outright;
-//!   the temp dirs such a run leaves (named `vmtest-<pid>-*`) are removed by the next run
-//!   ([`remove_stale_workdirs`]).
+//! - QEMU gets `PR_SET_PDEATHSIG(SIGKILL)` as the backstop when the harness is killed outright
+//!   (and exits at once if the harness died before that was set).
+//! - A VM temp dir (`vmtest-<pid>-*`) is locked (flock on the directory) by its run for as long
+//!   as it exists; [`remove_stale_workdirs`] removes only those whose lock it can take, so a
+//!   run in another PID namespace (a container, a CI job) sharing the temp dir keeps its own.
+//! - A file written under a temporary name ([`create_partial`]) is removed if it is never
+//!   renamed into place: on drop (an error, a panic that unwinds) and by the cleanup of an
+//!   interrupted or panicking harness.
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
@@ -26,6 +32,8 @@ struct Live {
     groups: BTreeSet<u32>,
     /// VM temp dirs.
     dirs: BTreeSet<PathBuf>,
+    /// Files being written under a temporary name.
+    partials: BTreeSet<PathBuf>,
     /// Cleanup has run: no new QEMU or temp dir may appear (the process is about to end).
     stopping: bool,
 }
@@ -33,8 +41,12 @@ struct Live {
 /// A cleanup signal arrived: the signal thread owns the exit status from now on.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-static LIVE: Mutex<Live> =
-    Mutex::new(Live { groups: BTreeSet::new(), dirs: BTreeSet::new(), stopping: false });
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    groups: BTreeSet::new(),
+    dirs: BTreeSet::new(),
+    partials: BTreeSet::new(),
+    stopping: false,
+});
 
 fn live() -> std::sync::MutexGuard<'static, Live> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
@@ -119,6 +131,9 @@ fn kill_everything() {
     for dir in &live.dirs {
         let _ = std::fs::remove_dir_all(dir);
     }
+    for partial in &live.partials {
+        let _ = std::fs::remove_file(partial);
+    }
 }
 
 fn kill_group(pid: u32) {
@@ -129,19 +144,31 @@ fn kill_group(pid: u32) {
     }
 }
 
-/// A private temp dir for one VM, `vmtest-<pid>-XXXXXX` in the temp dir, removed on drop and
-/// by the cleanup of an interrupted or panicking harness.
-pub(crate) struct WorkDir(tempfile::TempDir);
+/// Created in a VM temp dir once its run holds the dir's lock: a dir that has it and whose lock
+/// can be taken was abandoned.
+const LOCKED_MARKER: &str = ".vmtest-locked";
+/// A VM temp dir without [`LOCKED_MARKER`] (its run died between creating and locking it, or
+/// an older vmtest made it) is removed only once it is this old.
+const UNMARKED_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// A private temp dir for one VM, `vmtest-<pid>-XXXXXX` in the temp dir, locked while it
+/// exists, removed on drop and by the cleanup of an interrupted or panicking harness.
+pub(crate) struct WorkDir {
+    dir: tempfile::TempDir,
+    /// The directory itself, open and flocked: the sign that its run is alive, valid across
+    /// PID namespaces (the pid in the name is not).
+    _lock: File,
+}
 
 impl WorkDir {
-    pub(crate) fn path(&self) -> &std::path::Path {
-        self.0.path()
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        live().dirs.remove(self.0.path());
+        live().dirs.remove(self.dir.path());
     }
 }
 
@@ -155,28 +182,131 @@ pub(crate) fn vm_workdir() -> Result<WorkDir, crate::Error> {
         .prefix(&format!("vmtest-{}-", std::process::id()))
         .tempdir()
         .map_err(|e| crate::Error::io("failed to create a temp dir", e))?;
+    let lock = lock_workdir(dir.path()).map_err(|e| {
+        crate::Error::io(format!("failed to lock the temp dir {}", dir.path().display()), e)
+    })?;
     live.dirs.insert(dir.path().to_owned());
-    Ok(WorkDir(dir))
+    Ok(WorkDir { dir, _lock: lock })
+}
+
+/// Takes `dir`'s lock (waiting while a sweep of another run looks at it), then marks it locked.
+fn lock_workdir(dir: &Path) -> io::Result<File> {
+    use rustix::fs::{flock, FlockOperation};
+    // Opened close-on-exec (as std opens every file): QEMU does not inherit the lock.
+    let lock = File::open(dir)?;
+    flock(&lock, FlockOperation::LockExclusive)?;
+    File::create(dir.join(LOCKED_MARKER))?;
+    Ok(lock)
 }
 
 /// Removes the VM temp dirs of harness runs that no longer exist (killed with SIGKILL, which
-/// leaves no chance to clean up). Errors are ignored: another run may be removing the same.
+/// leaves no chance to clean up): those whose lock can be taken. Errors are ignored: another
+/// run may be removing the same, and other users' dirs are theirs.
 pub(crate) fn remove_stale_workdirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    remove_stale_workdirs_in(&std::env::temp_dir(), UNMARKED_GRACE);
+}
+
+fn remove_stale_workdirs_in(temp: &Path, unmarked_grace: Duration) {
+    use rustix::fs::{flock, FlockOperation};
+    let Ok(entries) = std::fs::read_dir(temp) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = stale_owner(&name.to_string_lossy()) else { continue };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
+        if !is_workdir_name(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        // Never follow a symlink someone else put there.
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(dir) = File::open(&path) else { continue };
+        if flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // its run is alive, in this PID namespace or another
+        }
+        // Unmarked and young: its run may be between creating and locking it.
+        let abandoned = path.join(LOCKED_MARKER).exists()
+            || dir
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= unmarked_grace));
+        if abandoned {
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
 }
 
-/// The pid in a VM temp dir's name `vmtest-<pid>-<random>`.
-fn stale_owner(name: &str) -> Option<u32> {
-    let (pid, random) = name.strip_prefix("vmtest-")?.split_once('-')?;
-    (!random.is_empty() && !random.contains('-')).then_some(())?;
-    pid.parse().ok()
+/// Whether `name` is a VM temp dir's: `vmtest-<pid>-<random>`.
+fn is_workdir_name(name: &str) -> bool {
+    let Some((pid, random)) = name.strip_prefix("vmtest-").and_then(|n| n.split_once('-')) else {
+        return false;
+    };
+    !random.is_empty() && !random.contains('-') && pid.parse::<u32>().is_ok()
+}
+
+/// Suffixes of the files vmtest writes under a temporary name outside its temp dirs (received
+/// artifacts, console logs), which a run that was killed can leave behind.
+pub(crate) const PARTIAL_SUFFIXES: [&str; 2] = [".vmtest-partial", ".partial"];
+
+/// Removes files ending in one of [`PARTIAL_SUFFIXES`] in `dir`, and below it if `recursive`.
+/// Only for a directory no other live run writes to (held under its lock).
+pub(crate) fn remove_partials(dir: &Path, recursive: bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else { continue };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if kind.is_dir() && recursive {
+            remove_partials(&entry.path(), true);
+        } else if !kind.is_dir() && PARTIAL_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A file being written under a temporary name: removed on drop unless [`persist`]ed (renamed
+/// into place), and by the cleanup of an interrupted or panicking harness.
+///
+/// [`persist`]: PartialFile::persist
+pub(crate) struct PartialFile {
+    path: PathBuf,
+    persisted: bool,
+}
+
+/// Creates (truncating) the file `path` as a [`PartialFile`]; refused once the harness is
+/// stopping, so the cleanup cannot miss it.
+pub(crate) fn create_partial(path: &Path) -> io::Result<(File, PartialFile)> {
+    create_partial_with(path, |path| File::create(path))
+}
+
+/// [`create_partial`] with `create` making the file (e.g. with `O_EXCL`).
+pub(crate) fn create_partial_with(
+    path: &Path,
+    create: impl FnOnce(&Path) -> io::Result<File>,
+) -> io::Result<(File, PartialFile)> {
+    let mut live = live();
+    if live.stopping {
+        return Err(io::Error::other("the harness is stopping"));
+    }
+    let file = create(path)?;
+    live.partials.insert(path.to_owned());
+    Ok((file, PartialFile { path: path.to_owned(), persisted: false }))
+}
+
+impl PartialFile {
+    /// Renames the file to `to`. On error it is removed.
+    pub(crate) fn persist(mut self, to: &Path) -> io::Result<()> {
+        std::fs::rename(&self.path, to)?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        live().partials.remove(&self.path);
+    }
 }
 
 /// A running QEMU, in its own process group, killed and reaped on drop.
@@ -190,13 +320,23 @@ impl QemuProcess {
     pub fn spawn(mut command: Command) -> io::Result<QemuProcess> {
         command.process_group(0);
         let unblock = cleanup_sigset();
+        // The harness's pid as the child will see it from getppid(): both are in this PID
+        // namespace.
+        // SAFETY: getpid(2) has no preconditions.
+        let harness = unsafe { libc::getpid() };
         // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-        // functions (prctl, getppid, pthread_sigmask, kill).
+        // functions (prctl, getppid, _exit, pthread_sigmask).
         unsafe {
             command.pre_exec(move || {
                 // Backstop: die with the harness even if it is SIGKILLed.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                // The harness may have died before the line above: then no signal will come,
+                // and this child (reparented) must not become an orphaned QEMU. Nobody is left
+                // to hear why (returning an error would report into a pipe without a reader).
+                if libc::getppid() != harness {
+                    libc::_exit(127);
                 }
                 // The harness blocks these for its cleanup thread; QEMU must not inherit that.
                 libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
@@ -259,13 +399,202 @@ impl Drop for QemuProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
 
     #[test]
     fn recognises_vm_workdir_names_only() {
-        assert_eq!(stale_owner("vmtest-1234-a1B2c3"), Some(1234));
-        assert_eq!(stale_owner("vmtest-fixtures-abc"), None);
-        assert_eq!(stale_owner("vmtest-outcomes-kvm-55"), None);
-        assert_eq!(stale_owner("vmtest-12-"), None);
-        assert_eq!(stale_owner("other-12-abc"), None);
+        assert!(is_workdir_name("vmtest-1234-a1B2c3"));
+        assert!(!is_workdir_name("vmtest-fixtures-abc"));
+        assert!(!is_workdir_name("vmtest-outcomes-kvm-55"));
+        assert!(!is_workdir_name("vmtest-12-"));
+        assert!(!is_workdir_name("other-12-abc"));
+    }
+
+    /// A fresh directory to sweep, removed on drop.
+    fn sweep_root(label: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("sweep-{label}-")).tempdir().unwrap()
+    }
+
+    fn age(path: &Path, by: Duration) {
+        let file = File::open(path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - by).unwrap();
+    }
+
+    const HOLD_ENV: &str = "VMTEST_UNIT_HOLD_WORKDIR";
+
+    /// Not a test on its own: with `HOLD_ENV` set (by the test below), creates a VM temp dir
+    /// under `TMPDIR` as a run does, prints its path and holds it until stdin closes.
+    #[test]
+    fn holder_of_a_workdir() {
+        if std::env::var_os(HOLD_ENV).is_none() {
+            return;
+        }
+        let dir = vm_workdir().unwrap();
+        println!("HOLDING {}", dir.path().display());
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
+
+    /// A pid that is free in this PID namespace, for a process in another one to take.
+    fn free_pid_here() -> u32 {
+        let max: u32 =
+            std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+        (max / 2..max - 1).rev().find(|p| !Path::new(&format!("/proc/{p}")).exists()).unwrap()
+    }
+
+    #[test]
+    fn a_live_workdir_of_another_pid_namespace_survives_the_sweep_and_a_dead_one_goes() {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || which("unshare").is_none() {
+            eprintln!("skipped: needs root and unshare(1) to make a PID namespace");
+            return;
+        }
+        let root = sweep_root("pidns");
+        // The holder runs in a new PID namespace with a pid that does not exist here, as a
+        // run in another container sharing /tmp.
+        let pid = free_pid_here();
+        let script = format!(
+            "echo {} > /proc/sys/kernel/ns_last_pid && \"$0\" --exact \
+             process::tests::holder_of_a_workdir --nocapture --test-threads 1; exit 0",
+            pid - 1
+        );
+        let mut holder = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", &script])
+            .arg(std::env::current_exe().unwrap())
+            .env(HOLD_ENV, "1")
+            .env("TMPDIR", root.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = BufReader::new(holder.stdout.take().unwrap());
+        // libtest prints the test's name first, on the same line.
+        let held = loop {
+            line.clear();
+            assert_ne!(out.read_line(&mut line).unwrap(), 0, "the holder ended early");
+            if let Some((_, held)) = line.split_once("HOLDING ") {
+                break PathBuf::from(held.trim());
+            }
+        };
+        assert!(held.starts_with(root.path()), "{held:?}");
+        let name = held.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(&format!("vmtest-{pid}-")), "{name}: pid {pid} expected");
+
+        // An abandoned dir (its run killed after locking it), and one never locked.
+        let dead = root.path().join("vmtest-77-dead01");
+        std::fs::create_dir(&dead).unwrap();
+        File::create(dead.join(LOCKED_MARKER)).unwrap();
+        File::create(dead.join("initrd.cpio")).unwrap();
+        let young = root.path().join("vmtest-78-young1");
+        std::fs::create_dir(&young).unwrap();
+
+        remove_stale_workdirs_in(root.path(), UNMARKED_GRACE);
+        assert!(held.is_dir(), "the live dir was removed");
+        assert!(held.join(LOCKED_MARKER).exists(), "the live dir was emptied");
+        assert!(!dead.exists(), "the abandoned dir stayed");
+        assert!(young.exists(), "an unmarked young dir may be one being created");
+        age(&young, UNMARKED_GRACE + Duration::from_secs(1));
+        remove_stale_workdirs_in(root.path(), UNMARKED_GRACE);
+        assert!(!young.exists(), "an old unmarked dir stayed");
+
+        // Killed outright, the holder leaves its dir: now the sweep removes it (once the
+        // holder, killed with its namespace, is gone).
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert!(held.exists());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while held.exists() && Instant::now() < deadline {
+            remove_stale_workdirs_in(root.path(), UNMARKED_GRACE);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!held.exists(), "the dead run's dir stayed");
+    }
+
+    fn which(program: &str) -> Option<PathBuf> {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    }
+
+    #[test]
+    fn partial_files_are_removed_unless_persisted_and_partials_are_swept() {
+        let root = sweep_root("partial");
+        let kept = root.path().join("kept.vmtest-partial");
+        let (mut file, partial) = create_partial(&kept).unwrap();
+        io::Write::write_all(&mut file, b"whole").unwrap();
+        partial.persist(&root.path().join("kept")).unwrap();
+        assert_eq!(std::fs::read(root.path().join("kept")).unwrap(), b"whole");
+
+        let dropped = root.path().join("dropped.partial");
+        let (_file, partial) = create_partial(&dropped).unwrap();
+        assert!(live().partials.contains(&dropped));
+        drop(partial);
+        assert!(!dropped.exists());
+        assert!(!live().partials.contains(&dropped));
+
+        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+        for name in ["x.partial", "a/b/y.vmtest-partial", "a/keep.txt", "z.console.log"] {
+            File::create(root.path().join(name)).unwrap();
+        }
+        remove_partials(root.path(), false);
+        assert!(!root.path().join("x.partial").exists());
+        assert!(root.path().join("a/b/y.vmtest-partial").exists());
+        remove_partials(root.path(), true);
+        assert!(!root.path().join("a/b/y.vmtest-partial").exists());
+        assert!(root.path().join("a/keep.txt").exists());
+        assert!(root.path().join("z.console.log").exists());
+    }
+
+    const ORPHAN_ENV: &str = "VMTEST_UNIT_ORPHAN_MARK";
+
+    /// Not a test on its own: with `ORPHAN_ENV` set, spawns a "QEMU" (`sleep`) that is still
+    /// between fork and exec when this process dies.
+    #[test]
+    fn spawner_that_dies_during_spawn() {
+        let Ok(mark) = std::env::var(ORPHAN_ENV) else { return };
+        let mut command = Command::new("sleep");
+        command.args(["30", &mark]);
+        // SAFETY: the closure only sleeps (nanosleep is async-signal-safe).
+        unsafe {
+            command.pre_exec(|| {
+                libc::usleep(400_000);
+                Ok(())
+            });
+        }
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: _exit(2) ends the process at once; nothing here needs unwinding.
+            unsafe { libc::_exit(0) };
+        });
+        let _ = QemuProcess::spawn(command);
+        std::thread::sleep(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn qemu_whose_harness_died_before_it_started_does_not_run() {
+        let nanos = std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
+        let mark = format!("0.{}{nanos}", std::process::id());
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "process::tests::spawner_that_dies_during_spawn", "--nocapture"])
+            .env(ORPHAN_ENV, &mark)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{status}");
+        std::thread::sleep(Duration::from_millis(1000));
+        let mut orphans = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            if String::from_utf8_lossy(&cmdline).contains(&mark) {
+                let pid: i32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+                if pid > 0 {
+                    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is the orphan.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    orphans.push(pid);
+                }
+            }
+        }
+        assert!(orphans.is_empty(), "QEMU outlived a harness that died before it ran: {orphans:?}");
     }
 }
