@@ -7,12 +7,18 @@
 //! every run; a kernel that cannot boot this way (no PVH note, a compression vmtest does not
 //! read) is noted as such and boots from its bzImage.
 //!
+//! Several VM threads and processes may want the same kernel at once: one extracts it while
+//! holding an flock on `.vmlinux-pvh.lock` in the kernel's dir, the others wait and reuse its
+//! work. It is written under a temp name, its size checked, and renamed into place; an image
+//! that is not a whole ELF (cut short by anything) is extracted again. A temp file found while
+//! holding the lock was left by a run that was killed, and is removed.
+//!
 //! Only TCG boots the PVH image. Under KVM decompression runs at native speed, and a KVM that
 //! cannot run the guest fails loudly on the bzImage ("KVM internal error"), which the fallback
 //! to TCG relies on; on the PVH image it hangs silently instead.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use object::elf::{FileHeader64, PT_NOTE};
@@ -27,6 +33,10 @@ use crate::arch::Arch;
 const PVH_NAME: &str = "vmlinux-pvh";
 /// Left instead when the kernel cannot boot through PVH; holds the reason.
 const NO_PVH_NAME: &str = "vmlinux-pvh.none";
+/// Held (flock) while the image is extracted.
+const LOCK_NAME: &str = ".vmlinux-pvh.lock";
+/// Prefix of the temp names the image is written under.
+const TMP_PREFIX: &str = ".vmlinux-pvh.tmp-";
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the 32-bit PVH entry point.
 const PHYS32_ENTRY: u32 = 18;
 
@@ -49,15 +59,29 @@ impl Kernel {
 /// when it was tried and the kernel cannot boot that way.
 fn pvh_image(bzimage: &Path, dir: &Path) -> Result<Option<PathBuf>, KernelError> {
     let pvh = dir.join(PVH_NAME);
-    if pvh.is_file() {
-        return Ok(Some(pvh));
-    }
     let none = dir.join(NO_PVH_NAME);
-    if none.is_file() {
-        return Ok(None);
+    let done = || {
+        if is_whole_elf(&pvh) {
+            Some(Some(pvh.clone()))
+        } else if none.is_file() {
+            Some(None)
+        } else {
+            None
+        }
+    };
+    if let Some(done) = done() {
+        return Ok(done);
     }
-    // A temp name per process: concurrent runs each write their own, the rename is atomic.
-    let tmp = dir.join(format!(".{PVH_NAME}.tmp-{}", std::process::id()));
+    let lock_path = dir.join(LOCK_NAME);
+    let lock = fs::File::create(&lock_path)
+        .map_err(|e| KernelError::io("create the PVH extraction lock", &lock_path, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| KernelError::io("lock", &lock_path, e.into()))?;
+    // Another thread or process may have extracted it while this one waited.
+    if let Some(done) = done() {
+        return Ok(done);
+    }
+    remove_stale_temps(dir);
     eprintln!(
         "vmtest: extracting the uncompressed kernel from {} for PVH boot (once per kernel)",
         bzimage.display()
@@ -67,12 +91,62 @@ fn pvh_image(bzimage: &Path, dir: &Path) -> Result<Option<PathBuf>, KernelError>
         Ok(elf) => (pvh.clone(), elf),
         Err(reason) => (none, reason.into_bytes()),
     };
-    let written = fs::write(&tmp, &contents).and_then(|()| fs::rename(&tmp, &target));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(KernelError::io("write", &target, e));
-    }
+    write_atomically(dir, &target, &contents)?;
     Ok((target == pvh).then_some(pvh))
+}
+
+/// Writes `contents` to `target` in `dir` under a temp name unique to this process and call,
+/// checks its size, and renames it into place.
+fn write_atomically(dir: &Path, target: &Path, contents: &[u8]) -> Result<(), KernelError> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{TMP_PREFIX}{}-{write}", std::process::id()));
+    let (mut file, partial) =
+        crate::process::create_partial(&tmp).map_err(|e| KernelError::io("create", &tmp, e))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| KernelError::io("write", &tmp, e))?;
+    let written = file.metadata().map_err(|e| KernelError::io("check", &tmp, e))?.len();
+    if written != contents.len() as u64 {
+        let short = std::io::Error::other(format!(
+            "{written} bytes on disk where {} were written",
+            contents.len()
+        ));
+        return Err(KernelError::io("check", &tmp, short));
+    }
+    drop(file);
+    partial.persist(target).map_err(|e| KernelError::io("rename into place", target, e))
+}
+
+/// Removes the temp files of extractions that were cut short. Call with the lock held.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether `path` is a 64-bit ELF file as long as its headers say: its program headers' file
+/// data and its section header table (at the end of a `vmlinux`) all lie within it.
+fn is_whole_elf(path: &Path) -> bool {
+    let Ok(mut file) = fs::File::open(path) else { return false };
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return false };
+    let mut head = Vec::new();
+    if (&mut file).take(64 * 1024).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let Ok(header) = FileHeader64::<Endianness>::parse(head.as_slice()) else { return false };
+    let Ok(endian) = header.endian() else { return false };
+    let Ok(segments) = header.program_headers(endian, head.as_slice()) else { return false };
+    let sections_end = header.e_shoff.get(endian).checked_add(
+        u64::from(header.e_shnum.get(endian)) * u64::from(header.e_shentsize.get(endian)),
+    );
+    let segments_end = segments.iter().try_fold(0u64, |end, s| {
+        Some(end.max(s.p_offset(endian).checked_add(s.p_filesz(endian))?))
+    });
+    sections_end.zip(segments_end).is_some_and(|(a, b)| a.max(b) <= len)
 }
 
 /// The ELF kernel inside a bzImage, if it has a PVH entry point; otherwise why not.
@@ -232,9 +306,10 @@ mod tests {
         let booted = pvh.boot_image(Accel::Tcg);
         assert_eq!(booted, dir.path().join("pvh").join(PVH_NAME));
         assert_eq!(fs::read(&booted).unwrap(), elf_with_xen_note(PHYS32_ENTRY));
-        // Reused, not extracted again: a changed file stays as it is.
-        fs::write(&booted, b"cached").unwrap();
-        assert_eq!(fs::read(pvh.boot_image(Accel::Tcg)).unwrap(), b"cached");
+        // Reused, not extracted again: the same file stays.
+        let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
+        let first = inode(&booted);
+        assert_eq!(inode(&pvh.boot_image(Accel::Tcg)), first);
         // KVM boots the bzImage.
         assert_eq!(pvh.boot_image(Accel::Kvm), pvh.image);
 
@@ -251,6 +326,79 @@ mod tests {
                 .collect();
             assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
         }
+    }
+
+    fn store_kernel(dir: &Path, image_bytes: &[u8]) -> Kernel {
+        fs::create_dir_all(dir).unwrap();
+        let image = dir.join("vmlinuz");
+        fs::write(&image, image_bytes).unwrap();
+        Kernel {
+            name: "k".to_owned(),
+            arch: Arch::X86_64,
+            version: None,
+            image,
+            modules_dir: None,
+            config: None,
+            flavour: None,
+            package: None,
+            store_dir: Some(dir.to_owned()),
+        }
+    }
+
+    /// An ELF with a PVH note, `padding` bytes of code, and a section header table at its
+    /// end (as a `vmlinux` has).
+    fn big_elf(padding: usize) -> Vec<u8> {
+        let mut elf = elf_with_xen_note(PHYS32_ENTRY);
+        elf.resize(elf.len() + padding, 0x90);
+        let shoff = elf.len() as u64;
+        elf[40..48].copy_from_slice(&shoff.to_le_bytes()); // e_shoff
+        elf[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        elf[60..62].copy_from_slice(&1u16.to_le_bytes()); // e_shnum
+        elf.resize(elf.len() + 64, 0);
+        elf
+    }
+
+    #[test]
+    fn threads_extracting_the_same_kernel_at_once_all_get_it_whole() {
+        let dir = crate::elf::test_support::TempDir::new("pvh-race");
+        let elf = big_elf(24 << 20);
+        let kernel = store_kernel(dir.path(), &bzimage(&gzip_with_size(&elf)));
+        // Leftovers of an extraction that was killed.
+        fs::write(dir.path().join(format!("{TMP_PREFIX}1-0")), b"cut short").unwrap();
+        let threads = 8;
+        let barrier = std::sync::Barrier::new(threads);
+        let booted: Vec<PathBuf> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        kernel.boot_image(Accel::Tcg)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let pvh = dir.path().join(PVH_NAME);
+        assert!(booted.iter().all(|b| *b == pvh), "some thread boots the bzImage: {booted:?}");
+        assert!(fs::read(&pvh).unwrap() == elf, "the extracted kernel is not the ELF");
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(TMP_PREFIX)), "{names:?}");
+    }
+
+    #[test]
+    fn an_image_cut_short_is_extracted_again() {
+        let dir = crate::elf::test_support::TempDir::new("pvh-cut");
+        let elf = big_elf(1 << 20);
+        let kernel = store_kernel(dir.path(), &bzimage(&gzip_with_size(&elf)));
+        let pvh = dir.path().join(PVH_NAME);
+        fs::write(&pvh, &elf[..elf.len() / 2]).unwrap();
+        assert!(!is_whole_elf(&pvh));
+        assert_eq!(kernel.boot_image(Accel::Tcg), pvh);
+        assert!(fs::read(&pvh).unwrap() == elf);
+        assert!(is_whole_elf(&pvh));
     }
 
     #[test]
