@@ -63,9 +63,22 @@ static CONTROL: OnceLock<Control> = OnceLock::new();
 /// The message of the last panic, recorded by the panic hook.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
-/// Whether this process is PID 1, i.e. the init of a vmtest VM.
+/// Whether this process is PID 1 (of the machine, or of a PID namespace).
 pub fn is_pid1() -> bool {
     rustix::process::getpid().is_init()
+}
+
+/// Whether this process runs in a vmtest guest: the plan at
+/// [`PLAN_PATH`](protocol::PLAN_PATH), which only the initramfs vmtest makes has, exists.
+/// PID 1 alone is no proof: a test binary started as the first process of a container is PID
+/// 1 too.
+pub fn in_vmtest_guest() -> bool {
+    Path::new(PLAN_PATH).is_file()
+}
+
+/// Whether this process is the init of a vmtest VM: PID 1 in a vmtest guest.
+pub fn is_vmtest_init() -> bool {
+    is_pid1() && in_vmtest_guest()
 }
 
 /// Runs the guest side as PID 1: prepares the system, runs the plan at
@@ -75,8 +88,9 @@ pub fn is_pid1() -> bool {
 /// [`GuestMessage::Fatal`] (when the control port is open) and on the console, then the VM is
 /// powered off.
 ///
-/// Called by a process that is not PID 1 it refuses, prints why and exits with status 2,
-/// rather than power off the machine it runs on.
+/// Called by a process that is not PID 1, or without a plan (PID 1 of a container), it refuses,
+/// prints why and exits with status 2, rather than mount over or power off the machine it runs
+/// on.
 pub fn run_pid1() -> ! {
     run_pid1_inner(None)
 }
@@ -91,6 +105,13 @@ pub fn run_pid1_with_tests(run: RunTest) -> ! {
 fn run_pid1_inner(run: Option<RunTest>) -> ! {
     if !is_pid1() {
         console::say("not PID 1: run_pid1 only runs as the init of a vmtest VM; refusing");
+        std::process::exit(2);
+    }
+    if !in_vmtest_guest() {
+        console::say(format!(
+            "no {PLAN_PATH}: run_pid1 only runs as the init of a vmtest VM, not of a container; \
+             refusing"
+        ));
         std::process::exit(2);
     }
     panic::set_hook(Box::new(on_panic));

@@ -2,7 +2,8 @@
 //!
 //! PID 1 starts a fresh process for each test and hands it the test's name: a fork of its fork
 //! server (see `vmtest-init`'s `forks.rs`), or, when the test collects LLVM profiles, `/init`
-//! executed again with [`TEST_ENV`](vmtest_init::protocol::TEST_ENV) naming the test.
+//! executed again with [`TEST_ENV`](vmtest_init::protocol::TEST_ENV) naming the test. Set on
+//! the host, that variable runs nothing: [`refuse_outside_guest`].
 //! The exit status is the verdict: 0 passed, 101 panicked, 1 returned `Err` or did not panic as
 //! `#[should_panic]` required.
 //!
@@ -15,6 +16,20 @@ use std::any::Any;
 use std::io::Write;
 
 use crate::registry::{ShouldPanic, TestDef, TESTS};
+
+/// `VMTEST_TEST` names a test, but this process is not in a vmtest guest: a test never runs
+/// outside a VM, so this says why and exits with libtest's failure status.
+pub(crate) fn refuse_outside_guest(name: &str) -> ! {
+    eprintln!(
+        "error: {}={name} is set, but this process is not in a vmtest VM (no {}): vmtest runs \
+         tests only inside VMs, never on the host; unset {} (it is vmtest's own, set by the \
+         guest's PID 1) and run the binary as usual",
+        vmtest_init::protocol::TEST_ENV,
+        vmtest_init::protocol::PLAN_PATH,
+        vmtest_init::protocol::TEST_ENV,
+    );
+    std::process::exit(101);
+}
 
 /// Runs the test named `name` (its libtest name, without a kernel suffix) and exits.
 pub(crate) fn run_test(name: &str) -> ! {

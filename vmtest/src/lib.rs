@@ -197,17 +197,22 @@ pub mod __private {
     pub use linkme;
 
     /// The entry point behind [`main!`](crate::main): guest PID 1, the guest's `modprobe`,
-    /// guest test child, or host harness. `crate_root` is the record naming the crate's root
-    /// file.
+    /// guest test child (only inside a vmtest guest, whatever `VMTEST_TEST` says), or host
+    /// harness. `crate_root` is the record naming the crate's root file.
     pub fn main(crate_root: &'static [u8]) -> ! {
         // Before the test child: a test that runs `modprobe` passes its VMTEST_TEST on.
         if vmtest_init::invoked_as_modprobe() {
             vmtest_init::modprobe_main();
         }
-        if std::process::id() == 1 {
+        // PID 1 alone is not the guest: a container's first process is PID 1 too, and must
+        // not mount over /tmp or power off; it runs its tests in VMs like any host process.
+        if vmtest_init::is_vmtest_init() {
             vmtest_init::run_pid1_with_tests(crate::child::run_test);
         }
         if let Ok(name) = std::env::var(vmtest_init::protocol::TEST_ENV) {
+            if !vmtest_init::in_vmtest_guest() {
+                crate::child::refuse_outside_guest(&name);
+            }
             crate::child::run_test(&name);
         }
         crate::harness::run_host(crate_root)
