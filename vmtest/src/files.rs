@@ -153,13 +153,16 @@ struct OpenFile {
     path: PathBuf,
     partial: PathBuf,
     file: File,
+    /// Removes the partial file unless it is renamed into place (also on a panic, and when
+    /// the harness is interrupted).
+    guard: crate::process::PartialFile,
     len: u64,
 }
 
 impl OpenFile {
     fn discard(self) {
         drop(self.file);
-        let _ = std::fs::remove_file(&self.partial);
+        drop(self.guard);
     }
 }
 
@@ -241,8 +244,9 @@ impl<'a> Receiver<'a> {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
             }
-            let (partial, file) = self.create_partial(&path)?;
-            self.open = Some(OpenFile { id, name: name.to_owned(), path, partial, file, len: 0 });
+            let (partial, file, guard) = self.create_partial(&path)?;
+            let name = name.to_owned();
+            self.open = Some(OpenFile { id, name, path, partial, file, guard, len: 0 });
         }
         let limit = self.file_limit;
         let open = self.open.as_mut().expect("opened above");
@@ -260,10 +264,9 @@ impl<'a> Receiver<'a> {
         self.tests.entry(id).or_default().bytes += data.len() as u64;
         if last {
             let open = self.open.take().expect("opened above");
-            let OpenFile { path, partial, file, .. } = open;
+            let OpenFile { path, partial, file, guard, .. } = open;
             drop(file);
-            std::fs::rename(&partial, &path).map_err(|e| {
-                let _ = std::fs::remove_file(&partial);
+            guard.persist(&path).map_err(|e| {
                 format!("failed to rename {} to {}: {e}", partial.display(), path.display())
             })?;
             self.tests.entry(id).or_default().written.push(path);
@@ -274,14 +277,19 @@ impl<'a> Receiver<'a> {
     /// Creates the temporary file `path` is received into: beside it (so the rename stays on
     /// one file system), created exclusively under a name no file there has, so that it never
     /// replaces a file already received (an artifact named like a temporary file).
-    fn create_partial(&mut self, path: &Path) -> Result<(PathBuf, File), String> {
+    /// Registered with the harness's cleanup, so an interrupt or a panic removes it too.
+    fn create_partial(
+        &mut self,
+        path: &Path,
+    ) -> Result<(PathBuf, File, crate::process::PartialFile), String> {
         loop {
             self.serial += 1;
             let mut partial = path.as_os_str().to_owned();
             partial.push(format!("{PARTIAL_SUFFIX}-{}-{}", std::process::id(), self.serial));
             let partial = PathBuf::from(partial);
-            match File::options().write(true).create_new(true).open(&partial) {
-                Ok(file) => return Ok((partial, file)),
+            let create = |p: &Path| File::options().write(true).create_new(true).open(p);
+            match crate::process::create_partial_with(&partial, create) {
+                Ok((file, guard)) => return Ok((partial, file, guard)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(format!("failed to create {}: {e}", partial.display())),
             }

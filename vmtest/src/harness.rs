@@ -683,7 +683,8 @@ fn log_dir(exe: &Path) -> PathBuf {
 /// The directory of one run's console logs. Runs of the same binary at the same time (two
 /// terminals, `cargo test` running suites in parallel) each claim their own: the first free
 /// of `<dir>/`, `<dir>/concurrent-1/`, `<dir>/concurrent-2/`, ..., held by an flock on a
-/// `.lock` file inside it for as long as the run lasts.
+/// `.lock` file inside it for as long as the run lasts. Claiming one removes the console logs a
+/// killed run left half-saved in it.
 struct LogDir {
     path: PathBuf,
     _lock: std::fs::File,
@@ -701,6 +702,9 @@ impl LogDir {
             let lock = std::fs::File::create(&lock_path)
                 .map_err(|e| Error::io(format!("failed to create {}", lock_path.display()), e))?;
             if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                // Console logs a run that was killed left half-saved: this run owns the dir
+                // now (`concurrent-*` below slot 0 are other runs').
+                crate::process::remove_partial_console_logs(&path);
                 return Ok(LogDir { path, _lock: lock });
             }
         }

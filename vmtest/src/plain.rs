@@ -24,6 +24,7 @@ const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 /// Runs `binary` with `args` in a VM; returns its exit code (or 1 when it could not run).
 pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
     crate::process::install_signal_cleanup();
+    crate::process::remove_stale_workdirs();
     let arch = elf_arch(binary)?;
     let init = init_build::find_or_build(arch)?;
     let init_arch = elf_arch(&init)?;

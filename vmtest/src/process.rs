@@ -242,21 +242,17 @@ fn is_workdir_name(name: &str) -> bool {
     !random.is_empty() && !random.contains('-') && pid.parse::<u32>().is_ok()
 }
 
-/// Suffixes of the files vmtest writes under a temporary name outside its temp dirs (received
-/// artifacts, console logs), which a run that was killed can leave behind.
-pub(crate) const PARTIAL_SUFFIXES: [&str; 2] = [".vmtest-partial", ".partial"];
+/// Suffix of a console log being saved into the log dir (`vm0-6.12.console.partial`).
+pub(crate) const CONSOLE_PARTIAL_SUFFIX: &str = ".partial";
 
-/// Removes files ending in one of [`PARTIAL_SUFFIXES`] in `dir`, and below it if `recursive`.
-/// Only for a directory no other live run writes to (held under its lock).
-pub(crate) fn remove_partials(dir: &Path, recursive: bool) {
+/// Removes the console logs a killed run left half-saved in its log dir `dir` (not below it:
+/// received artifacts may be named anything, and those of a killed run are replaced when its
+/// test runs again). Only for a dir this run holds the lock of.
+pub(crate) fn remove_partial_console_logs(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else { continue };
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if kind.is_dir() && recursive {
-            remove_partials(&entry.path(), true);
-        } else if !kind.is_dir() && PARTIAL_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && entry.file_name().to_string_lossy().ends_with(CONSOLE_PARTIAL_SUFFIX) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -467,6 +463,9 @@ mod tests {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        // Held open until the end: the holder ends by itself when it closes (if this test
+        // fails), and `wait` would close it.
+        let holder_stdin = holder.stdin.take();
         let mut line = String::new();
         let mut out = BufReader::new(holder.stdout.take().unwrap());
         // libtest prints the test's name first, on the same line.
@@ -509,6 +508,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!held.exists(), "the dead run's dir stayed");
+        drop(holder_stdin);
     }
 
     fn which(program: &str) -> Option<PathBuf> {
@@ -533,17 +533,14 @@ mod tests {
         assert!(!dropped.exists());
         assert!(!live().partials.contains(&dropped));
 
-        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
-        for name in ["x.partial", "a/b/y.vmtest-partial", "a/keep.txt", "z.console.log"] {
+        std::fs::create_dir_all(root.path().join("artifacts")).unwrap();
+        for name in ["vm0-6.12.console.partial", "artifacts/x.partial", "vm0-6.12.console.log"] {
             File::create(root.path().join(name)).unwrap();
         }
-        remove_partials(root.path(), false);
-        assert!(!root.path().join("x.partial").exists());
-        assert!(root.path().join("a/b/y.vmtest-partial").exists());
-        remove_partials(root.path(), true);
-        assert!(!root.path().join("a/b/y.vmtest-partial").exists());
-        assert!(root.path().join("a/keep.txt").exists());
-        assert!(root.path().join("z.console.log").exists());
+        remove_partial_console_logs(root.path());
+        assert!(!root.path().join("vm0-6.12.console.partial").exists());
+        assert!(root.path().join("artifacts/x.partial").exists(), "an artifact may be named so");
+        assert!(root.path().join("vm0-6.12.console.log").exists());
     }
 
     const ORPHAN_ENV: &str = "VMTEST_UNIT_ORPHAN_MARK";

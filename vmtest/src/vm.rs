@@ -401,13 +401,17 @@ fn collect_stderr(
     })
 }
 
-/// Copies `from` to `to` through a temp file in `to`'s directory, so `to` is never half-written.
+/// Copies `from` to `to` through a temp file in `to`'s directory, so `to` is never half-written
+/// (and the temp file is removed on error, panic or interrupt).
 pub(crate) fn copy_atomically(from: &Path, to: &Path) -> Result<(), Error> {
     let tmp = to.with_extension("partial");
-    std::fs::copy(from, &tmp).and_then(|_| std::fs::rename(&tmp, to)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("failed to save {}", to.display()), e)
-    })
+    let copy = || {
+        let (mut file, partial) = crate::process::create_partial(&tmp)?;
+        std::io::copy(&mut std::fs::File::open(from)?, &mut file)?;
+        drop(file);
+        partial.persist(to)
+    };
+    copy().map_err(|e| Error::io(format!("failed to save {}", to.display()), e))
 }
 
 /// Finds the QEMU binary for `arch` on `PATH`.
