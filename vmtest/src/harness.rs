@@ -559,7 +559,7 @@ fn prepare(
     }
 
     let accel = accel::choose(arch)?;
-    vm::find_qemu(arch)?;
+    crate::qemu::check_sandbox(&vm::find_qemu(arch)?)?;
     if let Some(why) = &accel.kvm_unusable {
         eprintln!(
             "vmtest: using TCG (KVM not used: {why}); timeouts scaled x{}",

@@ -97,6 +97,7 @@ pub mod __bench {
             cpus: crate::qemu::profile(arch).default_cpus,
             cmdline: Vec::new(),
             ports: Vec::new(),
+            sandbox: crate::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
         };
         let mut command = Command::new(qemu);
         command.args(spec.args());

@@ -38,7 +38,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         )));
     }
     let accel = accel::choose(arch)?;
-    vm::find_qemu(arch)?;
+    crate::qemu::check_sandbox(&vm::find_qemu(arch)?)?;
     let kernel = kernel::resolve(None, arch)?;
     kernel.check_arch(arch)?;
     let scale = accel.timeout_scale;

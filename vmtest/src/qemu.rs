@@ -1,10 +1,14 @@
 //! The QEMU command line: the only place that spells QEMU flags.
 //!
 //! [`profile`] is the per-architecture table (binary, machine, CPU, console, transport);
-//! [`QemuCommand`] turns a VM description into arguments.
+//! [`QemuCommand`] turns a VM description into arguments; [`sandbox`] decides whether QEMU
+//! runs under its seccomp filter (`-sandbox`), probing the binary once.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use crate::accel::Accel;
 use crate::arch::Arch;
@@ -100,6 +104,87 @@ pub(crate) struct QemuCommand {
     pub cmdline: Vec<String>,
     /// virtio-serial ports, in order.
     pub ports: Vec<SocketPort>,
+    /// QEMU's seccomp filter.
+    pub sandbox: Sandbox,
+}
+
+/// Environment variable: whether QEMU runs under its seccomp filter.
+pub(crate) const SANDBOX_ENV: &str = "VMTEST_QEMU_SANDBOX";
+
+/// QEMU's seccomp filter, `-sandbox on,...`: once the guest runs, QEMU may not use obsolete
+/// system calls, change its privileges, start processes or change scheduling and resource
+/// limits. None of it is needed to boot a kernel from files and talk over Unix sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sandbox {
+    Off,
+    On,
+}
+
+const SANDBOX_OPTIONS: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The sandbox for QEMU `binary` as [`SANDBOX_ENV`] asks: `auto` (the default) turns it on
+/// when this QEMU was built with seccomp and the kernel lets it install the filter; `on`
+/// requires that; `off` never uses it.
+pub(crate) fn sandbox(binary: &Path) -> Result<Sandbox, crate::Error> {
+    match sandbox_wanted()? {
+        Some(true) if !sandbox_works(binary) => Err(crate::Error::Config(format!(
+            "{SANDBOX_ENV}=on, but {} cannot run under its seccomp sandbox (built without \
+             seccomp, or the kernel refuses the filter); set {SANDBOX_ENV}=off or auto",
+            binary.display()
+        ))),
+        Some(false) => Ok(Sandbox::Off),
+        _ if sandbox_works(binary) => Ok(Sandbox::On),
+        _ => Ok(Sandbox::Off),
+    }
+}
+
+/// Checks [`SANDBOX_ENV`] before the first boot: a bad value, or `on` where `binary` cannot
+/// sandbox itself, is an error now. Under `auto` the probe starts in the background, so the
+/// first boot does not wait for it.
+pub(crate) fn check_sandbox(binary: &Path) -> Result<(), crate::Error> {
+    if sandbox_wanted()?.is_none() {
+        let binary = binary.to_owned();
+        std::thread::spawn(move || sandbox_works(&binary));
+        return Ok(());
+    }
+    sandbox(binary).map(drop)
+}
+
+/// [`SANDBOX_ENV`]: `Some(true)` for `on`, `Some(false)` for `off`, `None` for `auto`.
+fn sandbox_wanted() -> Result<Option<bool>, crate::Error> {
+    let value = std::env::var(SANDBOX_ENV).unwrap_or_default();
+    match value.as_str() {
+        "" | "auto" => Ok(None),
+        "on" => Ok(Some(true)),
+        "off" => Ok(Some(false)),
+        _ => Err(crate::Error::Config(format!(
+            "{SANDBOX_ENV}={value:?} is not one of auto, on, off"
+        ))),
+    }
+}
+
+/// Whether `binary` installs the filter vmtest asks for: it does so before it handles
+/// `-device help`, and exits with an error when it cannot. Probed once per binary.
+fn sandbox_works(binary: &Path) -> bool {
+    static PROBED: Mutex<BTreeMap<PathBuf, bool>> = Mutex::new(BTreeMap::new());
+    let mut probed = PROBED.lock().unwrap_or_else(|e| e.into_inner());
+    *probed.entry(binary.to_owned()).or_insert_with(|| {
+        let mut args = Args::default();
+        args.opt("-sandbox", SANDBOX_OPTIONS)
+            .opt("-M", "none")
+            .flag("-nodefaults")
+            .flag("-no-user-config")
+            .opt("-display", "none")
+            .opt("-device", "help");
+        Command::new(binary)
+            .args(args.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    })
 }
 
 impl QemuCommand {
@@ -138,6 +223,9 @@ impl QemuCommand {
         };
         let mut args = Args::default();
         args.flag("-nodefaults").flag("-no-user-config").flag("-no-reboot");
+        if self.sandbox == Sandbox::On {
+            args.opt("-sandbox", SANDBOX_OPTIONS);
+        }
         args.opt("-display", "none")
             .opt("-M", profile.machine)
             .opt("-accel", accel)
@@ -205,6 +293,7 @@ mod tests {
             cpus: 2,
             cmdline: vec!["foo=1".into()],
             ports: vec![SocketPort { name: "vmtest.control".into(), socket: "/t/ctl.sock".into() }],
+            sandbox: Sandbox::Off,
         }
     }
 
@@ -244,6 +333,34 @@ mod tests {
         let mut c = command(Arch::X86_64, Accel::Tcg);
         c.cpus = 1;
         assert!(joined(&c).contains("-accel tcg -cpu max -m 512M -smp 1 "), "{}", joined(&c));
+    }
+
+    #[test]
+    fn the_sandbox_comes_first() {
+        let mut c = command(Arch::Aarch64, Accel::Tcg);
+        c.sandbox = Sandbox::On;
+        assert!(
+            joined(&c).starts_with(
+                "-nodefaults -no-user-config -no-reboot -sandbox on,obsolete=deny,\
+                 elevateprivileges=deny,spawn=deny,resourcecontrol=deny -display none "
+            ),
+            "{}",
+            joined(&c)
+        );
+    }
+
+    #[test]
+    fn the_sandbox_probe_tells_a_qemu_from_something_else() {
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            let Ok(qemu) = crate::vm::find_qemu(arch) else {
+                eprintln!("skipped for {arch}: no {} on PATH", profile(arch).binary);
+                continue;
+            };
+            // Debian's QEMU is built with seccomp; this kernel accepts the filter.
+            assert!(sandbox_works(&qemu), "{}", qemu.display());
+        }
+        assert!(!sandbox_works(Path::new("/bin/false")));
+        assert!(!sandbox_works(Path::new("/nonexistent/qemu")));
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub(crate) fn run(
             SocketPort { name: CONTROL_PORT.to_owned(), socket: socket.clone() },
             SocketPort { name: MODULES_PORT.to_owned(), socket: modules_socket },
         ],
+        sandbox: crate::qemu::sandbox(&qemu_binary)?,
     };
     let mut command = Command::new(&qemu_binary);
     command.args(qemu.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
