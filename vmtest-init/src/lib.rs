@@ -155,6 +155,8 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
     for line in logs {
         control.send(&GuestMessage::Log(line))?;
     }
+    let mut vm_bytes_left = plan.files.vm_bytes;
+    let send_time = Duration::from_millis(plan.files.send_ms);
     for test in &plan.tests {
         control.send_written(&GuestMessage::TestStarted { id: test.id })?;
         let mut out = files::OutDir::create(test.id)?;
@@ -172,7 +174,7 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
                 control.send(&GuestMessage::KernelLog { id: test.id, bytes })?;
             }
         }
-        out.send(control)?;
+        out.send(control, &plan.files, &mut vm_bytes_left, Instant::now() + send_time)?;
         report(control, test, finished)?;
         child::reap(None);
     }

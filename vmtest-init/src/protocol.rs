@@ -32,8 +32,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Version of this wire format (the plan and the control port's frames); bumped on any
 /// incompatible change to either. 3: the plan carries the version; file chunks carry no test id
 /// (the host knows which test is running) and their names are bytes; the kernel log of a failed
-/// test travels as [`KERNEL_LOG_NAME`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// test travels as [`KERNEL_LOG_NAME`]. 4: the plan carries [`FileLimits`]; the guest says what
+/// they held back ([`GuestMessage::FilesHeldBack`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame either side accepts, in bytes (payload only).
 pub const MAX_FRAME_LEN: usize = 16 << 20;
@@ -100,12 +101,63 @@ pub struct Plan {
     pub modules: Vec<Module>,
     /// The programs to run, one after another, each in its own child process.
     pub tests: Vec<PlannedTest>,
+    /// Bounds on the files the guest sends after each test.
+    pub files: FileLimits,
+}
+
+/// Bounds on the files a test leaves for the host (artifacts, profiles; not the kernel log of a
+/// failed test, which the kernel bounds). The guest holds back what exceeds them before any byte of it moves, and says so with
+/// [`GuestMessage::FilesHeldBack`]; the host checks them again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLimits {
+    /// Largest file, in bytes.
+    pub file_bytes: u64,
+    /// Most files of one test.
+    pub test_files: u64,
+    /// Most bytes of one test's files together.
+    pub test_bytes: u64,
+    /// Most bytes of all files of this VM together (what was left of the run's budget).
+    pub vm_bytes: u64,
+    /// How long after a test ended its files may still be on their way, in milliseconds.
+    pub send_ms: u64,
+}
+
+impl Default for FileLimits {
+    /// The host's defaults.
+    fn default() -> Self {
+        FileLimits {
+            file_bytes: 1 << 30,
+            test_files: 1000,
+            test_bytes: 2 << 30,
+            vm_bytes: 16 << 30,
+            send_ms: 60_000,
+        }
+    }
+}
+
+/// Which limit of [`FileLimits`] held files back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum HeldBack {
+    /// [`FileLimits::file_bytes`]: the file is larger; none of it was sent.
+    FileSize,
+    /// [`FileLimits::test_files`]: the test left more files; these were not sent.
+    TestFiles,
+    /// [`FileLimits::test_bytes`]: these would have taken the test's files over it.
+    TestBytes,
+    /// [`FileLimits::vm_bytes`]: these would have taken the VM's files over it.
+    VmBytes,
+    /// [`FileLimits::send_ms`] ran out: these were not sent, or were cut off while on their
+    /// way (the host discards the part it has).
+    SendTime,
+    /// The file was still growing (a process that outlived the test writes to it): it was sent
+    /// as long as it was when sending began; `bytes` is what it had grown by at the end.
+    StillGrowing,
 }
 
 impl Plan {
     /// A plan of this [`PROTOCOL_VERSION`].
     pub fn new(modules: Vec<Module>, tests: Vec<PlannedTest>) -> Plan {
-        Plan { version: PROTOCOL_VERSION, modules, tests }
+        Plan { version: PROTOCOL_VERSION, modules, tests, files: FileLimits::default() }
     }
 }
 
@@ -304,6 +356,21 @@ pub enum GuestMessage {
         /// `[seconds.micros] text` lines.
         #[serde(with = "bytes")]
         bytes: Vec<u8>,
+    },
+    /// Files of a test that the guest did not send, or sent only in part, because of a limit
+    /// of the plan's [`FileLimits`]: one message per limit, after the files it did send and
+    /// before [`GuestMessage::TestFinished`].
+    FilesHeldBack {
+        /// The limit.
+        why: HeldBack,
+        /// Name (as in [`GuestMessage::FileChunk`]) of the first file concerned.
+        #[serde(with = "bytes")]
+        name: Vec<u8>,
+        /// How many files.
+        files: u64,
+        /// Their size (for [`HeldBack::StillGrowing`], what they grew by; for
+        /// [`HeldBack::SendTime`], what was not sent).
+        bytes: u64,
     },
 }
 
@@ -820,6 +887,7 @@ mod tests {
         let plan = Plan {
             version: PROTOCOL_VERSION,
             modules: vec![],
+            files: FileLimits { test_files: 3, ..FileLimits::default() },
             tests: vec![PlannedTest {
                 id: 0,
                 name: "a::b".into(),

@@ -5,8 +5,11 @@
 //! neither merges with another nor reaches a terminal raw), relative, made of plain components
 //! (no `..`, `.`, empty component or NUL) under `artifacts/` or `profiles/`, or be
 //! [`KERNEL_LOG_NAME`]; the artifact [`DMESG_NAME`] is reserved for the kernel log. Chunks must
-//! arrive in order; a file and a test's files together are bounded in size. Which test a file
-//! belongs to is the host's to say (the test running on that VM), never the guest's.
+//! arrive in order; a file, a test's files (their number and their size) and a run's files are
+//! bounded ([`Limits`]; the kernel log only by the file limit, the kernel bounds it). The guest
+//! applies the same limits before it sends anything (the plan carries them) and says what it
+//! held back; the host checks them again. Which test a file belongs to is the host's to say
+//! (the test running on that VM), never the guest's.
 //!
 //! A file is written under a temporary name of its own (created exclusively, so it can be no
 //! artifact's name) and renamed when its last chunk arrives, so a stream cut short (a dead VM)
@@ -16,13 +19,20 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use vmtest_init::protocol::{ARTIFACTS_DIR, KERNEL_LOG_NAME, PROFILES_DIR};
+use vmtest_init::protocol::{FileLimits, HeldBack, ARTIFACTS_DIR, KERNEL_LOG_NAME, PROFILES_DIR};
 
-/// Largest file accepted from the guest, unless `VMTEST_FILE_LIMIT` says otherwise.
-pub(crate) const DEFAULT_FILE_LIMIT: u64 = 1 << 30;
 /// Environment variable: the largest file accepted from the guest (`64M`, `2G`, bytes).
 pub(crate) const FILE_LIMIT_ENV: &str = "VMTEST_FILE_LIMIT";
+/// Environment variable: the most files one test may hand to the host.
+pub(crate) const TEST_FILES_ENV: &str = "VMTEST_FILES_PER_TEST";
+/// Environment variable: the most bytes of one test's files together.
+pub(crate) const TEST_BYTES_ENV: &str = "VMTEST_BYTES_PER_TEST";
+/// Environment variable: the most bytes of all files of a run together.
+pub(crate) const RUN_BYTES_ENV: &str = "VMTEST_BYTES_PER_RUN";
+/// Problems kept per test; more are counted.
+const MAX_PROBLEMS: usize = 20;
 /// Longest name accepted, in bytes.
 const MAX_NAME_LEN: usize = 1024;
 /// Suffix of a file still being received (before a unique number).
@@ -98,17 +108,90 @@ pub(crate) fn parse_name(name: &str) -> Result<(Kind, PathBuf), String> {
     Ok((kind, relative))
 }
 
-/// Reads [`FILE_LIMIT_ENV`]: bytes, or a number with `K`, `M` or `G`.
-pub(crate) fn file_limit() -> Result<u64, crate::Error> {
-    let Ok(value) = std::env::var(FILE_LIMIT_ENV) else { return Ok(DEFAULT_FILE_LIMIT) };
-    parse_size(&value).ok_or_else(|| {
-        crate::Error::Config(format!(
-            "{FILE_LIMIT_ENV}={value:?} is not a size (like 4096, 64M, 2G)"
-        ))
-    })
+/// What a run accepts from its guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Largest file ([`FILE_LIMIT_ENV`]).
+    pub file_bytes: u64,
+    /// Most files per test ([`TEST_FILES_ENV`]).
+    pub test_files: u64,
+    /// Most bytes per test ([`TEST_BYTES_ENV`]).
+    pub test_bytes: u64,
+    /// Most bytes per run ([`RUN_BYTES_ENV`]).
+    pub run_bytes: u64,
 }
 
-fn parse_size(value: &str) -> Option<u64> {
+impl Default for Limits {
+    fn default() -> Self {
+        let guest = FileLimits::default();
+        Limits {
+            file_bytes: guest.file_bytes,
+            test_files: guest.test_files,
+            test_bytes: guest.test_bytes,
+            run_bytes: guest.vm_bytes,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, overridden by the environment variables; a bad value is an error naming it.
+    pub(crate) fn from_env() -> Result<Limits, crate::Error> {
+        Limits::from_vars(|name| std::env::var(name).ok())
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Limits, crate::Error> {
+        let mut limits = Limits::default();
+        let sizes = [
+            (FILE_LIMIT_ENV, &mut limits.file_bytes, true),
+            (TEST_FILES_ENV, &mut limits.test_files, false),
+            (TEST_BYTES_ENV, &mut limits.test_bytes, true),
+            (RUN_BYTES_ENV, &mut limits.run_bytes, true),
+        ];
+        for (name, slot, is_size) in sizes {
+            let Some(value) = var(name) else { continue };
+            let parsed = if is_size { parse_size(&value) } else { value.trim().parse().ok() };
+            *slot = parsed.ok_or_else(|| {
+                let like = if is_size { "a size (like 4096, 64M, 2G)" } else { "a number" };
+                crate::Error::Config(format!("{name}={value:?} is not {like}"))
+            })?;
+        }
+        Ok(limits)
+    }
+
+    /// The limits for a VM's plan: `run_bytes_left` of the run's budget is left, and the guest
+    /// may spend `send_ms` sending a test's files after it ended.
+    pub(crate) fn for_guest(&self, run_bytes_left: u64, send_ms: u64) -> FileLimits {
+        FileLimits {
+            file_bytes: self.file_bytes,
+            test_files: self.test_files,
+            test_bytes: self.test_bytes,
+            vm_bytes: run_bytes_left,
+            send_ms,
+        }
+    }
+
+    /// Why files were held back or rejected, for a warning: the limit and its knob.
+    fn describe(&self, why: HeldBack) -> String {
+        match why {
+            HeldBack::FileSize => {
+                format!("over the limit of {} bytes per file ({FILE_LIMIT_ENV})", self.file_bytes)
+            }
+            HeldBack::TestFiles => {
+                format!("over the limit of {} files per test ({TEST_FILES_ENV})", self.test_files)
+            }
+            HeldBack::TestBytes => {
+                format!("over the limit of {} bytes per test ({TEST_BYTES_ENV})", self.test_bytes)
+            }
+            HeldBack::VmBytes => {
+                format!("over the limit of {} bytes per run ({RUN_BYTES_ENV})", self.run_bytes)
+            }
+            HeldBack::SendTime | HeldBack::StillGrowing => String::new(),
+        }
+    }
+}
+
+/// A size: bytes, or a number with `K`, `M` or `G`.
+pub(crate) fn parse_size(value: &str) -> Option<u64> {
     let value = value.trim();
     let (digits, unit) = match value.char_indices().last()? {
         (at, 'K' | 'k') => (&value[..at], 1 << 10),
@@ -124,8 +207,13 @@ fn parse_size(value: &str) -> Option<u64> {
 pub(crate) struct Received {
     /// Files written, in arrival order.
     pub written: Vec<PathBuf>,
-    /// Why files were rejected.
+    /// Why files were rejected (at most [`MAX_PROBLEMS`], then how many more).
     pub problems: Vec<String>,
+    /// Problems beyond [`MAX_PROBLEMS`].
+    more_problems: u64,
+    /// Files accepted (the one being received included).
+    files: u64,
+    /// Bytes of the files written.
     bytes: u64,
 }
 
@@ -136,7 +224,9 @@ pub(crate) type Route<'a> = dyn Fn(u32, Kind, &Path) -> Option<PathBuf> + 'a;
 /// Receives the file chunks of one VM.
 pub(crate) struct Receiver<'a> {
     route: Box<Route<'a>>,
-    file_limit: u64,
+    limits: Limits,
+    /// Bytes of the run's files so far, shared by the run's VMs.
+    run_bytes: &'a AtomicU64,
     open: Option<OpenFile>,
     /// A file being skipped after it was rejected: (test, name).
     skipping: Option<(u32, Vec<u8>)>,
@@ -157,26 +247,72 @@ struct OpenFile {
     /// the harness is interrupted).
     guard: crate::process::PartialFile,
     len: u64,
+    /// Bytes of it counted in the run's total (all but the kernel log's).
+    counted: u64,
 }
 
 impl OpenFile {
-    fn discard(self) {
+    /// Removes the partial file and gives its bytes back to the run's budget.
+    fn discard(self, run_bytes: &AtomicU64) {
         drop(self.file);
         drop(self.guard);
+        run_bytes.fetch_sub(self.counted, Ordering::Relaxed);
     }
 }
 
 impl<'a> Receiver<'a> {
-    pub(crate) fn new(route: Box<Route<'a>>, file_limit: u64) -> Self {
+    pub(crate) fn new(route: Box<Route<'a>>, limits: Limits, run_bytes: &'a AtomicU64) -> Self {
         Receiver {
             route,
-            file_limit,
+            limits,
+            run_bytes,
             open: None,
             skipping: None,
             tests: BTreeMap::new(),
             strays: Vec::new(),
             serial: 0,
         }
+    }
+
+    /// Takes the guest's word that it held files of `running` back (or cut one short): a
+    /// warning for the test, naming the limit. A file cut short is discarded.
+    pub(crate) fn held_back(
+        &mut self,
+        running: Option<u32>,
+        why: HeldBack,
+        name: &[u8],
+        files: u64,
+        bytes: u64,
+    ) {
+        let Some(id) = running else {
+            self.strays.push(format!("{}: held back while no test was running", printable(name)));
+            return;
+        };
+        if why == HeldBack::SendTime
+            && self.open.as_ref().is_some_and(|f| f.id == id && f.name == name)
+        {
+            let cut = self.open.take().expect("checked above");
+            cut.discard(self.run_bytes);
+        }
+        let name = printable(name);
+        let more = match files {
+            0 | 1 => String::new(),
+            n => format!(" and {} more files", n - 1),
+        };
+        let problem = match why {
+            HeldBack::SendTime => format!(
+                "{name}{more}: not sent ({bytes} bytes): still on their way when the time for \
+                 sending a test's files ran out (scaled with VMTEST_TIMEOUT_SCALE)"
+            ),
+            HeldBack::StillGrowing => format!(
+                "{name}{more}: sent as long as it was when sending began; it grew by {bytes} \
+                 bytes meanwhile (a process that outlived the test still writes to it)"
+            ),
+            limit => {
+                format!("{name}{more}: not sent ({bytes} bytes): {}", self.limits.describe(limit))
+            }
+        };
+        self.problem(id, problem);
     }
 
     /// Takes one chunk for `running`, the test the host knows to be running on this VM (the
@@ -208,11 +344,11 @@ impl<'a> Receiver<'a> {
         if self.open.as_ref().is_some_and(|f| f.id != id || f.name != name) {
             let cut = self.open.take().expect("checked above");
             self.problem(cut.id, format!("{}: ended without its last chunk", printable(&cut.name)));
-            cut.discard();
+            cut.discard(self.run_bytes);
         }
         if let Err(why) = self.write(id, name, offset, data, last) {
             if let Some(open) = self.open.take() {
-                open.discard();
+                open.discard(self.run_bytes);
             }
             self.problem(id, format!("{}: rejected: {why}", printable(name)));
             if !last {
@@ -240,36 +376,61 @@ impl<'a> Receiver<'a> {
                 }
                 return Ok(());
             };
+            // The kernel log of a failed test is vmtest's own: only the file limit applies.
+            if name != KERNEL_LOG_NAME.as_bytes() {
+                let test = self.tests.entry(id).or_default();
+                if test.files >= self.limits.test_files {
+                    return Err(self.limits.describe(HeldBack::TestFiles));
+                }
+                test.files += 1;
+            }
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
             }
             let (partial, file, guard) = self.create_partial(&path)?;
             let name = name.to_owned();
-            self.open = Some(OpenFile { id, name, path, partial, file, guard, len: 0 });
+            self.open = Some(OpenFile { id, name, path, partial, file, guard, len: 0, counted: 0 });
         }
-        let limit = self.file_limit;
+        let limits = self.limits;
+        let test_bytes = self.tests.entry(id).or_default().bytes;
         let open = self.open.as_mut().expect("opened above");
         if offset != open.len {
             return Err(format!("a chunk at offset {offset} where {} was expected", open.len));
         }
-        let len = open.len + data.len() as u64;
-        if len > limit {
-            return Err(format!("larger than the limit of {limit} bytes ({FILE_LIMIT_ENV})"));
+        let chunk = data.len() as u64;
+        let len = open.len + chunk;
+        if len > limits.file_bytes {
+            return Err(limits.describe(HeldBack::FileSize));
         }
+        let kernel_log = open.name == KERNEL_LOG_NAME.as_bytes();
+        if !kernel_log {
+            if test_bytes + len > limits.test_bytes {
+                return Err(limits.describe(HeldBack::TestBytes));
+            }
+            let run_bytes = self.run_bytes.fetch_add(chunk, Ordering::Relaxed) + chunk;
+            if run_bytes > limits.run_bytes {
+                self.run_bytes.fetch_sub(chunk, Ordering::Relaxed);
+                return Err(limits.describe(HeldBack::VmBytes));
+            }
+            // Counted before the write, so that a discard gives back exactly what was counted.
+            open.counted += chunk;
+        }
+        open.len = len;
         open.file
             .write_all(data)
             .map_err(|e| format!("failed to write {}: {e}", open.partial.display()))?;
-        open.len = len;
-        self.tests.entry(id).or_default().bytes += data.len() as u64;
         if last {
             let open = self.open.take().expect("opened above");
-            let OpenFile { path, partial, file, guard, .. } = open;
+            let OpenFile { path, partial, file, guard, counted, .. } = open;
             drop(file);
             guard.persist(&path).map_err(|e| {
+                self.run_bytes.fetch_sub(counted, Ordering::Relaxed);
                 format!("failed to rename {} to {}: {e}", partial.display(), path.display())
             })?;
-            self.tests.entry(id).or_default().written.push(path);
+            let test = self.tests.entry(id).or_default();
+            test.bytes += counted;
+            test.written.push(path);
         }
         Ok(())
     }
@@ -297,7 +458,12 @@ impl<'a> Receiver<'a> {
     }
 
     fn problem(&mut self, id: u32, problem: String) {
-        self.tests.entry(id).or_default().problems.push(problem);
+        let test = self.tests.entry(id).or_default();
+        if test.problems.len() < MAX_PROBLEMS {
+            test.problems.push(problem);
+        } else {
+            test.more_problems += 1;
+        }
     }
 
     /// What test `id` sent, once it has finished: a file it left unfinished is discarded.
@@ -305,12 +471,16 @@ impl<'a> Receiver<'a> {
         if self.open.as_ref().is_some_and(|f| f.id == id) {
             let cut = self.open.take().expect("checked above");
             self.problem(id, format!("{}: ended without its last chunk", printable(&cut.name)));
-            cut.discard();
+            cut.discard(self.run_bytes);
         }
         if self.skipping.as_ref().is_some_and(|(i, _)| *i == id) {
             self.skipping = None;
         }
-        self.tests.remove(&id).unwrap_or_default()
+        let mut received = self.tests.remove(&id).unwrap_or_default();
+        if received.more_problems > 0 {
+            received.problems.push(format!("{} more problems like these", received.more_problems));
+        }
+        received
     }
 
     /// The files refused because no test was running when they came, since the last call.
@@ -323,7 +493,7 @@ impl Drop for Receiver<'_> {
     /// A VM that ended mid-file leaves no half-written file.
     fn drop(&mut self) {
         if let Some(open) = self.open.take() {
-            open.discard();
+            open.discard(self.run_bytes);
         }
     }
 }
@@ -348,7 +518,12 @@ mod tests {
     }
 
     fn receiver(root: &Path, limit: u64) -> Receiver<'static> {
+        receiver_with(root, Limits { file_bytes: limit, ..Limits::default() })
+    }
+
+    fn receiver_with(root: &Path, limits: Limits) -> Receiver<'static> {
         let root = root.to_owned();
+        let run_bytes = Box::leak(Box::new(AtomicU64::new(0)));
         Receiver::new(
             Box::new(move |id, kind, relative| {
                 let kind = match kind {
@@ -357,7 +532,8 @@ mod tests {
                 };
                 Some(root.join(format!("{id}-{kind}")).join(relative))
             }),
-            limit,
+            limits,
+            run_bytes,
         )
     }
 
@@ -498,6 +674,119 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_the_environment() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(Limits::from_vars(vars(&[])).unwrap(), Limits::default());
+        let limits = Limits::from_vars(vars(&[
+            ("VMTEST_FILE_LIMIT", "64M"),
+            ("VMTEST_FILES_PER_TEST", "20"),
+            ("VMTEST_BYTES_PER_TEST", "1G"),
+            ("VMTEST_BYTES_PER_RUN", "4096"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            limits,
+            Limits { file_bytes: 64 << 20, test_files: 20, test_bytes: 1 << 30, run_bytes: 4096 }
+        );
+        let err = Limits::from_vars(vars(&[("VMTEST_FILES_PER_TEST", "1K")])).unwrap_err();
+        assert!(err.to_string().contains("VMTEST_FILES_PER_TEST=\"1K\" is not a number"), "{err}");
+        let err = Limits::from_vars(vars(&[("VMTEST_BYTES_PER_RUN", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("VMTEST_BYTES_PER_RUN=\"lots\" is not a size"), "{err}");
+    }
+
+    #[test]
+    fn the_host_holds_tests_and_runs_to_their_totals() {
+        let root = temp("totals");
+        let limits = Limits { file_bytes: 100, test_files: 3, test_bytes: 10, run_bytes: 14 };
+        let run_bytes = AtomicU64::new(0);
+        let route =
+            |id: u32, _: Kind, relative: &Path| Some(root.join(id.to_string()).join(relative));
+        let mut rx = Receiver::new(Box::new(route), limits, &run_bytes);
+        // A guest that ignores its limits: 25 files of 1 byte.
+        for i in 0..25 {
+            rx.chunk(Some(1), format!("artifacts/f{i:02}").as_bytes(), 0, b"x", true);
+        }
+        let received = rx.finish(1);
+        assert_eq!(received.written.len(), 3);
+        assert!(
+            received.problems[0].contains(
+                "artifacts/f03: rejected: over the limit of 3 files per test (VMTEST_FILES_PER_TEST)"
+            ),
+            "{:?}",
+            received.problems
+        );
+        // 20 kept, the rest counted.
+        assert_eq!(received.problems.len(), MAX_PROBLEMS + 1);
+        assert_eq!(received.problems.last().unwrap(), "2 more problems like these");
+
+        rx.chunk(Some(2), b"artifacts/a", 0, b"123456", true);
+        rx.chunk(Some(2), b"artifacts/b", 0, b"12345", true);
+        let received = rx.finish(2);
+        assert_eq!(received.written, [root.join("2/a")]);
+        assert!(received.problems[0].contains("per test (VMTEST_BYTES_PER_TEST)"));
+        // 3 + 6 of the run's 14 bytes are spent: 5 are left.
+        rx.chunk(Some(3), b"artifacts/a", 0, b"123", false);
+        rx.chunk(Some(3), b"artifacts/a", 3, b"456", true);
+        rx.chunk(Some(3), b"artifacts/b", 0, b"12", true);
+        let received = rx.finish(3);
+        assert_eq!(received.written, [root.join("3/b")]);
+        assert!(received.problems[0].contains("per run (VMTEST_BYTES_PER_RUN)"));
+        assert_eq!(run_bytes.load(Ordering::Relaxed), 11);
+        drop(rx);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn what_the_guest_held_back_becomes_a_warning_naming_the_knob() {
+        let root = temp("held");
+        let mut rx = receiver(&root, 1 << 20);
+        rx.chunk(Some(1), b"artifacts/cut", 0, b"part", false);
+        rx.held_back(Some(1), HeldBack::SendTime, b"artifacts/cut", 1, 100);
+        rx.held_back(Some(1), HeldBack::TestFiles, b"artifacts/f1000", 19_000, 19_000 * 16);
+        rx.held_back(Some(1), HeldBack::FileSize, b"artifacts/sparse", 1, 1 << 40);
+        rx.held_back(Some(1), HeldBack::StillGrowing, b"artifacts/log", 1, 4096);
+        let received = rx.finish(1);
+        let problems = received.problems.join("\n");
+        for expected in [
+            "artifacts/cut: not sent (100 bytes): still on their way when the time",
+            "artifacts/f1000 and 18999 more files: not sent (304000 bytes): over the limit of \
+             1000 files per test (VMTEST_FILES_PER_TEST)",
+            "artifacts/sparse: not sent (1099511627776 bytes): over the limit of 1048576 bytes \
+             per file (VMTEST_FILE_LIMIT)",
+            "artifacts/log: sent as long as it was when sending began; it grew by 4096 bytes",
+        ] {
+            assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+        }
+        // The file cut short is gone, not reported as unfinished.
+        assert!(!problems.contains("without its last chunk"), "{problems}");
+        assert!(tree(&root).is_empty(), "{:?}", tree(&root));
+        // Held back while no test ran: a stray.
+        rx.held_back(None, HeldBack::FileSize, b"artifacts/x", 1, 9);
+        assert_eq!(rx.take_strays(), ["artifacts/x: held back while no test was running"]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_kernel_log_counts_only_against_the_file_limit() {
+        let root = temp("kernel-log-limits");
+        let limits = Limits { file_bytes: 100, test_files: 1, test_bytes: 4, run_bytes: 4 };
+        let run_bytes = AtomicU64::new(0);
+        let route =
+            |id: u32, _: Kind, relative: &Path| Some(root.join(id.to_string()).join(relative));
+        let mut rx = Receiver::new(Box::new(route), limits, &run_bytes);
+        rx.chunk(Some(1), b"artifacts/a", 0, b"1234", true);
+        rx.chunk(Some(1), KERNEL_LOG_NAME.as_bytes(), 0, b"kernel log", true);
+        let received = rx.finish(1);
+        assert!(received.problems.is_empty(), "{:?}", received.problems);
+        assert_eq!(received.written, [root.join("1/a"), root.join("1/dmesg.txt")]);
+        assert_eq!(run_bytes.load(Ordering::Relaxed), 4);
+        drop(rx);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn sizes_parse_with_units() {
         assert_eq!(parse_size("4096"), Some(4096));
         assert_eq!(parse_size("64M"), Some(64 << 20));
@@ -550,7 +839,7 @@ mod tests {
             "artifacts/../../escape: rejected: a `..` path component",
             "/abs: rejected: an absolute path",
             "artifacts/nul\\0: rejected: a NUL byte",
-            "artifacts/big: rejected: larger than the limit of 8 bytes",
+            "artifacts/big: rejected: over the limit of 8 bytes per file (VMTEST_FILE_LIMIT)",
             "artifacts/gap: rejected: a chunk at offset 5 where 2 was expected",
             "artifacts/middle: rejected: its first chunk starts at offset 3",
         ] {
@@ -581,7 +870,8 @@ mod tests {
     #[test]
     fn unwanted_kinds_are_dropped_silently() {
         let root = temp("unwanted");
-        let mut rx = Receiver::new(Box::new(|_, _, _| None), 1 << 20);
+        let run_bytes = AtomicU64::new(0);
+        let mut rx = Receiver::new(Box::new(|_, _, _| None), Limits::default(), &run_bytes);
         rx.chunk(Some(1), b"profiles/1.profraw", 0, b"data", false);
         rx.chunk(Some(1), b"profiles/1.profraw", 4, b"more", true);
         let received = rx.finish(1);

@@ -10,10 +10,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
 
@@ -35,8 +35,14 @@ use crate::{files, fixtures, guest_env};
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time for a kernel to reach the harness, before scaling.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Extra time the host grants beyond a test's own timeout before it gives up on the guest.
+/// Extra time the host grants beyond a test's own timeout (and [`SEND_TIME`]) before it gives
+/// up on the guest; also the longest silence between two tests. Before scaling.
 const HOST_GRACE: Duration = Duration::from_secs(30);
+/// How long after a test ended the guest may spend sending its files, before scaling.
+const SEND_TIME: Duration = Duration::from_secs(60);
+/// Notes the VM threads may queue for the main thread before they wait: the main thread
+/// writes output to a terminal or a pipe that may stop taking it (`--nocapture | less`).
+const NOTE_QUEUE: usize = 32;
 /// Guest memory on top of what the initramfs needs.
 const BASE_MEMORY_MIB: u64 = 256;
 /// Environment variable that carries a test's shown name (`test[kernel]`) into the guest.
@@ -199,13 +205,16 @@ pub(crate) fn run(binary: &TestBinary, options: &Options) -> i32 {
         .iter()
         .map(|s| crate::progress::Test { info: s.info.clone(), not_run: s.not_run.clone() })
         .collect();
-    let (notes, received) = std::sync::mpsc::channel();
+    let (notes, received) = std::sync::mpsc::sync_channel(NOTE_QUEUE);
     let mut live = crate::progress::Live::start(settings, &tests, filtered_out);
     if let Some((context, groups)) = &context {
         context.start_workers(groups, threads, &notes);
     }
     drop(notes);
     live.follow(&received);
+    // A VM thread still sending (a guest that talks after its last test) must not wait for a
+    // reader that is gone while the main thread waits for it.
+    drop(received);
     let failed = live.finish();
     // Verdicts arrive before QEMU has shut down; wait for every VM to be gone and its temp
     // dir removed before exiting.
@@ -402,7 +411,7 @@ struct Member {
 
 impl Member {
     /// Sends the test's verdict, unless it has one already.
-    fn finish(&self, notes: &Sender<Note>, verdict: Verdict) {
+    fn finish(&self, notes: &SyncSender<Note>, verdict: Verdict) {
         if !self.slot.0.swap(true, Ordering::SeqCst) {
             let _ = notes.send(Note::Finished(self.id, verdict));
         }
@@ -439,8 +448,12 @@ struct RunContext {
     /// Where the tests' LLVM profiles go: the directory of the host's `LLVM_PROFILE_FILE`,
     /// when it is set (`cargo llvm-cov`, PGO).
     profile_dir: Option<PathBuf>,
-    /// Largest file accepted from a guest.
-    file_limit: u64,
+    /// Most bytes of kernel console kept per VM.
+    console_limit: u64,
+    /// What the run accepts of the guests' files.
+    file_limits: files::Limits,
+    /// Bytes of the guests' files received so far, by every VM of the run.
+    file_bytes: AtomicU64,
     /// The tests' working directory in the guest.
     cwd: String,
     vms: VmSlots,
@@ -512,7 +525,7 @@ impl RunContext {
         self: &Arc<Self>,
         groups: &[Arc<Group>],
         threads: usize,
-        notes: &Sender<Note>,
+        notes: &SyncSender<Note>,
     ) {
         let queue: Arc<Mutex<VecDeque<Arc<Group>>>> =
             Arc::new(Mutex::new(groups.iter().cloned().collect()));
@@ -639,7 +652,9 @@ fn prepare(
         capture: !options.nocapture,
         log_dir: LogDir::claim(log_dir(&binary.path))?,
         profile_dir: profile_dir(),
-        file_limit: files::file_limit()?,
+        file_limits: files::Limits::from_env()?,
+        console_limit: vm::console_limit()?,
+        file_bytes: AtomicU64::new(0),
         cwd,
         vms: VmSlots::for_host(threads),
         accel,
@@ -715,7 +730,7 @@ impl LogDir {
 impl Group {
     /// Boots VMs until every test has a verdict: when a VM dies (a kernel panic, a crash), the
     /// test that was running fails and the tests after it run in a fresh VM.
-    fn run(&self, context: &RunContext, notes: &Sender<Note>) {
+    fn run(&self, context: &RunContext, notes: &SyncSender<Note>) {
         let mut problem = None;
         for attempt in 0.. {
             let pending: Vec<&Member> =
@@ -771,7 +786,7 @@ impl Group {
         context: &RunContext,
         pending: &[&Member],
         attempt: u32,
-        notes: &Sender<Note>,
+        notes: &SyncSender<Note>,
     ) -> Result<Option<String>, Error> {
         let workdir = crate::process::vm_workdir()?;
         let initrd = workdir.path().join("initrd.cpio");
@@ -794,6 +809,7 @@ impl Group {
                 .map(|c| c.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
             boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
+            console_limit: context.console_limit,
             modules: Arc::clone(&self.modules),
         };
         let console_log = self.console_log(context, attempt);
@@ -817,22 +833,40 @@ impl Group {
                 ))
             }),
         };
-        let mut received = files::Receiver::new(Box::new(route), context.file_limit);
+        let mut received =
+            files::Receiver::new(Box::new(route), context.file_limits, &context.file_bytes);
         // The live stderr of the running test, less the failure note it may end with.
         let mut live_note = FailureNote::default();
         let gap = HOST_GRACE.mul_f64(scale);
+        let send_time = SEND_TIME.mul_f64(scale);
+        // Until when the running test and the sending of its files may take: fixed when it
+        // starts, so that no message (a file chunk, live output) extends it, and moved only by
+        // the time the host itself made the guest wait (the main thread not taking notes).
+        let mut test_deadline: Option<Instant> = None;
+        let send = |note: Note, test_deadline: &mut Option<Instant>| {
+            let started = Instant::now();
+            let _ = notes.send(note);
+            if let Some(deadline) = test_deadline {
+                *deadline += started.elapsed();
+            }
+        };
+        let left = |test_deadline: Option<Instant>| {
+            test_deadline.map_or(gap, |d| d.saturating_duration_since(Instant::now()))
+        };
         let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
             GuestMessage::TestStarted { id } => {
                 running = by_id.get(&id).copied();
                 live_note = FailureNote::default();
-                let _ = notes.send(Note::Started(id));
-                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
+                test_deadline =
+                    running.map(|m| Instant::now() + m.timeout.mul_f64(scale) + gap + send_time);
+                send(Note::Started(id), &mut test_deadline);
+                left(test_deadline)
             }
             GuestMessage::KernelLog { id, bytes } => {
                 if running.is_some_and(|m| m.id == id) {
                     kernel_log = bytes;
                 }
-                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
+                left(test_deadline)
             }
             GuestMessage::FileChunk { name, offset, data, last } => {
                 // The test running on this VM owns the file, whatever the guest might claim.
@@ -840,13 +874,20 @@ impl Group {
                 for stray in received.take_strays() {
                     eprintln!("vmtest: warning: a file from the guest: {stray}");
                 }
-                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
+                left(test_deadline)
+            }
+            GuestMessage::FilesHeldBack { why, name, files, bytes } => {
+                received.held_back(running.map(|m| m.id), why, &name, files, bytes);
+                for stray in received.take_strays() {
+                    eprintln!("vmtest: warning: a file from the guest: {stray}");
+                }
+                left(test_deadline)
             }
             GuestMessage::TestFinished { id, outcome, duration_ms: _, output } => {
                 let files = received.finish(id);
                 let (rest, live_message) = std::mem::take(&mut live_note).finish();
                 if !rest.is_empty() {
-                    let _ = notes.send(Note::Output { stream: Stream::Stderr, bytes: rest });
+                    send(Note::Output { stream: Stream::Stderr, bytes: rest }, &mut None);
                 }
                 if let Some(member) = by_id.get(&id) {
                     let (output, message) = FailureNote::split(&output);
@@ -861,6 +902,7 @@ impl Group {
                 }
                 kernel_log.clear();
                 running = None;
+                test_deadline = None;
                 gap
             }
             GuestMessage::Output { stream, bytes, .. } => {
@@ -869,15 +911,15 @@ impl Group {
                     Stream::Stderr => live_note.feed(&bytes),
                 };
                 if !bytes.is_empty() {
-                    let _ = notes.send(Note::Output { stream, bytes });
+                    send(Note::Output { stream, bytes }, &mut test_deadline);
                 }
-                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
+                left(test_deadline)
             }
             GuestMessage::Log(line) => {
                 eprintln!("vmtest: guest: {line}");
-                running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap)
+                left(test_deadline)
             }
-            _ => running.map_or(gap, |m| m.timeout.mul_f64(scale) + gap),
+            _ => left(test_deadline),
         })?;
         let Some(mut problem) = end.problem else { return Ok(None) };
         if end.kvm_failed && accel.may_fall_back {
@@ -937,8 +979,16 @@ impl Group {
                 wanted_by,
             });
         }
-        let plan =
+        let run_bytes_left = context
+            .file_limits
+            .run_bytes
+            .saturating_sub(context.file_bytes.load(Ordering::Relaxed));
+        let send_ms = SEND_TIME.mul_f64(context.accel().timeout_scale).as_millis();
+        let mut plan =
             Plan::new(planned_modules, pending.iter().map(|m| self.planned(m, context)).collect());
+        plan.files = context
+            .file_limits
+            .for_guest(run_bytes_left, u64::try_from(send_ms).unwrap_or(u64::MAX));
         let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
         initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
         context.userland.add_beneath(&mut initramfs)?;

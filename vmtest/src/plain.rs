@@ -85,7 +85,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         }
     }
     let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         modules,
         vec![PlannedTest {
             id: 0,
@@ -98,6 +98,8 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
             capture: false,
         }],
     );
+    // Nothing on the host takes files from an ordinary binary.
+    plan.files = protocol::FileLimits { test_files: 0, ..protocol::FileLimits::default() };
     let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
     initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
     GuestUserland::for_run(arch)?.add_beneath(&mut initramfs)?;
@@ -118,6 +120,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         cpus: crate::qemu::profile(arch).default_cpus,
         cmdline: Vec::new(),
         boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
+        console_limit: vm::console_limit()?,
         modules: std::sync::Arc::new(kernel.module_provider()),
     };
     let console_log = log_path(binary);

@@ -31,6 +31,13 @@ use crate::Error;
 
 /// Bytes of kernel console kept in memory for failure messages.
 const CONSOLE_TAIL_BYTES: usize = 16 * 1024;
+/// Environment variable: the most bytes of kernel console kept in a VM's console log.
+pub(crate) const CONSOLE_LIMIT_ENV: &str = "VMTEST_CONSOLE_LIMIT";
+/// Size of a console log unless [`CONSOLE_LIMIT_ENV`] says otherwise.
+const DEFAULT_CONSOLE_LIMIT: u64 = 8 << 20;
+/// Guest messages read ahead of the message loop; the reader waits (and so does the guest)
+/// while they are queued, so the host holds at most this many frames per VM.
+const FRAME_QUEUE: usize = 8;
 /// What QEMU prints when KVM cannot run the guest (and then hangs).
 const KVM_INTERNAL_ERROR: &[u8] = b"KVM internal error";
 /// How long a QEMU whose guest went silent may take to exit by itself before it is killed.
@@ -49,6 +56,8 @@ pub(crate) struct VmSpec {
     pub cmdline: Vec<String>,
     /// Time from QEMU's start to the guest's `Hello`.
     pub boot_timeout: Duration,
+    /// Most bytes of kernel console kept in the console log (see [`CappedLog`]).
+    pub console_limit: u64,
     /// Answers the guest's `modprobe` with the booted kernel's modules.
     pub modules: Arc<ModuleProvider>,
 }
@@ -103,7 +112,8 @@ pub(crate) fn run(
         .map_err(|e| Error::io(format!("failed to start {}", qemu_binary.display()), e))?;
 
     let console_path = workdir.join("console.log");
-    let console = ConsoleReader::start(process.child_mut().stdout.take(), &console_path)?;
+    let console =
+        ConsoleReader::start(process.child_mut().stdout.take(), &console_path, spec.console_limit)?;
     let kvm_error = Arc::new(AtomicBool::new(false));
     let qemu_stderr = collect_stderr(process.child_mut().stderr.take(), Arc::clone(&kvm_error));
 
@@ -137,11 +147,13 @@ pub(crate) fn run(
     if let Some(server) = server {
         let _ = server.join();
     }
+    // QEMU is gone: the reader reaches the end of its output, and has written all of it (the
+    // last lines are usually the ones that matter) before the log is copied.
+    let console_tail = console.finish();
     if let Some(parent) = console_log.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
     copy_atomically(&console_path, console_log)?;
-    let console_tail = console.tail();
     let kvm_failed = spec.accel == Accel::Kvm
         && !greeted
         && result.is_err()
@@ -306,7 +318,7 @@ fn accept_until(
 }
 
 fn spawn_frame_reader(stream: UnixStream) -> mpsc::Receiver<Result<GuestMessage, FrameError>> {
-    let (sender, receiver) = mpsc::channel();
+    let (sender, receiver) = mpsc::sync_channel(FRAME_QUEUE);
     std::thread::spawn(move || {
         let mut reader = FrameReader::new(io::BufReader::with_capacity(1 << 20, stream));
         loop {
@@ -327,46 +339,142 @@ fn spawn_frame_reader(stream: UnixStream) -> mpsc::Receiver<Result<GuestMessage,
     receiver
 }
 
-/// Copies QEMU's stdout (the kernel console) into a log file and keeps its tail.
+/// Reads [`CONSOLE_LIMIT_ENV`]: bytes, or a number with `K`, `M` or `G`.
+pub(crate) fn console_limit() -> Result<u64, Error> {
+    let Ok(value) = std::env::var(CONSOLE_LIMIT_ENV) else { return Ok(DEFAULT_CONSOLE_LIMIT) };
+    crate::files::parse_size(&value).ok_or_else(|| {
+        Error::Config(format!("{CONSOLE_LIMIT_ENV}={value:?} is not a size (like 4096, 64M, 2G)"))
+    })
+}
+
+/// Copies QEMU's stdout (the kernel console) into a log file, within a limit (see
+/// [`CappedLog`]), and keeps its tail.
 struct ConsoleReader {
     thread: Option<std::thread::JoinHandle<()>>,
     tail: Arc<Mutex<VecDeque<u8>>>,
 }
 
 impl ConsoleReader {
-    fn start(stdout: Option<impl Read + Send + 'static>, path: &Path) -> Result<Self, Error> {
+    fn start(
+        stdout: Option<impl Read + Send + 'static>,
+        path: &Path,
+        limit: u64,
+    ) -> Result<Self, Error> {
         let file = File::create(path)
             .map_err(|e| Error::io(format!("failed to create {}", path.display()), e))?;
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(CONSOLE_TAIL_BYTES)));
         let thread = stdout.map(|mut stdout| {
             let tail = Arc::clone(&tail);
             std::thread::spawn(move || {
-                let mut file = BufWriter::new(file);
+                let mut log = CappedLog::new(BufWriter::new(file), limit);
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = stdout.read(&mut buf) {
                     if n == 0 {
                         break;
                     }
-                    let _ = file.write_all(&buf[..n]);
+                    let _ = log.push(&buf[..n]);
                     let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
                     tail.extend(&buf[..n]);
                     let excess = tail.len().saturating_sub(CONSOLE_TAIL_BYTES);
                     tail.drain(..excess);
                 }
-                let _ = file.flush();
+                let _ = log.finish();
             })
         });
         Ok(ConsoleReader { thread, tail })
     }
 
-    /// Waits for the console to reach end of file (QEMU has exited) and returns its last lines.
-    fn tail(mut self) -> String {
+    /// Waits for the console to reach end of file (QEMU has exited) and the log to be
+    /// complete on disk; returns the console's last lines.
+    fn finish(mut self) -> String {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
         let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let bytes: Vec<u8> = tail.iter().copied().collect();
         last_lines(&String::from_utf8_lossy(&bytes), 100)
+    }
+}
+
+/// A log kept within `limit` bytes (plus one line): its first half as written, then its last
+/// half, which is held in memory until [`CappedLog::finish`], with a line between them that
+/// says how much was cut. The kept end starts at a line's beginning.
+pub(crate) struct CappedLog<W: Write> {
+    out: W,
+    limit: u64,
+    /// Bytes the beginning may still take.
+    head_left: u64,
+    /// The latest bytes past the beginning, at most `tail_cap`.
+    tail: VecDeque<u8>,
+    tail_cap: usize,
+    /// Bytes dropped from `tail`.
+    cut: u64,
+    /// The last byte dropped ended a line.
+    cut_at_line: bool,
+}
+
+impl<W: Write> CappedLog<W> {
+    pub(crate) fn new(out: W, limit: u64) -> Self {
+        let head_left = limit / 2;
+        let tail_cap = usize::try_from(limit - head_left).unwrap_or(usize::MAX);
+        CappedLog {
+            out,
+            limit,
+            head_left,
+            tail: VecDeque::new(),
+            tail_cap,
+            cut: 0,
+            cut_at_line: true,
+        }
+    }
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let head =
+            usize::try_from(self.head_left).map_or(bytes.len(), |left| left.min(bytes.len()));
+        self.out.write_all(&bytes[..head])?;
+        self.head_left -= head as u64;
+        let rest = &bytes[head..];
+        // Only the last `tail_cap` bytes of `rest` can stay.
+        let skip = rest.len().saturating_sub(self.tail_cap);
+        if skip > 0 {
+            self.cut += skip as u64;
+            self.cut_at_line = rest[skip - 1] == b'\n';
+        }
+        self.tail.extend(&rest[skip..]);
+        let excess = self.tail.len().saturating_sub(self.tail_cap);
+        if excess > 0 {
+            self.cut_at_line = self.tail[excess - 1] == b'\n';
+            self.tail.drain(..excess);
+            self.cut += excess as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes the end (after the note on what was cut) and flushes; returns the writer.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        if self.cut > 0 {
+            // Start the end at a line: the rest of a cut line is cut too.
+            if !self.cut_at_line {
+                if let Some(newline) = self.tail.iter().position(|&b| b == b'\n') {
+                    self.tail.drain(..=newline);
+                    self.cut += newline as u64 + 1;
+                }
+            }
+            let half = self.limit / 2;
+            write!(
+                self.out,
+                "\n[vmtest: {} bytes of console output cut here: {CONSOLE_LIMIT_ENV}={} keeps \
+                 the first {half} and the last {} bytes]\n",
+                self.cut,
+                self.limit,
+                self.limit - half
+            )?;
+        }
+        let (front, back) = self.tail.as_slices();
+        self.out.write_all(front)?;
+        self.out.write_all(back)?;
+        self.out.flush()?;
+        Ok(self.out)
     }
 }
 
@@ -456,6 +564,48 @@ mod tests {
         let _ =
             collect_stderr(Some(io::Cursor::new(b"all fine".to_vec())), Arc::clone(&flag)).join();
         assert!(!flag.load(Ordering::Relaxed));
+    }
+
+    fn capped(limit: u64, pieces: &[&[u8]]) -> String {
+        let mut log = CappedLog::new(Vec::new(), limit);
+        for piece in pieces {
+            log.push(piece).unwrap();
+        }
+        String::from_utf8(log.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_console_log_within_its_limit_is_kept_whole() {
+        assert_eq!(capped(20, &[b"0123456789", b"abcdefghij"]), "0123456789abcdefghij");
+        assert_eq!(capped(20, &[]), "");
+    }
+
+    #[test]
+    fn a_long_console_log_keeps_its_beginning_and_its_last_lines() {
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        for i in 0..1000 {
+            pieces.push(format!("line {i:04}\n").into_bytes());
+        }
+        let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let log = capped(100, &refs);
+        let (head, rest) = log.split_once("\n[vmtest: ").unwrap();
+        // The first 50 bytes as written (a cut line included), then the note, then whole lines.
+        assert_eq!(head, "line 0000\nline 0001\nline 0002\nline 0003\nline 0004\n");
+        let (note, tail) = rest.split_once("]\n").unwrap();
+        assert_eq!(
+            note,
+            "9900 bytes of console output cut here: VMTEST_CONSOLE_LIMIT=100 keeps the first \
+             50 and the last 50 bytes"
+        );
+        let last = "line 0995\nline 0996\nline 0997\nline 0998\nline 0999\n";
+        assert_eq!(tail, last);
+        // One large piece is cut the same way.
+        let whole: Vec<u8> = pieces.concat();
+        assert_eq!(capped(100, &[&whole]), log);
+        // A cut in the middle of a line takes the rest of that line.
+        let log = capped(106, &refs);
+        assert!(log.contains("9897 bytes of console output cut here"), "{log}");
+        assert!(log.ends_with(&format!("bytes]\n{last}")), "{log}");
     }
 
     #[test]
