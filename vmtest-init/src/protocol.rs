@@ -130,7 +130,7 @@ impl Default for FileLimits {
             test_files: 1000,
             test_bytes: 2 << 30,
             vm_bytes: 16 << 30,
-            send_ms: 60_000,
+            send_ms: 30_000,
         }
     }
 }

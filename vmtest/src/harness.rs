@@ -39,7 +39,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
 /// up on the guest; also the longest silence between two tests. Before scaling.
 const HOST_GRACE: Duration = Duration::from_secs(30);
 /// How long after a test ended the guest may spend sending its files, before scaling.
-const SEND_TIME: Duration = Duration::from_secs(60);
+const SEND_TIME: Duration = Duration::from_secs(30);
 /// Notes the VM threads may queue for the main thread before they wait: the main thread
 /// writes output to a terminal or a pipe that may stop taking it (`--nocapture | less`).
 const NOTE_QUEUE: usize = 32;
