@@ -95,7 +95,7 @@ fn a_file_over_the_limit_is_refused_and_the_run_goes_on() {
     );
     assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
     assert!(
-        ran.stderr.contains("sends_a_large_artifact: a file from the guest: artifacts/big.bin: rejected: larger than the limit of 1048576 bytes (VMTEST_FILE_LIMIT)"),
+        ran.stderr.contains("sends_a_large_artifact: a file from the guest: artifacts/big.bin: not sent (3000000 bytes): over the limit of 1048576 bytes per file (VMTEST_FILE_LIMIT)"),
         "{}",
         ran.stderr
     );
