@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use vmtest::vm_test;
@@ -43,6 +44,9 @@ fn growing_artifact() {
         .arg("-c")
         .arg(r#"n=0; while :; do n=$((n+1)); dd if=/dev/zero of="$0" bs=1M count=0 seek=$n 2>/dev/null; done"#)
         .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .unwrap();
