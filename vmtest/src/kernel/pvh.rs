@@ -285,21 +285,10 @@ mod tests {
     fn extracts_an_elf_with_a_pvh_entry_once_and_notes_one_without() {
         let dir = crate::elf::test_support::TempDir::new("pvh");
         let store_kernel = |name: &str, n_type: u32| {
-            let kdir = dir.path().join(name);
-            fs::create_dir_all(&kdir).unwrap();
-            let image = kdir.join("vmlinuz");
-            fs::write(&image, bzimage(&gzip_with_size(&elf_with_xen_note(n_type)))).unwrap();
-            Kernel {
-                name: name.to_owned(),
-                arch: Arch::X86_64,
-                version: None,
-                image,
-                modules_dir: None,
-                config: None,
-                flavour: None,
-                package: None,
-                store_dir: Some(kdir),
-            }
+            store_kernel(
+                &dir.path().join(name),
+                &bzimage(&gzip_with_size(&elf_with_xen_note(n_type))),
+            )
         };
 
         let pvh = store_kernel("pvh", PHYS32_ENTRY);
