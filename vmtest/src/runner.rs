@@ -166,13 +166,15 @@ impl CrossArgs {
 }
 
 /// `cargo vmtest test --arch <arch> [cargo test args] [-- test args]` for any crate: installs the
-/// target if missing and runs `cargo test` for it through this program as the runner.
-pub fn cross_test(program: &str, args: &[String]) -> ExitCode {
-    let usage = format!(
-        "usage: {program} test --arch <x86_64|aarch64|arm64|riscv64> [cargo test args] [-- test args]"
-    );
-    let CrossArgs { arch, cargo_args, test_args } = match CrossArgs::parse(args) {
-        Ok(parsed) => parsed,
+/// target if missing and runs `cargo test` for it through this program as the runner. `args`
+/// are the command line after `test` but for a leading `--arch <arch>` (`arch`); `--arch` may
+/// also be among cargo's arguments.
+#[cfg(feature = "cli")]
+pub fn cross_test(arch: Option<Arch>, args: &[String]) -> ExitCode {
+    let usage = "usage: cargo vmtest test --arch <x86_64|aarch64|arm64|riscv64> [cargo test args] \
+                 [-- test args]";
+    let (arch, cargo_args, test_args) = match CrossArgs::parse(args) {
+        Ok(parsed) => (parsed.arch.or(arch), parsed.cargo_args, parsed.test_args),
         Err(e) => {
             eprintln!("error: {e}\n{usage}");
             return ExitCode::from(2);

@@ -1,47 +1,149 @@
 //! `cargo vmtest`: manage the kernels vmtest boots and the guest's userland, run test binaries in VMs (as a cargo target
 //! runner), and run a crate's tests for another architecture (`cargo install vmtest --features cli`).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage:
-  cargo vmtest kernel <fetch|list|add> ...   manage kernels (see `cargo vmtest kernel help`)
-  cargo vmtest userland <fetch|list> ...     manage the guest's busybox userland
-  cargo vmtest run <binary> [args]           run a test binary in a VM; usable as a runner:
-      CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=\"cargo-vmtest run\"
-  cargo vmtest test --arch <arch> [cargo test args] [-- test args]
-      `cargo test --target <arch>-unknown-linux-musl`, linked with rust-lld, run in VMs";
+use clap::{Parser, Subcommand};
+use vmtest::arch::Arch;
+
+const PROGRAM: &str = "cargo vmtest";
+
+/// Run Rust tests inside real Linux VMs under QEMU.
+#[derive(Debug, Parser)]
+#[command(name = "cargo vmtest", bin_name = "cargo vmtest", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the kernels vmtest boots: fetch, list, add, verify.
+    Kernel(vmtest::kernel::cli::KernelArgs),
+    /// Manage the guest's busybox userland: fetch, list.
+    Userland(vmtest::userland::cli::UserlandArgs),
+    /// Run a test binary in a VM; usable as a cargo target runner:
+    /// CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER="cargo-vmtest run".
+    Run {
+        /// The test binary (a vmtest binary, or any binary booted under a static vmtest-init).
+        binary: PathBuf,
+        /// Arguments for the test binary, passed on verbatim (libtest's: filters, --list, ...).
+        #[arg(value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// `cargo test --target <arch>-unknown-linux-musl`, linked with rust-lld, run in VMs.
+    Test {
+        /// Guest architecture: x86_64, aarch64 (or arm64), riscv64 (required).
+        #[arg(long)]
+        arch: Option<Arch>,
+        /// Arguments for `cargo test` (packages, targets, features), then `--` and the test
+        /// binaries' arguments, passed on verbatim.
+        #[arg(allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+/// Parses `args` (the program's name first). After `run <binary>`, everything belongs to the test
+/// binary as cargo's runner protocol requires: `--help`, `--`, anything else; it is not parsed.
+/// So does everything from `test`'s first `--` on (the test binaries' arguments).
+fn parse(mut args: Vec<String>) -> Result<Cli, clap::Error> {
+    let verbatim = match args.get(1..3) {
+        Some([run, binary]) if run == "run" && !binary.starts_with('-') => args.split_off(3),
+        Some([test, _]) if test == "test" => match args.iter().position(|a| a == "--") {
+            Some(at) => args.split_off(at),
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let mut cli = Cli::try_parse_from(args)?;
+    if let Command::Run { args, .. } | Command::Test { args, .. } = &mut cli.command {
+        args.extend(verbatim);
+    }
+    Ok(cli)
+}
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().collect();
     // Cargo runs `cargo-vmtest vmtest <args>`; run directly, there is no `vmtest` first.
-    if args.first().map(String::as_str) == Some("vmtest") {
-        args.remove(0);
+    if args.get(1).map(String::as_str) == Some("vmtest") {
+        args.remove(1);
     }
-    match args.split_first() {
-        Some((cmd, rest)) if cmd == "kernel" => vmtest::kernel::cli::kernel("cargo vmtest", rest),
-        Some((cmd, rest)) if cmd == "userland" => {
-            vmtest::userland::cli::userland("cargo vmtest", rest)
+    let cli = match parse(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
-        Some((cmd, rest)) if cmd == "run" => match rest.split_first() {
-            Some((binary, test_args)) => vmtest::runner::run(Path::new(binary), test_args),
-            None => {
-                eprintln!("error: `run` needs a binary\n{USAGE}");
-                ExitCode::from(2)
+    };
+    match cli.command {
+        Command::Kernel(args) => vmtest::kernel::cli::run(PROGRAM, args),
+        Command::Userland(args) => vmtest::userland::cli::run(PROGRAM, args),
+        Command::Run { binary, args } => vmtest::runner::run(&binary, &args),
+        Command::Test { arch, args } => vmtest::runner::cross_test(arch, &args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        super::parse(
+            std::iter::once("cargo-vmtest").chain(args.iter().copied()).map(String::from).collect(),
+        )
+        .map(|cli| cli.command)
+        .map_err(|e| e.to_string())
+    }
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn run_passes_everything_after_the_binary_verbatim() {
+        for rest in [
+            &["--help"][..],
+            &["--list", "--format", "terse"],
+            &["--", "-h", "--exact"],
+            &["t1", "--skip", "--", "--nocapture"],
+            &["-q", "--bogus=1"],
+        ] {
+            let args: Vec<&str> = ["run", "/t/bin"].iter().chain(rest).copied().collect();
+            match parse(&args).unwrap() {
+                Command::Run { binary, args } => {
+                    assert_eq!(binary, PathBuf::from("/t/bin"));
+                    assert_eq!(args, strings(rest), "{rest:?}");
+                }
+                other => panic!("{other:?}"),
             }
-        },
-        Some((cmd, rest)) if cmd == "test" => vmtest::runner::cross_test("cargo vmtest", rest),
-        Some((cmd, _)) if cmd == "-h" || cmd == "--help" || cmd == "help" => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
         }
-        Some((cmd, _)) => {
-            eprintln!("error: unknown command `{cmd}`\n{USAGE}");
-            ExitCode::from(2)
-        }
-        None => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
+    }
+
+    #[test]
+    fn test_passes_cargo_and_test_args_verbatim() {
+        let test = |args: &[&str]| match parse(args).unwrap() {
+            Command::Test { arch, args } => (arch, args),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            test(&["test", "--arch", "arm64", "-p", "x", "--", "--exact", "--arch", "--help"]),
+            (Some(Arch::Aarch64), strings(&["-p", "x", "--", "--exact", "--arch", "--help"]))
+        );
+        assert_eq!(
+            test(&["test", "--arch", "x86_64", "--", "--exact"]),
+            (Some(Arch::X86_64), strings(&["--", "--exact"]))
+        );
+        assert_eq!(test(&["test", "-q", "--", "-q"]), (None, strings(&["-q", "--", "-q"])));
+        assert!(parse(&["test", "--help"]).unwrap_err().contains("--arch <ARCH>"));
+    }
+
+    #[test]
+    fn help_and_unknown_arguments() {
+        let help = parse(&["run", "--help"]).unwrap_err();
+        assert!(help.contains("Usage: cargo vmtest run <BINARY> [ARGS]..."), "{help}");
+        let unknown = parse(&["kernel", "list", "--bogus"]).unwrap_err();
+        assert!(unknown.contains("unexpected argument '--bogus'"), "{unknown}");
+        assert!(parse(&["frobnicate"]).unwrap_err().contains("unrecognized subcommand"));
     }
 }

@@ -9,169 +9,110 @@ use super::manifest::Depth;
 use super::{human_size, Fetched, Store};
 use crate::arch::Arch;
 
-fn usage(program: &str) -> String {
-    format!(
-        "usage:
-  {program} kernel fetch <series>... [--arch x86_64|aarch64]
-      Fetch the current Debian kernel of each series (`6.12`, `6.1`, `6.1-cloud`) into the
-      kernel store. --arch defaults to this machine's ({host}); arm64 is accepted for aarch64.
-  {program} kernel list [--arch <arch>]
-      Show the stored kernels: name, arch, version, flavour, size.
-  {program} kernel add <name> --image <path> [--modules <dir>] [--config <path>]
-      Register your own build (its arch and version are read from the image header).
-      --modules is lib/modules/<release> or an INSTALL_MOD_PATH holding one.
-  {program} kernel verify [<name>...] [--arch <arch>]
-      Hash every file of the stored kernels (or those named) and compare with the checksums
-      recorded when they were added; names each damaged one and the command that repairs it
-      (`kernel fetch <series>` for Debian's). Exits 1 if any is damaged.
+/// Where the kernel store is, for every command's help.
+pub(crate) const STORE_HELP: &str =
+    "The store is $VMTEST_KERNELS, else $XDG_CACHE_HOME/vmtest/kernels, \
+                                     else ~/.cache/vmtest/kernels.";
 
-The store is $VMTEST_KERNELS, else $XDG_CACHE_HOME/vmtest/kernels, else ~/.cache/vmtest/kernels.",
-        host = Arch::host()
-    )
+/// `kernel <command>`: manage the kernels vmtest boots.
+#[derive(Debug, clap::Args)]
+#[command(after_help = STORE_HELP)]
+pub struct KernelArgs {
+    #[command(subcommand)]
+    command: Command,
 }
 
-/// A command line that does not parse.
-#[derive(Debug)]
-pub(crate) struct UsageError(pub(crate) String);
+#[derive(Debug, PartialEq, Eq, clap::Subcommand)]
+enum Command {
+    /// Fetch the current Debian kernel of each series into the kernel store.
+    Fetch {
+        /// Debian kernel series: `6.12`, `6.1`, `6.1-cloud`.
+        #[arg(required = true, value_name = "SERIES")]
+        specs: Vec<String>,
+        /// Guest architecture: x86_64, aarch64 (or arm64), riscv64 [default: this machine's].
+        #[arg(long, default_value_t = Arch::host(), hide_default_value = true)]
+        arch: Arch,
+    },
+    /// Show the stored kernels: name, arch, version, flavour, size.
+    List {
+        /// Only the kernels of this architecture.
+        #[arg(long)]
+        arch: Option<Arch>,
+    },
+    /// Register your own build (its arch and version are read from the image header).
+    Add {
+        /// The name runs use to pick it (`kernel = "<name>"`, VMTEST_KERNEL).
+        name: String,
+        /// The kernel image (bzImage, Image, vmlinuz).
+        #[arg(long)]
+        image: PathBuf,
+        /// Its modules: lib/modules/<release>, or an INSTALL_MOD_PATH holding one.
+        #[arg(long)]
+        modules: Option<PathBuf>,
+        /// Its .config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Hash every file of the stored kernels (or those named) and compare with the checksums
+    /// recorded when they were added; exits 1 if any is damaged.
+    Verify {
+        /// Kernels to verify (default: all).
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// Only the kernels of this architecture.
+        #[arg(long)]
+        arch: Option<Arch>,
+    },
+}
+
+/// Parses `args` (after `<program> <subcommand>`) as `T`; help goes to stdout with exit code
+/// 0, a bad command line is one `error:` message with the usage and exit code 2.
+pub(crate) fn parse_or_exit<T: clap::Args>(
+    program: &str,
+    subcommand: &str,
+    args: &[String],
+) -> Result<T, ExitCode> {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+    #[derive(Parser)]
+    struct Wrapper<T: clap::Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+    let bin = format!("{program} {subcommand}");
+    let command = Wrapper::<T>::command().bin_name(bin);
+    let argv = std::iter::once(subcommand.to_owned()).chain(args.iter().cloned());
+    match command.try_get_matches_from(argv).and_then(|m| Wrapper::<T>::from_arg_matches(&m)) {
+        Ok(parsed) => Ok(parsed.inner),
+        Err(e) => {
+            let _ = e.print();
+            Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)))
+        }
+    }
+}
 
 /// Runs `args` (starting after `kernel`); `program` is how the user invoked it
 /// (`cargo vmtest`), for messages.
 pub fn kernel(program: &str, args: &[String]) -> ExitCode {
-    match parse(args) {
-        Ok(Command::Help) => {
-            print_all(&format!("{}\n", usage(program)));
-            ExitCode::SUCCESS
-        }
-        Ok(command) => match execute(program, command) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(UsageError(message)) => {
-            eprintln!("error: {message}\n\n{}", usage(program));
-            ExitCode::from(2)
-        }
+    match parse_or_exit::<KernelArgs>(program, "kernel", args) {
+        Ok(parsed) => run(program, parsed),
+        Err(code) => code,
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Command {
-    Help,
-    Fetch { specs: Vec<String>, arch: Arch },
-    List { arch: Option<Arch> },
-    Add { name: String, image: PathBuf, modules: Option<PathBuf>, config: Option<PathBuf> },
-    Verify { names: Vec<String>, arch: Option<Arch> },
-}
-
-/// `--flag value` pairs, in order.
-pub(crate) type Options<'a> = Vec<(&'a str, &'a str)>;
-
-/// Splits arguments into positionals and `--flag value` / `--flag=value` options.
-pub(crate) fn split<'a>(
-    args: &'a [String],
-    flags: &[&str],
-) -> Result<(Vec<&'a str>, Options<'a>), UsageError> {
-    let mut positional = Vec::new();
-    let mut options = Vec::new();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        if arg == "-h" || arg == "--help" {
-            return Err(UsageError(String::new()));
+/// Runs a parsed `kernel` command line.
+pub fn run(program: &str, args: KernelArgs) -> ExitCode {
+    match execute(program, args.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
-        if let Some(flag) = arg.strip_prefix("--") {
-            let (flag, value) = match flag.split_once('=') {
-                Some((f, v)) => (f, Some(v)),
-                None => (flag, None),
-            };
-            if !flags.contains(&flag) {
-                return Err(UsageError(format!("unknown option `--{flag}`")));
-            }
-            let value = match value {
-                Some(v) => v,
-                None => {
-                    iter.next().ok_or_else(|| UsageError(format!("`--{flag}` needs a value")))?
-                }
-            };
-            if options.iter().any(|(f, _)| *f == flag) {
-                return Err(UsageError(format!("`--{flag}` given twice")));
-            }
-            options.push((flag, value));
-        } else if arg.starts_with('-') && arg.len() > 1 {
-            return Err(UsageError(format!("unknown option `{arg}`")));
-        } else {
-            positional.push(arg.as_str());
-        }
-    }
-    Ok((positional, options))
-}
-
-pub(crate) fn option<'a>(options: &[(&str, &'a str)], flag: &str) -> Option<&'a str> {
-    options.iter().find(|(f, _)| *f == flag).map(|(_, v)| *v)
-}
-
-pub(crate) fn parse_arch(value: Option<&str>) -> Result<Option<Arch>, UsageError> {
-    value.map(|v| v.parse::<Arch>().map_err(|e| UsageError(e.to_string()))).transpose()
-}
-
-fn parse(args: &[String]) -> Result<Command, UsageError> {
-    let Some((sub, rest)) = args.split_first() else {
-        return Err(UsageError("missing a command: fetch, list, add or verify".into()));
-    };
-    let parsed = match sub.as_str() {
-        "help" | "-h" | "--help" => return Ok(Command::Help),
-        "fetch" => split(rest, &["arch"]).and_then(|(pos, opts)| {
-            if pos.is_empty() {
-                return Err(UsageError("`fetch` needs at least one series, e.g. `6.12`".into()));
-            }
-            Ok(Command::Fetch {
-                specs: pos.into_iter().map(str::to_owned).collect(),
-                arch: parse_arch(option(&opts, "arch"))?.unwrap_or(Arch::host()),
-            })
-        }),
-        "list" => split(rest, &["arch"]).and_then(|(pos, opts)| {
-            if let Some(extra) = pos.first() {
-                return Err(UsageError(format!("`list` takes no argument, got `{extra}`")));
-            }
-            Ok(Command::List { arch: parse_arch(option(&opts, "arch"))? })
-        }),
-        "add" => split(rest, &["image", "modules", "config"]).and_then(|(pos, opts)| {
-            let [name] = pos.as_slice() else {
-                return Err(UsageError(format!(
-                    "`add` takes exactly one name, got {}",
-                    if pos.is_empty() { "none".to_owned() } else { pos.join(" ") }
-                )));
-            };
-            let image = option(&opts, "image")
-                .ok_or_else(|| UsageError("`add` needs `--image <path>`".into()))?;
-            Ok(Command::Add {
-                name: (*name).to_owned(),
-                image: image.into(),
-                modules: option(&opts, "modules").map(PathBuf::from),
-                config: option(&opts, "config").map(PathBuf::from),
-            })
-        }),
-        "verify" => split(rest, &["arch"]).and_then(|(pos, opts)| {
-            Ok(Command::Verify {
-                names: pos.into_iter().map(str::to_owned).collect(),
-                arch: parse_arch(option(&opts, "arch"))?,
-            })
-        }),
-        other => Err(UsageError(format!(
-            "unknown command `{other}`: expected fetch, list, add or verify"
-        ))),
-    };
-    match parsed {
-        Err(UsageError(m)) if m.is_empty() => Ok(Command::Help),
-        other => other,
     }
 }
 
 fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelError> {
     let store = Store::open()?;
     match command {
-        Command::Help => unreachable!("handled by the caller"),
         Command::Fetch { specs, arch } => {
             let mut failed = 0;
             for spec in &specs {
@@ -309,10 +250,18 @@ pub(crate) fn print_all(text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: KernelArgs,
+    }
 
     fn p(args: &[&str]) -> Result<Command, String> {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        parse(&args).map_err(|e| e.0)
+        Cli::try_parse_from(std::iter::once("kernel").chain(args.iter().copied()))
+            .map(|cli| cli.args.command)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -338,7 +287,6 @@ mod tests {
                 config: None
             }
         );
-        assert_eq!(p(&["fetch", "--help"]).unwrap(), Command::Help);
         assert_eq!(
             p(&["verify", "6.1.0-57-amd64", "--arch", "x86_64"]).unwrap(),
             Command::Verify { names: vec!["6.1.0-57-amd64".into()], arch: Some(Arch::X86_64) }
@@ -347,18 +295,27 @@ mod tests {
     }
 
     #[test]
+    fn help_describes_every_flag() {
+        let help = p(&["fetch", "--help"]).unwrap_err();
+        assert!(help.contains("Usage: kernel fetch"), "{help}");
+        assert!(help.contains("--arch <ARCH>  Guest architecture"), "{help}");
+        assert!(p(&["add", "-h"]).unwrap_err().contains("--modules <MODULES>"));
+    }
+
+    #[test]
     fn usage_errors_are_clear() {
-        assert!(p(&[]).unwrap_err().contains("missing a command"));
-        assert!(p(&["fetch"]).unwrap_err().contains("at least one series"));
-        assert!(p(&["fetch", "6.1", "--arch"]).unwrap_err().contains("`--arch` needs a value"));
-        assert!(p(&["fetch", "6.1", "--arch", "sparc"])
-            .unwrap_err()
-            .contains("unknown architecture `sparc`"));
-        assert!(p(&["fetch", "6.1", "--force"]).unwrap_err().contains("unknown option `--force`"));
-        assert!(p(&["add", "x"]).unwrap_err().contains("--image"));
-        assert!(p(&["add", "--image", "i"]).unwrap_err().contains("exactly one name"));
-        assert!(p(&["list", "extra"]).unwrap_err().contains("no argument"));
-        assert!(p(&["frobnicate"]).unwrap_err().contains("unknown command `frobnicate`"));
-        assert!(p(&["verify", "--arch", "sparc"]).unwrap_err().contains("unknown architecture"));
+        let err = |args: &[&str]| p(args).unwrap_err();
+        assert!(err(&[]).contains("Usage: kernel <COMMAND>"));
+        assert!(err(&["fetch"]).contains("<SERIES>"));
+        assert!(err(&["fetch", "6.1", "--arch"]).contains("a value is required for '--arch"));
+        assert!(err(&["fetch", "6.1", "--arch", "sparc"]).contains("unknown architecture `sparc`"));
+        assert!(err(&["fetch", "6.1", "--force"]).contains("unexpected argument '--force'"));
+        assert!(err(&["add", "x"]).contains("--image"));
+        assert!(err(&["add", "--image", "i"]).contains("<NAME>"));
+        assert!(err(&["list", "extra"]).contains("unexpected argument 'extra'"));
+        assert!(err(&["frobnicate"]).contains("unrecognized subcommand 'frobnicate'"));
+        assert!(err(&["verify", "--arch", "sparc"]).contains("unknown architecture"));
+        assert!(err(&["fetch", "6.1", "--arch", "x86_64", "--arch", "x86_64"])
+            .contains("cannot be used multiple times"));
     }
 }

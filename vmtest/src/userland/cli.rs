@@ -5,84 +5,57 @@ use std::process::ExitCode;
 
 use super::USERLAND_ENV;
 use crate::arch::Arch;
-use crate::kernel::cli::{option, parse_arch, print_all, split, UsageError};
+use crate::kernel::cli::{parse_or_exit, print_all, STORE_HELP};
 use crate::kernel::{human_size, KernelError, Store};
 
-fn usage(program: &str) -> String {
-    format!(
-        "usage:
-  {program} userland fetch [--arch x86_64|aarch64]
-      Fetch Debian's current busybox-static for the guest's arch into the kernel store: the
-      shell and tools every guest gets (/bin/sh, ls, ip, mount, ...). --arch defaults to this
-      machine's ({host}); arm64 is accepted for aarch64. A run fetches it by itself when it is
-      missing and apt is installed.
-  {program} userland list
-      Show the stored userland of each arch.
-
-{USERLAND_ENV}=none runs guests without it; {USERLAND_ENV}=<path> uses a static busybox of your own.",
-        host = Arch::host()
-    )
+/// `userland <command>`: manage the guest's busybox userland.
+#[derive(Debug, clap::Args)]
+#[command(after_help = format!(
+    "{USERLAND_ENV}=none runs guests without it; {USERLAND_ENV}=<path> uses a static busybox \
+     of your own. {STORE_HELP}"
+))]
+pub struct UserlandArgs {
+    #[command(subcommand)]
+    command: Command,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, clap::Subcommand)]
 enum Command {
-    Help,
-    Fetch { arch: Arch },
+    /// Fetch Debian's current busybox-static for the guest's arch into the kernel store: the
+    /// shell and tools every guest gets (/bin/sh, ls, ip, mount, ...). A run fetches it by
+    /// itself when it is missing and apt is installed.
+    Fetch {
+        /// Guest architecture: x86_64, aarch64 (or arm64), riscv64 [default: this machine's].
+        #[arg(long, default_value_t = Arch::host(), hide_default_value = true)]
+        arch: Arch,
+    },
+    /// Show the stored userland of each arch.
     List,
 }
 
 /// Runs `args` (starting after `userland`); `program` is how the user invoked it
 /// (`cargo vmtest`), for messages.
 pub fn userland(program: &str, args: &[String]) -> ExitCode {
-    match parse(args) {
-        Ok(Command::Help) => {
-            print_all(&format!("{}\n", usage(program)));
-            ExitCode::SUCCESS
-        }
-        Ok(command) => match execute(program, command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(UsageError(message)) => {
-            eprintln!("error: {message}\n\n{}", usage(program));
-            ExitCode::from(2)
-        }
+    match parse_or_exit::<UserlandArgs>(program, "userland", args) {
+        Ok(parsed) => run(program, parsed),
+        Err(code) => code,
     }
 }
 
-fn parse(args: &[String]) -> Result<Command, UsageError> {
-    let Some((sub, rest)) = args.split_first() else {
-        return Err(UsageError("missing a command: fetch or list".into()));
-    };
-    let parsed = match sub.as_str() {
-        "help" | "-h" | "--help" => return Ok(Command::Help),
-        "fetch" => split(rest, &["arch"]).and_then(|(pos, opts)| {
-            if let Some(extra) = pos.first() {
-                return Err(UsageError(format!(
-                    "`fetch` takes no argument, got `{extra}` (choose the arch with --arch)"
-                )));
-            }
-            Ok(Command::Fetch { arch: parse_arch(option(&opts, "arch"))?.unwrap_or(Arch::host()) })
-        }),
-        "list" => split(rest, &[]).and_then(|(pos, _)| match pos.first() {
-            Some(extra) => Err(UsageError(format!("`list` takes no argument, got `{extra}`"))),
-            None => Ok(Command::List),
-        }),
-        other => Err(UsageError(format!("unknown command `{other}`: expected fetch or list"))),
-    };
-    match parsed {
-        Err(UsageError(m)) if m.is_empty() => Ok(Command::Help),
-        other => other,
+/// Runs a parsed `userland` command line.
+pub fn run(program: &str, args: UserlandArgs) -> ExitCode {
+    match execute(program, args.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn execute(program: &str, command: Command) -> Result<(), KernelError> {
     let store = Store::open()?;
     match command {
-        Command::Help => unreachable!("handled by the caller"),
         Command::Fetch { arch } => {
             let userland =
                 store.fetch_userland(arch, &mut |line| eprintln!("[userland {arch}] {line}"))?;
@@ -119,10 +92,18 @@ fn execute(program: &str, command: Command) -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: UserlandArgs,
+    }
 
     fn p(args: &[&str]) -> Result<Command, String> {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        parse(&args).map_err(|e| e.0)
+        Cli::try_parse_from(std::iter::once("userland").chain(args.iter().copied()))
+            .map(|cli| cli.args.command)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -133,11 +114,11 @@ mod tests {
             Command::Fetch { arch: Arch::Aarch64 }
         );
         assert_eq!(p(&["list"]).unwrap(), Command::List);
-        assert_eq!(p(&["fetch", "--help"]).unwrap(), Command::Help);
-        assert!(p(&[]).unwrap_err().contains("missing a command"));
-        assert!(p(&["fetch", "6.12"]).unwrap_err().contains("--arch"));
+        assert!(p(&["fetch", "--help"]).unwrap_err().contains("--arch <ARCH>  Guest architecture"));
+        assert!(p(&[]).unwrap_err().contains("Usage: userland <COMMAND>"));
+        assert!(p(&["fetch", "6.12"]).unwrap_err().contains("unexpected argument '6.12'"));
         assert!(p(&["fetch", "--arch", "sparc"]).unwrap_err().contains("`sparc`"));
-        assert!(p(&["list", "--arch", "x86_64"]).unwrap_err().contains("unknown option"));
-        assert!(p(&["install"]).unwrap_err().contains("unknown command `install`"));
+        assert!(p(&["list", "--arch", "x86_64"]).unwrap_err().contains("unexpected argument"));
+        assert!(p(&["install"]).unwrap_err().contains("unrecognized subcommand 'install'"));
     }
 }
