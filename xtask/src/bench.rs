@@ -22,11 +22,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use vmtest::arch::Arch;
-use vmtest::runner::{ensure_target, CrossArgs};
+use vmtest::runner::ensure_target;
 
 use crate::exec::status;
-
-const USAGE: &str = "usage: cargo xtask bench [--arch <arch>] [--rounds N] [--only a,b,...]";
 
 /// Longest a single run may take before it counts as a hang.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -44,7 +42,25 @@ struct Scenario {
     failures: Vec<String>,
 }
 
-pub fn run_bench(args: &[String]) -> ExitCode {
+/// `bench [--arch <arch>] [--rounds N] [--only a,b,...]`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Guest architecture: x86_64, aarch64 (or arm64) [default: this machine's].
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// Rounds of every scenario.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = positive)]
+    rounds: usize,
+    /// Only these scenarios, comma-separated (an unknown name lists them).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    only: Option<Vec<String>>,
+}
+
+fn positive(value: &str) -> Result<usize, String> {
+    value.parse().ok().filter(|&n| n > 0).ok_or(format!("{value:?} is not a positive number"))
+}
+
+pub fn run_bench(args: BenchArgs) -> ExitCode {
     match bench(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -54,29 +70,9 @@ pub fn run_bench(args: &[String]) -> ExitCode {
     }
 }
 
-fn bench(args: &[String]) -> Result<(), String> {
-    let parsed = CrossArgs::parse(args)?;
-    let arch = parsed.arch.unwrap_or_else(Arch::host);
-    let mut rounds = 5usize;
-    let mut only: Option<Vec<String>> = None;
-    let mut rest = parsed.cargo_args.iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--rounds" => {
-                let value = rest.next().ok_or("--rounds needs a number")?;
-                rounds = value
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or(format!("--rounds {value:?} is not a positive number"))?;
-            }
-            "--only" => {
-                let value = rest.next().ok_or("--only needs scenario names, comma-separated")?;
-                only = Some(value.split(',').map(str::to_owned).collect());
-            }
-            other => return Err(format!("unknown argument `{other}` ({USAGE})")),
-        }
-    }
+fn bench(args: BenchArgs) -> Result<(), String> {
+    let BenchArgs { arch, rounds, only } = args;
+    let arch = arch.unwrap_or_else(Arch::host);
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = root.join("target");

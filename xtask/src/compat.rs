@@ -177,18 +177,16 @@ impl BinaryRun {
     }
 }
 
-pub fn run_compat(args: &[String]) -> ExitCode {
-    let mut only: Option<Vec<String>> = None;
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--crate" => match iter.next() {
-                Some(list) => only = Some(list.split(',').map(str::to_owned).collect()),
-                None => return usage("`--crate` needs a value"),
-            },
-            other => return usage(&format!("unknown argument `{other}`")),
-        }
-    }
+/// `compat [--crate <name>,...]`.
+#[derive(Debug, clap::Args)]
+pub struct CompatArgs {
+    /// Only these crates (comma-separated): nix, seccompiler, landlock.
+    #[arg(long = "crate", value_name = "NAME", value_delimiter = ',')]
+    crates: Option<Vec<String>>,
+}
+
+pub fn run_compat(args: CompatArgs) -> ExitCode {
+    let only = args.crates;
     if let Some(only) = &only {
         if let Some(bad) = only.iter().find(|n| !SUITES.iter().any(|s| s.name == n.as_str())) {
             return usage(&format!("`{bad}` is not one of the compat crates"));

@@ -19,11 +19,7 @@ const PACKAGE: &str = "cov-crate";
 const COVERED: [&str; 3] = ["called_only_in_the_vm", "called_before_a_panic", "called_before_exit"];
 const UNCOVERED: &str = "never_called";
 
-pub fn run_coverage(args: &[String]) -> ExitCode {
-    if let Some(arg) = args.first() {
-        eprintln!("error: `cargo xtask coverage` takes no arguments (got `{arg}`)");
-        return ExitCode::from(2);
-    }
+pub fn run_coverage() -> ExitCode {
     match coverage() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

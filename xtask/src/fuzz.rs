@@ -27,7 +27,19 @@ const DEFAULT_SECONDS: u32 = 20;
 /// far below what an unbounded allocation from a hostile length would ask for.
 const MALLOC_LIMIT_MB: u32 = 64;
 
-pub fn run_fuzz(args: &[String]) -> ExitCode {
+/// `fuzz [--time S] [<target>...]`.
+#[derive(Debug, clap::Args)]
+pub struct FuzzArgs {
+    /// Seconds each target runs.
+    #[arg(long, value_name = "S", default_value_t = DEFAULT_SECONDS)]
+    time: u32,
+    /// Targets to run (default: all): guest_frames, test_metadata, binary_file, kernel_log,
+    /// module_requests.
+    #[arg(value_name = "TARGET")]
+    targets: Vec<String>,
+}
+
+pub fn run_fuzz(args: FuzzArgs) -> ExitCode {
     match fuzz(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,17 +49,11 @@ pub fn run_fuzz(args: &[String]) -> ExitCode {
     }
 }
 
-fn fuzz(args: &[String]) -> Result<(), String> {
-    let mut seconds = DEFAULT_SECONDS;
+fn fuzz(args: FuzzArgs) -> Result<(), String> {
+    let seconds = args.time;
     let mut selected = Vec::new();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        if arg == "--time" {
-            let value = iter.next().ok_or("--time needs a number of seconds")?;
-            seconds = value
-                .parse()
-                .map_err(|_| format!("--time {value:?} is not a number of seconds"))?;
-        } else if let Some((name, _)) = TARGETS.iter().find(|(name, _)| name == arg) {
+    for arg in &args.targets {
+        if let Some((name, _)) = TARGETS.iter().find(|(name, _)| name == arg) {
             selected.push(*name);
         } else {
             let known: Vec<&str> = TARGETS.iter().map(|(name, _)| *name).collect();

@@ -26,11 +26,7 @@ const HOST_TOOLS: [(&str, &str); 4] = [
 pub const SUITE_KERNELS: [(Arch, &[&str]); 2] =
     [(Arch::X86_64, &["6.1", "6.12"]), (Arch::Aarch64, &["6.12"])];
 
-pub fn run_setup(args: &[String]) -> ExitCode {
-    if let Some(arg) = args.first() {
-        eprintln!("error: `cargo xtask setup` takes no arguments (got `{arg}`)");
-        return ExitCode::from(2);
-    }
+pub fn run_setup() -> ExitCode {
     match setup() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
