@@ -11,9 +11,43 @@ use super::entry::{self, EntryError};
 use super::image::image_info;
 use super::manifest::Depth;
 use super::resolve::{compare_versions, Series};
-use super::store::{self, Fetched, Store};
+use super::store::{self, Store};
 use super::{human_size, Kernel, KernelError};
 use crate::arch::Arch;
+
+/// What [`Store::fetch`] did.
+#[derive(Clone, Debug)]
+pub enum Fetched {
+    /// The kernel was downloaded and added.
+    Added(Kernel),
+    /// The newest package was already in the store: nothing was downloaded.
+    AlreadyPresent(Kernel),
+}
+
+impl Fetched {
+    /// The kernel in the store.
+    pub fn kernel(&self) -> &Kernel {
+        match self {
+            Fetched::Added(k) | Fetched::AlreadyPresent(k) => k,
+        }
+    }
+}
+
+impl Store {
+    /// Fetches the current Debian kernel of a series (`6.12`, `6.1-cloud`) for `arch` into the
+    /// store, reporting each step to `progress`.
+    pub fn fetch(
+        &self,
+        spec: &str,
+        arch: Arch,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Fetched, KernelError> {
+        let fetched = fetch(self, spec, arch, progress)?;
+        // Now rather than in the first test run.
+        fetched.kernel().boot_image(crate::accel::Accel::Tcg);
+        Ok(fetched)
+    }
+}
 
 /// The kernel release a `linux-image-<release>` package installs.
 fn release(package: &Package) -> &str {

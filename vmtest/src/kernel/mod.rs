@@ -31,7 +31,8 @@ pub use modules::{ModuleFile, HARNESS_MODULES};
 pub(crate) use ondemand::tests::fixture_kernel;
 pub(crate) use ondemand::{ModuleProvider, Resolved};
 pub use resolve::compare_versions;
-pub use store::{Fetched, Store};
+pub use fetch::Fetched;
+pub use store::Store;
 
 /// The kernel used when neither the test nor `VMTEST_KERNEL` names one.
 pub const DEFAULT_KERNEL: &str = "6.12";

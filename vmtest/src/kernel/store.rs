@@ -42,24 +42,6 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// What [`Store::fetch`] did.
-#[derive(Clone, Debug)]
-pub enum Fetched {
-    /// The kernel was downloaded and added.
-    Added(Kernel),
-    /// The newest package was already in the store: nothing was downloaded.
-    AlreadyPresent(Kernel),
-}
-
-impl Fetched {
-    /// The kernel in the store.
-    pub fn kernel(&self) -> &Kernel {
-        match self {
-            Fetched::Added(k) | Fetched::AlreadyPresent(k) => k,
-        }
-    }
-}
-
 impl Store {
     /// Opens the user's store: `VMTEST_KERNELS`, else `$XDG_CACHE_HOME/vmtest/kernels`, else
     /// `~/.cache/vmtest/kernels`. The dir need not exist yet.
@@ -185,20 +167,6 @@ impl Store {
             stored: kernels.iter().map(Kernel::describe).collect(),
             fetchable: resolve::Series::parse(spec).is_some(),
         })
-    }
-
-    /// Fetches the current Debian kernel of a series (`6.12`, `6.1-cloud`) for `arch` into the
-    /// store, reporting each step to `progress`.
-    pub fn fetch(
-        &self,
-        spec: &str,
-        arch: Arch,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<Fetched, KernelError> {
-        let fetched = super::fetch::fetch(self, spec, arch, progress)?;
-        // Now rather than in the first test run.
-        fetched.kernel().boot_image(crate::accel::Accel::Tcg);
-        Ok(fetched)
     }
 
     /// Registers a kernel of the user's own: validates the image's header and copies the
