@@ -25,13 +25,13 @@ use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
 
+pub use fetch::Fetched;
 pub use image::{image_info, ImageInfo};
 pub use modules::{ModuleFile, HARNESS_MODULES};
 #[cfg(test)]
 pub(crate) use ondemand::tests::fixture_kernel;
 pub(crate) use ondemand::{ModuleProvider, Resolved};
-pub use resolve::compare_versions;
-pub use fetch::Fetched;
+pub use resolve::{compare_versions, resolve};
 pub use store::Store;
 
 /// The kernel used when neither the test nor `VMTEST_KERNEL` names one.
@@ -315,35 +315,6 @@ fn unknown_kernel_message(
         "failed to find kernel `{spec}` for {arch} in the store {} ({stored}); {how}",
         store.display()
     )
-}
-
-/// Resolves what a test names to a kernel for `arch`.
-///
-/// `spec` is the attribute's value: a path (it contains `/` or is an existing file) or a store
-/// name (`6.12`: the newest stored 6.12; `6.1-cloud`: a flavour; a full version or a stored
-/// name: exactly that one). `None` falls back to `VMTEST_KERNEL` (a name or path), then to
-/// [`DEFAULT_KERNEL`]. For a kernel given by path, `VMTEST_KERNEL_MODULES` names its modules
-/// dir; otherwise one is looked for next to the image. A path kernel's arch comes from its
-/// header: check it with [`Kernel::check_arch`].
-pub fn resolve(spec: Option<&str>, arch: Arch) -> Result<Kernel, KernelError> {
-    let spec = choose_spec(spec, std::env::var("VMTEST_KERNEL").ok());
-    if looks_like_path(&spec) {
-        let modules =
-            std::env::var_os("VMTEST_KERNEL_MODULES").filter(|v| !v.is_empty()).map(PathBuf::from);
-        return Kernel::from_image(Path::new(&spec), modules);
-    }
-    Store::open()?.find(&spec, arch)
-}
-
-/// The attribute's value, else `VMTEST_KERNEL` (if not empty), else [`DEFAULT_KERNEL`].
-fn choose_spec(spec: Option<&str>, env: Option<String>) -> String {
-    spec.map(str::to_owned)
-        .or(env.filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| DEFAULT_KERNEL.to_owned())
-}
-
-fn looks_like_path(spec: &str) -> bool {
-    spec.contains('/') || Path::new(spec).is_file()
 }
 
 impl Kernel {

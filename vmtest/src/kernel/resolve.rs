@@ -1,9 +1,41 @@
-//! Kernel names: `6.12` (newest of a series), `6.1-cloud` (a flavour), a full version or a
-//! stored name (exact), and Debian's version ordering to tell which is newest.
+//! Resolving what a test names to a kernel ([`resolve`]): a path, or a kernel name — `6.12`
+//! (newest of a series), `6.1-cloud` (a flavour), a full version or a stored name (exact) —
+//! and Debian's version ordering to tell which is newest.
 
 use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
 
-use super::Kernel;
+use super::{Kernel, KernelError, Store, DEFAULT_KERNEL};
+use crate::arch::Arch;
+
+/// Resolves what a test names to a kernel for `arch`.
+///
+/// `spec` is the attribute's value: a path (it contains `/` or is an existing file) or a store
+/// name (`6.12`: the newest stored 6.12; `6.1-cloud`: a flavour; a full version or a stored
+/// name: exactly that one). `None` falls back to `VMTEST_KERNEL` (a name or path), then to
+/// [`DEFAULT_KERNEL`]. For a kernel given by path, `VMTEST_KERNEL_MODULES` names its modules
+/// dir; otherwise one is looked for next to the image. A path kernel's arch comes from its
+/// header: check it with [`Kernel::check_arch`].
+pub fn resolve(spec: Option<&str>, arch: Arch) -> Result<Kernel, KernelError> {
+    let spec = choose_spec(spec, std::env::var("VMTEST_KERNEL").ok());
+    if looks_like_path(&spec) {
+        let modules =
+            std::env::var_os("VMTEST_KERNEL_MODULES").filter(|v| !v.is_empty()).map(PathBuf::from);
+        return Kernel::from_image(Path::new(&spec), modules);
+    }
+    Store::open()?.find(&spec, arch)
+}
+
+/// The attribute's value, else `VMTEST_KERNEL` (if not empty), else [`DEFAULT_KERNEL`].
+pub(super) fn choose_spec(spec: Option<&str>, env: Option<String>) -> String {
+    spec.map(str::to_owned)
+        .or(env.filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| DEFAULT_KERNEL.to_owned())
+}
+
+pub(super) fn looks_like_path(spec: &str) -> bool {
+    spec.contains('/') || Path::new(spec).is_file()
+}
 
 /// A series with an optional flavour: `6.12`, `6.1-cloud`, `6.12-rt`.
 #[derive(Clone, Debug, PartialEq, Eq)]

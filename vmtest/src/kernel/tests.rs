@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::resolve::{choose_spec, looks_like_path};
 use super::*;
 
 /// An empty dir for one test, unique to this process, removed when dropped.
