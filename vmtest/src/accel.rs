@@ -5,6 +5,7 @@
 //! requires the CPU's virtualisation flags, and `VMTEST_ACCEL` overrides the choice.
 
 use std::fs::OpenOptions;
+use std::path::PathBuf;
 
 use crate::arch::Arch;
 use crate::Error;
@@ -35,6 +36,17 @@ impl Accel {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
         }
+    }
+
+    /// The image of `kernel` to boot under this accelerator: under TCG its PVH image where it
+    /// offers one (a bzImage's in-guest decompression is a large part of a TCG boot), else
+    /// [`Kernel::image`](crate::kernel::Kernel::image).
+    pub(crate) fn boot_image(self, kernel: &crate::kernel::Kernel) -> PathBuf {
+        match self {
+            Accel::Tcg => kernel.pvh_image(),
+            Accel::Kvm => None,
+        }
+        .unwrap_or_else(|| kernel.image.clone())
     }
 }
 

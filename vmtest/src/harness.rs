@@ -799,7 +799,7 @@ impl Group {
         let spec = VmSpec {
             arch: context.arch,
             accel: accel.accel,
-            kernel: self.kernel.boot_image(accel.accel),
+            kernel: accel.accel.boot_image(&self.kernel),
             memory_mib,
             cpus: self.key.cpus.unwrap_or(crate::qemu::profile(context.arch).default_cpus),
             cmdline: self

@@ -111,7 +111,7 @@ pub mod __bench {
         arch: Arch,
     ) -> Result<std::path::PathBuf, String> {
         let accel = crate::accel::choose(arch).map_err(|e| e.to_string())?;
-        Ok(kernel.boot_image(accel.accel))
+        Ok(accel.accel.boot_image(kernel))
     }
 
     /// The name of the QEMU system emulator for `arch`, as the harness looks it up on `PATH`.

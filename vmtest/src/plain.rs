@@ -115,7 +115,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
     let spec = VmSpec {
         arch,
         accel: accel.accel,
-        kernel: kernel.boot_image(accel.accel),
+        kernel: accel.accel.boot_image(&kernel),
         memory_mib: crate::harness::default_memory_mib(size),
         cpus: crate::qemu::profile(arch).default_cpus,
         cmdline: Vec::new(),

@@ -44,7 +44,7 @@ impl Store {
     ) -> Result<Fetched, KernelError> {
         let fetched = fetch(self, spec, arch, progress)?;
         // Now rather than in the first test run.
-        fetched.kernel().boot_image(crate::accel::Accel::Tcg);
+        fetched.kernel().pvh_image();
         Ok(fetched)
     }
 }

@@ -26,7 +26,6 @@ use object::read::elf::{FileHeader, ProgramHeader};
 use object::Endianness;
 
 use super::{Kernel, KernelError};
-use crate::accel::Accel;
 use crate::arch::Arch;
 
 /// The extracted kernel, in the kernel's store dir.
@@ -41,17 +40,16 @@ const TMP_PREFIX: &str = ".vmlinux-pvh.tmp-";
 const PHYS32_ENTRY: u32 = 18;
 
 impl Kernel {
-    /// The image to hand QEMU under `accel`: under TCG, for a store x86_64 kernel that can
-    /// boot through PVH, its uncompressed ELF (extracted on first use); otherwise
-    /// [`Kernel::image`].
+    /// For a store x86_64 kernel that can boot through PVH, its uncompressed ELF (extracted on
+    /// first use); `None` for other kernels, and for one that cannot boot that way. Which
+    /// image to boot is the host's choice, by accelerator (`Accel::boot_image`).
     ///
     /// Extraction problems are not errors: the bzImage still boots.
-    pub(crate) fn boot_image(&self, accel: Accel) -> PathBuf {
-        match (&self.store_dir, self.arch, accel) {
-            (Some(dir), Arch::X86_64, Accel::Tcg) => pvh_image(&self.image, dir).unwrap_or(None),
+    pub(crate) fn pvh_image(&self) -> Option<PathBuf> {
+        match (&self.store_dir, self.arch) {
+            (Some(dir), Arch::X86_64) => pvh_image(&self.image, dir).unwrap_or(None),
             _ => None,
         }
-        .unwrap_or_else(|| self.image.clone())
     }
 }
 
@@ -292,21 +290,22 @@ mod tests {
         };
 
         let pvh = store_kernel("pvh", PHYS32_ENTRY);
-        let booted = pvh.boot_image(Accel::Tcg);
+        let booted = pvh.pvh_image().unwrap();
         assert_eq!(booted, dir.path().join("pvh").join(PVH_NAME));
         assert_eq!(fs::read(&booted).unwrap(), elf_with_xen_note(PHYS32_ENTRY));
         // Reused, not extracted again: the same file stays.
         let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
         let first = inode(&booted);
-        assert_eq!(inode(&pvh.boot_image(Accel::Tcg)), first);
-        // KVM boots the bzImage.
-        assert_eq!(pvh.boot_image(Accel::Kvm), pvh.image);
+        assert_eq!(inode(&pvh.pvh_image().unwrap()), first);
+        // TCG boots it, KVM the bzImage.
+        assert_eq!(crate::accel::Accel::Tcg.boot_image(&pvh), booted);
+        assert_eq!(crate::accel::Accel::Kvm.boot_image(&pvh), pvh.image);
 
         let plain = store_kernel("plain", 17);
-        assert_eq!(plain.boot_image(Accel::Tcg), plain.image);
+        assert_eq!(plain.pvh_image(), None);
         let reason = fs::read_to_string(dir.path().join("plain").join(NO_PVH_NAME)).unwrap();
         assert!(reason.contains("no PVH entry point"), "{reason}");
-        assert_eq!(plain.boot_image(Accel::Tcg), plain.image);
+        assert_eq!(plain.pvh_image(), None);
         // No temp file is left behind.
         for kdir in ["pvh", "plain"] {
             let names: Vec<String> = fs::read_dir(dir.path().join(kdir))
@@ -361,7 +360,7 @@ mod tests {
                 .map(|_| {
                     scope.spawn(|| {
                         barrier.wait();
-                        kernel.boot_image(Accel::Tcg)
+                        kernel.pvh_image().unwrap_or_else(|| kernel.image.clone())
                     })
                 })
                 .collect();
@@ -385,7 +384,7 @@ mod tests {
         let pvh = dir.path().join(PVH_NAME);
         fs::write(&pvh, &elf[..elf.len() / 2]).unwrap();
         assert!(!is_whole_elf(&pvh));
-        assert_eq!(kernel.boot_image(Accel::Tcg), pvh);
+        assert_eq!(kernel.pvh_image(), Some(pvh.clone()));
         assert!(fs::read(&pvh).unwrap() == elf);
         assert!(is_whole_elf(&pvh));
     }
@@ -403,7 +402,7 @@ mod tests {
             package: None,
             store_dir: None,
         };
-        assert_eq!(kernel.boot_image(Accel::Tcg), kernel.image);
+        assert_eq!(kernel.pvh_image(), None);
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl Store {
         seal(&tmp, &kernel, None)?;
         self.install(&tmp, &dest, &mut || {})?;
         // Now rather than in the first test run.
-        kernel.boot_image(crate::accel::Accel::Tcg);
+        kernel.pvh_image();
         Ok(kernel)
     }
 
@@ -650,7 +650,7 @@ mod tests {
         let k = store.find("6.15.1", Arch::X86_64).unwrap();
         assert!(!entry.join("vmlinux-pvh").exists() && !entry.join("modules.alias").exists());
         // The fake bzImage has no payload: the boot image is the bzImage, noted as such.
-        assert_eq!(k.boot_image(crate::accel::Accel::Tcg), k.image);
+        assert_eq!(k.pvh_image(), None);
 
         // An ELF shorter than its segments (a write cut short).
         let elf = entry.join("vmlinux-pvh");
