@@ -2,7 +2,9 @@
 //!
 //! Formats: the x86 bzImage (boot protocol header `HdrS` at 0x202, `kernel_version` pointer at
 //! 0x20E), the arm64 and riscv64 `Image` (magic at 0x38; plain, as Debian ships arm64, or
-//! gzip-compressed), and the EFI zboot wrapper (`MZ`, `zimg` at 4) with a gzip payload.
+//! gzip-compressed), and the EFI zboot wrapper (`MZ`, `zimg` at 4) with a gzip payload. The
+//! bzImage's setup header is read here only ([`bzimage_payload`] gives PVH extraction its
+//! compressed kernel).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -88,20 +90,61 @@ fn le32(b: &[u8], at: usize) -> u32 {
 
 /// `Some(version)` if `head` starts an x86 bzImage.
 fn bzimage_version(head: &[u8]) -> Option<Option<String>> {
-    if head.len() < 0x210 || &head[0x202..0x206] != b"HdrS" {
-        return None;
+    SetupHeader::parse(head).map(|header| header.version())
+}
+
+/// The compressed kernel inside a bzImage (boot protocol 2.08 or later); otherwise why not.
+pub(crate) fn bzimage_payload(bzimage: &[u8]) -> Result<&[u8], String> {
+    SetupHeader::parse(bzimage).ok_or("not a bzImage (no HdrS signature)")?.payload()
+}
+
+/// The setup header of an x86 bzImage (the kernel's `Documentation/arch/x86/boot.rst`): the
+/// one reader of it, for the version and the compressed payload.
+struct SetupHeader<'a> {
+    image: &'a [u8],
+}
+
+impl<'a> SetupHeader<'a> {
+    /// `None` unless `image` starts a bzImage: `HdrS` at 0x202, the header readable to 0x210.
+    fn parse(image: &'a [u8]) -> Option<SetupHeader<'a>> {
+        (image.len() >= 0x210 && &image[0x202..0x206] == b"HdrS").then_some(SetupHeader { image })
     }
-    let ptr = usize::from(le16(head, 0x20E));
-    if ptr == 0 {
-        return Some(None);
+
+    /// The release the `kernel_version` pointer (0x20E) leads to, when the image has it.
+    fn version(&self) -> Option<String> {
+        let head = self.image;
+        let ptr = usize::from(le16(head, 0x20E));
+        if ptr == 0 {
+            return None;
+        }
+        // The pointer is relative to the end of the 0x200-byte boot sector.
+        let text = head.get(ptr + 0x200..)?;
+        let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
+        String::from_utf8_lossy(text).split_whitespace().next().map(str::to_owned)
     }
-    // The pointer is relative to the end of the 0x200-byte boot sector.
-    let Some(text) = head.get(ptr + 0x200..) else {
-        return Some(None);
-    };
-    let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
-    let version = String::from_utf8_lossy(text).split_whitespace().next().map(str::to_owned);
-    Some(version)
+
+    /// The compressed kernel: `payload_offset` (0x248) and `payload_length` (0x24C), counted
+    /// from the end of the setup sectors.
+    fn payload(&self) -> Result<&'a [u8], String> {
+        let image = self.image;
+        let u32_at = |at: usize| {
+            image.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let version = le16(image, 0x206);
+        if version < 0x208 {
+            return Err(format!("boot protocol {version:#x} has no payload fields"));
+        }
+        let setup_sects = match image[0x1f1] {
+            0 => 4,
+            n => usize::from(n),
+        };
+        let start = (setup_sects + 1) * 512;
+        let (offset, len) = u32_at(0x248).zip(u32_at(0x24c)).ok_or("truncated setup header")?;
+        start
+            .checked_add(offset)
+            .and_then(|from| image.get(from..from.checked_add(len)?))
+            .ok_or_else(|| format!("payload ({len} bytes at {offset:#x}) beyond the file's end"))
+    }
 }
 
 /// The architecture of a plain arm64 or riscv64 `Image`.

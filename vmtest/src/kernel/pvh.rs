@@ -25,6 +25,7 @@ use object::elf::{FileHeader64, PT_NOTE};
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::Endianness;
 
+use super::image::bzimage_payload;
 use super::{Kernel, KernelError};
 use crate::arch::Arch;
 
@@ -149,7 +150,7 @@ fn is_whole_elf(path: &Path) -> bool {
 
 /// The ELF kernel inside a bzImage, if it has a PVH entry point; otherwise why not.
 pub(crate) fn extract(bzimage: &[u8]) -> Result<Vec<u8>, String> {
-    let payload = payload(bzimage)?;
+    let payload = bzimage_payload(bzimage)?;
     // The build appends the uncompressed size (4 bytes) to the compressed stream.
     let stream = payload.get(..payload.len().saturating_sub(4)).unwrap_or_default();
     let mut elf = Vec::new();
@@ -176,31 +177,6 @@ pub(crate) fn extract(bzimage: &[u8]) -> Result<Vec<u8>, String> {
     } else {
         Err("the kernel has no PVH entry point (built without CONFIG_PVH)".to_owned())
     }
-}
-
-/// The compressed kernel inside a bzImage (boot protocol 2.08 or later).
-fn payload(bzimage: &[u8]) -> Result<&[u8], String> {
-    let u16_at = |at: usize| bzimage.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |at: usize| {
-        bzimage.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    if bzimage.get(0x202..0x206) != Some(b"HdrS") {
-        return Err("not a bzImage (no HdrS signature)".to_owned());
-    }
-    let version = u16_at(0x206).unwrap_or(0);
-    if version < 0x208 {
-        return Err(format!("boot protocol {version:#x} has no payload fields"));
-    }
-    let setup_sects = match bzimage[0x1f1] {
-        0 => 4,
-        n => usize::from(n),
-    };
-    let start = (setup_sects + 1) * 512;
-    let (offset, len) = u32_at(0x248).zip(u32_at(0x24c)).ok_or("truncated setup header")?;
-    start
-        .checked_add(offset)
-        .and_then(|from| bzimage.get(from..from.checked_add(len)?))
-        .ok_or_else(|| format!("payload ({len} bytes at {offset:#x}) beyond the file's end"))
 }
 
 /// Whether `elf` is a 64-bit ELF whose notes hold a Xen `PHYS32_ENTRY`.
@@ -407,18 +383,18 @@ mod tests {
 
     #[test]
     fn finds_the_payload_from_the_setup_header() {
-        assert_eq!(payload(&bzimage(b"compressed")).unwrap(), b"compressed");
+        assert_eq!(bzimage_payload(&bzimage(b"compressed")).unwrap(), b"compressed");
     }
 
     #[test]
     fn rejects_what_is_not_a_bzimage_or_lies_about_its_payload() {
-        assert!(payload(&[0; 4096]).unwrap_err().contains("HdrS"));
+        assert!(bzimage_payload(&[0; 4096]).unwrap_err().contains("HdrS"));
         let mut image = bzimage(b"abc");
         image[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(payload(&image).unwrap_err().contains("beyond the file's end"));
+        assert!(bzimage_payload(&image).unwrap_err().contains("beyond the file's end"));
         let mut old = bzimage(b"abc");
         old[0x206..0x208].copy_from_slice(&0x206u16.to_le_bytes());
-        assert!(payload(&old).unwrap_err().contains("boot protocol"));
+        assert!(bzimage_payload(&old).unwrap_err().contains("boot protocol"));
     }
 
     #[test]
