@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+use super::decompress::{self, Format};
 use super::KernelError;
 use crate::arch::Arch;
 
@@ -41,7 +42,7 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, KernelError> {
     }
     if head.starts_with(&GZIP_MAGIC) {
         let file = File::open(path).map_err(io_err)?;
-        return gzip_image(flate2::read::GzDecoder::new(file))
+        return gzip_image(decompress::reader(Format::Gzip, file).map_err(io_err)?)
             .map_err(io_err)?
             .ok_or_else(|| not_a_kernel("gzip data that is not an arm64 or riscv64 Image"));
     }
@@ -53,7 +54,7 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, KernelError> {
         if comp == "gzip" {
             let mut file = File::open(path).map_err(io_err)?;
             io::copy(&mut (&mut file).take(offset), &mut io::sink()).map_err(io_err)?;
-            let payload = flate2::read::GzDecoder::new(file.take(size));
+            let payload = decompress::reader(Format::Gzip, file.take(size)).map_err(io_err)?;
             if let Some(info) = gzip_image(payload).map_err(io_err)? {
                 return Ok(info);
             }

@@ -8,6 +8,7 @@
 
 mod alias;
 pub(crate) mod apt;
+mod decompress;
 mod entry;
 mod fetch;
 mod image;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection};
 
+use super::decompress::{self, xz_lzma2, Format};
 use super::KernelError;
 
 /// A module file to load in the guest (by path, with `finit_module`; compressed files are fine
@@ -221,73 +222,21 @@ pub(crate) fn read_modinfo_quick(path: &Path) -> Result<Modinfo, KernelError> {
     let bad = |reason: String| KernelError::Modinfo { path: path.to_owned(), reason };
     let file = fs::File::open(path).map_err(|e| KernelError::io("read module", path, e))?;
     let input = std::io::BufReader::new(file);
-    let stream: Box<dyn Read> = if file_name.ends_with(".xz") {
-        match xz_lzma2(input) {
+    let stream: Box<dyn Read> = match Format::of_file_name(&file_name) {
+        Some(Format::Xz) => match xz_lzma2(input) {
             Ok(Some(stream)) => stream,
             // Another filter chain than plain LZMA2, or a damaged header.
             Ok(None) | Err(_) => return read_modinfo(path),
-        }
-    } else if file_name.ends_with(".zst") {
-        Box::new(
-            ruzstd::decoding::StreamingDecoder::new(input)
-                .map_err(|e| bad(format!("failed to decompress zstd: {e}")))?,
-        )
-    } else if file_name.ends_with(".gz") {
-        Box::new(flate2::read::GzDecoder::new(input))
-    } else {
-        return read_plain_modinfo(path, input.into_inner());
+        },
+        Some(format) => decompress::reader(format, input)
+            .map_err(|e| bad(format!("failed to decompress {}: {e}", format.name())))?,
+        None => return read_plain_modinfo(path, input.into_inner()),
     };
     match find_modinfo(stream, &name) {
         Ok(Some(data)) => Ok(parse_modinfo(&data)),
         Ok(None) => read_modinfo(path),
         Err(e) => Err(bad(format!("failed to decompress: {e}"))),
     }
-}
-
-/// The LZMA2 data of a single-block `.xz` stream whose only filter is LZMA2 (as Kbuild
-/// compresses modules), as a reader of the decompressed bytes; `None` for any other layout.
-/// The stream's index and check, after the data, are not read.
-fn xz_lzma2(mut input: impl Read + 'static) -> std::io::Result<Option<Box<dyn Read>>> {
-    // Stream header: magic, flags, CRC32.
-    let mut header = [0u8; 12];
-    input.read_exact(&mut header)?;
-    if header[..6] != *b"\xfd7zXZ\0" {
-        return Ok(None);
-    }
-    // Block header: its size, flags, optional sizes, one filter (ID 0x21, one property byte),
-    // padding, CRC32.
-    let mut size = [0u8; 1];
-    input.read_exact(&mut size)?;
-    if size[0] == 0 {
-        return Ok(None); // No block: an empty stream.
-    }
-    let mut block = vec![0u8; usize::from(size[0]) * 4 + 3];
-    input.read_exact(&mut block)?;
-    let flags = block[0];
-    if flags & 0x3f != 0 {
-        return Ok(None); // More than one filter, or reserved bits.
-    }
-    let mut at = 1;
-    for present in [flags & 0x40 != 0, flags & 0x80 != 0] {
-        if present {
-            // A variable-length integer: bytes with the top bit set continue it.
-            while block.get(at).is_some_and(|b| b & 0x80 != 0) {
-                at += 1;
-            }
-            at += 1;
-        }
-    }
-    let (Some(&0x21), Some(&1), Some(&dict)) =
-        (block.get(at), block.get(at + 1), block.get(at + 2))
-    else {
-        return Ok(None);
-    };
-    // Kbuild's modules use 1 MiB (`--lzma2=dict=1MiB`); anything past 64 MiB is read in full.
-    if dict > 29 {
-        return Ok(None);
-    }
-    let dict_size = (2 | u32::from(dict & 1)) << (dict / 2 + 11);
-    Ok(Some(Box::new(lzma_rust2::Lzma2Reader::new(input, dict_size, None))))
 }
 
 /// `.modinfo` of an uncompressed module, reading only its headers and that section.
@@ -418,25 +367,18 @@ fn modinfo_run(buf: &[u8], nul: usize, at_end: bool) -> Option<&[u8]> {
 /// A module file's contents, decompressed.
 pub(crate) fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
     let file = fs::File::open(path).map_err(|e| KernelError::io("read module", path, e))?;
-    let mut input = std::io::BufReader::new(file);
-    let name = path.to_string_lossy();
-    let mut out = Vec::new();
+    let input = std::io::BufReader::new(file);
     let bad = |reason: String| KernelError::Modinfo { path: path.to_owned(), reason };
-    if name.ends_with(".xz") {
-        lzma_rs::xz_decompress(&mut input, &mut out)
-            .map_err(|e| bad(format!("failed to decompress xz: {e}")))?;
-    } else if name.ends_with(".zst") {
-        let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut input)
-            .map_err(|e| bad(format!("failed to decompress zstd: {e}")))?;
-        dec.read_to_end(&mut out).map_err(|e| bad(format!("failed to decompress zstd: {e}")))?;
-    } else if name.ends_with(".gz") {
-        flate2::read::GzDecoder::new(input)
-            .read_to_end(&mut out)
-            .map_err(|e| bad(format!("failed to decompress gzip: {e}")))?;
-    } else {
-        input.read_to_end(&mut out).map_err(|e| KernelError::io("read module", path, e))?;
+    match Format::of_file_name(&path.to_string_lossy()) {
+        Some(format) => decompress::decompress(format, input)
+            .map_err(|e| bad(format!("failed to decompress {}: {e}", format.name()))),
+        None => {
+            let mut out = Vec::new();
+            let mut input = input;
+            input.read_to_end(&mut out).map_err(|e| KernelError::io("read module", path, e))?;
+            Ok(out)
+        }
     }
-    Ok(out)
 }
 
 /// What a kernel's config says (`CONFIG_X=y|m|...`); absent symbols are "not set".
@@ -667,23 +609,6 @@ pub(crate) mod tests {
             assert_eq!(quick.aliases, ["rtnl-link-vxlan"], "{ext}");
             assert_eq!(quick.depends, ["udp_tunnel"], "{ext}");
         }
-    }
-
-    #[test]
-    fn reads_the_lzma2_data_of_an_xz_stream() {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        let mut xz = Vec::new();
-        lzma_rs::xz_compress(&mut data.as_slice(), &mut xz).unwrap();
-        let mut stream = xz_lzma2(std::io::Cursor::new(xz.clone())).unwrap().unwrap();
-        let mut out = Vec::new();
-        stream.read_to_end(&mut out).unwrap();
-        assert_eq!(out, data);
-        // Two filters (a BCJ before LZMA2, say): not this reader's.
-        let mut two_filters = xz.clone();
-        two_filters[13] |= 0x01;
-        assert!(xz_lzma2(std::io::Cursor::new(two_filters)).unwrap().is_none());
-        assert!(xz_lzma2(std::io::Cursor::new(b"not xz at all".to_vec())).unwrap().is_none());
-        assert!(xz_lzma2(std::io::Cursor::new(xz[..5].to_vec())).is_err());
     }
 
     #[test]

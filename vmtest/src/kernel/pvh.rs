@@ -25,6 +25,7 @@ use object::elf::{FileHeader64, PT_NOTE};
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::Endianness;
 
+use super::decompress::{decompress, Format};
 use super::image::bzimage_payload;
 use super::{Kernel, KernelError};
 use crate::arch::Arch;
@@ -153,25 +154,12 @@ pub(crate) fn extract(bzimage: &[u8]) -> Result<Vec<u8>, String> {
     let payload = bzimage_payload(bzimage)?;
     // The build appends the uncompressed size (4 bytes) to the compressed stream.
     let stream = payload.get(..payload.len().saturating_sub(4)).unwrap_or_default();
-    let mut elf = Vec::new();
-    if stream.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        ruzstd::decoding::StreamingDecoder::new(stream)
-            .map_err(|e| format!("failed to decompress the zstd payload: {e}"))?
-            .read_to_end(&mut elf)
-            .map_err(|e| format!("failed to decompress the zstd payload: {e}"))?;
-    } else if stream.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        // The kernel's xz streams use the x86 BCJ filter, which xz4rust reads.
-        xz4rust::XzReader::new(std::io::Cursor::new(stream.to_vec()))
-            .read_to_end(&mut elf)
-            .map_err(|e| format!("failed to decompress the xz payload: {e}"))?;
-    } else if stream.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(stream)
-            .read_to_end(&mut elf)
-            .map_err(|e| format!("failed to decompress the gzip payload: {e}"))?;
-    } else {
+    let Some(format) = Format::of_magic(stream) else {
         let magic: Vec<String> = stream.iter().take(4).map(|b| format!("{b:02x}")).collect();
         return Err(format!("payload compression not read by vmtest (magic {})", magic.join(" ")));
-    }
+    };
+    let elf = decompress(format, std::io::Cursor::new(stream.to_vec()))
+        .map_err(|e| format!("failed to decompress the {} payload: {e}", format.name()))?;
     if has_pvh_entry(&elf)? {
         Ok(elf)
     } else {
