@@ -2,6 +2,8 @@
 //! configuration. The package is resolved from the current lists each time (versions move): the
 //! series' meta package (`linux-image-6.12-amd64`) when there is one, else the newest
 //! `linux-image-<series>.*-<flavour>-<arch>` (6.1 has no series meta package).
+//!
+//! It sits above the store ([`Store::fetch`] is defined here), so the store never imports it.
 
 use std::fs;
 use std::path::Path;

@@ -1,4 +1,6 @@
-//! Kernels: the store, name resolution, image headers and modules.
+//! Kernels: the store, the Debian source that fills it, name resolution, image formats,
+//! decompression and modules. The [`Kernel`] type and [`KernelError`] live here; each concern
+//! has its file (see ARCHITECTURE.md's code map), and the store imports no fetching.
 //!
 //! A test names its kernel (`kernel = "6.12"`), or gives a path, or leaves it to
 //! `VMTEST_KERNEL` and then the default, [`DEFAULT_KERNEL`]. [`resolve`] turns that into a

@@ -13,7 +13,8 @@
 //! that is not a whole ELF (cut short by anything) is extracted again. A temp file found while
 //! holding the lock was left by a run that was killed, and is removed.
 //!
-//! Only TCG boots the PVH image. Under KVM decompression runs at native speed, and a KVM that
+//! This module offers the image ([`Kernel::pvh_image`]); the host chooses what to boot
+//! (`Accel::boot_image`), and only TCG boots the PVH image. Under KVM decompression runs at native speed, and a KVM that
 //! cannot run the guest fails loudly on the bzImage ("KVM internal error"), which the fallback
 //! to TCG relies on; on the PVH image it hangs silently instead.
 

@@ -20,6 +20,9 @@
 //! older one in one atomic exchange: an interrupted or crashed fetch leaves at most a `.tmp-*`
 //! dir, which the next fetch of that kernel removes. An entry whose metadata or files are
 //! damaged is skipped with one warning naming it and the command that repairs it.
+//!
+//! The store does not know where kernels come from: the Debian source (`super::fetch`,
+//! [`Store::fetch`]) and [`Store::add`] install into it.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
