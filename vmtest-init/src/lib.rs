@@ -69,7 +69,7 @@ pub fn is_pid1() -> bool {
 }
 
 /// Whether this process runs in a vmtest guest: the plan at
-/// [`PLAN_PATH`](protocol::PLAN_PATH), which only the initramfs vmtest makes has, exists.
+/// [`PLAN_PATH`], which only the initramfs vmtest makes has, exists.
 /// PID 1 alone is no proof: a test binary started as the first process of a container is PID
 /// 1 too.
 pub fn in_vmtest_guest() -> bool {
@@ -82,7 +82,7 @@ pub fn is_vmtest_init() -> bool {
 }
 
 /// Runs the guest side as PID 1: prepares the system, runs the plan at
-/// [`PLAN_PATH`](protocol::PLAN_PATH), reports on the control port, and powers the VM off.
+/// [`PLAN_PATH`], reports on the control port, and powers the VM off.
 ///
 /// Never returns and never unwinds: any error or panic is reported as
 /// [`GuestMessage::Fatal`] (when the control port is open) and on the console, then the VM is

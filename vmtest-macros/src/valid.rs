@@ -643,7 +643,7 @@ mod tests {
         let status = std::process::Command::new("mkfifo").arg(dir.join("pipe")).status();
         if !status.is_ok_and(|s| s.success()) {
             let _ = std::fs::remove_dir_all(&dir);
-            eprintln!("skipped: mkfifo is not available");
+            vmtest::__testing::missing("mkfifo is not available");
             return;
         }
         let err = resolve_file("pipe", Some(&dir)).unwrap_err();

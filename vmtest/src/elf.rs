@@ -5,9 +5,6 @@
 //! megabytes. Nothing here depends on the host's architecture, so an aarch64 binary is read the
 //! same way on an x86_64 host.
 
-// The host side that calls into this module is not wired up yet.
-#![allow(dead_code)]
-
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -458,7 +458,7 @@ mod tests {
         match mount() {
             Ok(()) => Some(Mounted(at.to_owned())),
             Err(e) => {
-                eprintln!("skipped: cannot mount {what} here ({e}); needs root");
+                crate::__testing::missing(&format!("cannot mount {what} here ({e}); needs root"));
                 None
             }
         }

@@ -34,7 +34,7 @@ use crate::{files, fixtures, guest_env};
 /// Timeout of a test without a `timeout` attribute, before scaling.
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time for a kernel to reach the harness, before scaling.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Extra time the host grants beyond a test's own timeout (and [`SEND_TIME`]) before it gives
 /// up on the guest; also the longest silence between two tests. Before scaling.
 const HOST_GRACE: Duration = Duration::from_secs(30);
@@ -48,7 +48,7 @@ const BASE_MEMORY_MIB: u64 = 256;
 /// Environment variable that carries a test's shown name (`test[kernel]`) into the guest.
 const INSTANCE_ENV: &str = "VMTEST_TEST_INSTANCE";
 /// Where the guest finds modules inside the initramfs.
-const GUEST_MODULE_DIR: &str = "/vmtest/modules";
+pub(crate) const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 /// libtest's exit code when a test failed or the command line is wrong.
 const FAILED: i32 = 101;
 

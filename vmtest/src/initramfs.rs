@@ -32,9 +32,6 @@
 //! No directory symlinks of the host (`/lib -> usr/lib`) are reproduced: every guest directory is
 //! a real directory, so later entries under `/lib` or `/usr/lib` never collide with them.
 
-// The host side that calls into this module is not wired up yet.
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -44,8 +41,6 @@ use cpio::newc::{self, ModeFileType};
 
 use crate::elf::loader::{LibraryError, LibrarySearch};
 
-/// Length of a newc header before the name.
-const NEWC_HEADER_LEN: u64 = 110;
 const TRAILER_NAME: &str = "TRAILER!!!";
 
 /// An initramfs under construction. See the [module docs](self) for the rules.
@@ -66,11 +61,9 @@ struct Entry {
 enum Node {
     Dir,
     Bytes(Vec<u8>),
-    /// A host file, read when the archive is written. `size` is as of when it was added, for
-    /// [`Initramfs::total_size`].
+    /// A host file, read when the archive is written.
     HostFile {
         path: PathBuf,
-        size: u64,
     },
     Symlink(String),
     CharDevice {
@@ -166,7 +159,7 @@ impl Initramfs {
         if !metadata.is_file() {
             return Err(InitramfsError::NotAFile { path });
         }
-        self.insert(guest_path, Node::HostFile { path, size: metadata.len() }, mode)
+        self.insert(guest_path, Node::HostFile { path }, mode)
     }
 
     /// Adds a symbolic link to `target` (stored as given: relative targets are relative to the
@@ -276,17 +269,6 @@ impl Initramfs {
         normalize(guest_path).is_ok_and(|key| self.entries.contains_key(&key))
     }
 
-    /// The size in bytes [`Self::write_to`] will write, counting host files at the size they had
-    /// when added. The host uses it to size guest memory (the rootfs lives in RAM).
-    pub(crate) fn total_size(&self) -> u64 {
-        let entries: u64 = self
-            .entries
-            .iter()
-            .map(|(name, entry)| header_size(name).saturating_add(padded(entry.node.data_len())))
-            .fold(0, u64::saturating_add);
-        entries.saturating_add(header_size(TRAILER_NAME))
-    }
-
     /// Writes the archive (uncompressed newc) to `w`, returning the number of bytes written.
     ///
     /// Host files are streamed, never held in memory whole. `w` gets many small writes: pass a
@@ -385,17 +367,6 @@ impl Initramfs {
     }
 }
 
-impl Node {
-    fn data_len(&self) -> u64 {
-        match self {
-            Node::Dir | Node::CharDevice { .. } => 0,
-            Node::Bytes(bytes) => bytes.len() as u64,
-            Node::HostFile { size, .. } => *size,
-            Node::Symlink(target) => target.len() as u64,
-        }
-    }
-}
-
 /// Turns `/a//b/./c` into `a/b/c`, rejecting what cannot be a guest path.
 fn normalize(guest_path: &str) -> Result<String, InitramfsError> {
     let invalid = |reason| InitramfsError::InvalidPath { path: guest_path.to_owned(), reason };
@@ -444,15 +415,6 @@ fn newc_field(name: &str, what: &'static str, value: u64) -> Result<u32, Initram
 /// The size field of a newc header for a file of `len` bytes: 8 hex digits, so under 4 GiB.
 fn newc_file_size(name: &str, len: u64) -> Result<u32, InitramfsError> {
     newc_field(name, "file size", len)
-}
-
-/// Bytes taken by a header with this name, padding included.
-fn header_size(name: &str) -> u64 {
-    padded(NEWC_HEADER_LEN + name.len() as u64 + 1)
-}
-
-fn padded(len: u64) -> u64 {
-    len.saturating_add(3) & !3
 }
 
 fn write_all<W: Write>(

@@ -189,6 +189,25 @@ pub mod __fuzz {
     }
 }
 
+/// For the workspace's own tests: one place that decides what a missing requirement means.
+#[doc(hidden)]
+pub mod __testing {
+    /// Environment variable that turns a missing requirement into a failure: set to `1` in CI,
+    /// where every such requirement (kernels, userland, tools, root) is provided by setup.
+    pub const REQUIRE_ALL_ENV: &str = "VMTEST_REQUIRE_ALL";
+
+    /// A test cannot run because `what` is missing: panics naming it when
+    /// [`REQUIRE_ALL_ENV`] is `1`, otherwise prints `skipped: {what}` (the caller then
+    /// returns).
+    #[track_caller]
+    pub fn missing(what: &str) {
+        if std::env::var_os(REQUIRE_ALL_ENV).is_some_and(|v| v == "1") {
+            panic!("{REQUIRE_ALL_ENV}=1 but this test's requirement is missing: {what}");
+        }
+        eprintln!("skipped: {what}");
+    }
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::meta::{

@@ -10,6 +10,7 @@ use std::time::Duration;
 use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
 
 use crate::harness::elf_arch;
+use crate::harness::{BOOT_TIMEOUT, GUEST_MODULE_DIR};
 use crate::init_build::{self, INIT_ENV};
 use crate::initramfs::Initramfs;
 use crate::userland::GuestUserland;
@@ -18,8 +19,6 @@ use crate::{accel, kernel, Error};
 
 /// How long the program may run, before scaling, unless `VMTEST_PLAIN_TIMEOUT` (seconds) says.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
-const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 
 /// Runs `binary` with `args` in a VM; returns its exit code (or 1 when it could not run).
 pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {

@@ -442,7 +442,7 @@ mod tests {
     fn a_live_workdir_of_another_pid_namespace_survives_the_sweep_and_a_dead_one_goes() {
         // SAFETY: geteuid(2) has no preconditions.
         if unsafe { libc::geteuid() } != 0 || which("unshare").is_none() {
-            eprintln!("skipped: needs root and unshare(1) to make a PID namespace");
+            crate::__testing::missing("needs root and unshare(1) to make a PID namespace");
             return;
         }
         let root = sweep_root("pidns");
@@ -552,10 +552,11 @@ mod tests {
         let Ok(mark) = std::env::var(ORPHAN_ENV) else { return };
         let mut command = Command::new("sleep");
         command.args(["30", &mark]);
-        // SAFETY: the closure only sleeps (nanosleep is async-signal-safe).
+        // SAFETY: the closure only calls nanosleep, which is async-signal-safe, on a local.
         unsafe {
             command.pre_exec(|| {
-                libc::usleep(400_000);
+                let pause = libc::timespec { tv_sec: 0, tv_nsec: 400_000_000 };
+                libc::nanosleep(&pause, std::ptr::null_mut());
                 Ok(())
             });
         }

@@ -353,7 +353,10 @@ mod tests {
     fn the_sandbox_probe_tells_a_qemu_from_something_else() {
         for arch in [Arch::X86_64, Arch::Aarch64] {
             let Ok(qemu) = crate::vm::find_qemu(arch) else {
-                eprintln!("skipped for {arch}: no {} on PATH", profile(arch).binary);
+                crate::__testing::missing(&format!(
+                    "for {arch}: no {} on PATH",
+                    profile(arch).binary
+                ));
                 continue;
             };
             // Debian's QEMU is built with seccomp; this kernel accepts the filter.

@@ -3,7 +3,7 @@
 //! [`run`] is a cargo target runner (`CARGO_TARGET_<TRIPLE>_RUNNER="cargo-vmtest run"`): given a
 //! test binary and its libtest arguments, it drives the same engine as a native `vmtest::main!()`
 //! binary when the binary has vmtest tests (read from its ELF, never executed on the host), and
-//! boots any other binary under a static `vmtest-init` (see [`crate::plain`]).
+//! boots any other binary under a static `vmtest-init` (`src/plain.rs`).
 //!
 //! [`cross_test`] runs `cargo test --target <arch>-unknown-linux-musl` with the runner set and
 //! the target linked by `rust-lld`, after making sure the rustup target is installed.

@@ -10,6 +10,7 @@ mod compat;
 mod coverage;
 mod exec;
 mod fuzz;
+mod lint;
 mod setup;
 mod test;
 
@@ -46,6 +47,9 @@ enum Task {
     /// Run cargo-llvm-cov on tests/cov-crate and check that code run only in the VM is counted
     /// (installs llvm-tools-preview and cargo-llvm-cov).
     Coverage,
+    /// cargo fmt --check, clippy on every target and cargo doc, warnings denied (what CI runs
+    /// first).
+    Lint,
     /// Run published crates' own test suites on the host and through `cargo-vmtest run` on
     /// 6.1, 6.12 and arm64 6.12; fails when a VM run ends abnormally or loses a test the host
     /// passes.
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Task::Userland(args) => vmtest::userland::cli::run(PROGRAM, args),
         Task::Bench(args) => bench::run_bench(args),
         Task::Coverage => coverage::run_coverage(),
+        Task::Lint => lint::run_lint(),
         Task::Compat(args) => compat::run_compat(args),
         Task::Fuzz(args) => fuzz::run_fuzz(args),
     }

@@ -12,26 +12,23 @@ const ARTIFACTS: &str = env!("CARGO_BIN_EXE_fixture-artifacts");
 const RUNNER: &str = env!("CARGO_BIN_EXE_runner");
 
 /// A private TMPDIR, removed on drop.
-struct TmpDir(PathBuf);
+struct TmpDir(tempfile::TempDir);
 
 impl TmpDir {
     fn new(label: &str) -> TmpDir {
-        let dir = std::env::temp_dir().join(format!("vmtest-hosts-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TmpDir(dir)
+        TmpDir(
+            tempfile::Builder::new().prefix(&format!("vmtest-hosts-{label}-")).tempdir().unwrap(),
+        )
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
-        command.env("TMPDIR", &self.0).env_remove("VMTEST_TEST");
+        command.env("TMPDIR", self.path()).env_remove("VMTEST_TEST");
         command
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -80,7 +77,7 @@ fn processes_mentioning(needle: &Path) -> Vec<(libc::pid_t, String)> {
 #[test]
 fn a_test_binary_that_is_pid1_of_a_container_runs_its_tests_in_vms() {
     if !is_root() {
-        eprintln!("skipped: needs root for unshare --pid --mount-proc");
+        vmtest::__testing::missing("needs root for unshare --pid --mount-proc");
         return;
     }
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -147,7 +144,7 @@ fn start_hanging(tmp: &TmpDir, env: &[(&str, &str)]) -> (Harness, libc::pid_t, S
     let child = Harness(command.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some((pid, cmdline)) = processes_mentioning(&tmp.0).into_iter().next() {
+        if let Some((pid, cmdline)) = processes_mentioning(tmp.path()).into_iter().next() {
             // Past QEMU's start-up, where the filter is installed.
             std::thread::sleep(Duration::from_millis(500));
             return (child, pid, cmdline);
@@ -237,20 +234,20 @@ fn sigint_during_an_artifact_transfer_leaves_no_partial_file() {
     interrupt(child);
     assert!(!partial.exists(), "{} stayed", partial.display());
     assert_eq!(partials_under(&logs), Vec::<PathBuf>::new());
-    assert_eq!(processes_mentioning(&tmp.0), Vec::new());
-    assert_eq!(std::fs::read_dir(&tmp.0).unwrap().count(), 0, "temp files left behind");
+    assert_eq!(processes_mentioning(tmp.path()), Vec::new());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "temp files left behind");
 }
 
 #[test]
 fn the_runner_sweeps_dead_runs_temp_dirs_and_keeps_live_ones() {
     let tmp = TmpDir::new("plain-sweep");
     // A run killed outright left this (it had locked and marked it).
-    let dead = tmp.0.join("vmtest-4242-dEaD01");
+    let dead = tmp.path().join("vmtest-4242-dEaD01");
     std::fs::create_dir(&dead).unwrap();
     std::fs::write(dead.join(".vmtest-locked"), "").unwrap();
     std::fs::write(dead.join("initrd.cpio"), "").unwrap();
     // A live run, in whatever PID namespace: it holds the lock.
-    let live = tmp.0.join("vmtest-4243-LiVe01");
+    let live = tmp.path().join("vmtest-4243-LiVe01");
     std::fs::create_dir(&live).unwrap();
     std::fs::write(live.join(".vmtest-locked"), "").unwrap();
     let mut holder = Command::new("flock")
@@ -265,7 +262,7 @@ fn the_runner_sweeps_dead_runs_temp_dirs_and_keeps_live_ones() {
     let output = tmp
         .command(RUNNER)
         .arg("/bin/true")
-        .env("VMTEST_INIT", tmp.0.join("no-such-init"))
+        .env("VMTEST_INIT", tmp.path().join("no-such-init"))
         .output()
         .unwrap();
     holder.kill().unwrap();

@@ -680,7 +680,7 @@ fn a_kernel_given_by_path_loads_modules_from_its_modules_dir() {
     // A stored kernel given by path, as a user's own build would be: its modules dir named by
     // VMTEST_KERNEL_MODULES. 6.1's modules are plain `.ko`, so its alias index builds quickly.
     let Ok(kernel) = vmtest::kernel::resolve(Some("6.1"), vmtest::arch::Arch::host()) else {
-        eprintln!("skipped: no 6.1 kernel in the store (`cargo xtask setup` fetches one)");
+        vmtest::__testing::missing("no 6.1 kernel in the store (`cargo xtask setup` fetches one)");
         return;
     };
     let modules = kernel.modules_dir.expect("a stored 6.1 kernel has modules");
@@ -720,7 +720,7 @@ fn copy_tree(from: &Path, to: &Path) {
 fn store_kernels_are_checked_before_they_boot_and_skipped_when_damaged() {
     let arch = vmtest::arch::Arch::host();
     let Ok(real) = vmtest::kernel::resolve(Some("6.12"), arch) else {
-        eprintln!("skipped: no 6.12 kernel in the store (`cargo xtask setup` fetches one)");
+        vmtest::__testing::missing("no 6.12 kernel in the store (`cargo xtask setup` fetches one)");
         return;
     };
     let real_store = vmtest::kernel::Store::open().unwrap();

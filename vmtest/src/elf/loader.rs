@@ -45,8 +45,6 @@ fn display_dirs(dirs: &[PathBuf]) -> String {
 /// A binary plus everything the loader maps before running it.
 #[derive(Clone, Debug)]
 pub(crate) struct Closure {
-    /// The binary itself.
-    pub(crate) info: ElfInfo,
     /// The interpreter (`PT_INTERP`) as named in the binary; the kernel opens exactly this path.
     pub(crate) interp: Option<PathBuf>,
     /// Every library of the transitive `DT_NEEDED` closure, in breadth-first (load) order.
@@ -124,7 +122,7 @@ impl LibrarySearch {
                 queue.push_back((path, lib_info, chain.clone()));
             }
         }
-        Ok(Closure { info, interp, libraries })
+        Ok(Closure { interp, libraries })
     }
 
     /// The directories to try, in order, for a library needed by an object with these run paths.
@@ -316,7 +314,7 @@ mod tests {
 
     #[test]
     fn ld_so_conf_follows_includes_in_sorted_order() {
-        let dir = crate::elf::test_support::TempDir::new("ldconf");
+        let dir = crate::elf::test_support::temp_dir("ldconf");
         let root = dir.path();
         fs::create_dir(root.join("conf.d")).unwrap();
         fs::write(
@@ -335,7 +333,7 @@ mod tests {
 
     #[test]
     fn ld_so_conf_include_cycle_terminates() {
-        let dir = crate::elf::test_support::TempDir::new("ldcycle");
+        let dir = crate::elf::test_support::temp_dir("ldcycle");
         let conf = dir.path().join("ld.so.conf");
         fs::write(&conf, "/opt/x\ninclude ld.so.conf\n").unwrap();
         let mut dirs = Vec::new();
@@ -343,10 +341,9 @@ mod tests {
         assert_eq!(dirs, vec![PathBuf::from("/opt/x")]);
     }
 
-    use crate::elf::test_support::{fake_elf, FakeElf, TempDir};
+    use crate::elf::test_support::{fake_elf, temp_dir, FakeElf};
 
-    const EM_AARCH64: u16 = 183;
-    const EM_X86_64: u16 = 62;
+    use object::elf::{EM_AARCH64, EM_X86_64};
 
     fn write_elf(path: &Path, spec: FakeElf<'_>) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -385,7 +382,7 @@ mod tests {
 
     #[test]
     fn closure_follows_runpath_and_skips_foreign_candidates() {
-        let dir = TempDir::new("loader-tree");
+        let dir = temp_dir("loader-tree");
         let root = dir.path();
         let search = fake_tree(root);
         let closure = search.closure(&root.join("bin/app")).unwrap();
@@ -404,7 +401,7 @@ mod tests {
 
     #[test]
     fn runpath_does_not_apply_to_grandchildren_but_rpath_does() {
-        let dir = TempDir::new("loader-rpath");
+        let dir = temp_dir("loader-rpath");
         let root = dir.path();
         // app (RUNPATH or RPATH = r) -> liba (in r) -> libb (only in r)
         let lib = FakeElf { machine: EM_AARCH64, needed: &["libb.so"], ..FakeElf::default() };
@@ -432,7 +429,7 @@ mod tests {
 
     #[test]
     fn missing_library_names_library_and_binary() {
-        let dir = TempDir::new("loader-missing");
+        let dir = temp_dir("loader-missing");
         let root = dir.path();
         let search = fake_tree(root);
         fs::remove_file(root.join("b/private/liby.so.2")).unwrap();

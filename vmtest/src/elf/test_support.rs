@@ -2,39 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A fresh directory under the system temp dir, removed on drop.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(label: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        loop {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let name = format!("vmtest-{label}-{}-{n}-{nanos:x}", std::process::id());
-            let path = std::env::temp_dir().join(name);
-            match std::fs::create_dir(&path) {
-                Ok(()) => return TempDir(path),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => panic!("failed to create {}: {e}", path.display()),
-            }
-        }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+pub(crate) fn temp_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("vmtest-{label}-")).tempdir().unwrap()
 }
 
 /// Compiles a one-file Rust program with `rustc` for `target` (the host's when `None`).
@@ -54,14 +25,14 @@ pub(crate) fn compile_rust(dir: &Path, source: &str, target: Option<&str>) -> Op
     match cmd.output() {
         Ok(output) if output.status.success() => Some(out),
         Ok(output) => {
-            eprintln!(
-                "skipping: {cmd:?} failed: {}",
+            crate::__testing::missing(&format!(
+                "{cmd:?} failed: {}",
                 String::from_utf8_lossy(&output.stderr).trim()
-            );
+            ));
             None
         }
         Err(e) => {
-            eprintln!("skipping: failed to run {}: {e}", rustc.to_string_lossy());
+            crate::__testing::missing(&format!("failed to run {}: {e}", rustc.to_string_lossy()));
             None
         }
     }

@@ -1,10 +1,9 @@
 use std::path::Path;
 
-use super::test_support::{fake_elf, FakeElf, TempDir};
+use super::test_support::{fake_elf, temp_dir, FakeElf};
 use super::*;
 
-const EM_X86_64: u16 = 62;
-const EM_AARCH64: u16 = 183;
+use object::elf::{EM_AARCH64, EM_X86_64};
 
 #[test]
 fn reads_the_running_test_binary() {
@@ -20,7 +19,7 @@ fn reads_the_running_test_binary() {
 
 #[test]
 fn reads_a_foreign_architecture() {
-    let dir = TempDir::new("elf-foreign");
+    let dir = temp_dir("elf-foreign");
     let path = dir.path().join("libfoo.so");
     let spec = FakeElf {
         machine: EM_AARCH64,
@@ -47,7 +46,7 @@ fn reads_a_foreign_architecture() {
 
 #[test]
 fn rpath_is_used_without_runpath() {
-    let dir = TempDir::new("elf-rpath");
+    let dir = temp_dir("elf-rpath");
     let path = dir.path().join("a");
     let spec = FakeElf {
         machine: EM_X86_64,
@@ -65,7 +64,7 @@ fn rpath_is_used_without_runpath() {
 
 #[test]
 fn non_elf_files_are_named_in_the_error() {
-    let dir = TempDir::new("elf-text");
+    let dir = temp_dir("elf-text");
     let text = dir.path().join("script.sh");
     std::fs::write(&text, "#!/bin/sh\necho hi\n").unwrap();
     let empty = dir.path().join("empty");
@@ -85,7 +84,7 @@ fn non_elf_files_are_named_in_the_error() {
 
 #[test]
 fn truncated_and_missing_files_are_errors() {
-    let dir = TempDir::new("elf-bad");
+    let dir = temp_dir("elf-bad");
     let truncated = dir.path().join("truncated");
     let mut bytes = fake_elf(&FakeElf { machine: EM_X86_64, ..FakeElf::default() });
     bytes.truncate(40);
@@ -114,7 +113,7 @@ fn reads_a_named_section() {
     assert!(read_section(&exe, ".text").unwrap().is_some_and(|t| !t.is_empty()));
     assert_eq!(read_section(&exe, ".no-such-section").unwrap(), None);
 
-    let dir = TempDir::new("elf-nosections");
+    let dir = temp_dir("elf-nosections");
     let path = dir.path().join("stripped");
     std::fs::write(&path, fake_elf(&FakeElf { machine: EM_AARCH64, ..FakeElf::default() }))
         .unwrap();

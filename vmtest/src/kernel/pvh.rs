@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn extracts_an_elf_with_a_pvh_entry_once_and_notes_one_without() {
-        let dir = crate::elf::test_support::TempDir::new("pvh");
+        let dir = crate::elf::test_support::temp_dir("pvh");
         let store_kernel = |name: &str, n_type: u32| {
             store_kernel(
                 &dir.path().join(name),
@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn threads_extracting_the_same_kernel_at_once_all_get_it_whole() {
-        let dir = crate::elf::test_support::TempDir::new("pvh-race");
+        let dir = crate::elf::test_support::temp_dir("pvh-race");
         let elf = big_elf(24 << 20);
         let kernel = store_kernel(dir.path(), &bzimage(&gzip_with_size(&elf)));
         // Leftovers of an extraction that was killed.
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn an_image_cut_short_is_extracted_again() {
-        let dir = crate::elf::test_support::TempDir::new("pvh-cut");
+        let dir = crate::elf::test_support::temp_dir("pvh-cut");
         let elf = big_elf(1 << 20);
         let kernel = store_kernel(dir.path(), &bzimage(&gzip_with_size(&elf)));
         let pvh = dir.path().join(PVH_NAME);

@@ -2,32 +2,23 @@
 //! (`VMTEST_KERNELS`, else the default store; fetch with `cargo xtask kernel fetch 6.1 6.12`).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::resolve::{choose_spec, looks_like_path};
 use super::*;
 
 /// An empty dir for one test, unique to this process, removed when dropped.
-pub(crate) struct Scratch(PathBuf);
+pub(crate) struct Scratch(tempfile::TempDir);
 
 impl std::ops::Deref for Scratch {
     type Target = Path;
     fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
 pub(crate) fn scratch_dir(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("vmtest-kernel-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+    Scratch(tempfile::Builder::new().prefix(&format!("vmtest-kernel-{name}-")).tempdir().unwrap())
 }
 
 /// The stored kernel `spec` for `arch`, or `None` after printing why the test is skipped.
@@ -36,7 +27,7 @@ fn stored(spec: &str, arch: Arch) -> Option<Kernel> {
     match store.find(spec, arch) {
         Ok(k) => Some(k),
         Err(e) => {
-            eprintln!("skipped: kernel {spec} ({arch}) is not in the store: {e}");
+            crate::__testing::missing(&format!("kernel {spec} ({arch}) is not in the store: {e}"));
             None
         }
     }
@@ -278,7 +269,7 @@ fn fetch_repairs_a_damaged_entry() {
     let arch = Arch::X86_64;
     let Some(real) = stored("6.12", arch) else { return };
     if apt::require_tools(std::env::var_os("PATH").as_deref()).is_err() {
-        eprintln!("skipped: apt's tools are not installed");
+        crate::__testing::missing("apt's tools are not installed");
         return;
     }
     // A copy of the stored entry (and apt's lists) in a store of its own, with a module cut

@@ -336,13 +336,13 @@ pub(crate) mod tests {
         let arch = crate::arch::Arch::host();
         let store = match crate::kernel::Store::open() {
             Ok(store) => store,
-            Err(e) => return eprintln!("skipped: no kernel store: {e}"),
+            Err(e) => return crate::__testing::missing(&format!("no kernel store: {e}")),
         };
         let Ok(Some(userland)) = store.userland(arch) else {
-            return eprintln!(
-                "skipped: no userland for {arch} in {} (cargo xtask userland fetch)",
+            return crate::__testing::missing(&format!(
+                "no userland for {arch} in {} (cargo xtask userland fetch)",
                 store.root().display()
-            );
+            ));
         };
         let bytes = std::fs::read(&userland.busybox).unwrap();
         let applets = read(&bytes).unwrap();

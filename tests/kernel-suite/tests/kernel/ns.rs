@@ -16,7 +16,7 @@ fn user_and_mount_namespace_isolate_uid_map_and_mounts() {
     let to_parent = Pipe::new().unwrap();
     // The child reports each step as a byte: an upper-case letter when it succeeded.
     let child = fork_with(|| {
-        // SAFETY (whole closure): only system calls on local data; the forked child allocates nothing.
+        // SAFETY: (whole closure) only system calls on local data; the forked child allocates nothing.
         unsafe {
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
                 to_parent.send(b'u');

@@ -57,8 +57,8 @@ pub struct Pipe {
 impl Pipe {
     pub fn new() -> io::Result<Self> {
         let mut fds = [0; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
         check(
+            // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
             unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long,
             "create a pipe",
         )?;
