@@ -26,7 +26,7 @@ pub(crate) enum Error {
     Kernel(#[from] KernelError),
     /// The initramfs could not be built.
     #[error(transparent)]
-    Initramfs(#[from] crate::initramfs::InitramfsError),
+    Initramfs(#[from] crate::image::initramfs::InitramfsError),
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -18,38 +18,23 @@
 
 #![deny(missing_docs)]
 
-mod accel;
 pub mod arch;
-mod args;
-mod artifact;
-mod child;
-mod elf;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod error;
-mod files;
-mod fixtures;
-mod guest_env;
-mod harness;
-mod init_build;
-mod initramfs;
+mod guest;
+mod host;
+mod image;
 pub mod kernel;
 mod meta;
-mod modserver;
-mod plain;
-mod process;
-mod progress;
-mod qemu;
 mod registry;
-mod report;
-pub mod runner;
-mod skip;
-mod splat;
 pub mod userland;
 mod vm;
 
 pub(crate) use error::Error;
 
-pub use artifact::artifact;
-pub use skip::skip;
+pub use guest::artifact::artifact;
+pub use guest::skip::skip;
 pub use vmtest_macros::vm_test;
 
 /// Defines `main` for a test binary with `harness = false`.
@@ -86,18 +71,18 @@ pub mod __bench {
         kernel: &Path,
         initrd: &Path,
     ) -> Result<(Command, &'static str), String> {
-        let accel = crate::accel::choose(arch).map_err(|e| e.to_string())?;
-        let qemu = crate::vm::find_qemu(arch).map_err(|e| e.to_string())?;
-        let spec = crate::qemu::QemuCommand {
+        let accel = crate::vm::accel::choose(arch).map_err(|e| e.to_string())?;
+        let qemu = crate::vm::session::find_qemu(arch).map_err(|e| e.to_string())?;
+        let spec = crate::vm::qemu::QemuCommand {
             arch,
             accel: accel.accel,
             kernel: kernel.to_owned(),
             initrd: initrd.to_owned(),
             memory_mib: 256,
-            cpus: crate::qemu::profile(arch).default_cpus,
+            cpus: crate::vm::qemu::profile(arch).default_cpus,
             cmdline: Vec::new(),
             ports: Vec::new(),
-            sandbox: crate::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
+            sandbox: crate::vm::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
         };
         let mut command = Command::new(qemu);
         command.args(spec.args());
@@ -110,19 +95,19 @@ pub mod __bench {
         kernel: &crate::kernel::Kernel,
         arch: Arch,
     ) -> Result<std::path::PathBuf, String> {
-        let accel = crate::accel::choose(arch).map_err(|e| e.to_string())?;
+        let accel = crate::vm::accel::choose(arch).map_err(|e| e.to_string())?;
         Ok(accel.accel.boot_image(kernel))
     }
 
     /// The name of the QEMU system emulator for `arch`, as the harness looks it up on `PATH`.
     pub fn qemu_binary(arch: Arch) -> &'static str {
-        crate::qemu::profile(arch).binary
+        crate::vm::qemu::profile(arch).binary
     }
 
     /// Writes the initramfs the harness would make around `init` (with its libraries,
     /// `/dev/console` and the userland of an `arch` guest) to `out`; returns its size.
     pub fn write_initramfs(init: &Path, arch: Arch, out: &Path) -> Result<u64, String> {
-        let mut initramfs = crate::initramfs::Initramfs::new();
+        let mut initramfs = crate::image::initramfs::Initramfs::new();
         initramfs.add_elf_with_libraries("/init", init).map_err(|e| e.to_string())?;
         initramfs.add_char_device("/dev/console", 5, 1, 0o600).map_err(|e| e.to_string())?;
         crate::userland::GuestUserland::for_run(arch)
@@ -152,8 +137,8 @@ pub mod __fuzz {
     /// Reads `path` as a test binary (its ELF header, its tests, its loader's view) and as a
     /// busybox (its applet tables, as `VMTEST_USERLAND=<path>` reads them).
     pub fn binary_file(path: &Path) {
-        let _ = crate::harness::TestBinary::read(path);
-        let _ = crate::elf::read_elf(path);
+        let _ = crate::host::harness::TestBinary::read(path);
+        let _ = crate::image::elf::read_elf(path);
         if let Ok(bytes) = std::fs::read(path) {
             let _ = crate::userland::applets::read(&bytes);
         }
@@ -166,7 +151,7 @@ pub mod __fuzz {
 
     /// Finds the splats in kernel log text and judges them.
     pub fn kernel_log(text: &str) {
-        let _ = crate::splat::failure(text, false);
+        let _ = crate::host::splat::failure(text, false);
     }
 
     /// Serves the bytes as the guest's side of the modules port (for a kernel without modules),
@@ -184,7 +169,7 @@ pub mod __fuzz {
             package: None,
             store_dir: None,
         };
-        crate::modserver::serve(data, std::io::sink(), &kernel.module_provider());
+        crate::vm::modserver::serve(data, std::io::sink(), &kernel.module_provider());
         crate::kernel::fuzz_aliases(data);
     }
 }
@@ -227,14 +212,14 @@ pub mod __private {
         // PID 1 alone is not the guest: a container's first process is PID 1 too, and must
         // not mount over /tmp or power off; it runs its tests in VMs like any host process.
         if vmtest_init::is_vmtest_init() {
-            vmtest_init::run_pid1_with_tests(crate::child::run_test);
+            vmtest_init::run_pid1_with_tests(crate::guest::child::run_test);
         }
         if let Ok(name) = std::env::var(vmtest_init::protocol::TEST_ENV) {
             if !vmtest_init::in_vmtest_guest() {
-                crate::child::refuse_outside_guest(&name);
+                crate::guest::child::refuse_outside_guest(&name);
             }
-            crate::child::run_test(&name);
+            crate::guest::child::run_test(&name);
         }
-        crate::harness::run_host(crate_root)
+        crate::host::harness::run_host(crate_root)
     }
 }

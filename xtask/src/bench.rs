@@ -22,7 +22,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use vmtest::arch::Arch;
-use vmtest::runner::ensure_target;
+use vmtest::cli::runner::ensure_target;
 
 use crate::exec::status;
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use vmtest::arch::Arch;
-use vmtest::runner::{ensure_target, run_command, CrossArgs, CrossTest};
+use vmtest::cli::runner::{ensure_target, run_command, CrossArgs, CrossTest};
 
 use crate::exec::status;
 

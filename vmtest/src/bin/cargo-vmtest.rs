@@ -79,8 +79,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Kernel(args) => vmtest::kernel::cli::run(PROGRAM, args),
         Command::Userland(args) => vmtest::userland::cli::run(PROGRAM, args),
-        Command::Run { binary, args } => vmtest::runner::run(&binary, &args),
-        Command::Test { arch, args } => vmtest::runner::cross_test(arch, &args),
+        Command::Run { binary, args } => vmtest::cli::runner::run(&binary, &args),
+        Command::Test { arch, args } => vmtest::cli::runner::cross_test(arch, &args),
     }
 }
 

@@ -103,7 +103,7 @@ fn write_atomically(dir: &Path, target: &Path, contents: &[u8]) -> Result<(), Ke
     let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!("{TMP_PREFIX}{}-{write}", std::process::id()));
     let (mut file, partial) =
-        crate::process::create_partial(&tmp).map_err(|e| KernelError::io("create", &tmp, e))?;
+        crate::vm::process::create_partial(&tmp).map_err(|e| KernelError::io("create", &tmp, e))?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(|e| KernelError::io("write", &tmp, e))?;
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn extracts_an_elf_with_a_pvh_entry_once_and_notes_one_without() {
-        let dir = crate::elf::test_support::temp_dir("pvh");
+        let dir = crate::image::elf::test_support::temp_dir("pvh");
         let store_kernel = |name: &str, n_type: u32| {
             store_kernel(
                 &dir.path().join(name),
@@ -263,8 +263,8 @@ mod tests {
         let first = inode(&booted);
         assert_eq!(inode(&pvh.pvh_image().unwrap()), first);
         // TCG boots it, KVM the bzImage.
-        assert_eq!(crate::accel::Accel::Tcg.boot_image(&pvh), booted);
-        assert_eq!(crate::accel::Accel::Kvm.boot_image(&pvh), pvh.image);
+        assert_eq!(crate::vm::accel::Accel::Tcg.boot_image(&pvh), booted);
+        assert_eq!(crate::vm::accel::Accel::Kvm.boot_image(&pvh), pvh.image);
 
         let plain = store_kernel("plain", 17);
         assert_eq!(plain.pvh_image(), None);
@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn threads_extracting_the_same_kernel_at_once_all_get_it_whole() {
-        let dir = crate::elf::test_support::temp_dir("pvh-race");
+        let dir = crate::image::elf::test_support::temp_dir("pvh-race");
         let elf = big_elf(24 << 20);
         let kernel = store_kernel(dir.path(), &bzimage(&gzip_with_size(&elf)));
         // Leftovers of an extraction that was killed.
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn an_image_cut_short_is_extracted_again() {
-        let dir = crate::elf::test_support::temp_dir("pvh-cut");
+        let dir = crate::image::elf::test_support::temp_dir("pvh-cut");
         let elf = big_elf(1 << 20);
         let kernel = store_kernel(dir.path(), &bzimage(&gzip_with_size(&elf)));
         let pvh = dir.path().join(PVH_NAME);

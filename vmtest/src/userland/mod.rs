@@ -26,7 +26,7 @@ pub use store::Userland;
 
 use self::applets::{Applet, InstallDir};
 use crate::arch::Arch;
-use crate::initramfs::{Initramfs, InitramfsError};
+use crate::image::initramfs::{Initramfs, InitramfsError};
 use crate::kernel::{KernelError, Store};
 use crate::Error;
 

@@ -208,7 +208,7 @@ fn assemble(
 /// Checks that `binary` is a static ELF executable for `arch` and reads its applets; the error
 /// says what is wrong with it.
 pub(crate) fn check_busybox(binary: &Path, arch: Arch) -> Result<Vec<Applet>, String> {
-    let info = crate::elf::read_elf(binary).map_err(|e| e.to_string())?;
+    let info = crate::image::elf::read_elf(binary).map_err(|e| e.to_string())?;
     let machine = Arch::from_elf_machine(info.machine);
     if machine != Some(arch) {
         let found =

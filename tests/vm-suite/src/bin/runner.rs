@@ -7,5 +7,5 @@ fn main() -> std::process::ExitCode {
         eprintln!("usage: runner <binary> [args]");
         return std::process::ExitCode::from(2);
     };
-    vmtest::runner::run(std::path::Path::new(binary), rest)
+    vmtest::cli::runner::run(std::path::Path::new(binary), rest)
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use crate::accel::Accel;
 use crate::arch::Arch;
+use crate::vm::accel::Accel;
 
 /// How QEMU is spelled for one architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn the_sandbox_probe_tells_a_qemu_from_something_else() {
         for arch in [Arch::X86_64, Arch::Aarch64] {
-            let Ok(qemu) = crate::vm::find_qemu(arch) else {
+            let Ok(qemu) = crate::vm::session::find_qemu(arch) else {
                 crate::__testing::missing(&format!(
                     "for {arch}: no {} on PATH",
                     profile(arch).binary

@@ -8,7 +8,7 @@
 //! without it. Options vmtest cannot honour (`--fail-fast`, `--shuffle`, `--report-time`, ...)
 //! are refused by name rather than ignored.
 
-use crate::report::Format;
+use crate::host::report::Format;
 
 /// `--ignored` / `--include-ignored`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn ld_so_conf_follows_includes_in_sorted_order() {
-        let dir = crate::elf::test_support::temp_dir("ldconf");
+        let dir = crate::image::elf::test_support::temp_dir("ldconf");
         let root = dir.path();
         fs::create_dir(root.join("conf.d")).unwrap();
         fs::write(
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn ld_so_conf_include_cycle_terminates() {
-        let dir = crate::elf::test_support::temp_dir("ldcycle");
+        let dir = crate::image::elf::test_support::temp_dir("ldcycle");
         let conf = dir.path().join("ld.so.conf");
         fs::write(&conf, "/opt/x\ninclude ld.so.conf\n").unwrap();
         let mut dirs = Vec::new();
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(dirs, vec![PathBuf::from("/opt/x")]);
     }
 
-    use crate::elf::test_support::{fake_elf, temp_dir, FakeElf};
+    use crate::image::elf::test_support::{fake_elf, temp_dir, FakeElf};
 
     use object::elf::{EM_AARCH64, EM_X86_64};
 

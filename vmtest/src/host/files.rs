@@ -245,7 +245,7 @@ struct OpenFile {
     file: File,
     /// Removes the partial file unless it is renamed into place (also on a panic, and when
     /// the harness is interrupted).
-    guard: crate::process::PartialFile,
+    guard: crate::vm::process::PartialFile,
     len: u64,
     /// Bytes of it counted in the run's total (all but the kernel log's).
     counted: u64,
@@ -442,14 +442,14 @@ impl<'a> Receiver<'a> {
     fn create_partial(
         &mut self,
         path: &Path,
-    ) -> Result<(PathBuf, File, crate::process::PartialFile), String> {
+    ) -> Result<(PathBuf, File, crate::vm::process::PartialFile), String> {
         loop {
             self.serial += 1;
             let mut partial = path.as_os_str().to_owned();
             partial.push(format!("{PARTIAL_SUFFIX}-{}-{}", std::process::id(), self.serial));
             let partial = PathBuf::from(partial);
             let create = |p: &Path| File::options().write(true).create_new(true).open(p);
-            match crate::process::create_partial_with(&partial, create) {
+            match crate::vm::process::create_partial_with(&partial, create) {
                 Ok((file, guard)) => return Ok((partial, file, guard)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(format!("failed to create {}: {e}", partial.display())),

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use crate::arch::Arch;
-use crate::harness::{self, TestBinary};
+use crate::host::harness::{self, TestBinary};
 
 /// `run <binary> [libtest args]`: runs the binary's tests in VMs; returns its exit code.
 pub fn run(binary: &Path, args: &[String]) -> ExitCode {
     let code = run_code(binary, args);
-    crate::process::hold_if_interrupted();
+    crate::vm::process::hold_if_interrupted();
     exit_code(code)
 }
 
@@ -34,7 +34,7 @@ fn run_code(binary: &Path, args: &[String]) -> i32 {
                 Err(code) => code,
             }
         }
-        Ok(None) => crate::plain::run(binary, args).unwrap_or_else(|e| {
+        Ok(None) => crate::cli::plain::run(binary, args).unwrap_or_else(|e| {
             eprintln!("error: {e}");
             1
         }),
@@ -79,7 +79,7 @@ impl CrossTest {
         command.env(format!("CARGO_TARGET_{var}_LINKER"), "rust-lld");
         command.env(format!("CARGO_TARGET_{var}_RUNNER"), format!("{} run", self.runner.display()));
         if let Some(init) = &self.init {
-            command.env(crate::init_build::INIT_ENV, init);
+            command.env(crate::cli::init_build::INIT_ENV, init);
         }
         command
     }

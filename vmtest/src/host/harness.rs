@@ -4,7 +4,7 @@
 //! `--test-threads`, within the host's memory) boot one VM per group, in the order of the
 //! groups' first tests, and each VM runs its group's tests one after another. VM threads send
 //! [`Note`]s (a test started, printed live, finished with a [`Verdict`]); the main thread turns
-//! them into [`report::Event`]s in libtest's order (see [`crate::progress`]) and prints what
+//! them into [`report::Event`]s in libtest's order (see [`crate::host::progress`]) and prints what
 //! the [`report::Reporter`] makes of them.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -17,19 +17,20 @@ use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
 
-use crate::accel::{self, AccelChoice};
 use crate::arch::Arch;
-use crate::args::{self, Options, Parsed, RunIgnored};
-use crate::child::FailureNote;
-use crate::initramfs::Initramfs;
+use crate::guest::child::FailureNote;
+use crate::host::args::{self, Options, Parsed, RunIgnored};
+use crate::host::files;
+use crate::host::report::{self, Source, TestInfo, TestType};
+use crate::image::initramfs::Initramfs;
+use crate::image::{fixtures, guest_env};
 use crate::kernel::{self, Kernel, ModuleFile, ModuleProvider};
 use crate::meta::{self, TestMeta};
 use crate::registry::TESTS;
-use crate::report::{self, Source, TestInfo, TestType};
 use crate::userland::GuestUserland;
-use crate::vm::{self, VmSpec};
+use crate::vm::accel::{self, AccelChoice};
+use crate::vm::session::{self, VmSpec};
 use crate::Error;
-use crate::{files, fixtures, guest_env};
 
 /// Timeout of a test without a `timeout` attribute, before scaling.
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,7 +85,7 @@ impl TestBinary {
     /// not built with vmtest).
     pub(crate) fn read(path: &Path) -> Result<Option<TestBinary>, Error> {
         let arch = elf_arch(path)?;
-        let section = crate::elf::read_section(path, meta::SECTION)
+        let section = crate::image::elf::read_section(path, meta::SECTION)
             .map_err(|e| Error::Config(e.to_string()))?;
         let Some(section) = section else { return Ok(None) };
         let decoded = meta::decode(&section).map_err(|e| {
@@ -105,7 +106,7 @@ impl TestBinary {
 
 /// The architecture of the ELF file at `path`.
 pub(crate) fn elf_arch(path: &Path) -> Result<Arch, Error> {
-    let info = crate::elf::read_elf(path).map_err(|e| Error::Config(e.to_string()))?;
+    let info = crate::image::elf::read_elf(path).map_err(|e| Error::Config(e.to_string()))?;
     Arch::from_elf_machine(info.machine).ok_or_else(|| {
         Error::Config(format!(
             "{} is for ELF machine {}, which vmtest cannot boot",
@@ -128,7 +129,7 @@ pub(crate) fn run_host(crate_root: &'static [u8]) -> ! {
             }
         },
     };
-    crate::process::exit(code)
+    crate::vm::process::exit(code)
 }
 
 /// libtest's options from `argv` (the program first). `Err` holds the exit code once the usage
@@ -166,8 +167,8 @@ fn test_threads(options: &Options) -> Result<usize, String> {
 
 /// Runs `binary`'s tests as libtest would with `options`; returns the exit code.
 pub(crate) fn run(binary: &TestBinary, options: &Options) -> i32 {
-    crate::process::install_signal_cleanup();
-    crate::process::remove_stale_workdirs();
+    crate::vm::process::install_signal_cleanup();
+    crate::vm::process::remove_stale_workdirs();
     let threads = match test_threads(options) {
         Ok(threads) => threads,
         Err(e) => {
@@ -178,7 +179,7 @@ pub(crate) fn run(binary: &TestBinary, options: &Options) -> i32 {
     let (selected, filtered_out) = select(instances(&binary.tests, binary.arch), options);
     if options.list {
         let tests: Vec<TestInfo> = selected.into_iter().map(|s| s.info).collect();
-        crate::progress::print(report::list(options.format, &tests).as_bytes());
+        crate::host::progress::print(report::list(options.format, &tests).as_bytes());
         return 0;
     }
     let context = match prepare(binary, options, threads, &selected) {
@@ -201,12 +202,12 @@ pub(crate) fn run(binary: &TestBinary, options: &Options) -> i32 {
         show_output: options.show_output,
         test_type: binary.crate_root.as_deref().map_or(TestType::Unknown, TestType::of_crate_root),
     };
-    let tests: Vec<crate::progress::Test> = selected
+    let tests: Vec<crate::host::progress::Test> = selected
         .iter()
-        .map(|s| crate::progress::Test { info: s.info.clone(), not_run: s.not_run.clone() })
+        .map(|s| crate::host::progress::Test { info: s.info.clone(), not_run: s.not_run.clone() })
         .collect();
     let (notes, received) = std::sync::mpsc::sync_channel(NOTE_QUEUE);
-    let mut live = crate::progress::Live::start(settings, &tests, filtered_out);
+    let mut live = crate::host::progress::Live::start(settings, &tests, filtered_out);
     if let Some((context, groups)) = &context {
         context.start_workers(groups, threads, &notes);
     }
@@ -533,7 +534,7 @@ impl RunContext {
         for worker in 0..threads.min(groups.len()) {
             let (context, queue, notes) = (Arc::clone(self), Arc::clone(&queue), notes.clone());
             let thread = std::thread::Builder::new()
-                .name(format!("{}{worker}", crate::process::VM_THREAD_PREFIX))
+                .name(format!("{}{worker}", crate::vm::process::VM_THREAD_PREFIX))
                 .spawn(move || loop {
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                     let Some(group) = next else { break };
@@ -572,7 +573,7 @@ fn prepare(
     }
 
     let accel = accel::choose(arch)?;
-    crate::qemu::check_sandbox(&vm::find_qemu(arch)?)?;
+    crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
     if let Some(why) = &accel.kvm_unusable {
         eprintln!(
             "vmtest: using TCG (KVM not used: {why}); timeouts scaled x{}",
@@ -653,7 +654,7 @@ fn prepare(
         log_dir: LogDir::claim(log_dir(&binary.path))?,
         profile_dir: profile_dir(),
         file_limits: files::Limits::from_env()?,
-        console_limit: vm::console_limit()?,
+        console_limit: session::console_limit()?,
         file_bytes: AtomicU64::new(0),
         cwd,
         vms: VmSlots::for_host(threads),
@@ -719,7 +720,7 @@ impl LogDir {
             if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
                 // Console logs a run that was killed left half-saved: this run owns the dir
                 // now (`concurrent-*` below slot 0 are other runs').
-                crate::process::remove_partial_console_logs(&path);
+                crate::vm::process::remove_partial_console_logs(&path);
                 return Ok(LogDir { path, _lock: lock });
             }
         }
@@ -788,7 +789,7 @@ impl Group {
         attempt: u32,
         notes: &SyncSender<Note>,
     ) -> Result<Option<String>, Error> {
-        let workdir = crate::process::vm_workdir()?;
+        let workdir = crate::vm::process::vm_workdir()?;
         let initrd = workdir.path().join("initrd.cpio");
         let size = self.write_initramfs(context, pending, &initrd)?;
         let memory_mib = self.memory_mib(size);
@@ -801,7 +802,7 @@ impl Group {
             accel: accel.accel,
             kernel: accel.accel.boot_image(&self.kernel),
             memory_mib,
-            cpus: self.key.cpus.unwrap_or(crate::qemu::profile(context.arch).default_cpus),
+            cpus: self.key.cpus.unwrap_or(crate::vm::qemu::profile(context.arch).default_cpus),
             cmdline: self
                 .key
                 .cmdline
@@ -853,74 +854,75 @@ impl Group {
         let left = |test_deadline: Option<Instant>| {
             test_deadline.map_or(gap, |d| d.saturating_duration_since(Instant::now()))
         };
-        let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
-            GuestMessage::TestStarted { id } => {
-                running = by_id.get(&id).copied();
-                live_note = FailureNote::default();
-                test_deadline =
-                    running.map(|m| Instant::now() + m.timeout.mul_f64(scale) + gap + send_time);
-                send(Note::Started(id), &mut test_deadline);
-                left(test_deadline)
-            }
-            GuestMessage::KernelLog { id, bytes } => {
-                if running.is_some_and(|m| m.id == id) {
-                    kernel_log = bytes;
+        let end =
+            session::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
+                GuestMessage::TestStarted { id } => {
+                    running = by_id.get(&id).copied();
+                    live_note = FailureNote::default();
+                    test_deadline = running
+                        .map(|m| Instant::now() + m.timeout.mul_f64(scale) + gap + send_time);
+                    send(Note::Started(id), &mut test_deadline);
+                    left(test_deadline)
                 }
-                left(test_deadline)
-            }
-            GuestMessage::FileChunk { name, offset, data, last } => {
-                // The test running on this VM owns the file, whatever the guest might claim.
-                received.chunk(running.map(|m| m.id), &name, offset, &data, last);
-                for stray in received.take_strays() {
-                    eprintln!("vmtest: warning: a file from the guest: {stray}");
+                GuestMessage::KernelLog { id, bytes } => {
+                    if running.is_some_and(|m| m.id == id) {
+                        kernel_log = bytes;
+                    }
+                    left(test_deadline)
                 }
-                left(test_deadline)
-            }
-            GuestMessage::FilesHeldBack { why, name, files, bytes } => {
-                received.held_back(running.map(|m| m.id), why, &name, files, bytes);
-                for stray in received.take_strays() {
-                    eprintln!("vmtest: warning: a file from the guest: {stray}");
+                GuestMessage::FileChunk { name, offset, data, last } => {
+                    // The test running on this VM owns the file, whatever the guest might claim.
+                    received.chunk(running.map(|m| m.id), &name, offset, &data, last);
+                    for stray in received.take_strays() {
+                        eprintln!("vmtest: warning: a file from the guest: {stray}");
+                    }
+                    left(test_deadline)
                 }
-                left(test_deadline)
-            }
-            GuestMessage::TestFinished { id, outcome, duration_ms: _, output } => {
-                let files = received.finish(id);
-                let (rest, live_message) = std::mem::take(&mut live_note).finish();
-                if !rest.is_empty() {
-                    send(Note::Output { stream: Stream::Stderr, bytes: rest }, &mut None);
+                GuestMessage::FilesHeldBack { why, name, files, bytes } => {
+                    received.held_back(running.map(|m| m.id), why, &name, files, bytes);
+                    for stray in received.take_strays() {
+                        eprintln!("vmtest: warning: a file from the guest: {stray}");
+                    }
+                    left(test_deadline)
                 }
-                if let Some(member) = by_id.get(&id) {
-                    let (output, message) = FailureNote::split(&output);
-                    let report = Report {
-                        outcome: &outcome,
-                        output: &output,
-                        message: message.or(live_message),
-                        kernel_log: &kernel_log,
+                GuestMessage::TestFinished { id, outcome, duration_ms: _, output } => {
+                    let files = received.finish(id);
+                    let (rest, live_message) = std::mem::take(&mut live_note).finish();
+                    if !rest.is_empty() {
+                        send(Note::Output { stream: Stream::Stderr, bytes: rest }, &mut None);
+                    }
+                    if let Some(member) = by_id.get(&id) {
+                        let (output, message) = FailureNote::split(&output);
+                        let report = Report {
+                            outcome: &outcome,
+                            output: &output,
+                            message: message.or(live_message),
+                            kernel_log: &kernel_log,
+                        };
+                        let verdict = report.verdict(member.allow_kernel_warnings, &console_log);
+                        member.finish(notes, context.with_files(member, verdict, &files));
+                    }
+                    kernel_log.clear();
+                    running = None;
+                    test_deadline = None;
+                    gap
+                }
+                GuestMessage::Output { stream, bytes, .. } => {
+                    let bytes = match stream {
+                        Stream::Stdout => bytes,
+                        Stream::Stderr => live_note.feed(&bytes),
                     };
-                    let verdict = report.verdict(member.allow_kernel_warnings, &console_log);
-                    member.finish(notes, context.with_files(member, verdict, &files));
+                    if !bytes.is_empty() {
+                        send(Note::Output { stream, bytes }, &mut test_deadline);
+                    }
+                    left(test_deadline)
                 }
-                kernel_log.clear();
-                running = None;
-                test_deadline = None;
-                gap
-            }
-            GuestMessage::Output { stream, bytes, .. } => {
-                let bytes = match stream {
-                    Stream::Stdout => bytes,
-                    Stream::Stderr => live_note.feed(&bytes),
-                };
-                if !bytes.is_empty() {
-                    send(Note::Output { stream, bytes }, &mut test_deadline);
+                GuestMessage::Log(line) => {
+                    eprintln!("vmtest: guest: {line}");
+                    left(test_deadline)
                 }
-                left(test_deadline)
-            }
-            GuestMessage::Log(line) => {
-                eprintln!("vmtest: guest: {line}");
-                left(test_deadline)
-            }
-            _ => left(test_deadline),
-        })?;
+                _ => left(test_deadline),
+            })?;
         let Some(mut problem) = end.problem else { return Ok(None) };
         if end.kvm_failed && accel.may_fall_back {
             context.fall_back_to_tcg(&problem)?;
@@ -1054,7 +1056,7 @@ impl Report<'_> {
             Outcome::Error(message) => Some(message.clone()),
         };
         let splat =
-            crate::splat::failure(&String::from_utf8_lossy(self.kernel_log), allow_warnings);
+            crate::host::splat::failure(&String::from_utf8_lossy(self.kernel_log), allow_warnings);
         let mut output = self.output.to_vec();
         let message = self.message.clone();
         if why.is_none() && splat.is_none() {
@@ -1152,7 +1154,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::args::Parsed;
+    use crate::host::args::Parsed;
 
     fn meta(name: &str, ignore: Option<Option<&str>>, should_panic: bool) -> TestMeta {
         TestMeta {

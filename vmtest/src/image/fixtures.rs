@@ -22,7 +22,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use crate::initramfs::Initramfs;
+use crate::image::initramfs::Initramfs;
 use crate::Error;
 
 /// How many links in a row a listed path may go through.
@@ -178,7 +178,7 @@ fn is_cache_dir(dir: &Path) -> bool {
     if !metadata.is_dir() {
         return false;
     }
-    let Ok(mut tag) = crate::initramfs::open_regular(&dir.join("CACHEDIR.TAG")) else {
+    let Ok(mut tag) = crate::image::initramfs::open_regular(&dir.join("CACHEDIR.TAG")) else {
         return false;
     };
     let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
@@ -212,7 +212,7 @@ fn unsupported(path: &Path, kind: &str) -> Error {
 
 fn is_elf(path: &Path) -> std::io::Result<bool> {
     let mut magic = [0u8; 4];
-    let mut file = crate::initramfs::open_regular(path)?;
+    let mut file = crate::image::initramfs::open_regular(path)?;
     match file.read_exact(&mut magic) {
         Ok(()) => Ok(&magic == b"\x7fELF"),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
@@ -345,7 +345,7 @@ mod tests {
         let mut initramfs = Initramfs::new();
         add(&mut initramfs, exe.to_str().unwrap()).unwrap();
         assert!(initramfs.contains(exe.to_str().unwrap()));
-        let interp = crate::elf::loader::LibrarySearch::host().closure(&exe).unwrap().interp;
+        let interp = crate::image::elf::loader::LibrarySearch::host().closure(&exe).unwrap().interp;
         if let Some(interp) = interp {
             assert!(initramfs.contains(interp.to_str().unwrap()), "{}", interp.display());
         }

@@ -9,21 +9,22 @@ use std::time::Duration;
 
 use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
 
-use crate::harness::elf_arch;
-use crate::harness::{BOOT_TIMEOUT, GUEST_MODULE_DIR};
-use crate::init_build::{self, INIT_ENV};
-use crate::initramfs::Initramfs;
+use crate::cli::init_build::{self, INIT_ENV};
+use crate::host::harness::elf_arch;
+use crate::host::harness::{BOOT_TIMEOUT, GUEST_MODULE_DIR};
+use crate::image::initramfs::Initramfs;
 use crate::userland::GuestUserland;
-use crate::vm::{self, VmSpec};
-use crate::{accel, kernel, Error};
+use crate::vm::accel;
+use crate::vm::session::{self, VmSpec};
+use crate::{kernel, Error};
 
 /// How long the program may run, before scaling, unless `VMTEST_PLAIN_TIMEOUT` (seconds) says.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Runs `binary` with `args` in a VM; returns its exit code (or 1 when it could not run).
 pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
-    crate::process::install_signal_cleanup();
-    crate::process::remove_stale_workdirs();
+    crate::vm::process::install_signal_cleanup();
+    crate::vm::process::remove_stale_workdirs();
     let arch = elf_arch(binary)?;
     let init = init_build::find_or_build(arch)?;
     let init_arch = elf_arch(&init)?;
@@ -37,7 +38,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         )));
     }
     let accel = accel::choose(arch)?;
-    crate::qemu::check_sandbox(&vm::find_qemu(arch)?)?;
+    crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
     let kernel = kernel::resolve(None, arch)?;
     kernel.check_arch(arch)?;
     let scale = accel.timeout_scale;
@@ -50,7 +51,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
 
     let cwd = working_directory()?;
 
-    let workdir = crate::process::vm_workdir()?;
+    let workdir = crate::vm::process::vm_workdir()?;
     let initrd = workdir.path().join("initrd.cpio");
     let mut initramfs = Initramfs::new();
     initramfs.add_elf_with_libraries("/init", &init)?;
@@ -115,36 +116,37 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         arch,
         accel: accel.accel,
         kernel: accel.accel.boot_image(&kernel),
-        memory_mib: crate::harness::default_memory_mib(size),
-        cpus: crate::qemu::profile(arch).default_cpus,
+        memory_mib: crate::host::harness::default_memory_mib(size),
+        cpus: crate::vm::qemu::profile(arch).default_cpus,
         cmdline: Vec::new(),
         boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
-        console_limit: vm::console_limit()?,
+        console_limit: session::console_limit()?,
         modules: std::sync::Arc::new(kernel.module_provider()),
     };
     let console_log = log_path(binary);
     let gap = Duration::from_secs(30).mul_f64(scale);
     let mut outcome = None;
-    let end = vm::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
-        GuestMessage::Output { stream, bytes, .. } => {
-            let _ = match stream {
-                Stream::Stdout => {
-                    std::io::stdout().write_all(&bytes).and_then(|()| std::io::stdout().flush())
-                }
-                Stream::Stderr => std::io::stderr().write_all(&bytes),
-            };
-            timeout + gap
-        }
-        GuestMessage::TestFinished { outcome: finished, .. } => {
-            outcome = Some(finished);
-            gap
-        }
-        GuestMessage::Log(line) => {
-            eprintln!("vmtest: guest: {line}");
-            timeout + gap
-        }
-        _ => timeout + gap,
-    })?;
+    let end =
+        session::run(&spec, workdir.path(), &initrd, &console_log, |message| match message {
+            GuestMessage::Output { stream, bytes, .. } => {
+                let _ = match stream {
+                    Stream::Stdout => {
+                        std::io::stdout().write_all(&bytes).and_then(|()| std::io::stdout().flush())
+                    }
+                    Stream::Stderr => std::io::stderr().write_all(&bytes),
+                };
+                timeout + gap
+            }
+            GuestMessage::TestFinished { outcome: finished, .. } => {
+                outcome = Some(finished);
+                gap
+            }
+            GuestMessage::Log(line) => {
+                eprintln!("vmtest: guest: {line}");
+                timeout + gap
+            }
+            _ => timeout + gap,
+        })?;
     let console =
         || format!("kernel console ({}), last lines:\n{}", console_log.display(), end.console_tail);
     let code = match (&outcome, &end.problem) {
@@ -189,7 +191,7 @@ fn working_directory() -> Result<String, Error> {
         .ok()
         .and_then(|dir| dir.into_os_string().into_string().ok())
         .unwrap_or_else(|| "/".to_owned());
-    crate::guest_env::check_cwd(&cwd, "the runner's working directory")?;
+    crate::image::guest_env::check_cwd(&cwd, "the runner's working directory")?;
     Ok(cwd)
 }
 

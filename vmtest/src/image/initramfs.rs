@@ -17,7 +17,7 @@
 //!
 //! # Dynamic binaries
 //! [`Initramfs::add_elf_with_libraries`] adds a binary with its interpreter and library closure
-//! (see [`crate::elf::loader`] for the search). The guest has no `/etc/ld.so.cache` and no host
+//! (see [`crate::image::elf::loader`] for the search). The guest has no `/etc/ld.so.cache` and no host
 //! symlinks, so the files are laid out where the guest's loader will look without them:
 //! - the interpreter as a regular file at exactly its `PT_INTERP` path (the kernel opens that
 //!   path), e.g. `/lib64/ld-linux-x86-64.so.2`;
@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use cpio::newc::{self, ModeFileType};
 
-use crate::elf::loader::{LibraryError, LibrarySearch};
+use crate::image::elf::loader::{LibraryError, LibrarySearch};
 
 const TRAILER_NAME: &str = "TRAILER!!!";
 

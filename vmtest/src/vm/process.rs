@@ -438,6 +438,12 @@ mod tests {
         (max / 2..max - 1).rev().find(|p| !Path::new(&format!("/proc/{p}")).exists()).unwrap()
     }
 
+    /// The libtest name of this module's test `name` (as `--exact` wants it: no crate name).
+    fn this_module_test(name: &str) -> String {
+        let path = module_path!().split_once("::").map_or(module_path!(), |(_, path)| path);
+        format!("{path}::{name}")
+    }
+
     #[test]
     fn a_live_workdir_of_another_pid_namespace_survives_the_sweep_and_a_dead_one_goes() {
         // SAFETY: geteuid(2) has no preconditions.
@@ -451,8 +457,9 @@ mod tests {
         let pid = free_pid_here();
         let script = format!(
             "echo {} > /proc/sys/kernel/ns_last_pid && \"$0\" --exact \
-             process::tests::holder_of_a_workdir --nocapture --test-threads 1; exit 0",
-            pid - 1
+             {} --nocapture --test-threads 1; exit 0",
+            pid - 1,
+            this_module_test("holder_of_a_workdir"),
         );
         let mut holder = Command::new("unshare")
             .args(["--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", &script])
@@ -573,13 +580,14 @@ mod tests {
     fn qemu_whose_harness_died_before_it_started_does_not_run() {
         let nanos = std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
         let mark = format!("0.{}{nanos}", std::process::id());
-        let status = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "process::tests::spawner_that_dies_during_spawn", "--nocapture"])
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &this_module_test("spawner_that_dies_during_spawn"), "--nocapture"])
             .env(ORPHAN_ENV, &mark)
-            .stdout(Stdio::null())
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "{status}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}: {stdout}", output.status);
+        assert!(stdout.contains("running 1 test"), "the spawner did not run: {stdout}");
         std::thread::sleep(Duration::from_millis(1000));
         let mut orphans = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {

@@ -1,7 +1,7 @@
 use std::io::{Cursor, Read};
 
 use super::*;
-use crate::elf::test_support::{compile_rust, temp_dir};
+use crate::image::elf::test_support::{compile_rust, temp_dir};
 
 /// One entry read back from an archive.
 #[derive(Debug, PartialEq, Eq)]
@@ -256,7 +256,7 @@ fn write_errors_name_the_entry() {
 /// the supported hosts.
 fn dynamic_host_binary() -> Option<PathBuf> {
     let exe = std::env::current_exe().unwrap();
-    let info = crate::elf::read_elf(&exe).unwrap();
+    let info = crate::image::elf::read_elf(&exe).unwrap();
     if info.interp.is_none() {
         crate::__testing::missing(&format!("{} is statically linked", exe.display()));
         return None;
@@ -334,7 +334,7 @@ fn non_elf_binaries_are_a_clear_error() {
 #[test]
 fn libraries_in_the_same_file_are_added_once() {
     // Two needed names for one file: the second becomes a symlink to the first copy.
-    use crate::elf::test_support::{fake_elf, FakeElf};
+    use crate::image::elf::test_support::{fake_elf, FakeElf};
     let dir = temp_dir("initramfs-alias");
     let lib = dir.path().join("lib");
     std::fs::create_dir(&lib).unwrap();
@@ -389,7 +389,7 @@ fn boots_a_dynamic_init() {
         }
     "#;
     let binary = compile_rust(dir.path(), source, None).expect("rustc builds the init");
-    let info = crate::elf::read_elf(&binary).unwrap();
+    let info = crate::image::elf::read_elf(&binary).unwrap();
     assert!(info.interp.is_some(), "the init under test must be dynamically linked");
 
     let mut initramfs = Initramfs::new();

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::Stream;
 
-use crate::harness::{Note, Verdict};
-use crate::report::{Event, Outcome, Reporter, Settings, TestInfo, SLOW_TEST_WARNING};
+use crate::host::harness::{Note, Verdict};
+use crate::host::report::{Event, Outcome, Reporter, Settings, TestInfo, SLOW_TEST_WARNING};
 
 /// A selected test, by its position in name order (its id).
 pub(crate) struct Test {

@@ -21,12 +21,12 @@ use vmtest_init::protocol::{
     PROTOCOL_VERSION,
 };
 
-use crate::accel::Accel;
 use crate::arch::Arch;
 use crate::kernel::ModuleProvider;
-use crate::modserver;
-use crate::process::QemuProcess;
-use crate::qemu::{profile, QemuCommand, SocketPort};
+use crate::vm::accel::Accel;
+use crate::vm::modserver;
+use crate::vm::process::QemuProcess;
+use crate::vm::qemu::{profile, QemuCommand, SocketPort};
 use crate::Error;
 
 /// Bytes of kernel console kept in memory for failure messages.
@@ -104,7 +104,7 @@ pub(crate) fn run(
             SocketPort { name: CONTROL_PORT.to_owned(), socket: socket.clone() },
             SocketPort { name: MODULES_PORT.to_owned(), socket: modules_socket },
         ],
-        sandbox: crate::qemu::sandbox(&qemu_binary)?,
+        sandbox: crate::vm::qemu::sandbox(&qemu_binary)?,
     };
     let mut command = Command::new(&qemu_binary);
     command.args(qemu.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -158,7 +158,7 @@ pub(crate) fn run(
         && !greeted
         && result.is_err()
         && (kvm_error.load(Ordering::Relaxed)
-            || crate::accel::kvm_failed(&String::from_utf8_lossy(&stderr)));
+            || crate::vm::accel::kvm_failed(&String::from_utf8_lossy(&stderr)));
 
     let problem = match result {
         Ok(()) => None,
@@ -342,7 +342,7 @@ fn spawn_frame_reader(stream: UnixStream) -> mpsc::Receiver<Result<GuestMessage,
 /// Reads [`CONSOLE_LIMIT_ENV`]: bytes, or a number with `K`, `M` or `G`.
 pub(crate) fn console_limit() -> Result<u64, Error> {
     let Ok(value) = std::env::var(CONSOLE_LIMIT_ENV) else { return Ok(DEFAULT_CONSOLE_LIMIT) };
-    crate::files::parse_size(&value).ok_or_else(|| {
+    crate::host::files::parse_size(&value).ok_or_else(|| {
         Error::Config(format!("{CONSOLE_LIMIT_ENV}={value:?} is not a size (like 4096, 64M, 2G)"))
     })
 }
@@ -515,7 +515,7 @@ fn collect_stderr(
 pub(crate) fn copy_atomically(from: &Path, to: &Path) -> Result<(), Error> {
     let tmp = to.with_extension("partial");
     let copy = || {
-        let (mut file, partial) = crate::process::create_partial(&tmp)?;
+        let (mut file, partial) = crate::vm::process::create_partial(&tmp)?;
         std::io::copy(&mut std::fs::File::open(from)?, &mut file)?;
         drop(file);
         partial.persist(to)

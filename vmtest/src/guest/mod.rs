@@ -1,0 +1,6 @@
+//! What runs inside the guest only: the test child's glue ([`child`]) and the test-side API
+//! ([`skip`], [`artifact`]). Nothing here starts a VM.
+
+pub(crate) mod artifact;
+pub(crate) mod child;
+pub(crate) mod skip;

@@ -1,0 +1,8 @@
+//! What a guest boots with: the newc initramfs writer ([`initramfs`]), a binary's dynamic
+//! loader closure ([`elf`]), the `files = [...]` fixtures ([`fixtures`]) and what a test sees of
+//! its environment ([`guest_env`]).
+
+pub(crate) mod elf;
+pub(crate) mod fixtures;
+pub(crate) mod guest_env;
+pub(crate) mod initramfs;

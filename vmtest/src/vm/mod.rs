@@ -1,0 +1,9 @@
+//! One QEMU VM: the typed command line ([`qemu`]), the accelerator ([`accel`]), the QEMU
+//! process and the run's temp dirs ([`process`]), a running VM's ports and deadlines
+//! ([`session`]) and the host's end of the modules port ([`modserver`]).
+
+pub(crate) mod accel;
+pub(crate) mod modserver;
+pub(crate) mod process;
+pub(crate) mod qemu;
+pub(crate) mod session;
