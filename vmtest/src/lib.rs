@@ -45,7 +45,15 @@ pub use vmtest_macros::vm_test;
 macro_rules! main {
     () => {
         fn main() {
-            const CRATE_ROOT: &[&str] = &[$crate::__private::CRATE_ROOT_KEY, ::core::file!()];
+            const CRATE_ROOT: &[&str] = &[
+                $crate::__private::CRATE_ROOT_KEY,
+                ::core::file!(),
+                $crate::__private::MANIFEST_DIR_KEY,
+                match ::core::option_env!("CARGO_MANIFEST_DIR") {
+                    ::core::option::Option::Some(dir) => dir,
+                    ::core::option::Option::None => "",
+                },
+            ];
             #[used]
             #[unsafe(link_section = "vmtest_tests")]
             static CRATE_ROOT_RECORD: [u8; $crate::__private::meta_len(CRATE_ROOT)] =
@@ -196,7 +204,7 @@ pub mod __testing {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::meta::{
-        encode as meta_record, encoded_len as meta_len, CRATE_ROOT_KEY, SECTION,
+        encode as meta_record, encoded_len as meta_len, CRATE_ROOT_KEY, MANIFEST_DIR_KEY, SECTION,
     };
     pub use crate::registry::{ShouldPanic, TestDef, TestReturn, VmAttrs, TESTS};
     pub use linkme;

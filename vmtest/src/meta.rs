@@ -168,15 +168,20 @@ pub(crate) struct Section {
     pub tests: Vec<TestMeta>,
     /// The crate's root file as `file!()` names it (where `vmtest::main!()` is), if recorded.
     pub crate_root: Option<String>,
+    /// The crate's directory when it was built (`CARGO_MANIFEST_DIR` at compile time), if
+    /// recorded: `files = [...]` paths under it follow the crate when a run finds it elsewhere.
+    pub manifest_dir: Option<String>,
 }
 
 /// The key of the record `vmtest::main!()` adds: its value is the crate root file.
 pub const CRATE_ROOT_KEY: &str = "crate_root";
+/// The optional second key of that record: the crate's directory at compile time.
+pub const MANIFEST_DIR_KEY: &str = "manifest_dir";
 
 /// One decoded record.
 enum Record {
     Test(Box<TestMeta>),
-    CrateRoot(String),
+    CrateRoot { root: String, manifest_dir: Option<String> },
 }
 
 /// Decodes every record of a [`SECTION`]'s contents, in file order.
@@ -211,7 +216,10 @@ pub(crate) fn decode(section: &[u8]) -> Result<Section, DecodeError> {
             .ok_or_else(|| fail(at, format!("record of {len} bytes runs past the section")))?;
         match record(payload).map_err(|(offset, reason)| fail(start + offset, reason))? {
             Record::Test(test) => decoded.tests.push(*test),
-            Record::CrateRoot(root) => decoded.crate_root = Some(root),
+            Record::CrateRoot { root, manifest_dir } => {
+                decoded.crate_root = Some(root);
+                decoded.manifest_dir = manifest_dir;
+            }
         }
         at = start + len;
     }
@@ -239,8 +247,15 @@ fn record(payload: &[u8]) -> Result<Record, (usize, String)> {
     if fields.len() % 2 != 0 {
         return Err((0, "odd number of fields (keys without values)".to_owned()));
     }
-    if let [(_, CRATE_ROOT_KEY), (_, root)] = fields.as_slice() {
-        return Ok(Record::CrateRoot((*root).to_owned()));
+    match fields.as_slice() {
+        [(_, CRATE_ROOT_KEY), (_, root)] => {
+            return Ok(Record::CrateRoot { root: (*root).to_owned(), manifest_dir: None });
+        }
+        [(_, CRATE_ROOT_KEY), (_, root), (_, MANIFEST_DIR_KEY), (_, dir)] => {
+            let manifest_dir = Some((*dir).to_owned()).filter(|dir| !dir.is_empty());
+            return Ok(Record::CrateRoot { root: (*root).to_owned(), manifest_dir });
+        }
+        _ => {}
     }
     let mut test = TestMeta::default();
     for pair in fields.chunks_exact(2) {
@@ -391,6 +406,20 @@ mod tests {
         let decoded = decode(&section).unwrap();
         assert_eq!(decoded.tests.len(), 2);
         assert_eq!(decoded.crate_root.as_deref(), Some("tests/vm.rs"));
+        assert_eq!(decoded.manifest_dir, None);
+    }
+
+    #[test]
+    fn the_crate_root_record_may_carry_the_manifest_dir() {
+        const ROOT: &[&str] = &[CRATE_ROOT_KEY, "tests/vm.rs", MANIFEST_DIR_KEY, "/src/c"];
+        static ROOT_RECORD: [u8; encoded_len(ROOT)] = encode(ROOT);
+        let decoded = decode(&ROOT_RECORD).unwrap();
+        assert_eq!(decoded.crate_root.as_deref(), Some("tests/vm.rs"));
+        assert_eq!(decoded.manifest_dir.as_deref(), Some("/src/c"));
+        // Built without cargo: the macro records an empty directory.
+        const BARE: &[&str] = &[CRATE_ROOT_KEY, "vm.rs", MANIFEST_DIR_KEY, ""];
+        static BARE_RECORD: [u8; encoded_len(BARE)] = encode(BARE);
+        assert_eq!(decode(&BARE_RECORD).unwrap().manifest_dir, None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: install what the test suite needs on a Debian machine.
 //!
 //! QEMU and the host tools the suite runs (`ip`, `strace`) from Debian's packages (when
-//! missing; needs root), the musl rustup targets, and the
+//! missing; needs root), cargo-nextest (the sharding test runs an archive with it), the musl
+//! rustup targets, and the
 //! kernels the suite boots and the guest userland (Debian's static busybox) of each arch they
 //! boot, fetched into the kernel store.
 
@@ -57,6 +58,10 @@ fn setup() -> Result<(), String> {
         let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
         install.extend(&missing);
         run("apt-get", &install)?;
+    }
+    if !have("cargo-nextest") {
+        eprintln!("setup: installing cargo-nextest (cargo install cargo-nextest --locked)");
+        run("cargo", &["install", "cargo-nextest", "--locked"])?;
     }
     if have("rustup") {
         let targets: Vec<&str> = Arch::ALL[..2].iter().map(|a| a.musl_target()).collect();

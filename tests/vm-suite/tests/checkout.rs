@@ -2,6 +2,9 @@
 //! directory under `/tmp` and under `/dev/shm`, where the guest keeps what the initramfs puts
 //! (it mounts nothing over them), and its tests run there with `cargo test`.
 //!
+//! A nextest archive moves too: built in one copy, it runs in another copy with another target
+//! path, as on the machines of a sharded CI job, each partition its part.
+//!
 //! The copies are built by nested cargo commands in a target dir of their own (the outer
 //! `cargo test` holds the lock of the workspace's), offline, with the workspace's lock file.
 
@@ -77,4 +80,101 @@ fn a_checkout_under_tmp_passes() {
 #[test]
 fn a_checkout_under_dev_shm_passes() {
     passes_in_a_checkout_under("/dev/shm", "checkout-in-dev-shm");
+}
+
+/// What `cargo nextest` prints for each passed test: `PASS [ time] (i/n) binary-id test-name`.
+fn passed_tests(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("PASS "))
+        .filter_map(|rest| rest.rsplit_once(' ').map(|(_, name)| name.to_owned()))
+        .collect()
+}
+
+fn nextest(dir: &Path, args: &[&str]) -> (String, String) {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("nextest")
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", workspace().join("target/checkout-tests"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "cargo nextest {args:?}: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn a_nextest_archive_runs_in_partitions_in_another_checkout() {
+    let has_nextest = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|dir| dir.join("cargo-nextest").is_file());
+    if !has_nextest {
+        vmtest::__testing::missing("cargo-nextest (cargo install cargo-nextest --locked)");
+        return;
+    }
+    // Two checkouts of the same source at different paths: the build machine's and a test
+    // machine's.
+    let built = copy_checkout("/tmp", "checkout-sharded");
+    let elsewhere = copy_checkout("/tmp", "checkout-sharded");
+    let scratch = tempfile::Builder::new().prefix("vmtest-shards-").tempdir_in("/tmp").unwrap();
+    let archive = scratch.path().join("tests.tar.zst");
+    let archive = archive.to_str().unwrap();
+    nextest(built.path(), &["archive", "--offline", "--archive-file", archive]);
+    drop(built);
+
+    let remap = elsewhere.path().to_str().unwrap();
+    let extract = |name: &str| {
+        let dir = scratch.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        dir.to_str().unwrap().to_owned()
+    };
+    let listed = extract("list");
+    let (list, _) = nextest(
+        elsewhere.path(),
+        &[
+            "list",
+            "--archive-file",
+            archive,
+            "--workspace-remap",
+            remap,
+            "--extract-to",
+            &listed,
+            "--message-format",
+            "oneline",
+        ],
+    );
+    let mut all: Vec<String> =
+        list.lines().filter_map(|l| l.rsplit_once(' ').map(|(_, name)| name.to_owned())).collect();
+    all.sort();
+    assert_eq!(all.len(), 2, "{list}");
+
+    let mut ran = Vec::new();
+    for partition in ["count:1/2", "count:2/2"] {
+        let target = extract(&partition.replace([':', '/'], "-"));
+        let (stdout, stderr) = nextest(
+            elsewhere.path(),
+            &[
+                "run",
+                "--archive-file",
+                archive,
+                "--workspace-remap",
+                remap,
+                "--extract-to",
+                &target,
+                "--partition",
+                partition,
+                "--no-fail-fast",
+            ],
+        );
+        let passed = passed_tests(&format!("{stdout}{stderr}"));
+        assert!(!passed.is_empty(), "partition {partition} ran nothing:\n{stdout}\n{stderr}");
+        ran.extend(passed);
+    }
+    ran.sort();
+    assert_eq!(ran, all, "every test exactly once across the partitions");
 }

@@ -64,6 +64,8 @@ pub(crate) struct TestBinary {
     pub tests: Vec<TestMeta>,
     /// Its crate's root file, as recorded by `vmtest::main!()`.
     pub crate_root: Option<String>,
+    /// Its crate's directory when it was built, as recorded by `vmtest::main!()`.
+    pub manifest_dir: Option<String>,
 }
 
 impl TestBinary {
@@ -72,11 +74,13 @@ impl TestBinary {
     pub(crate) fn current(crate_root: &[u8]) -> Result<TestBinary, Error> {
         let path =
             std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?;
+        let section = meta::decode(crate_root).unwrap_or_default();
         Ok(TestBinary {
             path,
             arch: Arch::host(),
             tests: TESTS.iter().map(TestMeta::from).collect(),
-            crate_root: meta::decode(crate_root).ok().and_then(|section| section.crate_root),
+            crate_root: section.crate_root,
+            manifest_dir: section.manifest_dir,
         })
     }
 
@@ -100,6 +104,7 @@ impl TestBinary {
             arch,
             tests: decoded.tests,
             crate_root: decoded.crate_root,
+            manifest_dir: decoded.manifest_dir,
         }))
     }
 }
@@ -600,7 +605,8 @@ fn prepare(
             }
         };
         let vm = &instance.def.vm;
-        fixtures::check(&vm.files.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let files = fixtures::follow_crate(&vm.files, binary.manifest_dir.as_deref(), &cwd);
+        fixtures::check(&files.iter().map(String::as_str).collect::<Vec<_>>())?;
         let mut modules = vm.modules.clone();
         modules.sort_unstable();
         let key = GroupKey {
@@ -618,7 +624,7 @@ fn prepare(
             timeout,
             slot: Slot::default(),
             env: vm.env.clone(),
-            files: vm.files.clone(),
+            files,
             allow_kernel_warnings: vm.allow_kernel_warnings,
         };
         groups.entry(key).or_insert_with(|| (kernel, Vec::new())).1.push(member);

@@ -30,6 +30,24 @@ const MAX_LINK_CHAIN: usize = 40;
 /// The first bytes of a valid `CACHEDIR.TAG` (the Cache Directory Tagging Specification).
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
+/// `files` as this run finds them: a fixture under the crate's directory at compile time
+/// (`built_in`) moves with the crate to where this run has it (`run_in`, the run's
+/// `CARGO_MANIFEST_DIR`), as when a test archive built on one machine runs in another checkout
+/// (`cargo nextest run --workspace-remap`). Other paths, and all paths when the crate has not
+/// moved or either dir is unknown, stay as they are.
+pub(crate) fn follow_crate(files: &[String], built_in: Option<&str>, run_in: &str) -> Vec<String> {
+    let moved = built_in.filter(|built| *built != run_in && run_in != "/" && !built.is_empty());
+    let Some(built_in) = moved else { return files.to_vec() };
+    files
+        .iter()
+        .map(|file| match Path::new(file).strip_prefix(built_in) {
+            Ok(rest) if rest.as_os_str().is_empty() => run_in.to_owned(),
+            Ok(rest) => Path::new(run_in).join(rest).to_string_lossy().into_owned(),
+            Err(_) => file.clone(),
+        })
+        .collect()
+}
+
 /// Checks that every fixture still exists (the macro checked it at compile time), is a regular
 /// file, directory or symbolic link, and is at a path the guest can provide (not under
 /// `/proc`, `/sys` or `/dev`, where the guest mounts its own file systems; `/dev/shm` is fine):
@@ -252,6 +270,21 @@ pub(crate) fn resolve_dots(path: &Path) -> std::io::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fixtures_under_the_crate_follow_it_and_others_stay() {
+        let files: Vec<String> =
+            ["/b/crate/tests/data", "/b/crate", "/b/crate-other/x", "/etc/hosts"]
+                .map(String::from)
+                .into();
+        assert_eq!(
+            follow_crate(&files, Some("/b/crate"), "/r/ws/crate"),
+            ["/r/ws/crate/tests/data", "/r/ws/crate", "/b/crate-other/x", "/etc/hosts"]
+        );
+        assert_eq!(follow_crate(&files, Some("/b/crate"), "/b/crate"), files, "not moved");
+        assert_eq!(follow_crate(&files, None, "/r/ws/crate"), files, "not recorded");
+        assert_eq!(follow_crate(&files, Some("/b/crate"), "/"), files, "no CARGO_MANIFEST_DIR");
+    }
+
     use std::os::unix::fs::symlink;
 
     use super::*;

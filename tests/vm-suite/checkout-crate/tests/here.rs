@@ -1,6 +1,7 @@
 //! A vm_test suite that `tests/checkout.rs` copies, with its crate, to a fresh directory under
-//! `/tmp` or `/dev/shm` and runs there with `cargo test`: the guest must show the working
-//! directory and the fixture at those host paths.
+//! `/tmp` or `/dev/shm` and runs there with `cargo test` (or, built in one copy, runs from a
+//! nextest archive in another): the guest must show the working directory and the fixture at
+//! the host paths of the run (`CARGO_MANIFEST_DIR` as the run sets it, not as it was built).
 
 use std::path::Path;
 
@@ -9,9 +10,10 @@ use vmtest::vm_test;
 #[vm_test(files = ["tests/data"])]
 fn sees_its_fixture_and_working_directory() {
     let cwd = std::env::current_dir().unwrap();
-    assert_eq!(cwd, Path::new(env!("CARGO_MANIFEST_DIR")));
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    assert_eq!(cwd, Path::new(&manifest_dir));
     let expected = "a fixture of the copied checkout\n";
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/fixture.txt");
+    let fixture = Path::new(&manifest_dir).join("tests/data/fixture.txt");
     assert_eq!(std::fs::read_to_string(fixture).unwrap(), expected);
     assert_eq!(std::fs::read_to_string("tests/data/fixture.txt").unwrap(), expected);
     // The directory that holds the checkout is still the usual writable temporary directory.
@@ -25,7 +27,8 @@ fn sees_its_fixture_and_working_directory() {
 /// does not.
 #[vm_test(files = ["."])]
 fn sees_its_crate_without_the_target_dir() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let root = Path::new(&manifest_dir);
     assert!(root.join("Cargo.toml").is_file());
     assert!(root.join("tests/here.rs").is_file());
     assert!(root.join("tests/data/fixture.txt").is_file());
