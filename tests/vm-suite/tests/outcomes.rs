@@ -702,6 +702,31 @@ fn a_kernel_given_by_path_loads_modules_from_its_modules_dir() {
     run.assert_clean();
 }
 
+#[test]
+fn a_kernel_given_by_path_boots_through_pvh_like_a_stored_one() {
+    if vmtest::arch::Arch::host() != vmtest::arch::Arch::X86_64 {
+        return; // PVH is x86_64's.
+    }
+    let Ok(kernel) = vmtest::kernel::resolve(Some("6.12"), vmtest::arch::Arch::X86_64) else {
+        vmtest::__testing::missing("no 6.12 kernel in the store (`cargo xtask setup` fetches one)");
+        return;
+    };
+    // A developer's own build: a bzImage at a path of its own, not in the store.
+    let build = tempfile::Builder::new().prefix("vmtest-own-build-").tempdir().unwrap();
+    let bzimage = build.path().join("bzImage");
+    std::fs::copy(&kernel.image, &bzimage).unwrap();
+    let run = RunDir::new("path-pvh");
+    let ran = run.run(
+        GUEST,
+        &["--exact", "prints_its_boot_protocol", "--nocapture"],
+        &[("VMTEST_KERNEL", bzimage.to_str().unwrap())],
+    );
+    ran.expect_code(0);
+    // PVH fills the boot parameters itself (version 2.12); a loaded bzImage keeps its own.
+    assert_contains(&ran.stdout, &["boot protocol: 0x020c"]);
+    run.assert_clean();
+}
+
 /// Copies files and dirs from `from` into `to`.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -203,7 +203,8 @@ fn collect(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), KernelE
     Ok(())
 }
 
-fn hash_file(path: &Path) -> std::io::Result<String> {
+/// The SHA-256 of the file at `path`, in lowercase hex.
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -13,6 +13,14 @@
 //! that is not a whole ELF (cut short by anything) is extracted again. A temp file found while
 //! holding the lock was left by a run that was killed, and is removed.
 //!
+//! A kernel given by path (`VMTEST_KERNEL=/path/to/bzImage`, as a kernel developer boots their
+//! own build) has no store dir: its image is extracted into a dir of the store named by the
+//! bzImage's SHA-256 (`x86_64/.pvh-by-content/<sha256>/`), so a rebuild with other bytes gets
+//! its own, and the same bytes at another path reuse one. The hash is taken once per file
+//! version: an index maps the file's identity (path, device, inode, size, mtime) to it
+//! (`.pvh-by-content/ids/`). The least recently used content dirs beyond
+//! [`KEEP_BY_CONTENT`] are removed once no run has used them for [`EVICT_AFTER`].
+//!
 //! This module offers the image ([`Kernel::pvh_image`]); the host chooses what to boot
 //! (`Accel::boot_image`), and only TCG boots the PVH image. Under KVM decompression runs at native speed, and a KVM that
 //! cannot run the guest fails loudly on the bzImage ("KVM internal error"), which the fallback
@@ -39,6 +47,17 @@ const NO_PVH_NAME: &str = "vmlinux-pvh.none";
 const LOCK_NAME: &str = ".vmlinux-pvh.lock";
 /// Prefix of the temp names the image is written under.
 const TMP_PREFIX: &str = ".vmlinux-pvh.tmp-";
+/// The store dir (per arch) of the extracted images of kernels given by path.
+const BY_CONTENT_DIR: &str = ".pvh-by-content";
+/// In it, the index from a file's identity to its content hash.
+const IDS_DIR: &str = "ids";
+/// Touched on each use of a content dir, for the eviction's "least recently used".
+const USED_NAME: &str = ".used";
+/// How many content dirs are kept at least.
+const KEEP_BY_CONTENT: usize = 4;
+/// A content dir beyond [`KEEP_BY_CONTENT`] goes only when unused for this long (a run that
+/// just chose it may not have started QEMU yet).
+const EVICT_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the 32-bit PVH entry point.
 const PHYS32_ENTRY: u32 = 18;
 
@@ -51,9 +70,93 @@ impl Kernel {
     pub(crate) fn pvh_image(&self) -> Option<PathBuf> {
         match (&self.store_dir, self.arch) {
             (Some(dir), Arch::X86_64) => pvh_image(&self.image, dir).unwrap_or(None),
+            (None, Arch::X86_64) => {
+                let store = super::Store::open().ok()?;
+                let root = store.arch_dir(Arch::X86_64).join(BY_CONTENT_DIR);
+                let dir = content_dir(&root, &self.image).ok()?;
+                pvh_image(&self.image, &dir).unwrap_or(None)
+            }
             _ => None,
         }
     }
+}
+
+/// The dir under `root` for the bytes of the kernel image at `image`: named by their SHA-256,
+/// looked up through the file's identity so that an unchanged file is hashed once. Marks the
+/// dir as used and evicts old ones when it creates one.
+fn content_dir(root: &Path, image: &Path) -> Result<PathBuf, KernelError> {
+    use std::os::unix::fs::MetadataExt;
+    let image = fs::canonicalize(image).map_err(|e| KernelError::io("resolve", image, e))?;
+    let meta = fs::metadata(&image).map_err(|e| KernelError::io("read", &image, e))?;
+    let identity = format!(
+        "{}\0{}\0{}\0{}\0{}.{}",
+        image.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let ids = root.join(IDS_DIR);
+    let id_file = ids.join(hex_sha256(identity.as_bytes()));
+    let known = fs::read_to_string(&id_file).ok().filter(|hash| is_hex_sha256(hash.trim()));
+    let (hash, created) = match known {
+        Some(hash) if root.join(hash.trim()).is_dir() => (hash.trim().to_owned(), false),
+        _ => {
+            let hash = super::manifest::hash_file(&image)
+                .map_err(|e| KernelError::io("hash", &image, e))?;
+            fs::create_dir_all(&ids).map_err(|e| KernelError::io("create", &ids, e))?;
+            let created = !root.join(&hash).is_dir();
+            fs::create_dir_all(root.join(&hash))
+                .map_err(|e| KernelError::io("create", &root.join(&hash), e))?;
+            write_atomically(&ids, &id_file, hash.as_bytes())?;
+            (hash, created)
+        }
+    };
+    let dir = root.join(&hash);
+    let used = dir.join(USED_NAME);
+    fs::write(&used, b"").map_err(|e| KernelError::io("mark as used", &used, e))?;
+    if created {
+        evict(root, &dir);
+    }
+    Ok(dir)
+}
+
+/// Removes the content dirs under `root` beyond the [`KEEP_BY_CONTENT`] most recently used,
+/// if unused for [`EVICT_AFTER`] (never `keep`), and index entries whose dir is gone.
+fn evict(root: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(root) else { return };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| is_hex_sha256(&e.file_name().to_string_lossy()))
+        .map(|e| {
+            let used = fs::metadata(e.path().join(USED_NAME)).and_then(|m| m.modified());
+            (used.unwrap_or(std::time::UNIX_EPOCH), e.path())
+        })
+        .collect();
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (used, dir) in dirs.iter().skip(KEEP_BY_CONTENT) {
+        let idle = used.elapsed().unwrap_or_default();
+        if dir != keep && idle >= EVICT_AFTER {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    let Ok(ids) = fs::read_dir(root.join(IDS_DIR)) else { return };
+    for id in ids.flatten() {
+        let points_to = fs::read_to_string(id.path()).unwrap_or_default();
+        if !root.join(points_to.trim()).is_dir() {
+            let _ = fs::remove_file(id.path());
+        }
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_hex_sha256(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// The PVH image of `bzimage` in `dir`, extracting it if this has not been tried yet. `None`
@@ -279,6 +382,59 @@ mod tests {
                 .collect();
             assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
         }
+    }
+
+    #[test]
+    fn a_kernel_by_path_is_extracted_once_per_content() {
+        let dir = crate::image::elf::test_support::temp_dir("pvh-by-content");
+        let root = dir.path().join("store/.pvh-by-content");
+        let image = bzimage(&gzip_with_size(&elf_with_xen_note(PHYS32_ENTRY)));
+        let first = dir.path().join("build/arch/x86/boot/bzImage");
+        fs::create_dir_all(first.parent().unwrap()).unwrap();
+        fs::write(&first, &image).unwrap();
+
+        let content = content_dir(&root, &first).unwrap();
+        let hash = content.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(is_hex_sha256(&hash), "{hash}");
+        let pvh = pvh_image(&first, &content).unwrap().unwrap();
+        assert_eq!(fs::read(&pvh).unwrap(), elf_with_xen_note(PHYS32_ENTRY));
+        // Looked up again by identity: the same dir, nothing hashed or extracted again.
+        assert_eq!(content_dir(&root, &first).unwrap(), content);
+        // The same bytes elsewhere share the dir; other bytes get their own.
+        let copy = dir.path().join("copy-of-bzImage");
+        fs::write(&copy, &image).unwrap();
+        assert_eq!(content_dir(&root, &copy).unwrap(), content);
+        let mut rebuilt = image.clone();
+        rebuilt.push(0);
+        fs::write(&first, &rebuilt).unwrap();
+        let other = content_dir(&root, &first).unwrap();
+        assert_ne!(other, content, "a rebuilt image reused the old extraction");
+        // A damaged index entry is hashed again, not trusted.
+        for id in fs::read_dir(root.join(IDS_DIR)).unwrap() {
+            fs::write(id.unwrap().path(), "../../etc").unwrap();
+        }
+        assert_eq!(content_dir(&root, &copy).unwrap(), content);
+    }
+
+    #[test]
+    fn only_old_content_dirs_beyond_the_kept_ones_are_evicted() {
+        let dir = crate::image::elf::test_support::temp_dir("pvh-evict");
+        let root = dir.path();
+        let make = |n: u8, idle: std::time::Duration| {
+            let path = root.join(hex_sha256(&[n]));
+            fs::create_dir_all(&path).unwrap();
+            let used = fs::File::create(path.join(USED_NAME)).unwrap();
+            used.set_modified(std::time::SystemTime::now() - idle).unwrap();
+            path
+        };
+        let hour = EVICT_AFTER;
+        let old: Vec<PathBuf> = (0..6).map(|n| make(n, hour * (u32::from(n) + 2))).collect();
+        let recent = make(9, std::time::Duration::ZERO);
+        evict(root, &recent);
+        let alive: Vec<bool> = old.iter().map(|p| p.is_dir()).collect();
+        // The 4 most recently used stay (the recent one and the 3 least idle), the rest go.
+        assert_eq!(alive, [true, true, true, false, false, false]);
+        assert!(recent.is_dir());
     }
 
     fn store_kernel(dir: &Path, image_bytes: &[u8]) -> Kernel {

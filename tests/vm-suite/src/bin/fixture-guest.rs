@@ -1,7 +1,7 @@
 //! vm_tests that `tests/outcomes.rs` checks from the host: the guest's clock against the host's,
 //! a fixture that has vanished since compile time (in a patched copy of this binary), the
-//! userland a run's settings give the guest, and a module loaded on demand from a kernel given
-//! by path.
+//! userland a run's settings give the guest, a module loaded on demand from a kernel given by
+//! path, and how the kernel was booted.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,6 +24,15 @@ fn prints_its_userland() {
     let sh = std::path::Path::new("/bin/sh").exists();
     let usr = std::path::Path::new("/usr/bin").is_dir();
     println!("userland: sh={sh} usr={usr}");
+}
+
+/// The boot protocol version in the kernel's boot parameters: the bzImage's own (`0x020f` for
+/// 6.12) when QEMU loaded the bzImage, `0x020c` when the kernel started through PVH (which
+/// fills the parameters itself).
+#[vm_test]
+fn prints_its_boot_protocol() {
+    let version = std::fs::read_to_string("/sys/kernel/boot_params/version").unwrap();
+    println!("boot protocol: {}", version.trim());
 }
 
 /// Loads `dummy` by one of its aliases, which needs the kernel's alias index.
