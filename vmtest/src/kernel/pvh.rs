@@ -134,7 +134,7 @@ fn evict(root: &Path, keep: &Path) {
             (used.unwrap_or(std::time::UNIX_EPOCH), e.path())
         })
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|dir| std::cmp::Reverse(dir.0));
     for (used, dir) in dirs.iter().skip(KEEP_BY_CONTENT) {
         let idle = used.elapsed().unwrap_or_default();
         if dir != keep && idle >= EVICT_AFTER {
