@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: install what the test suite needs on a Debian machine.
 //!
-//! QEMU and the host tools the suite runs (`ip`, `strace`) from Debian's packages (when
-//! missing; needs root), cargo-nextest (the sharding test runs an archive with it), the musl
+//! QEMU and the host tools the suite runs (`ip`, `strace`, clang and libbpf's headers for the
+//! BPF programs) from Debian's packages (when missing; needs root), cargo-nextest (the sharding test runs an archive with it), the musl
 //! rustup targets, and the
 //! kernels the suite boots and the guest userland (Debian's static busybox) of each arch they
 //! boot, fetched into the kernel store.
@@ -13,14 +13,17 @@ use vmtest::kernel::Store;
 
 use crate::exec::{have, run};
 
-/// The programs the suite runs on the host (QEMU's system emulators; `ip` for the network
-/// namespace tests; `strace` for the store's write-order test) and the Debian packages that
-/// provide them.
-const HOST_TOOLS: [(&str, &str); 4] = [
+/// The programs and files the suite uses on the host (QEMU's system emulators; `ip` for the
+/// network namespace tests; `strace` for the store's write-order test; clang and libbpf's
+/// headers to build the kernel suite's BPF programs) and the Debian packages that provide
+/// them. A name with a `/` is a file, others are programs on `PATH`.
+const HOST_TOOLS: [(&str, &str); 6] = [
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-system-aarch64", "qemu-system-arm"),
     ("ip", "iproute2"),
     ("strace", "strace"),
+    ("clang", "clang"),
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
 ];
 
 /// The kernels the workspace's suites boot, per architecture.
@@ -40,7 +43,13 @@ pub fn run_setup() -> ExitCode {
 fn setup() -> Result<(), String> {
     let missing: Vec<&str> = HOST_TOOLS
         .iter()
-        .filter(|(binary, _)| !have(binary))
+        .filter(|(tool, _)| {
+            if tool.contains('/') {
+                !std::path::Path::new(tool).is_file()
+            } else {
+                !have(tool)
+            }
+        })
         .map(|&(_, package)| package)
         .collect();
     if !missing.is_empty() {

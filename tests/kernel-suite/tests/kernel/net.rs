@@ -98,7 +98,7 @@ fn index_of(name: &str) -> u32 {
 }
 
 /// `ip link add <name> type <kind>`, optionally with a veth peer named `peer` in `peer_ns`.
-fn add_link(name: &str, kind: &str, peer: Option<(&str, &OwnedFd)>) -> io::Result<()> {
+pub(crate) fn add_link(name: &str, kind: &str, peer: Option<(&str, &OwnedFd)>) -> io::Result<()> {
     let mut request = Request::new(libc::RTM_NEWLINK, libc::NLM_F_CREATE | libc::NLM_F_EXCL);
     request.body = ifinfomsg(0, 0, 0);
     attr(&mut request.body, libc::IFLA_IFNAME, &name_z(name));
@@ -124,7 +124,7 @@ pub(crate) fn delete_link(name: &str) -> io::Result<()> {
 }
 
 /// `ip link set <name> up` and `ip addr add <addr>/24 dev <name>`.
-fn up_with_address(name: &str, addr: Ipv4Addr) -> io::Result<()> {
+pub(crate) fn up_with_address(name: &str, addr: Ipv4Addr) -> io::Result<()> {
     let index = index_of(name);
     let mut up = Request::new(libc::RTM_NEWLINK, 0);
     up.body = ifinfomsg(index as i32, libc::IFF_UP as u32, libc::IFF_UP as u32);
@@ -138,14 +138,14 @@ fn up_with_address(name: &str, addr: Ipv4Addr) -> io::Result<()> {
 }
 
 /// Moves the calling thread into the network namespace `ns`.
-fn enter(ns: &OwnedFd) {
+pub(crate) fn enter(ns: &OwnedFd) {
     // SAFETY: setns(2) on a namespace descriptor we own; affects only this thread.
     let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
     check(ret as libc::c_long, "enter the network namespace").unwrap();
 }
 
 /// A new network namespace, kept alive by the returned descriptor.
-fn new_netns() -> OwnedFd {
+pub(crate) fn new_netns() -> OwnedFd {
     std::thread::spawn(|| {
         // SAFETY: unshare(2) of the network namespace affects only this short-lived thread.
         check(
