@@ -34,6 +34,7 @@ mod vm;
 pub(crate) use error::Error;
 
 pub use guest::artifact::artifact;
+pub use guest::module::{load_module, unload_module, ModuleError};
 pub use guest::skip::skip;
 pub use vmtest_macros::vm_test;
 

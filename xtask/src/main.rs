@@ -10,6 +10,7 @@ mod compat;
 mod coverage;
 mod exec;
 mod fuzz;
+mod kmod;
 mod lint;
 mod setup;
 mod test;

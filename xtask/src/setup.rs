@@ -1,9 +1,10 @@
 //! `cargo xtask setup`: install what the test suite needs on a Debian machine.
 //!
-//! QEMU and the host tools the suite runs (`ip`, `strace`, clang and libbpf's headers for the
-//! BPF programs) from Debian's packages (when missing; needs root), cargo-nextest (the sharding test runs an archive with it), the musl
-//! rustup targets, and the
-//! kernels the suite boots and the guest userland (Debian's static busybox) of each arch they
+//! QEMU and the host tools the suite runs (`ip`, `strace`; clang and libbpf's headers for the
+//! BPF programs; make, pahole and each arch's gcc-12 for the out-of-tree module) from Debian's
+//! packages (when missing; needs root), cargo-nextest (the sharding test runs an archive with
+//! it), the musl rustup targets, and the kernels the suite boots (with their build trees, for
+//! the out-of-tree module) and the guest userland (Debian's static busybox) of each arch they
 //! boot, fetched into the kernel store.
 
 use std::process::ExitCode;
@@ -15,15 +16,19 @@ use crate::exec::{have, run};
 
 /// The programs and files the suite uses on the host (QEMU's system emulators; `ip` for the
 /// network namespace tests; `strace` for the store's write-order test; clang and libbpf's
-/// headers to build the kernel suite's BPF programs) and the Debian packages that provide
-/// them. A name with a `/` is a file, others are programs on `PATH`.
-const HOST_TOOLS: [(&str, &str); 6] = [
+/// headers to build the kernel suite's BPF programs; make, pahole and each arch's gcc-12 to
+/// build its out-of-tree module) and the Debian packages that provide them. A name with a `/` is a file, others are programs on `PATH`.
+const HOST_TOOLS: [(&str, &str); 10] = [
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-system-aarch64", "qemu-system-arm"),
     ("ip", "iproute2"),
     ("strace", "strace"),
     ("clang", "clang"),
     ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    ("make", "make"),
+    ("pahole", "dwarves"),
+    ("x86_64-linux-gnu-gcc-12", "gcc-12"),
+    ("aarch64-linux-gnu-gcc-12", "gcc-12-aarch64-linux-gnu"),
 ];
 
 /// The kernels the workspace's suites boot, per architecture.
@@ -87,6 +92,11 @@ fn setup() -> Result<(), String> {
                 .fetch(spec, arch, &mut |step| eprintln!("setup: kernel {spec} ({arch}): {step}"))
                 .map_err(|e| e.to_string())?;
             eprintln!("setup: kernel {spec} ({arch}): {}", fetched.kernel().describe());
+            store
+                .fetch_headers(fetched.kernel(), &mut |step| {
+                    eprintln!("setup: headers {spec} ({arch}): {step}")
+                })
+                .map_err(|e| e.to_string())?;
         }
         let userland = store
             .fetch_userland(arch, &mut |step| eprintln!("setup: userland ({arch}): {step}"))

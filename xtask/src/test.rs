@@ -1,5 +1,8 @@
 //! `cargo xtask test [--arch <arch>] [<cargo test args>] [-- <test args>]`.
 //!
+//! Both first build the kernel suite's out-of-tree module for the arch's suite kernels (see
+//! `kmod.rs`).
+//!
 //! Without `--arch`: the workspace's whole test suite, natively (`cargo test --workspace`), then
 //! the boot tests that need a kernel path handed to them (they are `#[ignore]`d in a plain
 //! `cargo test` because they cannot find a kernel by themselves): the guest init booted on its
@@ -68,6 +71,7 @@ fn native(args: &[String]) -> ExitCode {
 fn cross(arch: Arch, cargo_args: &[String], test_args: &[String]) -> Result<ExitCode, String> {
     let triple = arch.musl_target();
     ensure_target(triple)?;
+    crate::kmod::build_suite_modules(arch)?;
     status(
         cargo().args(["build", "-q", "-p", "vmtest", "--features", "cli", "--bin", "cargo-vmtest"]),
         "cargo build -p vmtest --features cli --bin cargo-vmtest",
@@ -110,6 +114,7 @@ fn target_dir() -> PathBuf {
 
 fn test(args: &[String]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    crate::kmod::build_suite_modules(Arch::host())?;
     status(
         Command::new(&cargo).args(["test", "--workspace"]).args(args),
         "cargo test --workspace",

@@ -194,6 +194,35 @@ fn a_kernel_panic_fails_its_test_and_the_rest_run_in_a_fresh_vm() {
 }
 
 #[test]
+fn an_out_of_tree_modules_warning_fails_the_test_with_its_report() {
+    let Ok(kernel) = vmtest::kernel::resolve(Some("6.12"), vmtest::arch::Arch::host()) else {
+        vmtest::__testing::missing("no 6.12 kernel in the store (`cargo xtask setup` fetches one)");
+        return;
+    };
+    let module = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kernel-suite/kmod/build")
+        .join(&kernel.name)
+        .join("kst_chardev.ko");
+    if !module.is_file() {
+        vmtest::__testing::missing(&format!("{} (`cargo xtask test` builds it)", module.display()));
+        return;
+    }
+    let run = RunDir::new("kmod-warn");
+    let ran = run.run(env!("CARGO_BIN_EXE_fixture-kmod"), &[], &[]);
+    assert_contains(
+        &ran.expect_code(101).stdout,
+        &[
+            "test module_warning_fails ... FAILED",
+            "the kernel reported a kernel WARNING while this test ran",
+            "kst_chardev.c:33 kst_ioctl",
+            "Modules linked in: kst_chardev(OE)",
+            "test result: FAILED. 0 passed; 1 failed",
+        ],
+    );
+    run.assert_clean();
+}
+
+#[test]
 fn kernel_splats_fail_the_test_that_was_running() {
     let run = RunDir::new("splat");
     let ran = run.run(env!("CARGO_BIN_EXE_fixture-splat"), &["--test-threads", "1"], &[]);

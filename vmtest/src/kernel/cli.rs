@@ -32,6 +32,23 @@ enum Command {
         /// Guest architecture: x86_64, aarch64 (or arm64), riscv64 [default: this machine's].
         #[arg(long, default_value_t = Arch::host(), hide_default_value = true)]
         arch: Arch,
+        /// Also fetch each kernel's build tree (Debian's linux-headers and linux-kbuild), to
+        /// build out-of-tree modules against it (see `kernel path --build`).
+        #[arg(long)]
+        headers: bool,
+    },
+    /// Print where a stored kernel is: its image, or with `--build` its build tree (for
+    /// `make -C <dir> M=$PWD modules`).
+    Path {
+        /// The kernel: a series (`6.12`) or a stored name.
+        #[arg(value_name = "KERNEL")]
+        spec: String,
+        /// Guest architecture [default: this machine's].
+        #[arg(long, default_value_t = Arch::host(), hide_default_value = true)]
+        arch: Arch,
+        /// The build tree rather than the image (fetched with `kernel fetch <series> --headers`).
+        #[arg(long)]
+        build: bool,
     },
     /// Show the stored kernels: name, arch, version, flavour, size.
     List {
@@ -113,11 +130,17 @@ pub fn run(program: &str, args: KernelArgs) -> ExitCode {
 fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelError> {
     let store = Store::open()?;
     match command {
-        Command::Fetch { specs, arch } => {
+        Command::Fetch { specs, arch, headers } => {
             let mut failed = 0;
             for spec in &specs {
                 let mut progress = |line: &str| eprintln!("[{spec} {arch}] {line}");
-                match store.fetch(spec, arch, &mut progress) {
+                let fetched = store.fetch(spec, arch, &mut progress).and_then(|fetched| {
+                    if headers {
+                        store.fetch_headers(fetched.kernel(), &mut progress)?;
+                    }
+                    Ok(fetched)
+                });
+                match fetched {
                     Ok(Fetched::Added(_) | Fetched::AlreadyPresent(_)) => {}
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -126,6 +149,27 @@ fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelErr
                 }
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Path { spec, arch, build } => {
+            let kernel = super::resolve(Some(&spec), arch)?;
+            if !build {
+                println!("{}", kernel.image.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            match kernel.build_dir() {
+                Some(dir) => {
+                    println!("{}", dir.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!(
+                        "error: the store has no build tree of kernel `{}` ({arch}); fetch it \
+                         with `{program} kernel fetch {spec} --arch {arch} --headers`",
+                        kernel.name
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::List { arch } => {
             let listed_arch = arch;
@@ -268,11 +312,15 @@ mod tests {
     fn parses_commands() {
         assert_eq!(
             p(&["fetch", "6.1", "6.12", "--arch", "arm64"]).unwrap(),
-            Command::Fetch { specs: vec!["6.1".into(), "6.12".into()], arch: Arch::Aarch64 }
+            Command::Fetch {
+                specs: vec!["6.1".into(), "6.12".into()],
+                arch: Arch::Aarch64,
+                headers: false
+            }
         );
         assert_eq!(
             p(&["fetch", "6.12"]).unwrap(),
-            Command::Fetch { specs: vec!["6.12".into()], arch: Arch::host() }
+            Command::Fetch { specs: vec!["6.12".into()], arch: Arch::host(), headers: false }
         );
         assert_eq!(
             p(&["list", "--arch=x86_64"]).unwrap(),

@@ -13,9 +13,10 @@ pub(crate) mod apt;
 mod decompress;
 mod entry;
 mod fetch;
+mod headers;
 mod image;
 mod manifest;
-mod modules;
+pub(crate) mod modules;
 mod ondemand;
 mod pvh;
 mod resolve;
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 use crate::arch::Arch;
 
 pub use fetch::Fetched;
+pub use headers::HeadersFetched;
 pub use image::{image_info, ImageInfo};
 pub use modules::{ModuleFile, HARNESS_MODULES};
 #[cfg(test)]
@@ -154,6 +156,14 @@ pub enum KernelError {
         symbol: &'static str,
         /// The kernel.
         kernel: String,
+    },
+    /// The store cannot provide the kernel's build tree.
+    #[error("failed to fetch the build tree (headers) of kernel `{kernel}`: {reason}")]
+    NoHeaders {
+        /// The kernel.
+        kernel: String,
+        /// Why.
+        reason: String,
     },
     /// A module's `.modinfo` could not be read.
     #[error("failed to read .modinfo of {}: {reason}", path.display())]

@@ -4,6 +4,7 @@
 mod aya_bpf;
 mod bpf;
 mod cgroup;
+mod kmod;
 mod modprobe;
 mod net;
 mod ns;
