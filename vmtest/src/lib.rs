@@ -113,23 +113,13 @@ pub mod __bench {
         crate::vm::qemu::profile(arch).binary
     }
 
-    /// Writes the initramfs the harness would make around `init` (with its libraries,
-    /// `/dev/console` and the userland of an `arch` guest) to `out`; returns its size.
+    /// Writes the base of the guest image the harness would make around `init` (with its
+    /// libraries, `/dev/console` and the userland of an `arch` guest; no modules, no plan) to
+    /// `out`; returns its size.
     pub fn write_initramfs(init: &Path, arch: Arch, out: &Path) -> Result<u64, String> {
-        let mut initramfs = crate::image::initramfs::Initramfs::new();
-        initramfs.add_elf_with_libraries("/init", init).map_err(|e| e.to_string())?;
-        initramfs.add_char_device("/dev/console", 5, 1, 0o600).map_err(|e| e.to_string())?;
-        crate::userland::GuestUserland::for_run(arch)
-            .map_err(|e| e.to_string())?
-            .add_beneath(&mut initramfs)
-            .map_err(|e| e.to_string())?;
-        let file = std::fs::File::create(out)
-            .map_err(|e| format!("failed to create {}: {e}", out.display()))?;
-        let mut writer = std::io::BufWriter::new(file);
-        let size = initramfs.write_to(&mut writer).map_err(|e| e.to_string())?;
-        std::io::Write::flush(&mut writer)
-            .map_err(|e| format!("failed to write {}: {e}", out.display()))?;
-        Ok(size)
+        let userland = crate::userland::GuestUserland::for_run(arch).map_err(|e| e.to_string())?;
+        let base = crate::image::guest_image::Base::new(init, userland);
+        base.and_then(|base| base.write(out)).map_err(|e| e.to_string())
     }
 }
 

@@ -7,12 +7,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
+use vmtest_init::protocol::{self, GuestMessage, Outcome, PlannedTest, Stream};
 
 use crate::cli::init_build::{self, INIT_ENV};
 use crate::host::harness::elf_arch;
-use crate::host::harness::{BOOT_TIMEOUT, GUEST_MODULE_DIR};
-use crate::image::initramfs::Initramfs;
+use crate::host::harness::BOOT_TIMEOUT;
+use crate::image::guest_image::{Base, GuestImage, Payload};
 use crate::userland::GuestUserland;
 use crate::vm::accel;
 use crate::vm::session::{self, VmSpec};
@@ -53,24 +53,12 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
 
     let workdir = crate::vm::process::vm_workdir()?;
     let initrd = workdir.path().join("initrd.cpio");
-    let mut initramfs = Initramfs::new();
-    initramfs.add_elf_with_libraries("/init", &init)?;
-    initramfs.add_elf_with_libraries("/main", binary)?;
-    initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
-    if cwd != "/" && !initramfs.contains(&cwd) {
-        initramfs.add_dir(&cwd, 0o755)?;
-    }
-    let mut modules = Vec::new();
+    let mut base = Base::new(&init, GuestUserland::for_run(arch)?)?;
     for module in kernel.harness_modules()? {
-        let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
-        let guest = format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
-        initramfs.add_host_file(&guest, &module.host_path, 0o644)?;
-        modules.push(protocol::Module {
-            name: module.name.clone(),
-            path: guest,
-            wanted_by: vec![],
-        });
+        base.add_module(&module)?;
     }
+    let mut payload = Payload::new(&cwd);
+    payload.add_program("/main", binary)?;
     let mut env = vec![
         (
             "PATH".to_owned(),
@@ -85,32 +73,20 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         }
     }
     let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut plan = Plan::new(
-        modules,
-        vec![PlannedTest {
-            id: 0,
-            name: name.clone(),
-            program: "/main".to_owned(),
-            args: args.to_vec(),
-            env,
-            cwd,
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            capture: false,
-        }],
-    );
+    payload.add_test(PlannedTest {
+        id: 0,
+        name: name.clone(),
+        program: "/main".to_owned(),
+        args: args.to_vec(),
+        env,
+        cwd,
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        capture: false,
+    });
     // Nothing on the host takes files from an ordinary binary.
-    plan.files = protocol::FileLimits { test_files: 0, ..protocol::FileLimits::default() };
-    let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
-    initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
-    GuestUserland::for_run(arch)?.add_beneath(&mut initramfs)?;
-    let size = {
-        let file = std::fs::File::create(&initrd)
-            .map_err(|e| Error::io(format!("failed to create {}", initrd.display()), e))?;
-        let mut out = std::io::BufWriter::new(file);
-        let size = initramfs.write_to(&mut out)?;
-        out.flush().map_err(|e| Error::io(format!("failed to write {}", initrd.display()), e))?;
-        size
-    };
+    payload
+        .set_file_limits(protocol::FileLimits { test_files: 0, ..protocol::FileLimits::default() });
+    let size = GuestImage { base, payload }.write(&initrd)?;
 
     let spec = VmSpec {
         arch,

@@ -8,21 +8,20 @@
 //! the [`report::Reporter`] makes of them.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use vmtest_init::protocol::{self, GuestMessage, Outcome, Plan, PlannedTest, Stream};
+use vmtest_init::protocol::{self, GuestMessage, Outcome, PlannedTest, Stream};
 
 use crate::arch::Arch;
 use crate::guest::child::FailureNote;
 use crate::host::args::{self, Options, Parsed, RunIgnored};
 use crate::host::files;
 use crate::host::report::{self, Source, TestInfo, TestType};
-use crate::image::initramfs::Initramfs;
+use crate::image::guest_image::{Base, GuestImage, Payload};
 use crate::image::{fixtures, guest_env};
 use crate::kernel::{self, Kernel, ModuleFile, ModuleProvider};
 use crate::meta::{self, TestMeta};
@@ -48,8 +47,6 @@ const NOTE_QUEUE: usize = 32;
 const BASE_MEMORY_MIB: u64 = 256;
 /// Environment variable that carries a test's shown name (`test[kernel]`) into the guest.
 const INSTANCE_ENV: &str = "VMTEST_TEST_INSTANCE";
-/// Where the guest finds modules inside the initramfs.
-pub(crate) const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 /// libtest's exit code when a test failed or the command line is wrong.
 const FAILED: i32 = 101;
 
@@ -961,51 +958,32 @@ impl Group {
         pending: &[&Member],
         path: &std::path::Path,
     ) -> Result<u64, Error> {
-        let mut initramfs = Initramfs::new();
-        initramfs.add_elf_with_libraries("/init", &context.exe)?;
-        // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
-        initramfs.add_char_device("/dev/console", 5, 1, 0o600)?;
-        for file in pending.iter().flat_map(|m| m.files.iter()) {
-            fixtures::add(&mut initramfs, file)?;
+        let mut base = Base::new(&context.exe, context.userland.clone())?;
+        for module in &self.harness_modules {
+            base.add_module(module)?;
         }
-        let cwd = &context.cwd;
-        if cwd != "/" && !initramfs.contains(cwd) {
-            initramfs.add_dir(cwd, 0o755)?;
+        let mut payload = Payload::new(&context.cwd);
+        for file in pending.iter().flat_map(|m| m.files.iter()) {
+            payload.add_fixture(file)?;
         }
         let everyone: Vec<u32> = pending.iter().map(|m| m.id).collect();
-        let modules = (self.harness_modules.iter().map(|m| (m, Vec::new())))
-            .chain(self.test_modules.iter().map(|m| (m, everyone.clone())));
-        let mut planned_modules = Vec::new();
-        for (module, wanted_by) in modules {
-            let file = module.host_path.file_name().map(|f| f.to_string_lossy().into_owned());
-            let guest =
-                format!("{GUEST_MODULE_DIR}/{}", file.unwrap_or_else(|| module.name.clone()));
-            initramfs.add_host_file(&guest, &module.host_path, 0o644)?;
-            planned_modules.push(protocol::Module {
-                name: module.name.clone(),
-                path: guest,
-                wanted_by,
-            });
+        for module in &self.test_modules {
+            payload.add_module(module, everyone.clone())?;
+        }
+        for member in pending {
+            payload.add_test(self.planned(member, context));
         }
         let run_bytes_left = context
             .file_limits
             .run_bytes
             .saturating_sub(context.file_bytes.load(Ordering::Relaxed));
         let send_ms = SEND_TIME.mul_f64(context.accel().timeout_scale).as_millis();
-        let mut plan =
-            Plan::new(planned_modules, pending.iter().map(|m| self.planned(m, context)).collect());
-        plan.files = context
-            .file_limits
-            .for_guest(run_bytes_left, u64::try_from(send_ms).unwrap_or(u64::MAX));
-        let plan = protocol::encode_frame(&plan).map_err(|e| Error::Config(e.to_string()))?;
-        initramfs.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
-        context.userland.add_beneath(&mut initramfs)?;
-        let file = std::fs::File::create(path)
-            .map_err(|e| Error::io(format!("failed to create {}", path.display()), e))?;
-        let mut out = std::io::BufWriter::new(file);
-        let size = initramfs.write_to(&mut out)?;
-        out.flush().map_err(|e| Error::io(format!("failed to write {}", path.display()), e))?;
-        Ok(size)
+        payload.set_file_limits(
+            context
+                .file_limits
+                .for_guest(run_bytes_left, u64::try_from(send_ms).unwrap_or(u64::MAX)),
+        );
+        GuestImage { base, payload }.write(path)
     }
 
     fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
