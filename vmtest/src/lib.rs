@@ -27,7 +27,9 @@ mod host;
 mod image;
 pub mod kernel;
 mod meta;
+mod partial;
 mod registry;
+mod rules;
 pub mod userland;
 mod vm;
 

@@ -107,7 +107,7 @@ fn build(source: &Source, arch: Arch, cache: &Path) -> Result<PathBuf, Error> {
             build_hint(arch)
         )));
     }
-    crate::cli::runner::ensure_target(triple).map_err(Error::Config)?;
+    crate::cli::target::ensure_target(triple).map_err(Error::Config)?;
     let target_dir = cache.join("build");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     std::fs::create_dir_all(cache)

@@ -5,3 +5,4 @@
 pub(crate) mod init_build;
 pub(crate) mod plain;
 pub mod runner;
+pub(crate) mod target;

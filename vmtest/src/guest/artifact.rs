@@ -37,8 +37,8 @@ pub fn artifact(name: &str, contents: impl AsRef<[u8]>) -> io::Result<PathBuf> {
              running in a VM"
         )));
     };
-    let (_, relative) = crate::host::files::parse_name(&format!("{ARTIFACTS_DIR}/{name}"))
-        .map_err(|why| {
+    let (_, relative) =
+        crate::rules::parse_name(&format!("{ARTIFACTS_DIR}/{name}")).map_err(|why| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("failed to save artifact {name:?}: {why}"),

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::store::{lock_file, Store};
+use super::layout::lock_file;
+use super::store::Store;
 use super::{human_size, KernelError};
 use crate::arch::Arch;
 

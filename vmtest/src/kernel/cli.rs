@@ -263,7 +263,7 @@ fn verify(
                 },
                 Err(EntryError::Damaged(reason)) => {
                     damaged += 1;
-                    let package = super::store::meta_field(&dir, "package");
+                    let package = super::layout::meta_field(&dir, "package");
                     let repair = entry::repair_hint(&dir, arch, package.as_deref());
                     format!("DAMAGED  {name} ({arch}): {reason}; repair it with {repair}")
                 }

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use rustix::fs::{flock, FlockOperation};
 
+use super::layout::{meta_value, open_lock_file, parse_meta, META};
 use super::manifest::{self, Depth, Manifest, SUMS};
-use super::store::{meta_value, open_lock_file, parse_meta, META};
 use super::{image_info, Kernel, KernelError};
 use crate::arch::Arch;
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::apt::{self, Apt, Package, Stanza};
 use super::entry::{self, EntryError};
 use super::image::image_info;
+use super::layout;
 use super::manifest::Depth;
 use super::resolve::{compare_versions, Series};
 use super::store::{self, Store};
@@ -102,7 +103,7 @@ pub(crate) fn fetch(
         // Every file is hashed: a fetch is what repairs an entry `kernel verify` found damaged.
         match entry::open(&dest, Depth::Full) {
             Ok(opened)
-                if store::meta_field(&dest, "package_version").as_deref()
+                if layout::meta_field(&dest, "package_version").as_deref()
                     == Some(&package.version) =>
             {
                 progress(&format!(
@@ -170,8 +171,8 @@ fn assemble(
     let mv = |from: &Path, to: &str| {
         fs::rename(from, kernel_dir.join(to)).map_err(|e| KernelError::io("move", from, e))
     };
-    mv(&image, store::IMAGE)?;
-    let info = image_info(&kernel_dir.join(store::IMAGE))?;
+    mv(&image, layout::IMAGE)?;
+    let info = image_info(&kernel_dir.join(layout::IMAGE))?;
     if info.arch != arch {
         return Err(KernelError::BadPackage {
             package: package.name.clone(),
@@ -180,18 +181,18 @@ fn assemble(
     }
     let has_config = config.is_file();
     if has_config {
-        mv(&config, store::CONFIG)?;
+        mv(&config, layout::CONFIG)?;
     }
     if let Some(modules) = &modules {
-        mv(modules, store::MODULES)?;
+        mv(modules, layout::MODULES)?;
     }
     let kernel = Kernel {
         name: release.to_owned(),
         arch,
         version: Some(info.version.unwrap_or_else(|| release.to_owned())),
-        image: dest.join(store::IMAGE),
-        modules_dir: modules.map(|_| dest.join(store::MODULES)),
-        config: has_config.then(|| dest.join(store::CONFIG)),
+        image: dest.join(layout::IMAGE),
+        modules_dir: modules.map(|_| dest.join(layout::MODULES)),
+        config: has_config.then(|| dest.join(layout::CONFIG)),
         flavour: series.flavour.clone(),
         package: Some(package.name.clone()),
         store_dir: Some(dest.to_owned()),

@@ -15,6 +15,7 @@ mod entry;
 mod fetch;
 mod headers;
 mod image;
+pub(crate) mod layout;
 mod manifest;
 pub(crate) mod modules;
 mod ondemand;
@@ -36,6 +37,8 @@ pub use modules::{ModuleFile, HARNESS_MODULES};
 #[cfg(test)]
 pub(crate) use ondemand::tests::fixture_kernel;
 pub(crate) use ondemand::{ModuleProvider, Resolved};
+#[cfg(test)]
+pub(crate) use pvh::tests::kernel_with_pvh_entry;
 pub use resolve::{compare_versions, resolve};
 pub use store::Store;
 

@@ -72,7 +72,7 @@ fn read_entry(dir: &Path) -> Result<Option<Userland>, KernelError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(KernelError::io("read", &meta, e)),
     };
-    let field = |key: &str| crate::kernel::store::meta_value(&text, key);
+    let field = |key: &str| crate::kernel::layout::meta_value(&text, key);
     let bad = |reason: String| KernelError::Metadata { path: meta.clone(), reason };
     let arch = field("arch")
         .ok_or_else(|| bad("it has no `arch=`".into()))?

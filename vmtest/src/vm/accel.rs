@@ -168,6 +168,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tcg_boots_the_pvh_image_and_kvm_the_image() {
+        let dir = crate::image::elf::test_support::temp_dir("accel-pvh");
+        let kernel = crate::kernel::kernel_with_pvh_entry(&dir.path().join("pvh"));
+        let pvh = kernel.pvh_image().unwrap();
+        assert_ne!(pvh, kernel.image);
+        assert_eq!(Accel::Tcg.boot_image(&kernel), pvh);
+        assert_eq!(Accel::Kvm.boot_image(&kernel), kernel.image);
+    }
+
+    #[test]
     fn finds_virtualisation_flags() {
         assert!(has_virtualisation_flag("flags\t\t: fpu vme svm lm\n"));
         assert!(has_virtualisation_flag("processor: 0\nflags : fpu vmx\n"));

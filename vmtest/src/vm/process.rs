@@ -12,9 +12,7 @@
 //! - A VM temp dir (`vmtest-<pid>-*`) is locked (flock on the directory) by its run for as long
 //!   as it exists; [`remove_stale_workdirs`] removes only those whose lock it can take, so a
 //!   run in another PID namespace (a container, a CI job) sharing the temp dir keeps its own.
-//! - A file written under a temporary name ([`create_partial`]) is removed if it is never
-//!   renamed into place: on drop (an error, a panic that unwinds) and by the cleanup of an
-//!   interrupted or panicking harness.
+//! - Files written under a temporary name (`crate::partial`) are removed by the same cleanup.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -32,8 +30,6 @@ struct Live {
     groups: BTreeSet<u32>,
     /// VM temp dirs.
     dirs: BTreeSet<PathBuf>,
-    /// Files being written under a temporary name.
-    partials: BTreeSet<PathBuf>,
     /// Cleanup has run: no new QEMU or temp dir may appear (the process is about to end).
     stopping: bool,
 }
@@ -41,12 +37,8 @@ struct Live {
 /// A cleanup signal arrived: the signal thread owns the exit status from now on.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-static LIVE: Mutex<Live> = Mutex::new(Live {
-    groups: BTreeSet::new(),
-    dirs: BTreeSet::new(),
-    partials: BTreeSet::new(),
-    stopping: false,
-});
+static LIVE: Mutex<Live> =
+    Mutex::new(Live { groups: BTreeSet::new(), dirs: BTreeSet::new(), stopping: false });
 
 fn live() -> std::sync::MutexGuard<'static, Live> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
@@ -131,9 +123,7 @@ fn kill_everything() {
     for dir in &live.dirs {
         let _ = std::fs::remove_dir_all(dir);
     }
-    for partial in &live.partials {
-        let _ = std::fs::remove_file(partial);
-    }
+    crate::partial::remove_all();
 }
 
 fn kill_group(pid: u32) {
@@ -255,53 +245,6 @@ pub(crate) fn remove_partial_console_logs(dir: &Path) {
         if is_file && entry.file_name().to_string_lossy().ends_with(CONSOLE_PARTIAL_SUFFIX) {
             let _ = std::fs::remove_file(entry.path());
         }
-    }
-}
-
-/// A file being written under a temporary name: removed on drop unless [`persist`]ed (renamed
-/// into place), and by the cleanup of an interrupted or panicking harness.
-///
-/// [`persist`]: PartialFile::persist
-pub(crate) struct PartialFile {
-    path: PathBuf,
-    persisted: bool,
-}
-
-/// Creates (truncating) the file `path` as a [`PartialFile`]; refused once the harness is
-/// stopping, so the cleanup cannot miss it.
-pub(crate) fn create_partial(path: &Path) -> io::Result<(File, PartialFile)> {
-    create_partial_with(path, |path| File::create(path))
-}
-
-/// [`create_partial`] with `create` making the file (e.g. with `O_EXCL`).
-pub(crate) fn create_partial_with(
-    path: &Path,
-    create: impl FnOnce(&Path) -> io::Result<File>,
-) -> io::Result<(File, PartialFile)> {
-    let mut live = live();
-    if live.stopping {
-        return Err(io::Error::other("the harness is stopping"));
-    }
-    let file = create(path)?;
-    live.partials.insert(path.to_owned());
-    Ok((file, PartialFile { path: path.to_owned(), persisted: false }))
-}
-
-impl PartialFile {
-    /// Renames the file to `to`. On error it is removed.
-    pub(crate) fn persist(mut self, to: &Path) -> io::Result<()> {
-        std::fs::rename(&self.path, to)?;
-        self.persisted = true;
-        Ok(())
-    }
-}
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        if !self.persisted {
-            let _ = std::fs::remove_file(&self.path);
-        }
-        live().partials.remove(&self.path);
     }
 }
 
@@ -525,21 +468,8 @@ mod tests {
     }
 
     #[test]
-    fn partial_files_are_removed_unless_persisted_and_partials_are_swept() {
+    fn half_saved_console_logs_are_swept() {
         let root = sweep_root("partial");
-        let kept = root.path().join("kept.vmtest-partial");
-        let (mut file, partial) = create_partial(&kept).unwrap();
-        io::Write::write_all(&mut file, b"whole").unwrap();
-        partial.persist(&root.path().join("kept")).unwrap();
-        assert_eq!(std::fs::read(root.path().join("kept")).unwrap(), b"whole");
-
-        let dropped = root.path().join("dropped.partial");
-        let (_file, partial) = create_partial(&dropped).unwrap();
-        assert!(live().partials.contains(&dropped));
-        drop(partial);
-        assert!(!dropped.exists());
-        assert!(!live().partials.contains(&dropped));
-
         std::fs::create_dir_all(root.path().join("artifacts")).unwrap();
         for name in ["vm0-6.12.console.partial", "artifacts/x.partial", "vm0-6.12.console.log"] {
             File::create(root.path().join(name)).unwrap();

@@ -342,7 +342,7 @@ fn spawn_frame_reader(stream: UnixStream) -> mpsc::Receiver<Result<GuestMessage,
 /// Reads [`CONSOLE_LIMIT_ENV`]: bytes, or a number with `K`, `M` or `G`.
 pub(crate) fn console_limit() -> Result<u64, Error> {
     let Ok(value) = std::env::var(CONSOLE_LIMIT_ENV) else { return Ok(DEFAULT_CONSOLE_LIMIT) };
-    crate::host::files::parse_size(&value).ok_or_else(|| {
+    crate::rules::parse_size(&value).ok_or_else(|| {
         Error::Config(format!("{CONSOLE_LIMIT_ENV}={value:?} is not a size (like 4096, 64M, 2G)"))
     })
 }
@@ -515,7 +515,7 @@ fn collect_stderr(
 pub(crate) fn copy_atomically(from: &Path, to: &Path) -> Result<(), Error> {
     let tmp = to.with_extension("partial");
     let copy = || {
-        let (mut file, partial) = crate::vm::process::create_partial(&tmp)?;
+        let (mut file, partial) = crate::partial::create_partial(&tmp)?;
         std::io::copy(&mut std::fs::File::open(from)?, &mut file)?;
         drop(file);
         partial.persist(to)
