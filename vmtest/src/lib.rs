@@ -27,6 +27,7 @@ mod host;
 mod image;
 pub mod kernel;
 mod meta;
+mod notice;
 mod partial;
 mod registry;
 mod rules;
@@ -221,6 +222,8 @@ pub mod __private {
             }
             crate::guest::child::run_test(&name);
         }
+        // The host harness: the library's warnings and notes go to stderr.
+        crate::notice::install(crate::notice::to_stderr);
         crate::host::harness::run_host(crate_root)
     }
 }

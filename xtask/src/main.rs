@@ -85,6 +85,8 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("xtask") {
         args.remove(1);
     }
+    // The kernel store's and the userland's warnings and notes reach the user.
+    vmtest::cli::print_notices();
     let cli = match parse(args) {
         Ok(cli) => cli,
         Err(e) => {

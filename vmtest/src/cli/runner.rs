@@ -18,6 +18,7 @@ use crate::host::harness::{self, TestBinary};
 
 /// `run <binary> [libtest args]`: runs the binary's tests in VMs; returns its exit code.
 pub fn run(binary: &Path, args: &[String]) -> ExitCode {
+    super::print_notices();
     let code = run_code(binary, args);
     crate::vm::process::hold_if_interrupted();
     exit_code(code)

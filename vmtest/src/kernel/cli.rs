@@ -118,6 +118,7 @@ pub fn kernel(program: &str, args: &[String]) -> ExitCode {
 
 /// Runs a parsed `kernel` command line.
 pub fn run(program: &str, args: KernelArgs) -> ExitCode {
+    crate::notice::install(crate::notice::to_stderr);
     match execute(program, args.command) {
         Ok(code) => code,
         Err(e) => {

@@ -216,10 +216,10 @@ fn upgrade(dir: &Path) -> Result<(), KernelError> {
             if legacy_check(&kernel).is_err() {
                 return Ok(());
             }
-            eprintln!(
-                "vmtest: recording the checksums of the kernel store entry {} (once per entry)",
+            crate::notice::note(&format!(
+                "recording the checksums of the kernel store entry {} (once per entry)",
                 dir.display()
-            );
+            ));
             let roots = roots(&kernel);
             let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
             let manifest = Manifest::compute(dir, &roots)?;
@@ -253,10 +253,10 @@ fn remove_damaged_derived(dir: &Path) {
         }
         if let Err(reason) = check(&path) {
             if fs::remove_file(&path).is_ok() {
-                eprintln!(
-                    "vmtest: warning: removed the damaged {} ({reason}); it is made again when needed",
+                crate::notice::warn(&format!(
+                    "removed the damaged {} ({reason}); it is made again when needed",
                     path.display()
-                );
+                ));
             }
         }
     }
@@ -334,10 +334,9 @@ pub(crate) fn repair_hint(dir: &Path, arch: Arch, package: Option<&str>) -> Stri
 /// Warns (once per process and entry) that the entry `dir` is skipped.
 pub(crate) fn warn_skipped(dir: &Path, reason: &str, repair: &str) {
     if WARNED.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_owned()) {
-        eprintln!(
-            "vmtest: warning: skipping the damaged kernel store entry {}: {reason}; repair it \
-             with {repair}",
+        crate::notice::warn(&format!(
+            "skipping the damaged kernel store entry {}: {reason}; repair it with {repair}",
             dir.display()
-        );
+        ));
     }
 }

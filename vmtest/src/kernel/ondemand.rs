@@ -163,7 +163,7 @@ impl ModuleProvider {
         let files = self.files()?;
         let (index, errors) = AliasIndex::build(files);
         for error in errors.iter().take(3) {
-            eprintln!("vmtest: warning: module aliases of kernel {}: {error}", self.kernel);
+            crate::notice::warn(&format!("module aliases of kernel {}: {error}", self.kernel));
         }
         let kept = match &self.cache {
             Some(cache) => match alias::write_cached(cache, &index) {
@@ -172,13 +172,13 @@ impl ModuleProvider {
             },
             None => "not kept: the kernel is not in the store".to_owned(),
         };
-        eprintln!(
-            "vmtest: indexed the {} aliases of kernel {}'s {} modules in {:.1} s ({kept})",
+        crate::notice::note(&format!(
+            "indexed the {} aliases of kernel {}'s {} modules in {:.1} s ({kept})",
             index.len(),
             self.kernel,
             files.iter().count(),
             started.elapsed().as_secs_f64()
-        );
+        ));
         Ok(index)
     }
 }

@@ -186,10 +186,10 @@ fn pvh_image(bzimage: &Path, dir: &Path) -> Result<Option<PathBuf>, KernelError>
         return Ok(done);
     }
     remove_stale_temps(dir);
-    eprintln!(
-        "vmtest: extracting the uncompressed kernel from {} for PVH boot (once per kernel)",
+    crate::notice::note(&format!(
+        "extracting the uncompressed kernel from {} for PVH boot (once per kernel)",
         bzimage.display()
-    );
+    ));
     let bytes = fs::read(bzimage).map_err(|e| KernelError::io("read kernel image", bzimage, e))?;
     let (target, contents) = match extract(&bytes) {
         Ok(elf) => (pvh.clone(), elf),

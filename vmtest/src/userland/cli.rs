@@ -44,6 +44,7 @@ pub fn userland(program: &str, args: &[String]) -> ExitCode {
 
 /// Runs a parsed `userland` command line.
 pub fn run(program: &str, args: UserlandArgs) -> ExitCode {
+    crate::notice::install(crate::notice::to_stderr);
     match execute(program, args.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

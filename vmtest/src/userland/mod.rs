@@ -131,7 +131,7 @@ impl GuestUserland {
             Choice::Store => match from_store(arch) {
                 Ok(userland) => Ok(userland),
                 Err(reason) => {
-                    eprintln!("{}", missing_warning(arch, &reason));
+                    crate::notice::warn(&missing_warning(arch, &reason));
                     Ok(GuestUserland::default())
                 }
             },
@@ -176,12 +176,13 @@ fn from_store(arch: Arch) -> Result<GuestUserland, String> {
                     e => e.to_string(),
                 },
             )?;
-            eprintln!(
-                "vmtest: the guest userland for {arch} is not in the kernel store {}: fetching \
+            crate::notice::note(&format!(
+                "the guest userland for {arch} is not in the kernel store {}: fetching \
                  Debian's busybox-static ({USERLAND_ENV}=none goes without)",
                 store.root().display()
-            );
-            let mut progress = |line: &str| eprintln!("vmtest: userland ({arch}): {line}");
+            ));
+            let mut progress =
+                |line: &str| crate::notice::note(&format!("userland ({arch}): {line}"));
             store::ensure(&store, arch, &mut progress).map_err(|e| e.to_string())?
         }
     };
@@ -192,7 +193,7 @@ fn from_store(arch: Arch) -> Result<GuestUserland, String> {
 /// The one warning of a run whose guests go without busybox.
 fn missing_warning(arch: Arch, reason: &str) -> String {
     format!(
-        "vmtest: warning: the guest has no userland (no /bin/sh, no busybox tools): {reason}; \
+        "the guest has no userland (no /bin/sh, no busybox tools): {reason}; \
          fetch it with `cargo vmtest userland fetch --arch {arch}` (in the vmtest workspace: \
          `cargo xtask userland fetch --arch {arch}`), or set {USERLAND_ENV}=none to go without \
          it and without this warning"
@@ -279,7 +280,7 @@ mod tests {
     #[test]
     fn the_warning_names_the_fetch_command() {
         let warning = missing_warning(Arch::Aarch64, "no apt");
-        assert!(warning.starts_with("vmtest: warning: "), "{warning}");
+        assert!(warning.starts_with("the guest has no userland"), "{warning}");
         assert!(warning.contains("`cargo vmtest userland fetch --arch aarch64`"), "{warning}");
         assert!(warning.contains("no apt") && warning.contains("VMTEST_USERLAND=none"));
         assert!(!warning.contains('\n'));
