@@ -79,7 +79,7 @@ impl fmt::Display for Arch {
 /// An architecture name vmtest does not know.
 #[derive(Debug, thiserror::Error)]
 #[error("unknown architecture `{0}` (expected one of: x86_64/amd64, aarch64/arm64, riscv64)")]
-pub struct UnknownArch(pub String);
+pub struct UnknownArch(String);
 
 impl FromStr for Arch {
     type Err = UnknownArch;

@@ -84,7 +84,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
 
     let floor_initrd = out.join(format!("floor-{arch}.cpio"));
     vmtest::__bench::write_initramfs(&bins.poweroff, arch, &floor_initrd)?;
-    let (mut floor, accel) = vmtest::__bench::floor_command(arch, &kernel.image, &floor_initrd)?;
+    let (mut floor, accel) = vmtest::__bench::floor_command(arch, kernel.image(), &floor_initrd)?;
     floor.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
 
     let run = |binary: &Path, args: &[&str], env: &[(&str, String)]| -> Command {
@@ -104,7 +104,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     };
     let mut scenarios = vec![scenario("floor", "bare QEMU, static init that powers off", floor)];
     let boot_image = vmtest::__bench::boot_image(&kernel, arch)?;
-    if boot_image != kernel.image {
+    if boot_image != kernel.image() {
         let (mut floor_pvh, _) = vmtest::__bench::floor_command(arch, &boot_image, &floor_initrd)?;
         floor_pvh.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
         scenarios.push(scenario(
@@ -130,8 +130,9 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     if arch == Arch::X86_64 {
         // A kernel developer's own build: the same image at a path outside the store.
         let own_build = out.join("own-build-bzImage");
-        std::fs::copy(&kernel.image, &own_build)
-            .map_err(|e| format!("failed to copy {} for one-path: {e}", kernel.image.display()))?;
+        std::fs::copy(kernel.image(), &own_build).map_err(|e| {
+            format!("failed to copy {} for one-path: {e}", kernel.image().display())
+        })?;
         let own_build = own_build.to_string_lossy().into_owned();
         scenarios.push(scenario(
             "one-path",
@@ -245,7 +246,7 @@ impl Bins {
 
 fn build(arch: Arch, target: &Path) -> Result<Bins, String> {
     let triple = arch.musl_target();
-    ensure_target(triple)?;
+    ensure_target(triple).map_err(|e| e.to_string())?;
     let linker = format!("CARGO_TARGET_{}_LINKER", triple.to_uppercase().replace('-', "_"));
     let cargo = || Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     status(

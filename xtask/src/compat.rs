@@ -398,7 +398,7 @@ fn build(
         .stderr(Stdio::inherit());
     if let Some(arch) = arch {
         let triple = arch.musl_target();
-        vmtest::cli::runner::ensure_target(triple)?;
+        vmtest::cli::runner::ensure_target(triple).map_err(|e| e.to_string())?;
         let var = triple.to_uppercase().replace('-', "_");
         command.args(["--target", triple]).env(format!("CARGO_TARGET_{var}_LINKER"), "rust-lld");
     }

@@ -70,7 +70,7 @@ fn native(args: &[String]) -> ExitCode {
 
 fn cross(arch: Arch, cargo_args: &[String], test_args: &[String]) -> Result<ExitCode, String> {
     let triple = arch.musl_target();
-    ensure_target(triple)?;
+    ensure_target(triple).map_err(|e| e.to_string())?;
     crate::kmod::build_suite_modules(arch)?;
     status(
         cargo().args(["build", "-q", "-p", "vmtest", "--features", "cli", "--bin", "cargo-vmtest"]),
@@ -124,10 +124,9 @@ fn test(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let kernel = vmtest::kernel::resolve(Some("6.12"), Arch::host()).map_err(|e| e.to_string())?;
-    let image = kernel.image.to_string_lossy().into_owned();
+    let image = kernel.image().to_string_lossy().into_owned();
     let modules = kernel
-        .modules_dir
-        .as_ref()
+        .modules_dir()
         .map(|dir| dir.to_string_lossy().into_owned())
         .ok_or_else(|| format!("kernel {} has no modules dir", kernel.describe()))?;
     status(

@@ -279,7 +279,8 @@ fn concurrent_runs_of_one_binary_keep_their_own_logs() {
 #[test]
 fn guest_runs_the_kernel_it_was_given() {
     // The kernel the harness would pick by default, given to it explicitly as a path.
-    let kernel = vmtest::kernel::resolve(None, vmtest::arch::Arch::host()).unwrap().image;
+    let kernel = vmtest::kernel::resolve(None, vmtest::arch::Arch::host()).unwrap();
+    let kernel = kernel.image();
     let kernel = kernel.to_str().unwrap();
     let run = RunDir::new("release");
     let ran = run.run(
@@ -712,21 +713,21 @@ fn a_kernel_given_by_path_loads_modules_from_its_modules_dir() {
         vmtest::__testing::missing("no 6.1 kernel in the store (`cargo xtask setup` fetches one)");
         return;
     };
-    let modules = kernel.modules_dir.expect("a stored 6.1 kernel has modules");
-    let before: Vec<_> = std::fs::read_dir(&modules).unwrap().map(|e| e.unwrap().path()).collect();
+    let modules = kernel.modules_dir().expect("a stored 6.1 kernel has modules");
+    let before: Vec<_> = std::fs::read_dir(modules).unwrap().map(|e| e.unwrap().path()).collect();
     let run = RunDir::new("path-modules");
     let ran = run.run(
         GUEST,
         &["--exact", "loads_a_module_by_alias"],
         &[
-            ("VMTEST_KERNEL", kernel.image.to_str().unwrap()),
+            ("VMTEST_KERNEL", kernel.image().to_str().unwrap()),
             ("VMTEST_KERNEL_MODULES", modules.to_str().unwrap()),
         ],
     );
     ran.expect_code(0);
     // Not a store kernel: the index is built for this run and written nowhere.
     assert_contains(&ran.stderr, &["vmtest: indexed the", "not kept"]);
-    let after: Vec<_> = std::fs::read_dir(&modules).unwrap().map(|e| e.unwrap().path()).collect();
+    let after: Vec<_> = std::fs::read_dir(modules).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(before, after, "the modules dir changed");
     run.assert_clean();
 }
@@ -743,7 +744,7 @@ fn a_kernel_given_by_path_boots_through_pvh_like_a_stored_one() {
     // A developer's own build: a bzImage at a path of its own, not in the store.
     let build = tempfile::Builder::new().prefix("vmtest-own-build-").tempdir().unwrap();
     let bzimage = build.path().join("bzImage");
-    std::fs::copy(&kernel.image, &bzimage).unwrap();
+    std::fs::copy(kernel.image(), &bzimage).unwrap();
     let run = RunDir::new("path-pvh");
     let ran = run.run(
         GUEST,
@@ -783,7 +784,7 @@ fn store_kernels_are_checked_before_they_boot_and_skipped_when_damaged() {
     // crash, beside a newer entry whose kernel.meta is garbage.
     let scratch = RunDir::new("store-check-store");
     let store = scratch.0.join("store");
-    let src = real.store_dir.expect("a stored kernel has its dir");
+    let src = real.store_dir().expect("a stored kernel has its dir");
     let name = src.file_name().unwrap().to_str().unwrap().to_owned();
     let entry = store.join(arch.name()).join(&name);
     std::fs::create_dir_all(&entry).unwrap();

@@ -229,7 +229,7 @@ fn a_kernel_for_another_arch_is_a_clear_error() {
     let output = Command::new(FAILING)
         .args(["--exact", "passes"])
         .env_remove("VMTEST_TEST")
-        .env("VMTEST_KERNEL", &kernel.image)
+        .env("VMTEST_KERNEL", kernel.image())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -23,7 +23,7 @@ pub(crate) fn find_or_build(arch: Arch) -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os(INIT_ENV).filter(|v| !v.is_empty()) {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            return Err(Error::Config(format!(
+            return Err(Error::Env(format!(
                 "{INIT_ENV}={} is not a file (unset it to let vmtest build one)",
                 path.display()
             )));
@@ -31,7 +31,7 @@ pub(crate) fn find_or_build(arch: Arch) -> Result<PathBuf, Error> {
         return Ok(path);
     }
     let cache = cache_dir().ok_or_else(|| {
-        Error::Config(format!(
+        Error::InitBuild(format!(
             "failed to find a cache dir for the static vmtest-init (neither XDG_CACHE_HOME nor \
              HOME is set): set {INIT_ENV}=<path> to one built with {}",
             build_hint(arch)
@@ -100,14 +100,14 @@ fn build(source: &Source, arch: Arch, cache: &Path) -> Result<PathBuf, Error> {
         return Ok(binary);
     }
     if !source.manifest.is_file() {
-        return Err(Error::Config(format!(
+        return Err(Error::InitBuild(format!(
             "failed to build a static vmtest-init for {arch}: its source ({}) is gone; \
              reinstall cargo-vmtest, or set {INIT_ENV}=<path> to one built with {}",
             source.manifest.display(),
             build_hint(arch)
         )));
     }
-    crate::cli::target::ensure_target(triple).map_err(Error::Config)?;
+    crate::cli::target::ensure_target(triple)?;
     let target_dir = cache.join("build");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     std::fs::create_dir_all(cache)
@@ -150,7 +150,7 @@ fn build(source: &Source, arch: Arch, cache: &Path) -> Result<PathBuf, Error> {
         Error::io(format!("failed to run `{}` ({shown})", cargo.to_string_lossy()), e)
     })?;
     if !output.status.success() {
-        return Err(Error::Config(format!(
+        return Err(Error::InitBuild(format!(
             "failed to build a static vmtest-init for {arch} ({}): `{shown}`:\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim_end()

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use crate::arch::Arch;
-pub use crate::cli::target::ensure_target;
+pub use crate::cli::target::{ensure_target, TargetError};
 use crate::host::harness::{self, TestBinary};
 
 /// `run <binary> [libtest args]`: runs the binary's tests in VMs; returns its exit code.
@@ -48,7 +48,7 @@ fn run_code(binary: &Path, args: &[String]) -> i32 {
 }
 
 /// An exit code as a process would see it (only the low 8 bits travel).
-pub fn exit_code(code: i32) -> ExitCode {
+pub(crate) fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
 }
 
@@ -87,6 +87,18 @@ impl CrossTest {
     }
 }
 
+/// What is wrong with a cross test run's command line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArgsError {
+    /// `--arch` was last, without its value.
+    #[error("--arch needs a value (x86_64, aarch64/arm64, riscv64)")]
+    ArchWithoutValue,
+    /// The `--arch` value is not an architecture vmtest knows.
+    #[error(transparent)]
+    UnknownArch(#[from] crate::arch::UnknownArch),
+}
+
 /// The command line of a cross test run: `[--arch <arch>] [cargo test args] [-- test args]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CrossArgs {
@@ -100,7 +112,7 @@ pub struct CrossArgs {
 
 impl CrossArgs {
     /// Splits `args`; the error names a missing or unknown `--arch` value.
-    pub fn parse(args: &[String]) -> Result<CrossArgs, String> {
+    pub fn parse(args: &[String]) -> Result<CrossArgs, ArgsError> {
         let (before, test_args) = match args.iter().position(|a| a == "--") {
             Some(at) => (&args[..at], args[at + 1..].to_vec()),
             None => (args, Vec::new()),
@@ -109,14 +121,14 @@ impl CrossArgs {
         let mut iter = before.iter();
         while let Some(arg) = iter.next() {
             let value = if arg == "--arch" {
-                iter.next().ok_or("--arch needs a value (x86_64, aarch64/arm64, riscv64)")?
+                iter.next().ok_or(ArgsError::ArchWithoutValue)?
             } else if let Some(value) = arg.strip_prefix("--arch=") {
                 value
             } else {
                 parsed.cargo_args.push(arg.clone());
                 continue;
             };
-            parsed.arch = Some(value.parse::<Arch>().map_err(|e| e.to_string())?);
+            parsed.arch = Some(value.parse::<Arch>()?);
         }
         Ok(parsed)
     }
@@ -192,9 +204,9 @@ mod tests {
 
     #[test]
     fn cross_args_reject_a_missing_or_unknown_arch() {
-        let missing = CrossArgs::parse(&strings(&["--arch"])).unwrap_err();
+        let missing = CrossArgs::parse(&strings(&["--arch"])).unwrap_err().to_string();
         assert!(missing.contains("--arch needs a value"), "{missing}");
-        let unknown = CrossArgs::parse(&strings(&["--arch", "sparc"])).unwrap_err();
+        let unknown = CrossArgs::parse(&strings(&["--arch", "sparc"])).unwrap_err().to_string();
         assert!(unknown.contains("sparc"), "{unknown}");
     }
 

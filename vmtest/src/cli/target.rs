@@ -2,11 +2,43 @@
 //! sure its standard library is installed. Beneath both the runner and the init build.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
+
+/// Why the Rust target for a triple could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// Its standard library is not in the sysroot, and rustup is not there to add it.
+    #[error(
+        "failed to find the Rust target `{triple}` (its standard library is not in the \
+         toolchain's sysroot) and rustup is not on PATH to add it: install rustup and run \
+         `rustup target add {triple}`, or install your toolchain's rust-std for {triple}"
+    )]
+    NoRustup {
+        /// The target triple.
+        triple: String,
+    },
+    /// `rustup target add` could not be started.
+    #[error("failed to run `rustup target add {triple}`: {source}")]
+    RustupSpawn {
+        /// The target triple.
+        triple: String,
+        /// Why it could not be started.
+        source: std::io::Error,
+    },
+    /// `rustup target add` failed.
+    #[error("`rustup target add {triple}` failed ({status})")]
+    RustupFailed {
+        /// The target triple.
+        triple: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+}
 
 /// Makes sure the Rust standard library for `triple` is installed: present in the sysroot, or
 /// added with `rustup target add`. The error says how to install it when that is not possible.
-pub fn ensure_target(triple: &str) -> Result<(), String> {
+pub fn ensure_target(triple: &str) -> Result<(), TargetError> {
     let sysroot = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
         .args(["--print", "sysroot"])
         .output()
@@ -21,26 +53,22 @@ fn ensure_target_with(
     triple: &str,
     sysroot: Option<&Path>,
     rustup: Option<&Path>,
-) -> Result<(), String> {
+) -> Result<(), TargetError> {
     if sysroot.is_some_and(|root| root.join("lib/rustlib").join(triple).join("lib").is_dir()) {
         return Ok(());
     }
     let Some(rustup) = rustup else {
-        return Err(format!(
-            "failed to find the Rust target `{triple}` (its standard library is not in the \
-             toolchain's sysroot) and rustup is not on PATH to add it: install rustup and run \
-             `rustup target add {triple}`, or install your toolchain's rust-std for {triple}"
-        ));
+        return Err(TargetError::NoRustup { triple: triple.to_owned() });
     };
     eprintln!("vmtest: installing the Rust target {triple} (rustup target add {triple})");
     let status = Command::new(rustup)
         .args(["target", "add", triple])
         .status()
-        .map_err(|e| format!("failed to run `rustup target add {triple}`: {e}"))?;
+        .map_err(|source| TargetError::RustupSpawn { triple: triple.to_owned(), source })?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`rustup target add {triple}` failed ({status})"))
+        Err(TargetError::RustupFailed { triple: triple.to_owned(), status })
     }
 }
 
@@ -59,6 +87,8 @@ mod tests {
             std::env::temp_dir().join(format!("vmtest-no-sysroot-{}", std::process::id()));
         let err =
             ensure_target_with("aarch64-unknown-linux-musl", Some(&sysroot), None).unwrap_err();
+        assert!(matches!(&err, TargetError::NoRustup { triple } if triple.starts_with("aarch64")));
+        let err = err.to_string();
         assert!(err.contains("rustup target add aarch64-unknown-linux-musl"), "{err}");
         assert!(err.contains("failed to find the Rust target"), "{err}");
     }

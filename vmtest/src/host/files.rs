@@ -80,7 +80,7 @@ impl Limits {
             let parsed = if is_size { parse_size(&value) } else { value.trim().parse().ok() };
             *slot = parsed.ok_or_else(|| {
                 let like = if is_size { "a size (like 4096, 64M, 2G)" } else { "a number" };
-                crate::Error::Config(format!("{name}={value:?} is not {like}"))
+                crate::Error::Env(format!("{name}={value:?} is not {like}"))
             })?;
         }
         Ok(limits)

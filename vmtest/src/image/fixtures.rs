@@ -62,7 +62,7 @@ pub(crate) fn check(files: &[&str]) -> Result<(), Error> {
         };
         let path = resolve_dots(Path::new(file)).map_err(missing)?;
         if let Some(why) = vmtest_init::hidden_in_guest(&path) {
-            return Err(Error::Config(format!(
+            return Err(Error::Fixture(format!(
                 "failed to provide the test fixture {file} (listed in `files = [...]`) in the \
                  guest: {why}"
             )));
@@ -88,7 +88,7 @@ pub(crate) fn add(initramfs: &mut Initramfs, path: &str) -> Result<(), Error> {
         path = resolve(&target)?;
         if seen.contains(&path) {
             let chain: Vec<String> = seen.iter().map(|p| p.display().to_string()).collect();
-            return Err(Error::Config(format!(
+            return Err(Error::Fixture(format!(
                 "failed to add the test fixture {}: its symbolic links loop ({} -> {})",
                 seen[0].display(),
                 chain.join(" -> "),
@@ -97,7 +97,7 @@ pub(crate) fn add(initramfs: &mut Initramfs, path: &str) -> Result<(), Error> {
         }
         seen.push(path.clone());
     }
-    Err(Error::Config(format!(
+    Err(Error::Fixture(format!(
         "failed to add the test fixture {}: more than {MAX_LINK_CHAIN} symbolic links in a row",
         path.display()
     )))
@@ -134,7 +134,7 @@ fn add_entry(
         let walk = match walk {
             Some(walk) => {
                 if metadata.dev() != walk.dev {
-                    return Err(Error::Config(format!(
+                    return Err(Error::Fixture(format!(
                         "failed to add the test fixture {}: {} is a mount point (another file \
                          system), and vmtest does not copy across mount points; list it in \
                          `files = [...]` itself if the test needs it",
@@ -151,7 +151,7 @@ fn add_entry(
             }
         };
         if !walk.ancestors.insert((metadata.dev(), metadata.ino())) {
-            return Err(Error::Config(format!(
+            return Err(Error::Fixture(format!(
                 "failed to add the test fixture {}: {} is a directory above it again (a bind \
                  mount loop), so copying it would never end",
                 walk.root.display(),
@@ -221,7 +221,7 @@ fn unsupported_kind(metadata: &std::fs::Metadata) -> Option<&'static str> {
 }
 
 fn unsupported(path: &Path, kind: &str) -> Error {
-    Error::Config(format!(
+    Error::Fixture(format!(
         "failed to add the test fixture {}: it is {kind}; only regular files, directories and \
          symbolic links can be fixtures",
         path.display()
@@ -243,7 +243,7 @@ fn guest_path(path: &Path) -> Result<&str, Error> {
 }
 
 fn not_utf8(path: &Path) -> Error {
-    Error::Config(format!(
+    Error::Fixture(format!(
         "failed to add the test fixture {}: the path is not UTF-8",
         path.display()
     ))

@@ -80,7 +80,7 @@ pub(crate) fn test_cwd(manifest_dir: Option<OsString>) -> Result<String, Error> 
 pub(crate) fn check_cwd(cwd: &str, source: &str) -> Result<(), Error> {
     match vmtest_init::hidden_in_guest(Path::new(cwd)) {
         None => Ok(()),
-        Some(why) => Err(Error::Config(format!(
+        Some(why) => Err(Error::Fixture(format!(
             "failed to provide the working directory {cwd} ({source}) in the guest: {why}; \
              run the tests from a directory elsewhere"
         ))),

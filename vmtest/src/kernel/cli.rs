@@ -82,40 +82,6 @@ enum Command {
     },
 }
 
-/// Parses `args` (after `<program> <subcommand>`) as `T`; help goes to stdout with exit code
-/// 0, a bad command line is one `error:` message with the usage and exit code 2.
-pub(crate) fn parse_or_exit<T: clap::Args>(
-    program: &str,
-    subcommand: &str,
-    args: &[String],
-) -> Result<T, ExitCode> {
-    use clap::{CommandFactory, FromArgMatches, Parser};
-    #[derive(Parser)]
-    struct Wrapper<T: clap::Args> {
-        #[command(flatten)]
-        inner: T,
-    }
-    let bin = format!("{program} {subcommand}");
-    let command = Wrapper::<T>::command().bin_name(bin);
-    let argv = std::iter::once(subcommand.to_owned()).chain(args.iter().cloned());
-    match command.try_get_matches_from(argv).and_then(|m| Wrapper::<T>::from_arg_matches(&m)) {
-        Ok(parsed) => Ok(parsed.inner),
-        Err(e) => {
-            let _ = e.print();
-            Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)))
-        }
-    }
-}
-
-/// Runs `args` (starting after `kernel`); `program` is how the user invoked it
-/// (`cargo vmtest`), for messages.
-pub fn kernel(program: &str, args: &[String]) -> ExitCode {
-    match parse_or_exit::<KernelArgs>(program, "kernel", args) {
-        Ok(parsed) => run(program, parsed),
-        Err(code) => code,
-    }
-}
-
 /// Runs a parsed `kernel` command line.
 pub fn run(program: &str, args: KernelArgs) -> ExitCode {
     crate::notice::install(crate::notice::to_stderr);

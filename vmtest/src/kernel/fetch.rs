@@ -20,6 +20,7 @@ use crate::arch::Arch;
 
 /// What [`Store::fetch`] did.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Fetched {
     /// The kernel was downloaded and added.
     Added(Kernel),

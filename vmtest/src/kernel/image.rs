@@ -16,7 +16,7 @@ use crate::arch::Arch;
 
 /// What a kernel image's header says about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageInfo {
+pub(crate) struct ImageInfo {
     /// The architecture the image boots on.
     pub arch: Arch,
     /// The kernel release (`uname -r`, e.g. `6.12.117+deb12-amd64`), when the image carries it.
@@ -24,7 +24,7 @@ pub struct ImageInfo {
 }
 
 /// Reads the architecture and version of the kernel image at `path`.
-pub fn image_info(path: &Path) -> Result<ImageInfo, KernelError> {
+pub(crate) fn image_info(path: &Path) -> Result<ImageInfo, KernelError> {
     let io_err = |source| KernelError::io("read kernel image", path, source);
     let mut file = File::open(path).map_err(io_err)?;
     // Enough for the bzImage's version string, which a 16-bit pointer locates.

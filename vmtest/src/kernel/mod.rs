@@ -32,14 +32,14 @@ use crate::arch::Arch;
 
 pub use fetch::Fetched;
 pub use headers::HeadersFetched;
-pub use image::{image_info, ImageInfo};
-pub use modules::{ModuleFile, HARNESS_MODULES};
+pub(crate) use image::image_info;
+pub(crate) use modules::ModuleFile;
 #[cfg(test)]
 pub(crate) use ondemand::tests::fixture_kernel;
 pub(crate) use ondemand::{ModuleProvider, Resolved};
 #[cfg(test)]
 pub(crate) use pvh::tests::kernel_with_pvh_entry;
-pub use resolve::{compare_versions, resolve};
+pub use resolve::resolve;
 pub use store::Store;
 
 /// The kernel used when neither the test nor `VMTEST_KERNEL` names one.
@@ -50,23 +50,23 @@ pub const DEFAULT_KERNEL: &str = "6.12";
 pub struct Kernel {
     /// Its name in the store (`6.12.117+deb12-amd64`, or a user's `bpf-next`), or the image's
     /// file name for a kernel given by path.
-    pub name: String,
+    pub(crate) name: String,
     /// The architecture its image boots on (from the header).
-    pub arch: Arch,
+    pub(crate) arch: Arch,
     /// The kernel release (`uname -r`), when known.
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     /// The bootable image (bzImage, arm64 `Image`).
-    pub image: PathBuf,
+    pub(crate) image: PathBuf,
     /// Its `lib/modules/<release>` dir, if it has modules.
-    pub modules_dir: Option<PathBuf>,
+    pub(crate) modules_dir: Option<PathBuf>,
     /// Its `.config`, if known.
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Debian's flavour (`cloud`, `rt`), if not the default one.
-    pub flavour: Option<String>,
+    pub(crate) flavour: Option<String>,
     /// The Debian package it came from.
-    pub package: Option<String>,
+    pub(crate) package: Option<String>,
     /// Its dir in the store; `None` for a kernel given by path.
-    pub store_dir: Option<PathBuf>,
+    pub(crate) store_dir: Option<PathBuf>,
 }
 
 /// What can go wrong finding, fetching or reading a kernel, or fetching the guest userland.
@@ -337,7 +337,10 @@ impl Kernel {
     /// A kernel given by the path of its image. Without `modules_dir`, a modules dir is looked
     /// for beside it: `<root>/lib/modules/<release>` for an image at `<root>/boot/` (an
     /// unpacked Debian package), `modules/` or `lib/modules/<release>` in the image's dir.
-    pub fn from_image(image: &Path, modules_dir: Option<PathBuf>) -> Result<Kernel, KernelError> {
+    pub(crate) fn from_image(
+        image: &Path,
+        modules_dir: Option<PathBuf>,
+    ) -> Result<Kernel, KernelError> {
         let info = image_info(image)?;
         let dir = image.parent().unwrap_or(Path::new("."));
         let version = info.version.clone();
@@ -365,7 +368,7 @@ impl Kernel {
 
     /// Checks that this kernel boots binaries for `binary_machine` (the test binary's ELF
     /// machine); the error names both.
-    pub fn check_arch(&self, binary_machine: Arch) -> Result<(), KernelError> {
+    pub(crate) fn check_arch(&self, binary_machine: Arch) -> Result<(), KernelError> {
         if self.arch == binary_machine {
             return Ok(());
         }
@@ -378,9 +381,9 @@ impl Kernel {
     }
 
     /// The modules the guest must load before the harness's devices work: the
-    /// [`HARNESS_MODULES`] this kernel builds as modules (per its `modules.builtin` or config),
+    /// [`modules::HARNESS_MODULES`] this kernel builds as modules (per its `modules.builtin` or config),
     /// with their dependencies, in load order. Empty when they are built in.
-    pub fn harness_modules(&self) -> Result<Vec<ModuleFile>, KernelError> {
+    pub(crate) fn harness_modules(&self) -> Result<Vec<ModuleFile>, KernelError> {
         let config = self.config.as_deref().map(modules::read_config).transpose()?;
         let builtin = match &self.modules_dir {
             Some(dir) => modules::read_builtin(dir)?,
@@ -415,7 +418,7 @@ impl Kernel {
 
     /// The modules `names` with everything they depend on (from each `.modinfo`'s `depends=`),
     /// dependencies first. An unknown name is an error naming the kernel and close matches.
-    pub fn module_closure(&self, names: &[&str]) -> Result<Vec<ModuleFile>, KernelError> {
+    pub(crate) fn module_closure(&self, names: &[&str]) -> Result<Vec<ModuleFile>, KernelError> {
         let Some(first) = names.first() else {
             return Ok(Vec::new());
         };
@@ -426,6 +429,42 @@ impl Kernel {
             });
         };
         modules::ModuleIndex::scan(dir)?.closure(&self.name, names)
+    }
+
+    /// Its name in the store (`6.12.117+deb12-amd64`, or a user's `bpf-next`), or the image's
+    /// file name for a kernel given by path.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The architecture its image boots on (from the image's header).
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The kernel release (`uname -r`), when known.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
+    /// The bootable image (bzImage, arm64 `Image`).
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// Its `lib/modules/<release>` dir, if it has modules.
+    pub fn modules_dir(&self) -> Option<&Path> {
+        self.modules_dir.as_deref()
+    }
+
+    /// Its `.config`, if known.
+    pub fn config(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// Its dir in the store; `None` for a kernel given by path.
+    pub fn store_dir(&self) -> Option<&Path> {
+        self.store_dir.as_deref()
     }
 
     /// A one-line description for listings and errors: `6.12.117+deb12-amd64` or
@@ -476,7 +515,7 @@ pub(crate) fn fuzz_aliases(data: &[u8]) {
 }
 
 /// `98.3 MB`-style sizes for progress and listings.
-pub fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
     let mut unit = 0;

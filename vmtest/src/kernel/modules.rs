@@ -22,7 +22,7 @@ use super::KernelError;
 /// A module file to load in the guest (by path, with `finit_module`; compressed files are fine
 /// for kernels with `CONFIG_MODULE_DECOMPRESS`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModuleFile {
+pub(crate) struct ModuleFile {
     /// The module's name (`virtio_pci`), with `-` normalised to `_`.
     pub name: String,
     /// Where the file is on the host.
@@ -30,7 +30,7 @@ pub struct ModuleFile {
 }
 
 /// The drivers the harness needs in the guest, with the config symbol that builds each.
-pub const HARNESS_MODULES: &[(&str, &str)] = &[
+pub(crate) const HARNESS_MODULES: &[(&str, &str)] = &[
     ("virtio", "CONFIG_VIRTIO"),
     ("virtio_ring", "CONFIG_VIRTIO"),
     ("virtio_pci", "CONFIG_VIRTIO_PCI"),

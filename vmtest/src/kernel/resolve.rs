@@ -15,7 +15,7 @@ use crate::arch::Arch;
 /// name: exactly that one). `None` falls back to `VMTEST_KERNEL` (a name or path), then to
 /// [`DEFAULT_KERNEL`]. For a kernel given by path, `VMTEST_KERNEL_MODULES` names its modules
 /// dir; otherwise one is looked for next to the image. A path kernel's arch comes from its
-/// header: check it with [`Kernel::check_arch`].
+/// header ([`Kernel::arch`]), whatever `arch` says: compare it with the binary's.
 pub fn resolve(spec: Option<&str>, arch: Arch) -> Result<Kernel, KernelError> {
     let spec = choose_spec(spec, std::env::var("VMTEST_KERNEL").ok());
     if looks_like_path(&spec) {
@@ -91,7 +91,7 @@ pub(crate) fn select<'a>(spec: &str, kernels: &'a [Kernel]) -> Option<&'a Kernel
 
 /// Compares two Debian versions (`[epoch:]upstream[-revision]`) as dpkg does. Kernel
 /// releases (`6.1.0-56-amd64`) compare sensibly with it too.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
+pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
     let (ea, ra) = split_epoch(a);
     let (eb, rb) = split_epoch(b);
     ea.cmp(&eb).then_with(|| {

@@ -268,7 +268,7 @@ impl Store {
     }
 
     /// Bytes used by a stored kernel.
-    pub fn size_of(&self, kernel: &Kernel) -> u64 {
+    pub(crate) fn size_of(&self, kernel: &Kernel) -> u64 {
         kernel.store_dir.as_deref().map_or(0, dir_size)
     }
 }

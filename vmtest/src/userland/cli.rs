@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::USERLAND_ENV;
 use crate::arch::Arch;
-use crate::kernel::cli::{parse_or_exit, print_all, STORE_HELP};
+use crate::kernel::cli::{print_all, STORE_HELP};
 use crate::kernel::{human_size, KernelError, Store};
 
 /// `userland <command>`: manage the guest's busybox userland.
@@ -31,15 +31,6 @@ enum Command {
     },
     /// Show the stored userland of each arch.
     List,
-}
-
-/// Runs `args` (starting after `userland`); `program` is how the user invoked it
-/// (`cargo vmtest`), for messages.
-pub fn userland(program: &str, args: &[String]) -> ExitCode {
-    match parse_or_exit::<UserlandArgs>(program, "userland", args) {
-        Ok(parsed) => run(program, parsed),
-        Err(code) => code,
-    }
 }
 
 /// Runs a parsed `userland` command line.

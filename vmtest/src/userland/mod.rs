@@ -31,7 +31,7 @@ use crate::kernel::{KernelError, Store};
 use crate::Error;
 
 /// The variable that chooses the userland.
-pub const USERLAND_ENV: &str = "VMTEST_USERLAND";
+pub(crate) const USERLAND_ENV: &str = "VMTEST_USERLAND";
 
 /// Where the busybox binary goes; every applet link points to it.
 const BUSYBOX_PATH: &str = "/bin/busybox";
@@ -95,7 +95,7 @@ impl Choice {
             Some("busybox") => Ok(Choice::Store),
             Some("none") => Ok(Choice::None),
             _ if value.as_encoded_bytes().contains(&b'/') => Ok(Choice::Path(value.into())),
-            _ => Err(Error::Config(format!(
+            _ => Err(Error::Env(format!(
                 "{USERLAND_ENV}={} is not a userland: use `busybox` (the default: Debian's \
                  static busybox from the kernel store), `none`, or the path of a static busybox",
                 value.to_string_lossy()
@@ -121,7 +121,7 @@ impl GuestUserland {
             Choice::None => Ok(GuestUserland::default()),
             Choice::Path(path) => {
                 let applets = store::check_busybox(&path, arch).map_err(|reason| {
-                    Error::Config(format!(
+                    Error::Env(format!(
                         "failed to use {USERLAND_ENV}={} as the guest's busybox: {reason}",
                         path.display()
                     ))

@@ -30,6 +30,7 @@ const APPLETS: &str = "applets";
 
 /// A guest userland in the store: a static busybox for one arch and its applets.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Userland {
     /// The arch it runs on.
     pub arch: Arch,

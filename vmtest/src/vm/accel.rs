@@ -87,7 +87,7 @@ pub(crate) fn choose(guest: Arch) -> Result<AccelChoice, Error> {
         "" | "check" => false,
         "trust" => true,
         other => {
-            return Err(Error::Config(format!(
+            return Err(Error::Env(format!(
                 "{KVM_PROBE_ENV}={other:?} is not one of `check` (default), `trust`"
             )))
         }
@@ -102,14 +102,14 @@ pub(crate) fn choose(guest: Arch) -> Result<AccelChoice, Error> {
         "kvm" => match probe {
             Ok(()) => (Accel::Kvm, None),
             Err(why) => {
-                return Err(Error::Config(format!(
+                return Err(Error::Env(format!(
                     "{ACCEL_ENV}=kvm, but KVM cannot be used here: {why} \
                      (unset {ACCEL_ENV} or set it to `tcg` to use software emulation)"
                 )))
             }
         },
         other => {
-            return Err(Error::Config(format!(
+            return Err(Error::Env(format!(
                 "{ACCEL_ENV}={other:?} is not one of `kvm`, `tcg`, `auto`"
             )))
         }
@@ -123,9 +123,7 @@ fn timeout_scale(accel: Accel) -> Result<f64, Error> {
     match std::env::var(TIMEOUT_SCALE_ENV) {
         Ok(value) => match value.parse::<f64>() {
             Ok(scale) if scale.is_finite() && scale > 0.0 => Ok(scale),
-            _ => Err(Error::Config(format!(
-                "{TIMEOUT_SCALE_ENV}={value:?} is not a positive number"
-            ))),
+            _ => Err(Error::Env(format!("{TIMEOUT_SCALE_ENV}={value:?} is not a positive number"))),
         },
         Err(_) => Ok(match accel {
             Accel::Kvm => 1.0,

@@ -166,7 +166,7 @@ impl Drop for WorkDir {
 pub(crate) fn vm_workdir() -> Result<WorkDir, crate::Error> {
     let mut live = live();
     if live.stopping {
-        return Err(crate::Error::Config("the harness is stopping".to_owned()));
+        return Err(crate::Error::Stopping);
     }
     let dir = tempfile::Builder::new()
         .prefix(&format!("vmtest-{}-", std::process::id()))

@@ -128,7 +128,7 @@ const SANDBOX_OPTIONS: &str =
 /// requires that; `off` never uses it.
 pub(crate) fn sandbox(binary: &Path) -> Result<Sandbox, crate::Error> {
     match sandbox_wanted()? {
-        Some(true) if !sandbox_works(binary) => Err(crate::Error::Config(format!(
+        Some(true) if !sandbox_works(binary) => Err(crate::Error::Env(format!(
             "{SANDBOX_ENV}=on, but {} cannot run under its seccomp sandbox (built without \
              seccomp, or the kernel refuses the filter); set {SANDBOX_ENV}=off or auto",
             binary.display()
@@ -158,9 +158,7 @@ fn sandbox_wanted() -> Result<Option<bool>, crate::Error> {
         "" | "auto" => Ok(None),
         "on" => Ok(Some(true)),
         "off" => Ok(Some(false)),
-        _ => Err(crate::Error::Config(format!(
-            "{SANDBOX_ENV}={value:?} is not one of auto, on, off"
-        ))),
+        _ => Err(crate::Error::Env(format!("{SANDBOX_ENV}={value:?} is not one of auto, on, off"))),
     }
 }
 

@@ -343,7 +343,7 @@ fn spawn_frame_reader(stream: UnixStream) -> mpsc::Receiver<Result<GuestMessage,
 pub(crate) fn console_limit() -> Result<u64, Error> {
     let Ok(value) = std::env::var(CONSOLE_LIMIT_ENV) else { return Ok(DEFAULT_CONSOLE_LIMIT) };
     crate::rules::parse_size(&value).ok_or_else(|| {
-        Error::Config(format!("{CONSOLE_LIMIT_ENV}={value:?} is not a size (like 4096, 64M, 2G)"))
+        Error::Env(format!("{CONSOLE_LIMIT_ENV}={value:?} is not a size (like 4096, 64M, 2G)"))
     })
 }
 
