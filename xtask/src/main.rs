@@ -62,16 +62,11 @@ enum Task {
 
 const PROGRAM: &str = "cargo xtask";
 
-/// Parses `args` (the program's name first); everything from `test`'s first `--` on is for the
-/// test binaries and is not parsed.
-fn parse(mut args: Vec<String>) -> Result<Cli, clap::Error> {
-    let verbatim = match args.get(1) {
-        Some(test) if test == "test" => match args.iter().position(|a| a == "--") {
-            Some(at) => args.split_off(at),
-            None => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
+/// Parses `args` (the program's name first, then perhaps `xtask`: `cargo xtask` is an alias
+/// for `cargo run -p xtask --`, which passes no `xtask`, but it is allowed); everything from
+/// `test`'s first `--` on is for the test binaries and is not parsed.
+fn parse(args: Vec<String>) -> Result<Cli, clap::Error> {
+    let (args, verbatim) = vmtest::cli::split_command_line(args, "xtask");
     let mut cli = Cli::try_parse_from(args)?;
     if let Task::Test { args, .. } = &mut cli.command {
         args.extend(verbatim);
@@ -80,19 +75,11 @@ fn parse(mut args: Vec<String>) -> Result<Cli, clap::Error> {
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().collect();
-    // `cargo xtask` is an alias for `cargo run -p xtask --`: no `xtask` comes first, but allow it.
-    if args.get(1).map(String::as_str) == Some("xtask") {
-        args.remove(1);
-    }
     // The kernel store's and the userland's warnings and notes reach the user.
     vmtest::cli::print_notices();
-    let cli = match parse(args) {
+    let cli = match parse(std::env::args().collect()) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
-        }
+        Err(e) => return vmtest::cli::clap_exit(&e),
     };
     match cli.command {
         Task::Setup => setup::run_setup(),

@@ -44,18 +44,12 @@ enum Command {
     },
 }
 
-/// Parses `args` (the program's name first). After `run <binary>`, everything belongs to the test
-/// binary as cargo's runner protocol requires: `--help`, `--`, anything else; it is not parsed.
-/// So does everything from `test`'s first `--` on (the test binaries' arguments).
-fn parse(mut args: Vec<String>) -> Result<Cli, clap::Error> {
-    let verbatim = match args.get(1..3) {
-        Some([run, binary]) if run == "run" && !binary.starts_with('-') => args.split_off(3),
-        Some([test, _]) if test == "test" => match args.iter().position(|a| a == "--") {
-            Some(at) => args.split_off(at),
-            None => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
+/// Parses `args` (the program's name first, then perhaps `vmtest`, as cargo runs it). After
+/// `run <binary>`, everything belongs to the test binary as cargo's runner protocol requires:
+/// `--help`, `--`, anything else; it is not parsed. So does everything from `test`'s first `--`
+/// on (the test binaries' arguments).
+fn parse(args: Vec<String>) -> Result<Cli, clap::Error> {
+    let (args, verbatim) = vmtest::cli::split_command_line(args, "vmtest");
     let mut cli = Cli::try_parse_from(args)?;
     if let Command::Run { args, .. } | Command::Test { args, .. } = &mut cli.command {
         args.extend(verbatim);
@@ -64,17 +58,9 @@ fn parse(mut args: Vec<String>) -> Result<Cli, clap::Error> {
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().collect();
-    // Cargo runs `cargo-vmtest vmtest <args>`; run directly, there is no `vmtest` first.
-    if args.get(1).map(String::as_str) == Some("vmtest") {
-        args.remove(1);
-    }
-    let cli = match parse(args) {
+    let cli = match parse(std::env::args().collect()) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
-        }
+        Err(e) => return vmtest::cli::clap_exit(&e),
     };
     match cli.command {
         Command::Kernel(args) => vmtest::kernel::cli::run(PROGRAM, args),
