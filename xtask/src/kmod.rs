@@ -32,7 +32,8 @@ fn compiler(arch: Arch) -> (&'static str, &'static str) {
 pub fn build_suite_modules(arch: Arch) -> Result<(), String> {
     let required = std::env::var("VMTEST_REQUIRE_ALL").as_deref() == Ok("1");
     let kmod = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/kernel-suite/kmod");
-    let kmod = kmod.canonicalize().map_err(|e| format!("failed to find {}: {e}", kmod.display()))?;
+    let kmod =
+        kmod.canonicalize().map_err(|e| format!("failed to find {}: {e}", kmod.display()))?;
     let missing = |what: String| -> Result<(), String> {
         if required {
             Err(format!("VMTEST_REQUIRE_ALL=1 but {what}"))
@@ -58,11 +59,11 @@ pub fn build_suite_modules(arch: Arch) -> Result<(), String> {
                 missing(format!(
                     "the store has no build tree of {} (`cargo xtask kernel fetch {spec} --arch \
                      {arch} --headers`)",
-                    kernel.name
+                    kernel.name()
                 ))?;
                 continue;
             };
-            let dir = kmod.join("build").join(&kernel.name);
+            let dir = kmod.join("build").join(kernel.name());
             build(&kmod, &dir, &tree)?;
             eprintln!("xtask: kmod: built {}", dir.join("kst_chardev.ko").display());
         }

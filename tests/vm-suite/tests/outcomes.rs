@@ -201,7 +201,7 @@ fn an_out_of_tree_modules_warning_fails_the_test_with_its_report() {
     };
     let module = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../kernel-suite/kmod/build")
-        .join(&kernel.name)
+        .join(kernel.name())
         .join("kst_chardev.ko");
     if !module.is_file() {
         vmtest::__testing::missing(&format!("{} (`cargo xtask test` builds it)", module.display()));

@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::apt::{self, Apt, Package};
-use super::{store, Kernel, KernelError, Store};
+use super::{layout, Kernel, KernelError, Store};
 use crate::arch::Arch;
 
 /// The dir in a store entry that holds the build tree.
@@ -84,7 +84,7 @@ impl Store {
         if let Some(dir) = kernel.build_dir() {
             return Ok(HeadersFetched::AlreadyPresent(dir));
         }
-        let version = store::meta_field(entry, "package_version");
+        let version = layout::meta_field(entry, "package_version");
         let apt = Apt::for_store(self, kernel.arch)?;
         let headers = candidate(&apt, &format!("linux-headers-{}", kernel.name), progress)?
             .ok_or_else(|| no_headers("apt knows no such package".to_owned()))?;
