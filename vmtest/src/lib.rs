@@ -95,6 +95,7 @@ pub mod __bench {
             cmdline: Vec::new(),
             ports: Vec::new(),
             sandbox: crate::vm::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
+            snapshot: Default::default(),
         };
         let mut command = Command::new(qemu);
         command.args(spec.args());

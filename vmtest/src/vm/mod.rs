@@ -6,4 +6,5 @@ pub(crate) mod accel;
 pub(crate) mod modserver;
 pub(crate) mod process;
 pub(crate) mod qemu;
+pub(crate) mod qmp;
 pub(crate) mod session;

@@ -2,7 +2,9 @@
 //!
 //! [`profile`] is the per-architecture table (binary, machine, CPU, console, transport);
 //! [`QemuCommand`] turns a VM description into arguments; [`sandbox`] decides whether QEMU
-//! runs under its seccomp filter (`-sandbox`), probing the binary once.
+//! runs under its seccomp filter (`-sandbox`), probing the binary once. [`SnapshotArgs`] are
+//! the arguments of a VM that is saved or restored: its QMP monitor, `-incoming` and the
+//! `vmgenid` device.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -106,6 +108,31 @@ pub(crate) struct QemuCommand {
     pub ports: Vec<SocketPort>,
     /// QEMU's seccomp filter.
     pub sandbox: Sandbox,
+    /// What a VM that is saved or restored adds (nothing by default).
+    pub snapshot: SnapshotArgs,
+}
+
+/// The arguments of a VM that is saved or restored (see `vm::snapshot`). A restore uses the
+/// saved VM's arguments with [`SnapshotArgs::incoming`] added; nothing else may differ but
+/// paths of host-side sockets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SnapshotArgs {
+    /// A QMP monitor on a Unix socket that the host listens on; QEMU connects at start-up.
+    pub qmp: Option<PathBuf>,
+    /// Load the guest's state instead of booting (`-incoming`).
+    pub incoming: Option<Incoming>,
+    /// QEMU's `vmgenid` device (x86_64 only: QEMU 7.2 has none for arm64): a new generation
+    /// id at every start, which Linux (CONFIG_VMGENID) takes as a cue to reseed its random
+    /// number generator after a restore.
+    pub vmgenid: bool,
+}
+
+/// Where a restored VM's state comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// A file QEMU inherits open on this descriptor, positioned at the migration stream.
+    /// (`exec:` would start a shell, which the sandbox forbids; QEMU 7.2 has no `file:`.)
+    Fd(i32),
 }
 
 /// Environment variable: whether QEMU runs under its seccomp filter.
@@ -238,15 +265,28 @@ impl QemuCommand {
         if !self.ports.is_empty() {
             args.opt("-device", format!("{},id=vser0", profile.virtio_serial));
             for (index, port) in self.ports.iter().enumerate() {
-                args.opt("-chardev", chardev_socket(index, &port.socket)).opt(
+                args.opt("-chardev", chardev_socket(&format!("port{index}"), &port.socket)).opt(
                     "-device",
                     format!("virtserialport,bus=vser0.0,chardev=port{index},name={}", port.name),
                 );
             }
         }
+        if self.snapshot.vmgenid {
+            args.opt("-device", "vmgenid,guid=auto");
+        }
+        if let Some(qmp) = &self.snapshot.qmp {
+            args.opt("-chardev", chardev_socket("qmp", qmp))
+                .opt("-mon", "chardev=qmp,mode=control");
+        }
         args.opt("-kernel", &self.kernel)
             .opt("-initrd", &self.initrd)
             .opt("-append", self.kernel_cmdline());
+        match self.snapshot.incoming {
+            Some(Incoming::Fd(fd)) => {
+                args.opt("-incoming", format!("fd:{fd}"));
+            }
+            None => {}
+        }
         args.0
     }
 }
@@ -268,9 +308,9 @@ impl Args {
     }
 }
 
-/// `socket,id=portN,path=P`: QEMU connects to the host's listening socket at start-up.
-fn chardev_socket(index: usize, path: &std::path::Path) -> OsString {
-    let mut arg = OsString::from(format!("socket,id=port{index},path="));
+/// `socket,id=ID,path=P`: QEMU connects to the host's listening socket at start-up.
+fn chardev_socket(id: &str, path: &std::path::Path) -> OsString {
+    let mut arg = OsString::from(format!("socket,id={id},path="));
     // QEMU option values escape ',' by doubling it.
     let escaped = path.to_string_lossy().replace(',', ",,");
     arg.push(escaped);
@@ -292,6 +332,7 @@ mod tests {
             cmdline: vec!["foo=1".into()],
             ports: vec![SocketPort { name: "vmtest.control".into(), socket: "/t/ctl.sock".into() }],
             sandbox: Sandbox::Off,
+            snapshot: SnapshotArgs::default(),
         }
     }
 
@@ -380,6 +421,30 @@ mod tests {
              -chardev socket,id=port1,path=/t/mod.sock \
              -device virtserialport,bus=vser0.0,chardev=port1,name=vmtest.modules "
         ));
+    }
+
+    #[test]
+    fn a_saved_vm_has_a_monitor_and_a_restored_one_its_incoming_state() {
+        let mut c = command(Arch::X86_64, Accel::Tcg);
+        c.snapshot =
+            SnapshotArgs { qmp: Some("/t/q,mp.sock".into()), incoming: None, vmgenid: true };
+        let saved = joined(&c);
+        assert!(
+            saved.contains(
+                "name=vmtest.control -device vmgenid,guid=auto \
+                 -chardev socket,id=qmp,path=/t/q,,mp.sock -mon chardev=qmp,mode=control \
+                 -kernel /k/vmlinuz "
+            ),
+            "{saved}"
+        );
+        c.snapshot.incoming = Some(Incoming::Fd(3));
+        let restored = joined(&c);
+        assert_eq!(restored, format!("{saved} -incoming fd:3"));
+        // Nothing of it without a snapshot.
+        let plain = joined(&command(Arch::X86_64, Accel::Tcg));
+        for flag in ["vmgenid", "-mon", "-incoming", "qmp"] {
+            assert!(!plain.contains(flag), "{plain}");
+        }
     }
 
     #[test]

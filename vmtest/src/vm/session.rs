@@ -105,6 +105,7 @@ pub(crate) fn run(
             SocketPort { name: MODULES_PORT.to_owned(), socket: modules_socket },
         ],
         sandbox: crate::vm::qemu::sandbox(&qemu_binary)?,
+        snapshot: Default::default(),
     };
     let mut command = Command::new(&qemu_binary);
     command.args(qemu.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
