@@ -2,7 +2,8 @@
 //!
 //! Inside the VM the test binary (or the static `vmtest-init` binary, in runner mode) is PID 1.
 //! [`run_pid1`] reads the [`protocol::Plan`] that the host packed into the initramfs, prepares
-//! the system (mounts, loopback, hostname and `/etc`, kernel modules), runs each planned program in a child process
+//! the system (mounts, loopback, hostname and `/etc`, kernel modules), waits at its restore
+//! point when the plan has one (`restore.rs`), runs each planned program in a child process
 //! and reports over a named virtio-serial port with [`protocol`] frames, then powers off.
 //!
 //! Started as `modprobe` ([`invoked_as_modprobe`]), the same binary is the guest's module
@@ -31,6 +32,7 @@ mod ports;
 mod power;
 mod process;
 pub mod protocol;
+mod restore;
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
@@ -154,6 +156,10 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
     let mut kmsg = kmsg::Kmsg::open().map_err(|e| logs.push(e)).ok();
     for line in logs {
         control.send(&GuestMessage::Log(line))?;
+    }
+    if plan.restore_point {
+        // Everything above is what a snapshot holds; everything below is this run's.
+        restore::wait_for_restore(control)?;
     }
     let mut vm_bytes_left = plan.files.vm_bytes;
     let send_time = Duration::from_millis(plan.files.send_ms);

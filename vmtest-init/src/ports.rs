@@ -55,13 +55,33 @@ pub(crate) fn open_port(
     name: &str,
     patience: Duration,
 ) -> Result<File, String> {
+    open_port_with(ports_dir, dev_dir, name, patience, File::options().write(true))
+}
+
+/// [`open_port`] for reading: the port the host writes to.
+pub(crate) fn open_port_for_reading(
+    ports_dir: &Path,
+    dev_dir: &Path,
+    name: &str,
+    patience: Duration,
+) -> Result<File, String> {
+    open_port_with(ports_dir, dev_dir, name, patience, File::options().read(true))
+}
+
+fn open_port_with(
+    ports_dir: &Path,
+    dev_dir: &Path,
+    name: &str,
+    patience: Duration,
+    options: &std::fs::OpenOptions,
+) -> Result<File, String> {
     let deadline = Instant::now() + patience;
     loop {
         let lookup = find_port(ports_dir, name);
         let last_error = match &lookup {
             Lookup::Found(entry) => {
                 let device: PathBuf = dev_dir.join(entry);
-                match File::options().write(true).open(&device) {
+                match options.open(&device) {
                     Ok(file) => return Ok(file),
                     Err(e) => format!("failed to open {}: {e}", device.display()),
                 }

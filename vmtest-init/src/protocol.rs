@@ -19,7 +19,14 @@
 //! The host treats every frame as untrusted: [`FrameReader`] bounds the frame size and never
 //! panics on garbage.
 //!
-//! A second port, [`MODULES_PORT`], carries the guest's `modprobe` requests: a
+//! A VM that is saved as a snapshot has a third port, [`HOST_PORT`], on which the host writes
+//! [`HostMessage`] frames: a plan with [`Plan::restore_point`] set makes PID 1 say
+//! [`GuestMessage::Ready`] once its setup is done and wait there for
+//! [`HostMessage::Restored`], which the host sends to every VM restored from the snapshot.
+//! Every host message carries [`PROTOCOL_VERSION`] first ([`host_message_version`]); the
+//! guest greets each new host with `Hello` again.
+//!
+//! A further port, [`MODULES_PORT`], carries the guest's `modprobe` requests: a
 //! [`ModuleRequest`] for a module name or alias, answered by [`ModuleReply`] frames with the
 //! module bytes. Its frames start with [`MODULE_FRAME_MAGIC`] and carry the request's nonce, so a
 //! reader finds the next frame and its own answer after bytes left over by a requester that died
@@ -33,8 +40,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// incompatible change to either. 3: the plan carries the version; file chunks carry no test id
 /// (the host knows which test is running) and their names are bytes; the kernel log of a failed
 /// test travels as [`KERNEL_LOG_NAME`]. 4: the plan carries [`FileLimits`]; the guest says what
-/// they held back ([`GuestMessage::FilesHeldBack`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// they held back ([`GuestMessage::FilesHeldBack`]). 5: the plan's [`Plan::restore_point`],
+/// [`GuestMessage::Ready`], and [`HostMessage`] frames on [`HOST_PORT`].
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts, in bytes (payload only).
 pub const MAX_FRAME_LEN: usize = 16 << 20;
@@ -64,6 +72,9 @@ pub const PLAN_PATH: &str = "/vmtest/plan";
 
 /// Name of the virtio-serial port that carries [`GuestMessage`] frames.
 pub const CONTROL_PORT: &str = "vmtest.control";
+
+/// Name of the virtio-serial port on which the host sends [`HostMessage`] frames.
+pub const HOST_PORT: &str = "vmtest.host";
 
 /// Name of the virtio-serial port that carries [`ModuleRequest`]s and [`ModuleReply`]s.
 pub const MODULES_PORT: &str = "vmtest.modules";
@@ -103,6 +114,10 @@ pub struct Plan {
     pub tests: Vec<PlannedTest>,
     /// Bounds on the files the guest sends after each test.
     pub files: FileLimits,
+    /// `true`: once its setup is done (mounts, modules, the control port), PID 1 sends
+    /// [`GuestMessage::Ready`] and waits on [`HOST_PORT`] for [`HostMessage::Restored`]
+    /// before it runs anything: the point where the host saves the VM's snapshot.
+    pub restore_point: bool,
 }
 
 /// Bounds on the files a test leaves for the host (artifacts, profiles; not the kernel log of a
@@ -157,7 +172,13 @@ pub enum HeldBack {
 impl Plan {
     /// A plan of this [`PROTOCOL_VERSION`].
     pub fn new(modules: Vec<Module>, tests: Vec<PlannedTest>) -> Plan {
-        Plan { version: PROTOCOL_VERSION, modules, tests, files: FileLimits::default() }
+        Plan {
+            version: PROTOCOL_VERSION,
+            modules,
+            tests,
+            files: FileLimits::default(),
+            restore_point: false,
+        }
     }
 }
 
@@ -372,6 +393,65 @@ pub enum GuestMessage {
         /// [`HeldBack::SendTime`], what was not sent).
         bytes: u64,
     },
+    /// The guest reached its restore point ([`Plan::restore_point`]): setup is done, nothing
+    /// test-specific has run, and PID 1 waits on [`HOST_PORT`]. The host may save the VM now.
+    Ready,
+}
+
+/// A message from the host to the guest, on [`HOST_PORT`]. Every variant starts with the
+/// host's [`PROTOCOL_VERSION`], a layout that never changes, so that [`host_message_version`]
+/// reads it from a message of any version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMessage {
+    /// The VM was restored from a snapshot taken at its restore point: PID 1 sets the wall
+    /// clock to `unix_secs.unix_nanos` (the host's time when it sent this), mixes `seed` into
+    /// the kernel's random pool and reseeds it (no two restores may draw the same random
+    /// bytes), greets the host with [`GuestMessage::Hello`] and goes on with its plan.
+    Restored {
+        /// The host's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The host's wall clock: seconds since the Unix epoch.
+        unix_secs: i64,
+        /// ... and nanoseconds (below 10^9).
+        unix_nanos: u32,
+        /// Random bytes from the host (at most [`MAX_SEED_LEN`]); empty: no reseed.
+        #[serde(with = "bytes")]
+        seed: Vec<u8>,
+    },
+}
+
+/// Most bytes of [`HostMessage::Restored::seed`] the guest mixes in.
+pub const MAX_SEED_LEN: usize = 512;
+
+/// The [`PROTOCOL_VERSION`] a [`HostMessage`] payload (a frame without its length) was
+/// written with, read without decoding the rest.
+pub fn host_message_version(payload: &[u8]) -> Result<u32, FrameError> {
+    let (_variant, rest) = postcard::take_from_bytes::<u32>(payload)?;
+    let (version, _) = postcard::take_from_bytes::<u32>(rest)?;
+    Ok(version)
+}
+
+/// Decodes a [`HostMessage`] payload: its version first (a mismatch is
+/// [`HostMessageError::Version`], as for the plan), then the message.
+pub fn decode_host_message(payload: &[u8]) -> Result<HostMessage, HostMessageError> {
+    let version = host_message_version(payload)?;
+    VersionMismatch::check(Reader::Guest, version)?;
+    let (message, rest) = postcard::take_from_bytes(payload).map_err(FrameError::from)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing { len: rest.len(), what: "frame payload's value" }.into());
+    }
+    Ok(message)
+}
+
+/// Why a [`HostMessage`] could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HostMessageError {
+    /// The host speaks another version.
+    #[error(transparent)]
+    Version(#[from] VersionMismatch),
+    /// The frame is not a message.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
 }
 
 /// The guest's `modprobe` asks the host for a module, by name or alias.
@@ -574,6 +654,19 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads the next frame. `Ok(None)` on a clean end of stream between frames.
     pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let Some(header) = self.next_header()? else { return Ok(None) };
+        read_body(&mut self.inner, &mut self.buf, header, MAX_FRAME_LEN).map(Some)
+    }
+
+    /// Reads the next frame's payload without decoding it (see [`decode_host_message`]).
+    /// `Ok(None)` on a clean end of stream between frames.
+    pub fn next_payload(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let Some(header) = self.next_header()? else { return Ok(None) };
+        read_payload(&mut self.inner, &mut self.buf, header, MAX_FRAME_LEN)?;
+        Ok(Some(&self.buf))
+    }
+
+    fn next_header(&mut self) -> Result<Option<[u8; 4]>, FrameError> {
         let mut header = [0u8; 4];
         let got = read_full(&mut self.inner, &mut header)?;
         if got == 0 {
@@ -582,7 +675,7 @@ impl<R: Read> FrameReader<R> {
         if got < header.len() {
             return Err(FrameError::Truncated { got, want: header.len() });
         }
-        read_body(&mut self.inner, &mut self.buf, header, MAX_FRAME_LEN).map(Some)
+        Ok(Some(header))
     }
 }
 
@@ -594,6 +687,21 @@ fn read_body<T: DeserializeOwned>(
     header: [u8; 4],
     max_len: usize,
 ) -> Result<T, FrameError> {
+    read_payload(inner, buf, header, max_len)?;
+    let (value, rest) = postcard::take_from_bytes(buf)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing { len: rest.len(), what: "frame payload's value" });
+    }
+    Ok(value)
+}
+
+/// Reads the payload of a frame whose length prefix is `header` into `buf`.
+fn read_payload(
+    inner: &mut impl Read,
+    buf: &mut Vec<u8>,
+    header: [u8; 4],
+    max_len: usize,
+) -> Result<(), FrameError> {
     let len = u32::from_le_bytes(header) as usize;
     if len > max_len {
         return Err(FrameError::TooLarge { len: len as u64 });
@@ -605,11 +713,7 @@ fn read_body<T: DeserializeOwned>(
     if got < len {
         return Err(FrameError::Truncated { got, want: len });
     }
-    let (value, rest) = postcard::take_from_bytes(buf)?;
-    if !rest.is_empty() {
-        return Err(FrameError::Trailing { len: rest.len(), what: "frame payload's value" });
-    }
-    Ok(value)
+    Ok(())
 }
 
 /// Encodes `value` as one frame of [`MODULES_PORT`]: [`MODULE_FRAME_MAGIC`], then a frame as
@@ -883,11 +987,89 @@ mod tests {
     }
 
     #[test]
+    fn host_messages_carry_the_version_first_and_round_trip() {
+        let restored = HostMessage::Restored {
+            version: PROTOCOL_VERSION,
+            unix_secs: 1_800_000_000,
+            unix_nanos: 5,
+            seed: vec![0xaa; 3],
+        };
+        let frame = encode_frame(&restored).unwrap();
+        // Length, variant 0, the version, then the fields.
+        assert_eq!(
+            frame,
+            [
+                12,
+                0,
+                0,
+                0,
+                0,
+                PROTOCOL_VERSION as u8,
+                128,
+                200,
+                206,
+                180,
+                13,
+                5,
+                3,
+                0xaa,
+                0xaa,
+                0xaa
+            ]
+        );
+        let mut wire = frame.clone();
+        wire.extend_from_slice(&frame);
+        let mut reader = FrameReader::new(&wire[..]);
+        for _ in 0..2 {
+            let payload = reader.next_payload().unwrap().unwrap();
+            assert_eq!(host_message_version(payload).unwrap(), PROTOCOL_VERSION);
+            assert_eq!(decode_host_message(payload).unwrap(), restored);
+        }
+        assert!(reader.next_payload().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_host_message_of_another_version_is_a_version_mismatch() {
+        // A future host's message whose fields mean something else entirely.
+        let payload =
+            postcard::to_allocvec(&(0u32, PROTOCOL_VERSION + 1, "other", [9u8; 4])).unwrap();
+        let err = decode_host_message(&payload).unwrap_err();
+        assert!(matches!(err, HostMessageError::Version(_)), "{err}");
+        assert!(err.to_string().contains("the guest's vmtest-init is older"), "{err}");
+        let payload = postcard::to_allocvec(&(0u32, PROTOCOL_VERSION - 1)).unwrap();
+        let err = decode_host_message(&payload).unwrap_err();
+        assert!(err.to_string().contains("the host's vmtest is older"), "{err}");
+        // Garbage, and a valid message with bytes after it.
+        assert!(matches!(decode_host_message(&[0xff; 3]), Err(HostMessageError::Frame(_))));
+        let mut payload = postcard::to_allocvec(&HostMessage::Restored {
+            version: PROTOCOL_VERSION,
+            unix_secs: 0,
+            unix_nanos: 0,
+            seed: vec![],
+        })
+        .unwrap();
+        payload.push(0);
+        let err = decode_host_message(&payload).unwrap_err();
+        assert!(
+            matches!(err, HostMessageError::Frame(FrameError::Trailing { len: 1, .. })),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ready_keeps_the_other_messages_numbers() {
+        // Appended: every older variant keeps its tag.
+        assert_eq!(encode_frame(&GuestMessage::Done).unwrap(), [1, 0, 0, 0, 7]);
+        assert_eq!(encode_frame(&GuestMessage::Ready).unwrap(), [1, 0, 0, 0, 10]);
+    }
+
+    #[test]
     fn plan_round_trips() {
         let plan = Plan {
             version: PROTOCOL_VERSION,
             modules: vec![],
             files: FileLimits { test_files: 3, ..FileLimits::default() },
+            restore_point: true,
             tests: vec![PlannedTest {
                 id: 0,
                 name: "a::b".into(),
