@@ -177,6 +177,197 @@ pub mod __fuzz {
     }
 }
 
+/// Snapshots of a booted guest, for the workspace's own boot test of them; not part of the API.
+#[doc(hidden)]
+pub mod __snapshot {
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    pub use vmtest_init::protocol::{
+        GuestMessage, HostMessage, Outcome, Plan, PlannedTest, PROTOCOL_VERSION, TEST_ENV,
+    };
+
+    use crate::arch::Arch;
+    use crate::vm::live::{live_command, LiveVm};
+    use crate::vm::qemu::QemuCommand;
+    use crate::vm::snapshot::{self, Lookup, SnapshotCache, SnapshotKey};
+
+    /// A guest to boot and restore: `init` as PID 1 with `plan`, on `kernel`.
+    pub struct Guest {
+        qemu: PathBuf,
+        command: QemuCommand,
+        key: SnapshotKey,
+    }
+
+    /// A snapshot directory.
+    pub struct Cache(SnapshotCache);
+
+    impl Cache {
+        /// The user's cache: `VMTEST_SNAPSHOTS`, else `snapshots/` under the kernel store at
+        /// `store_root`, with the default bound.
+        pub fn open(store_root: &Path) -> Cache {
+            Cache(SnapshotCache::open(store_root))
+        }
+
+        /// Its directory.
+        pub fn dir(&self) -> &Path {
+            self.0.dir()
+        }
+
+        /// A cache in `dir` of at most `max_bytes`.
+        pub fn at(dir: &Path, max_bytes: u64) -> Cache {
+            Cache(SnapshotCache::at(dir, max_bytes))
+        }
+    }
+
+    /// A running VM.
+    pub struct Vm(LiveVm);
+
+    /// A saved snapshot.
+    #[derive(Debug)]
+    pub struct Saved {
+        /// Where it is.
+        pub path: PathBuf,
+        /// Its size in bytes.
+        pub bytes: u64,
+        /// Snapshots the cache removed to stay within its bound.
+        pub evicted: Vec<PathBuf>,
+    }
+
+    /// What a restore found.
+    pub enum Restore {
+        /// The restored VM, running.
+        Running(Vm),
+        /// No snapshot of this guest.
+        Miss,
+        /// A snapshot that cannot be used (removed), and why.
+        Unusable(String),
+    }
+
+    impl Guest {
+        /// Writes the initramfs (`init` with its libraries, `/dev/console`, the plan) into
+        /// `dir` and describes the VM: the harness's machine for `arch`, 256 MiB, the
+        /// profile's CPUs, `vmgenid` if asked.
+        pub fn new(
+            kernel: &crate::kernel::Kernel,
+            arch: Arch,
+            init: &Path,
+            plan: &Plan,
+            vmgenid: bool,
+            dir: &Path,
+        ) -> Result<Guest, String> {
+            let initrd = dir.join("initrd");
+            let mut initramfs = crate::image::initramfs::Initramfs::new();
+            initramfs.add_elf_with_libraries("/init", init).map_err(|e| e.to_string())?;
+            initramfs.add_char_device("/dev/console", 5, 1, 0o600).map_err(|e| e.to_string())?;
+            let frame = vmtest_init::protocol::encode_frame(plan).map_err(|e| e.to_string())?;
+            initramfs
+                .add_bytes(vmtest_init::protocol::PLAN_PATH, frame, 0o644)
+                .map_err(|e| e.to_string())?;
+            let file = std::fs::File::create(&initrd).map_err(|e| e.to_string())?;
+            let mut writer = std::io::BufWriter::new(file);
+            initramfs.write_to(&mut writer).map_err(|e| e.to_string())?;
+            std::io::Write::flush(&mut writer).map_err(|e| e.to_string())?;
+            let accel = crate::vm::accel::choose(arch).map_err(|e| e.to_string())?.accel;
+            let qemu = crate::vm::session::find_qemu(arch).map_err(|e| e.to_string())?;
+            let command = QemuCommand {
+                arch,
+                accel,
+                kernel: accel.boot_image(kernel),
+                initrd,
+                memory_mib: 256,
+                cpus: crate::vm::qemu::profile(arch).default_cpus,
+                cmdline: Vec::new(),
+                ports: Vec::new(),
+                sandbox: crate::vm::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
+                snapshot: crate::vm::qemu::SnapshotArgs { vmgenid, ..Default::default() },
+            };
+            let version = snapshot::qemu_version(&qemu).map_err(|e| e.to_string())?;
+            let key =
+                SnapshotKey::new(&live_command(command.clone(), Path::new("/")), &qemu, &version)
+                    .map_err(|e| e.to_string())?;
+            Ok(Guest { qemu, command, key })
+        }
+
+        /// The QEMU arguments of a VM whose sockets are in `dir`.
+        pub fn args(&self, dir: &Path) -> Vec<std::ffi::OsString> {
+            live_command(self.command.clone(), dir).args()
+        }
+
+        /// Boots it cold, sockets in `dir`.
+        pub fn boot(&self, dir: &Path, timeout: Duration) -> Result<Vm, String> {
+            let command = live_command(self.command.clone(), dir);
+            LiveVm::boot(&self.qemu, &command, dir, Instant::now() + timeout)
+                .map(Vm)
+                .map_err(|e| e.to_string())
+        }
+
+        /// Restores it from `cache`, sockets in `dir`.
+        pub fn restore(
+            &self,
+            cache: &Cache,
+            dir: &Path,
+            timeout: Duration,
+        ) -> Result<Restore, String> {
+            let snapshot = match cache.0.lookup(&self.key) {
+                Lookup::Hit(snapshot) => snapshot,
+                Lookup::Miss => return Ok(Restore::Miss),
+                Lookup::Unusable(why) => return Ok(Restore::Unusable(why)),
+            };
+            let command = live_command(self.command.clone(), dir);
+            LiveVm::restore(&self.qemu, &command, dir, &snapshot, Instant::now() + timeout)
+                .map(|vm| Restore::Running(Vm(vm)))
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    impl Vm {
+        /// The guest's next message.
+        pub fn next_message(&mut self, timeout: Duration) -> Result<GuestMessage, String> {
+            self.0.next_message(Instant::now() + timeout).map_err(|e| e.to_string())
+        }
+
+        /// Sends a message on the host port.
+        pub fn send(&mut self, message: &HostMessage) -> Result<(), String> {
+            self.0.send(message).map_err(|e| e.to_string())
+        }
+
+        /// Stops the VM and saves it into `cache`.
+        pub fn save(
+            &mut self,
+            guest: &Guest,
+            cache: &Cache,
+            timeout: Duration,
+        ) -> Result<Saved, String> {
+            let saved = self
+                .0
+                .save(&cache.0, &guest.key, Instant::now() + timeout)
+                .map_err(|e| e.to_string())?;
+            Ok(Saved { path: saved.path, bytes: saved.bytes, evicted: saved.evicted })
+        }
+
+        /// The QEMU version its monitor greeted with (`7.2.22`).
+        pub fn qemu_version(&self) -> String {
+            self.0.qemu_version().to_owned()
+        }
+
+        /// Ends QEMU.
+        pub fn quit(self) {
+            self.0.quit()
+        }
+
+        /// Waits for QEMU to exit by itself.
+        pub fn wait_exit(self, timeout: Duration) -> Result<(), String> {
+            self.0.wait_exit(timeout).map_err(|e| e.to_string())
+        }
+
+        /// The kernel console so far.
+        pub fn console(&self) -> String {
+            self.0.console()
+        }
+    }
+}
+
 /// For the workspace's own tests: one place that decides what a missing requirement means.
 #[doc(hidden)]
 pub mod __testing {

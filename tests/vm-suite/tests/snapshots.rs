@@ -1,0 +1,200 @@
+//! Snapshots of a booted guest, for real: the project's guest (a vmtest binary as PID 1) boots
+//! on Debian's 6.12 kernel to its restore point, is saved there, and is restored twice in new
+//! QEMUs. Each restored guest must run its test with the host's wall clock (not the
+//! snapshot's) and draw other random bytes from `getrandom` than the other restore. Prints
+//! the timings (`--nocapture`), which docs/snapshots.md quotes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vmtest::__snapshot::{
+    Cache, Guest, GuestMessage, HostMessage, Plan, PlannedTest, Restore, Vm, PROTOCOL_VERSION,
+    TEST_ENV,
+};
+use vmtest::arch::Arch;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_fixture-restore");
+/// Generous: TCG on a loaded 2-core machine.
+const BOOT: Duration = Duration::from_secs(120);
+const STEP: Duration = Duration::from_secs(60);
+
+/// The plan: stop at the restore point, then run the probe.
+fn plan() -> Plan {
+    let mut plan = Plan::new(
+        Vec::new(),
+        vec![PlannedTest {
+            id: 0,
+            name: "probe".into(),
+            program: "/init".into(),
+            args: Vec::new(),
+            env: vec![(TEST_ENV.into(), "probe".into())],
+            cwd: "/".into(),
+            timeout_ms: 60_000,
+            capture: true,
+        }],
+    );
+    plan.restore_point = true;
+    plan
+}
+
+/// The 6.12 kernel for this machine's arch, or `None` (said so) when the store has none.
+fn kernel() -> Option<vmtest::kernel::Kernel> {
+    match vmtest::kernel::resolve(Some("6.12"), Arch::host()) {
+        Ok(kernel) => Some(kernel),
+        Err(e) => {
+            vmtest::__testing::missing(&format!(
+                "no 6.12 kernel in the store (`cargo xtask setup` fetches one): {e}"
+            ));
+            None
+        }
+    }
+}
+
+fn dir(root: &Path, name: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+}
+
+/// Messages up to `Ready` (or `Hello`, for `until_hello`), skipping logs.
+fn wait_for(vm: &mut Vm, wanted: &str) {
+    loop {
+        match vm.next_message(BOOT).unwrap() {
+            GuestMessage::Ready if wanted == "Ready" => return,
+            GuestMessage::Hello { version, .. } if wanted == "Hello" => {
+                assert_eq!(version, PROTOCOL_VERSION);
+                return;
+            }
+            GuestMessage::Hello { .. } | GuestMessage::Log(_) => {}
+            other => panic!("waiting for {wanted}, the guest sent {other:?}\n{}", vm.console()),
+        }
+    }
+}
+
+/// What the probe printed, and when the host saw the test end.
+struct Probe {
+    realtime: Duration,
+    getrandom: String,
+    vmgenid: bool,
+}
+
+/// Runs the plan's test in a restored guest to its end; returns the probe's output.
+fn run_probe(vm: &mut Vm) -> Probe {
+    let mut output = None;
+    loop {
+        match vm.next_message(STEP).unwrap() {
+            GuestMessage::TestFinished { outcome, output: bytes, .. } => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                assert_eq!(outcome, vmtest::__snapshot::Outcome::Exited(0), "{text}");
+                output = Some(text);
+            }
+            GuestMessage::Done => break,
+            GuestMessage::Fatal(message) => panic!("the guest failed: {message}"),
+            _ => {}
+        }
+    }
+    let output = output.expect("the probe's result");
+    let field = |name: &str| {
+        output
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {output:?}"))
+            .to_owned()
+    };
+    let realtime = field("realtime");
+    let (secs, nanos) = realtime.split_once('.').unwrap();
+    Probe {
+        realtime: Duration::new(secs.parse().unwrap(), nanos.parse().unwrap()),
+        getrandom: field("getrandom"),
+        vmgenid: field("vmgenid") == "true",
+    }
+}
+
+fn host_seed() -> Vec<u8> {
+    let mut seed = vec![0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut seed)
+        .unwrap();
+    seed
+}
+
+fn restored(seed: Vec<u8>) -> HostMessage {
+    let now = unix_now();
+    HostMessage::Restored {
+        version: PROTOCOL_VERSION,
+        unix_secs: now.as_secs() as i64,
+        unix_nanos: now.subsec_nanos(),
+        seed,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[test]
+fn a_restored_guest_runs_with_the_hosts_clock_and_fresh_random_bytes() {
+    let Some(kernel) = kernel() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let guest =
+        Guest::new(&kernel, Arch::host(), Path::new(PROBE), &plan(), false, work.path()).unwrap();
+    let cache = Cache::at(&work.path().join("snapshots"), 1 << 30);
+    assert!(matches!(
+        guest.restore(&cache, &dir(work.path(), "none"), STEP).unwrap(),
+        Restore::Miss
+    ));
+
+    // Cold: boot to the restore point and save there.
+    let started = Instant::now();
+    let mut vm = guest.boot(&dir(work.path(), "cold"), BOOT).unwrap();
+    wait_for(&mut vm, "Ready");
+    let cold_ready = started.elapsed();
+    let saved_at = unix_now();
+    let started = Instant::now();
+    let saved = vm.save(&guest, &cache, STEP).unwrap();
+    let save_time = started.elapsed();
+    assert!(vm.qemu_version().starts_with(char::is_numeric), "{}", vm.qemu_version());
+    vm.quit();
+    eprintln!(
+        "cold boot to ready: {}; save: {}; snapshot: {:.1} MB",
+        ms(cold_ready),
+        ms(save_time),
+        saved.bytes as f64 / 1e6
+    );
+    assert!(saved.path.is_file() && saved.evicted.is_empty());
+    // Let the snapshot's clock fall clearly behind the host's.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let mut probes = Vec::new();
+    for run in 0..2 {
+        let started = Instant::now();
+        let restore =
+            guest.restore(&cache, &dir(work.path(), &format!("warm{run}")), STEP).unwrap();
+        let Restore::Running(mut vm) = restore else { panic!("the snapshot was not used") };
+        let running = started.elapsed();
+        let sent = unix_now();
+        vm.send(&restored(host_seed())).unwrap();
+        wait_for(&mut vm, "Hello");
+        let greeted = started.elapsed();
+        let probe = run_probe(&mut vm);
+        let finished = unix_now();
+        vm.wait_exit(STEP).unwrap();
+        eprintln!(
+            "restore {run}: running {} after QEMU's start, greeted after {}; guest clock {:.3} s \
+             after the host sent it",
+            ms(running),
+            ms(greeted),
+            probe.realtime.as_secs_f64() - sent.as_secs_f64()
+        );
+        // The host's time, not the snapshot's: between sending it and seeing the result.
+        assert!(probe.realtime >= sent, "guest {:?} before the host's {sent:?}", probe.realtime);
+        assert!(probe.realtime <= finished, "guest {:?} after {finished:?}", probe.realtime);
+        assert!(probe.realtime > saved_at + Duration::from_secs(2));
+        assert!(!probe.vmgenid, "no vmgenid device was asked for");
+        probes.push(probe);
+    }
+    assert_ne!(probes[0].getrandom, probes[1].getrandom, "two restores drew the same bytes");
+}
