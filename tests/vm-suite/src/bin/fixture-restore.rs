@@ -15,13 +15,20 @@ fn probe() {
     assert_eq!(got, bytes.len() as isize);
     println!("realtime={}.{:09}", now.tv_sec, now.tv_nsec);
     println!("getrandom={}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    // QEMU's vmgenid device as the kernel found it (an ACPI device, QEMUVGID).
-    let vmgenid = std::fs::read_dir("/sys/bus/acpi/drivers/vmgenid")
-        .map(|dir| {
-            dir.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains(':'))
-        })
-        .unwrap_or(false);
-    println!("vmgenid={vmgenid}");
+    // QEMU's vmgenid device as the kernel found it: an ACPI device (QEMUVGID) bound to the
+    // vmgenid driver, a platform driver since Linux 6.10 and an ACPI one before.
+    let bound = ["/sys/bus/platform/drivers/vmgenid", "/sys/bus/acpi/drivers/vmgenid"]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("VGID") || name.contains(':'))
+        .collect::<Vec<_>>();
+    println!("vmgenid={}", !bound.is_empty());
+    println!("vmgenid-devices={bound:?}");
+    let acpi = std::path::Path::new("/sys/firmware/acpi/tables").exists();
+    println!("acpi={acpi}");
 }
 
 vmtest::main!();
