@@ -128,7 +128,7 @@ fn an_old_vmtest_init_is_a_clear_error_naming_what_to_rebuild() {
     assert!(stderr.contains(&old_init.display().to_string()), "{stderr}");
     assert!(
         stderr.contains(
-            "the guest speaks vmtest protocol version 2, the host version 4: the guest's \
+            "the guest speaks vmtest protocol version 2, the host version 5: the guest's \
              vmtest-init is older than the host's vmtest: rebuild it"
         ),
         "{stderr}"

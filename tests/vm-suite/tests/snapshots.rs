@@ -225,7 +225,7 @@ fn a_restored_guest_runs_with_the_hosts_clock_and_fresh_random_bytes() {
 }
 
 #[test]
-fn vmgenid_reseeds_a_restored_x86_64_guest_by_itself() {
+fn a_restored_x86_64_guest_has_qemus_vmgenid_device_bound() {
     if Arch::host() != Arch::X86_64 {
         // QEMU 7.2 has no vmgenid device for arm64.
         return;
