@@ -237,7 +237,7 @@ pub mod __snapshot {
     /// What a restore found.
     pub enum Restore {
         /// The restored VM, running.
-        Running(Vm),
+        Running(Box<Vm>),
         /// No snapshot of this guest.
         Miss,
         /// A snapshot that cannot be used (removed), and why.
@@ -316,7 +316,7 @@ pub mod __snapshot {
             };
             let command = live_command(self.command.clone(), dir);
             LiveVm::restore(&self.qemu, &command, dir, &snapshot, Instant::now() + timeout)
-                .map(|vm| Restore::Running(Vm(vm)))
+                .map(|vm| Restore::Running(Box::new(Vm(vm))))
                 .map_err(|e| e.to_string())
         }
     }

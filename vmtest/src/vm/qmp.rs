@@ -14,7 +14,9 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+mod json;
+
+pub(crate) use json::Json;
 
 /// Longest message accepted from QEMU, in bytes.
 const MAX_LINE: usize = 1 << 20;
@@ -70,7 +72,7 @@ pub(crate) struct Event {
     /// `STOP`, `RESUME`, `MIGRATION`, ...
     pub name: String,
     /// The event's `data` (`Null` when it has none).
-    pub data: Value,
+    pub data: Json,
 }
 
 impl Event {
@@ -140,9 +142,9 @@ impl Qmp {
     pub fn execute(
         &mut self,
         command: &str,
-        arguments: Option<Value>,
+        arguments: Option<Json>,
         deadline: Instant,
-    ) -> Result<Value, QmpError> {
+    ) -> Result<Json, QmpError> {
         self.execute_with_fd(command, arguments, None, deadline)
     }
 
@@ -151,15 +153,15 @@ impl Qmp {
     pub fn execute_with_fd(
         &mut self,
         command: &str,
-        arguments: Option<Value>,
+        arguments: Option<Json>,
         fd: Option<BorrowedFd<'_>>,
         deadline: Instant,
-    ) -> Result<Value, QmpError> {
+    ) -> Result<Json, QmpError> {
         self.next_id += 1;
         let id = self.next_id;
-        let mut message = json!({ "execute": command, "id": id });
+        let mut message = Json::object([("execute", command.into()), ("id", id.into())]);
         if let Some(arguments) = arguments {
-            message["arguments"] = arguments;
+            message.set("arguments", arguments);
         }
         let mut line = message.to_string().into_bytes();
         line.push(b'\n');
@@ -248,7 +250,13 @@ impl Qmp {
         fd: BorrowedFd<'_>,
         deadline: Instant,
     ) -> Result<(), QmpError> {
-        self.execute_with_fd("getfd", Some(json!({ "fdname": name })), Some(fd), deadline).map(drop)
+        self.execute_with_fd(
+            "getfd",
+            Some(Json::object([("fdname", name.into())])),
+            Some(fd),
+            deadline,
+        )
+        .map(drop)
     }
 
     /// Turns on `MIGRATION` events and lifts the migration bandwidth limit (128 MiB/s by
@@ -256,12 +264,18 @@ impl Qmp {
     pub fn prepare_migration(&mut self, deadline: Instant) -> Result<(), QmpError> {
         self.execute(
             "migrate-set-capabilities",
-            Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
+            Some(Json::object([(
+                "capabilities",
+                Json::Array(vec![Json::object([
+                    ("capability", "events".into()),
+                    ("state", true.into()),
+                ])]),
+            )])),
             deadline,
         )?;
         self.execute(
             "migrate-set-parameters",
-            Some(json!({ "max-bandwidth": 1u64 << 40 })),
+            Some(Json::object([("max-bandwidth", (1u64 << 40).into())])),
             deadline,
         )
         .map(drop)
@@ -269,7 +283,12 @@ impl Qmp {
 
     /// `migrate` to the descriptor handed over as `fd_name` ([`Qmp::getfd`]).
     pub fn migrate_to_fd(&mut self, fd_name: &str, deadline: Instant) -> Result<(), QmpError> {
-        self.execute("migrate", Some(json!({ "uri": format!("fd:{fd_name}") })), deadline).map(drop)
+        self.execute(
+            "migrate",
+            Some(Json::object([("uri", format!("fd:{fd_name}").into())])),
+            deadline,
+        )
+        .map(drop)
     }
 
     /// `query-migrate`.
@@ -287,7 +306,7 @@ impl Qmp {
     }
 
     /// Reads the next JSON object, waiting until `deadline`.
-    fn read_message(&mut self, context: &str, deadline: Instant) -> Result<Value, QmpError> {
+    fn read_message(&mut self, context: &str, deadline: Instant) -> Result<Json, QmpError> {
         let started = Instant::now();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -308,8 +327,8 @@ impl Qmp {
                     if text.trim().is_empty() {
                         continue;
                     }
-                    return match serde_json::from_str::<Value>(text.trim()) {
-                        Ok(value @ Value::Object(_)) => Ok(value),
+                    return match Json::parse(text.trim()) {
+                        Ok(value @ Json::Object(_)) => Ok(value),
                         _ => Err(QmpError::Protocol {
                             context: context.into(),
                             what: format!("a line that is not a JSON object: {:?}", text.trim()),
@@ -338,15 +357,15 @@ impl Qmp {
 }
 
 /// An event message as an [`Event`].
-fn event(message: Value) -> Event {
+fn event(message: Json) -> Event {
     Event {
         name: message["event"].as_str().unwrap_or_default().to_owned(),
-        data: message.get("data").cloned().unwrap_or(Value::Null),
+        data: message.get("data").cloned().unwrap_or(Json::Null),
     }
 }
 
 /// A `query-migrate` answer as a [`MigrationStatus`].
-fn migration_status(info: &Value) -> MigrationStatus {
+fn migration_status(info: &Json) -> MigrationStatus {
     match info["status"].as_str().unwrap_or("none") {
         "completed" => MigrationStatus::Completed,
         "failed" | "cancelled" => MigrationStatus::Failed(
@@ -394,8 +413,8 @@ mod tests {
                 if reader.read_line(&mut line).unwrap() == 0 {
                     return;
                 }
-                let request: Value = serde_json::from_str(&line).unwrap();
-                assert_eq!(request["execute"], command, "{line}");
+                let request = Json::parse(line.trim()).unwrap();
+                assert_eq!(request["execute"].as_str(), Some(command), "{line}");
                 for answer in answers {
                     let answer = answer.replace("{id}", &request["id"].to_string());
                     theirs.write_all(answer.as_bytes()).unwrap();
@@ -442,7 +461,7 @@ mod tests {
         assert_eq!(refused.to_string(), "QEMU refused `migrate`: GenericError: no fd");
         // The STOP that came with `stop`'s answer was kept.
         let stop = qmp.wait_event("STOP", |e| e.name == "STOP", soon()).unwrap();
-        assert_eq!(stop.data, Value::Null);
+        assert_eq!(stop.data, Json::Null);
         let done = qmp
             .wait_event("the migration", |e| e.migration_status() == Some("completed"), soon())
             .unwrap();

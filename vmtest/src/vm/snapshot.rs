@@ -502,7 +502,8 @@ mod tests {
         }
         assert_eq!(key(&moved), base);
 
-        let changed: Vec<(&str, Box<dyn Fn(&mut QemuCommand)>)> = vec![
+        type Change = Box<dyn Fn(&mut QemuCommand)>;
+        let changed: Vec<(&str, Change)> = vec![
             ("memory", Box::new(|c| c.memory_mib = 512)),
             ("cpus", Box::new(|c| c.cpus = 2)),
             ("cmdline", Box::new(|c| c.cmdline = vec!["quiet".into()])),
@@ -552,7 +553,7 @@ mod tests {
         // Only the file itself is left: no temporary name.
         let names: Vec<_> =
             std::fs::read_dir(cache.dir()).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(names, [path.clone()]);
+        assert_eq!(names, std::slice::from_ref(&path));
         let Lookup::Hit(hit) = cache.lookup(&key) else { panic!("no hit") };
         assert_eq!(hit.len(), HEADER_LEN + 10);
         assert_eq!(hit.path(), path);
