@@ -71,7 +71,7 @@ fn read_message(port: &File) -> Result<HostMessage, String> {
 
 /// Sets the wall clock.
 fn set_clock(secs: i64, nanos: u32) -> Result<(), String> {
-    let time = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: nanos as libc::c_long };
+    let time = libc::timespec { tv_sec: secs as _, tv_nsec: nanos as _ };
     // SAFETY: `time` is a valid timespec that outlives the call.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &time) } != 0 {
         let e = std::io::Error::last_os_error();
