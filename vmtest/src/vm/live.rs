@@ -4,7 +4,7 @@
 //!
 //! The ordinary boot of a test run is `session.rs`; this is the primitive that a warm start
 //! will be built on. It has no modules port (a guest that asks for a module is told there is
-//! none).
+//! none), and its kernel console goes to a file in the VM's dir without `VMTEST_CONSOLE_LIMIT`.
 
 use std::fs::File;
 use std::io::{self, BufReader};
