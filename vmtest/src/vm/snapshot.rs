@@ -232,7 +232,7 @@ impl SnapshotCache {
         let path = self.path(key);
         let tmp = self.dir.join(format!(".{}.{}.partial", key.hex(), std::process::id()));
         let create = |p: &Path| File::options().read(true).write(true).create_new(true).open(p);
-        let (mut file, partial) = crate::vm::process::create_partial_with(&tmp, create)
+        let (mut file, partial) = crate::partial::create_partial_with(&tmp, create)
             .map_err(|e| crate::Error::io(format!("failed to create {}", tmp.display()), e))?;
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
         header.extend_from_slice(&MAGIC);
@@ -301,7 +301,7 @@ fn check_header(file: &mut File, key: &SnapshotKey) -> Result<u64, String> {
 /// A snapshot file being written.
 struct Pending {
     file: File,
-    partial: crate::vm::process::PartialFile,
+    partial: crate::partial::PartialFile,
     tmp: PathBuf,
     path: PathBuf,
 }
