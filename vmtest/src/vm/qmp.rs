@@ -477,7 +477,8 @@ mod tests {
         let started = Instant::now();
         let err = Qmp::handshake(ours, Instant::now() + Duration::from_millis(100)).err().unwrap();
         assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(5));
+        // Not a wait for a greeting that never comes (the margin is for a busy machine).
+        assert!(started.elapsed() < Duration::from_secs(60));
         assert!(err.to_string().starts_with("failed to read QEMU's QMP greeting"), "{err}");
     }
 
