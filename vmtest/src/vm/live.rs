@@ -7,7 +7,6 @@
 //! none), and its kernel console goes to a file in the VM's dir without `VMTEST_CONSOLE_LIMIT`.
 
 use std::fs::File;
-use std::io::{self, BufReader};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,18 +14,16 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::{
-    write_frame, FrameError, FrameReader, GuestMessage, HostMessage, Reader, VersionMismatch,
-    CONTROL_PORT, HOST_PORT, PROTOCOL_VERSION,
+    write_frame, FrameError, GuestMessage, HostMessage, Reader, VersionMismatch, CONTROL_PORT,
+    HOST_PORT, PROTOCOL_VERSION,
 };
 
 use crate::vm::process::QemuProcess;
 use crate::vm::qemu::{QemuCommand, SocketPort};
 use crate::vm::qmp::Qmp;
+use crate::vm::session::{accept_until, spawn_frame_reader};
 use crate::vm::snapshot::{self, Saved, SnapshotCache, SnapshotFile, SnapshotKey};
 use crate::Error;
-
-/// Frames read ahead of the caller.
-const FRAME_QUEUE: usize = 8;
 
 /// A running VM with a QMP monitor and a port in each direction.
 pub(crate) struct LiveVm {
@@ -105,7 +102,7 @@ impl LiveVm {
             .map_err(|e| Error::io("failed to start QEMU for a live VM", e))?;
         let mut streams = Vec::new();
         for (listener, path) in listeners.iter().zip(&sockets) {
-            match accept(listener, &mut qemu, deadline) {
+            match accept_until(listener, &mut qemu, deadline) {
                 Ok(stream) => streams.push(stream),
                 Err(problem) => {
                     let _ = qemu.kill();
@@ -225,51 +222,4 @@ fn listen(path: &Path) -> Result<UnixListener, Error> {
         .set_nonblocking(true)
         .map_err(|e| Error::io(format!("failed to make {} non-blocking", path.display()), e))?;
     Ok(listener)
-}
-
-/// Waits for QEMU to connect to `listener`.
-fn accept(
-    listener: &UnixListener,
-    process: &mut QemuProcess,
-    deadline: Instant,
-) -> Result<UnixStream, String> {
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream
-                    .set_nonblocking(false)
-                    .map_err(|e| format!("failed to configure a socket: {e}"))?;
-                return Ok(stream);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("failed to accept QEMU's connection: {e}")),
-        }
-        if let Ok(Some(status)) = process.try_wait() {
-            return Err(format!("QEMU exited at start-up ({status})"));
-        }
-        if Instant::now() >= deadline {
-            return Err("QEMU did not connect to its socket in time".to_owned());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn spawn_frame_reader(stream: UnixStream) -> mpsc::Receiver<Result<GuestMessage, FrameError>> {
-    let (sender, receiver) = mpsc::sync_channel(FRAME_QUEUE);
-    std::thread::spawn(move || {
-        let mut reader = FrameReader::new(BufReader::new(stream));
-        loop {
-            let next = reader.next_frame::<GuestMessage>();
-            let end = !matches!(next, Ok(Some(_)));
-            let sent = match next {
-                Ok(Some(message)) => sender.send(Ok(message)),
-                Ok(None) => return,
-                Err(e) => sender.send(Err(e)),
-            };
-            if end || sent.is_err() {
-                return;
-            }
-        }
-    });
-    receiver
 }

@@ -292,7 +292,7 @@ fn drive(
 }
 
 /// Waits for QEMU to connect to a port's socket.
-fn accept_until(
+pub(crate) fn accept_until(
     listener: &UnixListener,
     process: &mut QemuProcess,
     deadline: Instant,
@@ -318,7 +318,11 @@ fn accept_until(
     }
 }
 
-fn spawn_frame_reader(stream: UnixStream) -> mpsc::Receiver<Result<GuestMessage, FrameError>> {
+/// Reads the control port's frames on a thread of its own, into a bounded queue (the guest
+/// waits when the host is behind); ends after the first error or the end of the stream.
+pub(crate) fn spawn_frame_reader(
+    stream: UnixStream,
+) -> mpsc::Receiver<Result<GuestMessage, FrameError>> {
     let (sender, receiver) = mpsc::sync_channel(FRAME_QUEUE);
     std::thread::spawn(move || {
         let mut reader = FrameReader::new(io::BufReader::with_capacity(1 << 20, stream));

@@ -89,28 +89,8 @@ fn a_module_built_for_another_kernel_is_refused_naming_both_kernels() {
 fn the_modules_warn_path_reports_to_the_kernel_log() {
     load_module(module_for(&running_release()), "warn_on_ioctl=1").unwrap();
     assert_eq!(add(1), 2);
-    let log = kernel_log();
-    assert!(log.contains("kst_chardev: deliberate warning, value 1"), "{log}");
-    assert!(log.contains("WARNING:"), "{log}");
+    let log = crate::modprobe::kernel_log_lines("kst_chardev");
+    assert!(log.iter().any(|l| l.contains("kst_chardev: deliberate warning, value 1")), "{log:?}");
+    assert!(log.iter().any(|l| l.starts_with("WARNING:")), "{log:?}");
     unload_module("kst_chardev").unwrap();
-}
-
-/// The kernel log as `dmesg` shows it (every record, without blocking).
-fn kernel_log() -> String {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut kmsg = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")
-        .unwrap();
-    let mut log = String::new();
-    let mut record = vec![0u8; 8192];
-    loop {
-        match kmsg.read(&mut record) {
-            Ok(n) => log.push_str(&String::from_utf8_lossy(&record[..n])),
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-            Err(_) => return log,
-        }
-    }
 }

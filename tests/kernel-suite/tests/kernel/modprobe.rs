@@ -21,7 +21,7 @@ fn loaded(module: &str) -> bool {
 }
 
 /// The kernel log's records that mention `needle` (`/dev/kmsg`, message text only).
-fn kernel_log_lines(needle: &str) -> Vec<String> {
+pub(crate) fn kernel_log_lines(needle: &str) -> Vec<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut kmsg = std::fs::OpenOptions::new()
