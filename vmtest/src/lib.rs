@@ -140,7 +140,7 @@ pub mod __fuzz {
     /// Reads `path` as a test binary (its ELF header, its tests, its loader's view) and as a
     /// busybox (its applet tables, as `VMTEST_USERLAND=<path>` reads them).
     pub fn binary_file(path: &Path) {
-        let _ = crate::host::harness::TestBinary::read(path);
+        let _ = crate::host::binary::TestBinary::read(path);
         let _ = crate::image::elf::read_elf(path);
         if let Ok(bytes) = std::fs::read(path) {
             let _ = crate::userland::applets::read(&bytes);

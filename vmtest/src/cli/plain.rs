@@ -10,7 +10,7 @@ use std::time::Duration;
 use vmtest_init::protocol::{self, GuestMessage, Outcome, PlannedTest, Stream};
 
 use crate::cli::init_build::{self, INIT_ENV};
-use crate::host::harness::elf_arch;
+use crate::host::binary::elf_arch;
 use crate::host::harness::BOOT_TIMEOUT;
 use crate::image::guest_image::{Base, GuestImage, Payload};
 use crate::userland::GuestUserland;

@@ -14,7 +14,8 @@ use std::process::{Command, ExitCode};
 
 use crate::arch::Arch;
 pub use crate::cli::target::{ensure_target, TargetError};
-use crate::host::harness::{self, TestBinary};
+use crate::host::binary::TestBinary;
+use crate::host::harness;
 
 /// `run <binary> [libtest args]`: runs the binary's tests in VMs; returns its exit code.
 pub fn run(binary: &Path, args: &[String]) -> ExitCode {

@@ -15,16 +15,10 @@ use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::Stream;
 
-use crate::host::harness::{Note, Verdict};
-use crate::host::report::{Event, Outcome, Reporter, Settings, TestInfo, SLOW_TEST_WARNING};
-
-/// A selected test, by its position in name order (its id).
-pub(crate) struct Test {
-    /// How the reporter names it.
-    pub info: TestInfo,
-    /// `Some(reason)`: reported ignored without running.
-    pub not_run: Option<Option<String>>,
-}
+use crate::host::note::Note;
+use crate::host::plan::{Action, Selected};
+use crate::host::report::{Event, Outcome, Reporter, Settings, SLOW_TEST_WARNING};
+use crate::host::verdict::Verdict;
 
 /// Writes `text` to stdout at once. A closed stdout (`cargo test | head`) panics, as `print!`
 /// does, which stops the run and its VMs.
@@ -38,7 +32,8 @@ pub(crate) fn print(text: &[u8]) {
 /// A run being reported.
 pub(crate) struct Live<'a> {
     reporter: Reporter,
-    tests: &'a [Test],
+    /// The selected tests, in name order; a test's id is its position.
+    tests: &'a [Selected],
     /// One test thread: tests are named when they start.
     serial: bool,
     /// Per test: when it started.
@@ -55,7 +50,11 @@ pub(crate) struct Live<'a> {
 
 impl<'a> Live<'a> {
     /// Starts reporting a run of `tests` (in name order; ids are positions).
-    pub(crate) fn start(settings: Settings, tests: &'a [Test], filtered_out: usize) -> Live<'a> {
+    pub(crate) fn start(
+        settings: Settings,
+        tests: &'a [Selected],
+        filtered_out: usize,
+    ) -> Live<'a> {
         let mut live = Live {
             reporter: Reporter::new(settings),
             tests,
@@ -84,7 +83,8 @@ impl<'a> Live<'a> {
     fn report_not_run_before(&mut self, end: usize) {
         let tests = self.tests;
         for (index, test) in tests.iter().enumerate().take(end).skip(self.cursor) {
-            if let (Some(reason), false) = (&test.not_run, self.finished[index]) {
+            if let (Action::ReportIgnored { reason }, false) = (&test.action, self.finished[index])
+            {
                 self.finished[index] = true;
                 self.tell(Event::Started(&test.info));
                 let outcome = Outcome::Ignored { reason: reason.clone() };
@@ -112,11 +112,15 @@ impl<'a> Live<'a> {
         self.started(index);
         self.finished[index] = true;
         let test = &self.tests[index].info;
-        self.tell(Event::Finished { test, outcome: &verdict.outcome, output: &verdict.output });
+        let outcome = verdict.outcome();
+        self.tell(Event::Finished { test, outcome: &outcome, output: verdict.output() });
     }
 
     fn all_finished(&self) -> bool {
-        self.tests.iter().zip(&self.finished).all(|(test, &done)| done || test.not_run.is_some())
+        self.tests
+            .iter()
+            .zip(&self.finished)
+            .all(|(test, &done)| done || test.action != Action::Run)
     }
 
     fn warn_slow(&mut self) {
@@ -152,6 +156,7 @@ impl<'a> Live<'a> {
                     }
                 }
                 Ok(Note::Finished(id, verdict)) => self.finished(id as usize, &verdict),
+                Ok(Note::Stderr(line)) => eprintln!("{line}"),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -165,18 +170,23 @@ impl<'a> Live<'a> {
     /// the summary. Returns whether a test failed.
     pub(crate) fn finish(mut self) -> bool {
         for index in 0..self.tests.len() {
-            if self.tests[index].not_run.is_none() && !self.finished[index] {
-                let verdict = Verdict {
-                    outcome: Outcome::Failed { message: None },
-                    output: b"the guest did not report this test\n".to_vec(),
-                    explained: true,
-                };
-                self.finished(index, &verdict);
+            if self.tests[index].action == Action::Run && !self.finished[index] {
+                self.finished(index, &Verdict::unreported());
             }
         }
         self.report_not_run_before(self.tests.len());
         let elapsed = self.start.elapsed();
         self.tell(Event::RunFinished { elapsed });
         self.reporter.failed()
+    }
+}
+
+/// After the summary, until the VM threads are gone: prints the lines for stderr they still
+/// send (a guest that logs after its last test); the rest comes too late to report.
+pub(crate) fn print_late_lines(notes: Receiver<Note>) {
+    for note in notes {
+        if let Note::Stderr(line) = note {
+            eprintln!("{line}");
+        }
     }
 }
