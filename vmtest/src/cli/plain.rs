@@ -11,7 +11,7 @@ use vmtest_init::protocol::{self, GuestMessage, Outcome, PlannedTest, Stream};
 
 use crate::cli::init_build::{self, INIT_ENV};
 use crate::host::binary::elf_arch;
-use crate::host::harness::BOOT_TIMEOUT;
+use crate::host::group::BOOT_TIMEOUT;
 use crate::image::guest_image::{Base, GuestImage, Payload};
 use crate::userland::GuestUserland;
 use crate::vm::accel;
@@ -92,7 +92,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         arch,
         accel: accel.accel,
         kernel: accel.accel.boot_image(&kernel),
-        memory_mib: crate::host::harness::default_memory_mib(size),
+        memory_mib: crate::host::group::default_memory_mib(size),
         cpus: crate::vm::qemu::profile(arch).default_cpus,
         cmdline: Vec::new(),
         boot_timeout: BOOT_TIMEOUT.mul_f64(scale),

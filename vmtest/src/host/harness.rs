@@ -3,55 +3,38 @@
 //! [`run`] plans the run ([`crate::host::plan`]: the selected test instances, grouped by VM
 //! configuration), finds what the groups need before anything boots, and starts worker threads
 //! (as many as `--test-threads`, within the host's memory, see [`crate::host::slots`]) that boot
-//! one VM per group, in the order of the groups' first tests; each VM runs its group's tests one
-//! after another. VM threads send [`Note`]s (a test started, printed live, finished with a
-//! [`Verdict`]); the main thread turns them into [`report::Event`]s in libtest's order (see
-//! [`crate::host::progress`]) and prints what the [`report::Reporter`] makes of them.
+//! one VM per group ([`crate::host::group`]), in the order of the groups' first tests; each VM
+//! runs its group's tests one after another. VM threads send
+//! [`Note`](crate::host::note::Note)s (a test started, printed live, finished with a
+//! [`Verdict`](crate::host::verdict::Verdict)); the main thread turns them into
+//! [`report::Event`]s in libtest's order (see [`crate::host::progress`]) and prints what the
+//! [`report::Reporter`] makes of them.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::ops::Deref;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use vmtest_init::protocol::{self, GuestMessage, PlannedTest, Stream};
+use vmtest_init::protocol;
 
-use crate::arch::Arch;
-use crate::guest::child::FailureNote;
 use crate::host::args::{self, Options, Parsed};
 use crate::host::binary::TestBinary;
 use crate::host::files;
+use crate::host::group::{Group, RunContext, RunSettings};
 use crate::host::logdir::LogDir;
-use crate::host::note::Note;
-use crate::host::plan::{self, GroupKey, Selected};
+use crate::host::plan::{self, Selected};
 use crate::host::progress;
 use crate::host::report::{self, TestInfo, TestType};
 use crate::host::slots::VmSlots;
-use crate::host::verdict::{Report, Verdict};
-use crate::image::guest_image::{Base, GuestImage, Payload};
 use crate::image::{fixtures, guest_env};
-use crate::kernel::{self, Kernel, ModuleFile, ModuleProvider};
+use crate::kernel::{self, Kernel, ModuleProvider};
 use crate::userland::GuestUserland;
-use crate::vm::accel::{self, AccelChoice};
-use crate::vm::session::{self, VmSpec};
+use crate::vm::accel;
+use crate::vm::session;
 use crate::Error;
 
-/// Time for a kernel to reach the harness, before scaling.
-pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Extra time the host grants beyond a test's own timeout (and [`SEND_TIME`]) before it gives
-/// up on the guest; also the longest silence between two tests. Before scaling.
-const HOST_GRACE: Duration = Duration::from_secs(30);
-/// How long after a test ended the guest may spend sending its files, before scaling.
-const SEND_TIME: Duration = Duration::from_secs(30);
 /// Notes the VM threads may queue for the main thread before they wait: the main thread
 /// writes output to a terminal or a pipe that may stop taking it (`--nocapture | less`).
 const NOTE_QUEUE: usize = 32;
-/// Guest memory on top of what the initramfs needs.
-const BASE_MEMORY_MIB: u64 = 256;
-/// Environment variable that carries a test's shown name (`test[kernel]`) into the guest.
-const INSTANCE_ENV: &str = "VMTEST_TEST_INSTANCE";
 /// libtest's exit code when a test failed or the command line is wrong.
 const FAILED: i32 = 101;
 
@@ -165,171 +148,6 @@ pub(crate) fn run(binary: &TestBinary, options: &Options) -> i32 {
     }
 }
 
-/// A test of a group as it runs: its plan, and whether it has its verdict yet (the first
-/// verdict wins).
-struct Member {
-    plan: plan::Member,
-    reported: AtomicBool,
-}
-
-impl Deref for Member {
-    type Target = plan::Member;
-
-    fn deref(&self) -> &plan::Member {
-        &self.plan
-    }
-}
-
-impl Member {
-    fn is_reported(&self) -> bool {
-        self.reported.load(Ordering::SeqCst)
-    }
-
-    /// Sends the test's verdict, unless it has one already.
-    fn finish(&self, notes: &SyncSender<Note>, verdict: Verdict) {
-        if !self.reported.swap(true, Ordering::SeqCst) {
-            let _ = notes.send(Note::Finished(self.id, verdict));
-        }
-    }
-}
-
-/// Tests that share one VM boot.
-struct Group {
-    index: usize,
-    key: GroupKey,
-    kernel: Kernel,
-    /// Drivers the harness needs that the kernel does not build in, in load order.
-    harness_modules: Vec<ModuleFile>,
-    /// The tests' `modules` and their dependencies, in load order.
-    test_modules: Vec<ModuleFile>,
-    /// Answers the guest's `modprobe`; shared by every group of the same kernel.
-    modules: Arc<ModuleProvider>,
-    members: Vec<Member>,
-}
-
-/// Settings shared by every group of a run.
-struct RunContext {
-    exe: PathBuf,
-    arch: Arch,
-    accel: AccelChoice,
-    /// TCG after KVM, chosen automatically, failed to boot a guest.
-    fallback: OnceLock<AccelChoice>,
-    capture: bool,
-    /// Where this run's console logs go; see [`LogDir`].
-    log_dir: LogDir,
-    /// Where the tests' LLVM profiles go: the directory of the host's `LLVM_PROFILE_FILE`,
-    /// when it is set (`cargo llvm-cov`, PGO).
-    profile_dir: Option<PathBuf>,
-    /// Most bytes of kernel console kept per VM.
-    console_limit: u64,
-    /// What the run accepts of the guests' files.
-    file_limits: files::Limits,
-    /// Bytes of the guests' files received so far, by every VM of the run.
-    file_bytes: AtomicU64,
-    /// The tests' working directory in the guest.
-    cwd: String,
-    vms: VmSlots,
-    /// The directory tree and tools every guest of the run gets beneath its own files.
-    userland: GuestUserland,
-    /// Threads of the VMs started so far.
-    vm_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-}
-
-impl RunContext {
-    /// The accelerator for the next boot.
-    fn accel(&self) -> &AccelChoice {
-        self.fallback.get().unwrap_or(&self.accel)
-    }
-
-    /// Switches the rest of the run to TCG after KVM failed, with one warning line.
-    fn fall_back_to_tcg(&self, why: &str, notes: &SyncSender<Note>) -> Result<(), Error> {
-        let tcg = self.accel.fallen_back(why)?;
-        let scale = tcg.timeout_scale;
-        if self.fallback.set(tcg).is_ok() {
-            let _ = notes.send(Note::Stderr(format!(
-                "vmtest: warning: KVM failed to boot the guest; using TCG for the rest of this run, \
-                 timeouts scaled x{scale} (set VMTEST_ACCEL=tcg to skip KVM)"
-            )));
-        }
-        Ok(())
-    }
-
-    /// `<log dir>/artifacts/<test name>/`: where a test's artifacts go.
-    fn artifact_dir(&self, member: &Member) -> PathBuf {
-        self.log_dir.artifact_dir(&member.name)
-    }
-
-    /// `verdict`, told about the test's files: where its artifacts are, and which files were
-    /// rejected. Where the artifacts are goes into a failure that vmtest explains anyway, and
-    /// to stderr otherwise, so that an ordinary result reads exactly as libtest's.
-    fn with_files(
-        &self,
-        member: &Member,
-        mut verdict: Verdict,
-        files: &files::Received,
-        notes: &SyncSender<Note>,
-    ) -> Verdict {
-        for problem in &files.problems {
-            let _ = notes.send(Note::Stderr(format!(
-                "vmtest: warning: {}: a file from the guest: {problem}",
-                member.name
-            )));
-        }
-        let dir = self.artifact_dir(member);
-        let artifacts: Vec<String> = files
-            .written
-            .iter()
-            .filter_map(|path| path.strip_prefix(&dir).ok())
-            .map(|path| path.display().to_string())
-            .collect();
-        if artifacts.is_empty() {
-            return verdict;
-        }
-        let note = format!("artifacts in {}: {}", dir.display(), artifacts.join(", "));
-        match &mut verdict {
-            Verdict::Explained { output, .. } => {
-                output.extend_from_slice(format!("{note}\n").as_bytes())
-            }
-            Verdict::Own { .. } => {
-                let _ = notes.send(Note::Stderr(format!("vmtest: {}: {note}", member.name)));
-            }
-        }
-        verdict
-    }
-
-    /// Starts `threads` workers (at most one per group) that boot the groups' VMs in order.
-    fn start_workers(
-        self: &Arc<Self>,
-        groups: &[Arc<Group>],
-        threads: usize,
-        notes: &SyncSender<Note>,
-    ) {
-        let queue: Arc<Mutex<VecDeque<Arc<Group>>>> =
-            Arc::new(Mutex::new(groups.iter().cloned().collect()));
-        let mut handles = self.vm_threads.lock().unwrap_or_else(|e| e.into_inner());
-        for worker in 0..threads.min(groups.len()) {
-            let (context, queue, notes) = (Arc::clone(self), Arc::clone(&queue), notes.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("{}{worker}", crate::vm::process::VM_THREAD_PREFIX))
-                .spawn(move || loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                    let Some(group) = next else { break };
-                    group.run(&context, &notes);
-                })
-                .expect("failed to spawn a VM thread");
-            handles.push(thread);
-        }
-    }
-
-    fn join_vms(&self) {
-        let threads =
-            std::mem::take(&mut *self.vm_threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for thread in threads {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// A run's context and its groups, in the order their VMs boot; `None` when nothing runs.
 type Prepared = Option<(Arc<RunContext>, Vec<Arc<Group>>)>;
 
@@ -374,33 +192,16 @@ fn prepare(
     let mut providers: BTreeMap<PathBuf, Arc<ModuleProvider>> = BTreeMap::new();
     for planned in plan::groups(selected, &images, dirs) {
         let kernel = kernels[&planned.kernel].clone();
-        // Resolve modules now, so an unknown name is a setup error, not a boot failure.
-        let harness_modules = kernel.harness_modules()?;
-        let wanted: Vec<&str> = planned.key.modules.iter().map(String::as_str).collect();
-        let test_modules = kernel.module_closure(&wanted)?;
         let modules = Arc::clone(
             providers
                 .entry(kernel.image.clone())
                 .or_insert_with(|| Arc::new(kernel.module_provider())),
         );
-        let members = planned
-            .members
-            .into_iter()
-            .map(|plan| Member { plan, reported: AtomicBool::new(false) })
-            .collect();
-        ordered.push(Arc::new(Group {
-            index: planned.index,
-            key: planned.key,
-            kernel,
-            harness_modules,
-            test_modules,
-            modules,
-            members,
-        }));
+        ordered.push(Arc::new(Group::new(planned, kernel, modules)?));
     }
     // Last of the setup: it may fetch, which a setup error should not wait for.
     let userland = GuestUserland::for_run(arch)?;
-    let context = Arc::new(RunContext {
+    let context = Arc::new(RunContext::new(RunSettings {
         exe: binary.path.clone(),
         arch,
         capture: !options.nocapture,
@@ -408,25 +209,13 @@ fn prepare(
         profile_dir: profile_dir(),
         file_limits: files::Limits::from_env()?,
         console_limit: session::console_limit()?,
-        file_bytes: AtomicU64::new(0),
         cwd,
         vms: VmSlots::for_host(threads),
         accel,
-        fallback: OnceLock::new(),
         userland,
-        vm_threads: Mutex::new(Vec::new()),
-    });
+    }));
     Ok(Some((context, ordered)))
 }
-
-/// Guest memory when a test does not say: a base, plus twice the initramfs (the archive and
-/// the files unpacked from it).
-pub(crate) fn default_memory_mib(initramfs_bytes: u64) -> u64 {
-    BASE_MEMORY_MIB + 2 * initramfs_bytes.div_ceil(1 << 20)
-}
-
-/// Counts VM boots of this process, to name their profiles apart.
-static BOOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The directory of the host's `LLVM_PROFILE_FILE` pattern, if it is set.
 fn profile_dir() -> Option<PathBuf> {
@@ -434,350 +223,4 @@ fn profile_dir() -> Option<PathBuf> {
     let dir = pattern.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     Some(dir)
-}
-
-/// How one boot of a group's VM ended.
-#[derive(Debug)]
-enum BootEnd {
-    /// The guest ran to its end; a test it did not report fails as such.
-    Ended,
-    /// The VM could not run the tests still pending: why, with the console's last lines.
-    Failed(String),
-}
-
-/// How long the host waits for the guest's next message: until the running test's deadline,
-/// or, between tests, for a gap. A test's deadline is fixed when it starts (its timeout, the
-/// gap, the time for sending its files), so that no message (a file chunk, live output)
-/// extends it; only the time the host itself made the guest wait (the main thread not taking
-/// notes) moves it.
-#[derive(Debug)]
-struct Deadline {
-    /// The running test's deadline.
-    test: Option<Instant>,
-    /// The longest silence between tests; also part of each test's time.
-    gap: Duration,
-}
-
-impl Deadline {
-    fn new(gap: Duration) -> Deadline {
-        Deadline { test: None, gap }
-    }
-
-    /// A test started that may take `time` (its timeout and the sending of its files) beyond
-    /// the gap; `None` when the test is not one the host knows.
-    fn start(&mut self, time: Option<Duration>) {
-        self.test = time.map(|time| Instant::now() + time + self.gap);
-    }
-
-    /// The test ended.
-    fn end(&mut self) {
-        self.test = None;
-    }
-
-    /// How long the host waits for the next message.
-    fn left(&self) -> Duration {
-        self.test.map_or(self.gap, |d| d.saturating_duration_since(Instant::now()))
-    }
-
-    /// Sends `note`, moving the running test's deadline by the time the send waited for the
-    /// main thread.
-    fn send(&mut self, notes: &SyncSender<Note>, note: Note) {
-        let started = Instant::now();
-        let _ = notes.send(note);
-        if let Some(deadline) = &mut self.test {
-            *deadline += started.elapsed();
-        }
-    }
-}
-
-impl Group {
-    /// Boots VMs until every test has a verdict: when a VM dies (a kernel panic, a crash), the
-    /// test that was running fails and the tests after it run in a fresh VM.
-    fn run(&self, context: &RunContext, notes: &SyncSender<Note>) {
-        let mut end = BootEnd::Ended;
-        for attempt in 0.. {
-            let pending: Vec<&Member> = self.members.iter().filter(|m| !m.is_reported()).collect();
-            if pending.is_empty() {
-                break;
-            }
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.boot(context, &pending, attempt, notes)
-            }));
-            end = match outcome {
-                Ok(Ok(end)) => end,
-                Ok(Err(e)) => BootEnd::Failed(e.to_string()),
-                Err(_) => BootEnd::Failed("the harness panicked while running this VM".to_owned()),
-            };
-            let progressed = pending.iter().any(|m| m.is_reported());
-            if matches!(end, BootEnd::Ended) || !progressed {
-                break;
-            }
-        }
-        let verdict = match &end {
-            BootEnd::Failed(problem) => Verdict::not_run(problem),
-            BootEnd::Ended => Verdict::unreported(),
-        };
-        for member in &self.members {
-            member.finish(notes, verdict.clone());
-        }
-    }
-
-    /// The guest memory of this group's VM: the test's `memory`, or the default sizing from the
-    /// initramfs actually written (fixtures, libraries and userland included).
-    fn memory_mib(&self, initramfs_bytes: u64) -> u64 {
-        self.key.memory_mib.unwrap_or_else(|| default_memory_mib(initramfs_bytes))
-    }
-
-    fn console_log(&self, context: &RunContext, attempt: u32) -> PathBuf {
-        let kernel: String = self
-            .kernel
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
-            .collect();
-        let retry = if attempt == 0 { String::new() } else { format!("-retry{attempt}") };
-        context.log_dir.path.join(format!("vm{}{retry}-{kernel}.console.log", self.index))
-    }
-
-    /// Boots the VM and runs the group's tests.
-    fn boot(
-        &self,
-        context: &RunContext,
-        pending: &[&Member],
-        attempt: u32,
-        notes: &SyncSender<Note>,
-    ) -> Result<BootEnd, Error> {
-        let workdir = crate::vm::process::vm_workdir()?;
-        let initrd = workdir.path().join("initrd.cpio");
-        let size = self.write_initramfs(context, pending, &initrd)?;
-        let memory_mib = self.memory_mib(size);
-        // Counted against the host's memory with the size the VM really gets.
-        let permit = context.vms.acquire(memory_mib);
-        let accel = context.accel();
-        let scale = accel.timeout_scale;
-        let spec = VmSpec {
-            arch: context.arch,
-            accel: accel.accel,
-            kernel: accel.accel.boot_image(&self.kernel),
-            memory_mib,
-            cpus: self.key.cpus.unwrap_or(crate::vm::qemu::profile(context.arch).default_cpus),
-            cmdline: self
-                .key
-                .cmdline
-                .as_deref()
-                .map(|c| c.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default(),
-            boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
-            console_limit: context.console_limit,
-            modules: Arc::clone(&self.modules),
-        };
-        let console_log = self.console_log(context, attempt);
-        let mut running: Option<&Member> = None;
-        let mut kernel_log = Vec::new();
-        let by_id: BTreeMap<u32, &Member> = pending.iter().map(|m| (m.id, *m)).collect();
-        for member in pending {
-            // This run's artifacts replace the last run's.
-            let _ = std::fs::remove_dir_all(context.artifact_dir(member));
-        }
-        let serial = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let route = |id: u32, kind: files::Kind, relative: &Path| match kind {
-            files::Kind::Artifact => by_id.get(&id).map(|m| context.artifact_dir(m).join(relative)),
-            // Named so that profiles of different runs, VMs and tests never collide; the
-            // `.profraw` the guest gave them is kept (cargo-llvm-cov collects `*.profraw`).
-            files::Kind::Profile => context.profile_dir.as_ref().map(|dir| {
-                dir.join(format!(
-                    "vmtest-{}-{serial}-{id}-{}",
-                    std::process::id(),
-                    relative.display()
-                ))
-            }),
-        };
-        let mut received =
-            files::Receiver::new(Box::new(route), context.file_limits, &context.file_bytes);
-        // The live stderr of the running test, less the failure note it may end with.
-        let mut live_note = FailureNote::default();
-        let send_time = SEND_TIME.mul_f64(scale);
-        let mut deadline = Deadline::new(HOST_GRACE.mul_f64(scale));
-        let end = session::run(&spec, workdir.path(), &initrd, &console_log, |message| {
-            match message {
-                GuestMessage::TestStarted { id } => {
-                    running = by_id.get(&id).copied();
-                    live_note = FailureNote::default();
-                    deadline.start(running.map(|m| m.timeout.mul_f64(scale) + send_time));
-                    deadline.send(notes, Note::Started(id));
-                }
-                GuestMessage::KernelLog { id, bytes } if running.is_some_and(|m| m.id == id) => {
-                    kernel_log = bytes;
-                }
-                GuestMessage::FileChunk { name, offset, data, last } => {
-                    // The test running on this VM owns the file, whatever the guest might claim.
-                    received.chunk(running.map(|m| m.id), &name, offset, &data, last);
-                    for stray in received.take_strays() {
-                        let line = format!("vmtest: warning: a file from the guest: {stray}");
-                        deadline.send(notes, Note::Stderr(line));
-                    }
-                }
-                GuestMessage::FilesHeldBack { why, name, files, bytes } => {
-                    received.held_back(running.map(|m| m.id), why, &name, files, bytes);
-                    for stray in received.take_strays() {
-                        let line = format!("vmtest: warning: a file from the guest: {stray}");
-                        deadline.send(notes, Note::Stderr(line));
-                    }
-                }
-                GuestMessage::TestFinished { id, outcome, duration_ms: _, output } => {
-                    let files = received.finish(id);
-                    let (rest, live_message) = std::mem::take(&mut live_note).finish();
-                    if !rest.is_empty() {
-                        let _ = notes.send(Note::Output { stream: Stream::Stderr, bytes: rest });
-                    }
-                    if let Some(member) = by_id.get(&id) {
-                        let (output, message) = FailureNote::split(&output);
-                        let report = Report {
-                            outcome: &outcome,
-                            output: &output,
-                            message: message.or(live_message),
-                            kernel_log: &kernel_log,
-                        };
-                        let verdict = report.verdict(member.allow_kernel_warnings, &console_log);
-                        member.finish(notes, context.with_files(member, verdict, &files, notes));
-                    }
-                    kernel_log.clear();
-                    running = None;
-                    deadline.end();
-                }
-                GuestMessage::Output { stream, bytes, .. } => {
-                    let bytes = match stream {
-                        Stream::Stdout => bytes,
-                        Stream::Stderr => live_note.feed(&bytes),
-                    };
-                    if !bytes.is_empty() {
-                        deadline.send(notes, Note::Output { stream, bytes });
-                    }
-                }
-                GuestMessage::Log(line) => {
-                    deadline.send(notes, Note::Stderr(format!("vmtest: guest: {line}")));
-                }
-                _ => {}
-            }
-            deadline.left()
-        })?;
-        let Some(mut problem) = end.problem else { return Ok(BootEnd::Ended) };
-        if end.kvm_failed && accel.may_fall_back {
-            context.fall_back_to_tcg(&problem, notes)?;
-            drop(permit);
-            return self.boot(context, pending, attempt, notes);
-        }
-        if end.kvm_failed {
-            problem.push_str(
-                "\nKVM failed while forced by VMTEST_ACCEL=kvm; unset it to fall back to TCG",
-            );
-        }
-        let report = format!(
-            "{problem}\nkernel console ({}), last lines:\n{}",
-            console_log.display(),
-            end.console_tail
-        );
-        if let Some(member) = running {
-            member.finish(notes, Verdict::vm_failed(&report));
-        }
-        let unfinished = pending.iter().filter(|m| !m.is_reported()).count();
-        Ok(if unfinished > 0 { BootEnd::Failed(report) } else { BootEnd::Ended })
-    }
-
-    fn write_initramfs(
-        &self,
-        context: &RunContext,
-        pending: &[&Member],
-        path: &std::path::Path,
-    ) -> Result<u64, Error> {
-        let mut base = Base::new(&context.exe, context.userland.clone())?;
-        for module in &self.harness_modules {
-            base.add_module(module)?;
-        }
-        let mut payload = Payload::new(&context.cwd);
-        for file in pending.iter().flat_map(|m| m.files.iter()) {
-            payload.add_fixture(file)?;
-        }
-        let everyone: Vec<u32> = pending.iter().map(|m| m.id).collect();
-        for module in &self.test_modules {
-            payload.add_module(module, everyone.clone())?;
-        }
-        for member in pending {
-            payload.add_test(self.planned(member, context));
-        }
-        let run_bytes_left = context
-            .file_limits
-            .run_bytes
-            .saturating_sub(context.file_bytes.load(Ordering::Relaxed));
-        let send_ms = SEND_TIME.mul_f64(context.accel().timeout_scale).as_millis();
-        payload.set_file_limits(
-            context
-                .file_limits
-                .for_guest(run_bytes_left, u64::try_from(send_ms).unwrap_or(u64::MAX)),
-        );
-        GuestImage { base, payload }.write(path)
-    }
-
-    fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
-        let listed: Vec<&str> = member.env.iter().map(String::as_str).collect();
-        let mut env = guest_env::test_env(std::env::vars_os(), &listed);
-        env.retain(|(name, _)| name != protocol::TEST_ENV && name != INSTANCE_ENV);
-        env.push((protocol::TEST_ENV.to_owned(), member.base_name.clone()));
-        // The name libtest shows, with the kernel suffix of a matrix instance.
-        env.push((INSTANCE_ENV.to_owned(), member.name.clone()));
-        PlannedTest {
-            id: member.id,
-            name: member.name.clone(),
-            program: "/init".to_owned(),
-            args: vec![],
-            env,
-            cwd: context.cwd.clone(),
-            timeout_ms: u64::try_from(
-                member.timeout.mul_f64(context.accel().timeout_scale).as_millis(),
-            )
-            .unwrap_or(u64::MAX),
-            capture: context.capture,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::mpsc;
-
-    use super::*;
-
-    #[test]
-    fn between_tests_the_guest_has_the_gap() {
-        let mut deadline = Deadline::new(Duration::from_secs(30));
-        assert_eq!(deadline.left(), Duration::from_secs(30));
-        deadline.start(Some(Duration::from_secs(100)));
-        let left = deadline.left();
-        assert!(left > Duration::from_secs(129) && left <= Duration::from_secs(130), "{left:?}");
-        deadline.end();
-        assert_eq!(deadline.left(), Duration::from_secs(30));
-        // A test the host does not know gets the gap alone.
-        deadline.start(None);
-        assert_eq!(deadline.left(), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn only_the_hosts_own_waiting_moves_a_tests_deadline() {
-        let mut deadline = Deadline::new(Duration::ZERO);
-        deadline.start(Some(Duration::from_secs(10)));
-        let (notes, received) = mpsc::sync_channel(0);
-        let reader = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            received.recv().unwrap();
-        });
-        let before = deadline.left();
-        deadline.send(&notes, Note::Started(0));
-        reader.join().unwrap();
-        // The send waited about 300 ms for the reader: the deadline moved by as much.
-        assert!(deadline.left() + Duration::from_millis(100) >= before, "{:?}", deadline.left());
-        // Time passing otherwise does not move it.
-        let before = deadline.left();
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(deadline.left() + Duration::from_millis(150) <= before);
-    }
 }

@@ -1,13 +1,14 @@
 //! The harness on the host: libtest's command line ([`args`]), the test binary and its tests
-//! ([`binary`]), the plan of a run ([`plan`]), the engine that boots VM groups ([`harness`])
-//! within the host's means ([`slots`]) and saves their logs ([`logdir`]), the verdicts
-//! ([`verdict`]) and notes ([`note`]) it sends the main thread, which orders them
+//! ([`binary`]), the plan of a run ([`plan`]), the run itself ([`harness`]) and its VM groups
+//! ([`group`]) within the host's means ([`slots`]) with their logs ([`logdir`]), the verdicts
+//! ([`verdict`]) and notes ([`note`]) the groups send the main thread, which orders them
 //! ([`progress`]) and prints them ([`report`]); the guest's files ([`files`]) and kernel splats
 //! ([`splat`]).
 
 pub(crate) mod args;
 pub(crate) mod binary;
 pub(crate) mod files;
+pub(crate) mod group;
 pub(crate) mod harness;
 pub(crate) mod logdir;
 pub(crate) mod note;
