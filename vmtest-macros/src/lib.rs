@@ -58,7 +58,10 @@ use syn::Item;
 ///   a unit `ms`, `s`, `m` or `h` (`"500ms"`, `"30s"`, `"2m"`, `"1h"`), greater than zero.
 /// - **`cmdline = "..."`**: extra kernel command-line arguments, appended to vmtest's own.
 /// - **`modules = ["dummy", "veth"]`**: kernel modules to load (with their dependencies)
-///   before the test, by name without `.ko`.
+///   before the test, by name without `.ko`; or module files (an entry with a `/` or ending in
+///   `.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`; relative paths start at the crate's directory), such
+///   as your own out-of-tree module, loaded after the kernel's modules it depends on. A file
+///   built for another kernel is an error naming both kernels before anything boots.
 /// - **`env = ["RUST_LOG"]`**: host environment variables to pass to the test in the guest,
 ///   when they are set on the host.
 /// - **`files = ["tests/data", "/usr/sbin/ip"]`**: host files or directories to make

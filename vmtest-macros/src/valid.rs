@@ -228,22 +228,49 @@ fn cmdline(value: &Expr, example: &str, errors: &mut Errors) -> Option<LitStr> {
 }
 
 fn modules(value: &Expr, example: &str, errors: &mut Errors) -> Vec<LitStr> {
-    let modules = string_array(value, example, errors);
-    for module in &modules {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let mut modules = Vec::new();
+    for module in string_array(value, example, errors) {
         let name = module.value();
-        if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+        if is_module_path(&name) {
+            // A module file: made absolute now (relative to the crate, as `files`), checked
+            // when the test runs (it is often built after the test binary).
+            match module_path(&name, manifest_dir.as_deref()) {
+                Ok(path) => modules.push(LitStr::new(&path, module.span())),
+                Err(msg) => errors.push(syn::Error::new(module.span(), msg)),
+            }
+        } else if name.is_empty() || name.chars().any(char::is_whitespace) {
             errors.push(syn::Error::new(
                 module.span(),
-                "expected a kernel module name, like `dummy` or `veth` (no path, no `.ko`)",
+                "expected a kernel module name, like `dummy` or `veth`, or a module file, like \
+                 `kmod/hello.ko`",
             ));
-        } else if let Some(stem) = name.strip_suffix(".ko") {
-            errors.push(syn::Error::new(
-                module.span(),
-                format!("write the module name without `.ko`: `{stem}`"),
-            ));
+        } else {
+            modules.push(module);
         }
     }
     no_duplicates(modules, "module", errors)
+}
+
+/// Whether a `modules` entry names a module file rather than a module of the kernel.
+fn is_module_path(entry: &str) -> bool {
+    entry.contains('/')
+        || [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|ext| entry.ends_with(ext))
+}
+
+/// A module file's absolute path: relative paths start at the crate's directory.
+fn module_path(path: &str, manifest_dir: Option<&Path>) -> Result<String, String> {
+    let given = Path::new(path);
+    let joined = match manifest_dir {
+        _ if given.is_absolute() => given.to_path_buf(),
+        Some(dir) => dir.join(given),
+        None => {
+            return Err(format!(
+                "cannot resolve `{path}`: CARGO_MANIFEST_DIR is not set; use an absolute path"
+            ))
+        }
+    };
+    joined.into_os_string().into_string().map_err(|_| format!("the path `{path}` is not UTF-8"))
 }
 
 fn env(value: &Expr, example: &str, errors: &mut Errors) -> Vec<LitStr> {
@@ -603,6 +630,20 @@ mod tests {
         assert!(!is_env_name("1X"));
         assert!(!is_env_name("A-B"));
         assert!(!is_env_name("A=B"));
+    }
+
+    #[test]
+    fn module_files_are_told_from_module_names_and_made_absolute() {
+        for name in ["dummy", "nf_tables", "veth"] {
+            assert!(!is_module_path(name), "{name}");
+        }
+        for path in ["kmod/hello.ko", "hello.ko", "/lib/x.ko.xz", "m.ko.zst", "./build/m"] {
+            assert!(is_module_path(path), "{path}");
+        }
+        let dir = Path::new("/src/crate");
+        assert_eq!(module_path("kmod/hello.ko", Some(dir)).unwrap(), "/src/crate/kmod/hello.ko");
+        assert_eq!(module_path("/abs/m.ko", None).unwrap(), "/abs/m.ko");
+        assert!(module_path("m.ko", None).unwrap_err().contains("CARGO_MANIFEST_DIR"));
     }
 
     #[test]

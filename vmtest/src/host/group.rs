@@ -310,7 +310,7 @@ impl Group {
     ) -> Result<Group, Error> {
         let harness_modules = kernel.harness_modules()?;
         let wanted: Vec<&str> = planned.key.modules.iter().map(String::as_str).collect();
-        let test_modules = kernel.module_closure(&wanted)?;
+        let test_modules = kernel.modules_wanted(&wanted)?;
         let members = planned
             .members
             .into_iter()

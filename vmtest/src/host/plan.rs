@@ -204,6 +204,12 @@ impl CrateDirs<'_> {
     pub(crate) fn files(&self, instance: &Instance) -> Vec<String> {
         fixtures::follow_crate(&instance.def.vm.files, self.built_in, self.run_in)
     }
+
+    /// The `modules = [...]` of `instance`, module files as this run finds them (names of the
+    /// kernel's modules have no `/` and stay as they are).
+    pub(crate) fn modules(&self, instance: &Instance) -> Vec<String> {
+        fixtures::follow_crate(&instance.def.vm.modules, self.built_in, self.run_in)
+    }
 }
 
 /// Tests that share one VM configuration, and so VM boots.
@@ -234,7 +240,7 @@ pub(crate) fn groups(
     let mut groups: BTreeMap<GroupKey, (Option<String>, Vec<Member>)> = BTreeMap::new();
     for (id, instance) in runnable(selected) {
         let vm = &instance.def.vm;
-        let mut modules = vm.modules.clone();
+        let mut modules = dirs.modules(instance);
         modules.sort_unstable();
         let key = GroupKey {
             kernel: images[&instance.kernel].clone(),

@@ -30,6 +30,9 @@ use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
 
+/// In a module file's path in `modules = [...]`, stands for the booted kernel's release.
+const RELEASE_PLACEHOLDER: &str = "{release}";
+
 pub use fetch::Fetched;
 pub use headers::HeadersFetched;
 pub(crate) use image::image_info;
@@ -159,6 +162,31 @@ pub enum KernelError {
         symbol: &'static str,
         /// The kernel.
         kernel: String,
+    },
+    /// A module file in `modules = [...]` cannot be loaded.
+    #[error("failed to load module file {}: {reason}", path.display())]
+    ModuleFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A module file in `modules = [...]` was built for another kernel.
+    #[error(
+        "failed to load module file {}: it was built for kernel {built_for}, the test boots \
+         `{kernel}` ({release}); build it against that kernel's tree \
+         (`cargo vmtest kernel path {kernel} --build`)",
+        path.display()
+    )]
+    ModuleForOtherKernel {
+        /// The file.
+        path: PathBuf,
+        /// The release in its `vermagic`.
+        built_for: String,
+        /// The kernel the test boots.
+        kernel: String,
+        /// That kernel's release.
+        release: String,
     },
     /// The store cannot provide the kernel's build tree.
     #[error("failed to fetch the build tree (headers) of kernel `{kernel}`: {reason}")]
@@ -414,6 +442,51 @@ impl Kernel {
             (Some(index), false) => index.closure(&self.name, &wanted),
             (None, false) => unreachable!("a module is only wanted when its file was found"),
         }
+    }
+
+    /// The modules `wanted` with everything they depend on, dependencies first: names of this
+    /// kernel's modules, and module files (an entry with a `/`: absolute paths, where
+    /// `{release}` stands for this kernel's release), whose `vermagic` must name this kernel's
+    /// release and whose `depends=` come from this kernel.
+    pub(crate) fn modules_wanted(&self, wanted: &[&str]) -> Result<Vec<ModuleFile>, KernelError> {
+        let (files, names): (Vec<&str>, Vec<&str>) = wanted.iter().partition(|w| w.contains('/'));
+        let mut closure = self.module_closure(&names)?;
+        for file in files {
+            let file = match &self.version {
+                Some(release) => file.replace(RELEASE_PLACEHOLDER, release),
+                None => file.to_owned(),
+            };
+            let file = file.as_str();
+            let path = Path::new(file);
+            let bad = |reason: String| KernelError::ModuleFile { path: path.to_owned(), reason };
+            if !path.is_file() {
+                return Err(bad("no such file (is it built?)".to_owned()));
+            }
+            let info = modules::read_modinfo(path).map_err(|e| bad(e.to_string()))?;
+            let built_for = info.vermagic.as_deref().and_then(|v| v.split_whitespace().next());
+            if let (Some(built_for), Some(release)) = (built_for, self.version.as_deref()) {
+                if built_for != release {
+                    return Err(KernelError::ModuleForOtherKernel {
+                        path: path.to_owned(),
+                        built_for: built_for.to_owned(),
+                        kernel: self.name.clone(),
+                        release: release.to_owned(),
+                    });
+                }
+            }
+            let depends: Vec<&str> = info.depends.iter().map(String::as_str).collect();
+            closure.extend(self.module_closure(&depends)?);
+            let name = info.name.clone().unwrap_or_else(|| {
+                let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                modules::normalize(
+                    file_name.as_deref().unwrap_or(file).split('.').next().unwrap_or(file),
+                )
+            });
+            closure.push(ModuleFile { name, host_path: path.to_owned() });
+        }
+        let mut seen = std::collections::HashSet::new();
+        closure.retain(|module| seen.insert(module.name.clone()));
+        Ok(closure)
     }
 
     /// The modules `names` with everything they depend on (from each `.modinfo`'s `depends=`),

@@ -317,3 +317,29 @@ fn fetch_repairs_a_damaged_entry() {
     let again = store.fetch("6.12", arch, &mut |_| {}).unwrap();
     assert!(matches!(again, Fetched::AlreadyPresent(_)));
 }
+
+#[test]
+fn module_files_come_after_their_dependencies_and_must_match_the_kernel() {
+    let (dir, mut kernel) = super::fixture_kernel("module-files");
+    let own = crate::kernel::modules::tests::fake_module(
+        &dir.join("build/6.1.0"),
+        "hello.ko",
+        &["vxlan"],
+    );
+    kernel.version = Some("6.1.0".to_owned());
+    let by_release = dir.join("build/{release}/hello.ko");
+    for wanted in [own.to_str().unwrap(), by_release.to_str().unwrap()] {
+        let modules = kernel.modules_wanted(&["af_alg", wanted]).unwrap();
+        assert_eq!(names(&modules), ["af_alg", "udp_tunnel", "ip6_udp_tunnel", "vxlan", "hello"]);
+        assert_eq!(modules.last().unwrap().host_path, own);
+    }
+
+    kernel.version = Some("6.12.0".to_owned());
+    let error = kernel.modules_wanted(&[own.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(error.contains("built for kernel 6.1.0") && error.contains("(6.12.0)"), "{error}");
+    assert!(error.contains(&own.display().to_string()), "{error}");
+
+    let missing = dir.join("build/nothing.ko");
+    let error = kernel.modules_wanted(&[missing.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(error.contains("no such file") && error.contains("nothing.ko"), "{error}");
+}

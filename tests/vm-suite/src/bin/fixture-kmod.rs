@@ -1,6 +1,7 @@
-//! A vm_test that takes the kernel suite's out-of-tree module through its deliberate WARN path
-//! without allowing kernel warnings: `tests/outcomes.rs` checks that the harness fails it with
-//! the module's report. The module is built by `cargo xtask test` (see `xtask/src/kmod.rs`).
+//! vm_tests over the kernel suite's out-of-tree module (built by `cargo xtask test`, see
+//! `xtask/src/kmod.rs`) that `tests/outcomes.rs` checks from the host: its deliberate WARN path
+//! without allowing kernel warnings fails the test with the module's report, and the module
+//! file named in `modules = [...]` is loaded before the test starts.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -19,6 +20,12 @@ fn module_warning_fails() {
     // SAFETY: the ioctl reads and writes one u64 through the pointer, which outlives the call.
     assert_eq!(unsafe { libc::ioctl(device.as_raw_fd(), add as _, &mut value) }, 0);
     assert_eq!(value, 2);
+}
+
+#[vm_test(modules = ["../kernel-suite/kmod/build/{release}/kst_chardev.ko"])]
+fn module_file_is_loaded_before_the_test() {
+    assert!(Path::new("/sys/module/kst_chardev").is_dir(), "kst_chardev is not loaded");
+    assert!(Path::new("/dev/kst_chardev").exists(), "its device is missing");
 }
 
 vmtest::main!();
