@@ -1,6 +1,7 @@
-//! Expansion: the function as written, a static that registers it in
-//! `vmtest::__private::TESTS` (what the guest runs), and a metadata record in the ELF section
-//! `vmtest::__private::SECTION` (what a host lists without executing the binary).
+//! Expansion: the function as written, a metadata record in the ELF section
+//! `vmtest::__private::SECTION` (the test's attributes, which the host reads from a binary's
+//! file or the binary from its own memory), and a static that registers the function with its
+//! name and record in `vmtest::__private::TESTS` (how the guest finds the function to run).
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned, ToTokens};
@@ -39,29 +40,6 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
     callee.set_span(output_span);
     let call = quote_spanned!(output_span=> #private::TestReturn::into_test_result(#callee()));
 
-    let ignore = match &test_attrs.ignore {
-        None => quote!(::core::option::Option::None),
-        Some(None) => quote!(::core::option::Option::Some(::core::option::Option::None)),
-        Some(Some(reason)) => quote! {
-            ::core::option::Option::Some(::core::option::Option::Some(#reason))
-        },
-    };
-    let should_panic = match &test_attrs.should_panic {
-        ShouldPanic::No => quote!(#private::ShouldPanic::No),
-        ShouldPanic::Yes => quote!(#private::ShouldPanic::Yes),
-        ShouldPanic::WithMessage(msg) => quote!(#private::ShouldPanic::WithMessage(#msg)),
-    };
-
-    let kernels = &config.kernels;
-    let arch = &config.arch;
-    let memory_mib = option(config.memory_mib);
-    let cpus = option(config.cpus);
-    let timeout_ms = option(config.timeout_ms);
-    let cmdline = option(config.cmdline.as_ref());
-    let modules = &config.modules;
-    let env = &config.env;
-    let files = config.files.iter().map(|(path, span)| LitStr::new(path, *span));
-    let allow_kernel_warnings = config.allow_kernel_warnings;
     let meta_fields = meta_fields(&name, test_attrs, config, &file, &line, &column);
     let cfgs: Vec<_> = cfgs.collect();
 
@@ -85,25 +63,8 @@ pub(crate) fn expand(item: &ItemFn, test_attrs: &TestAttrs, config: &VmConfig) -
         static #static_ident: #private::TestDef = #private::TestDef {
             module_path: ::core::module_path!(),
             name: #name,
-            file: #file,
-            line: #line,
-            column: #column,
             run: || #call,
-            ignore: #ignore,
-            should_panic: #should_panic,
             meta: &#meta_ident,
-            vm: #private::VmAttrs {
-                kernels: &[#(#kernels),*],
-                arch: &[#(#arch),*],
-                memory_mib: #memory_mib,
-                cpus: #cpus,
-                timeout_ms: #timeout_ms,
-                cmdline: #cmdline,
-                modules: &[#(#modules),*],
-                env: &[#(#env),*],
-                files: &[#(#files),*],
-                allow_kernel_warnings: #allow_kernel_warnings,
-            },
         };
     }
 }
@@ -131,6 +92,11 @@ fn meta_fields(
     pair("column", quote!(::core::concat!(#column)));
     if !matches!(test_attrs.should_panic, ShouldPanic::No) {
         pair("should_panic", quote!(""));
+    }
+    // A key of its own, after `should_panic`: a reader that does not know it still sees
+    // `should_panic`.
+    if let ShouldPanic::WithMessage(message) = &test_attrs.should_panic {
+        pair("should_panic_expected", quote!(#message));
     }
     match &test_attrs.ignore {
         None => {}
@@ -172,11 +138,4 @@ fn meta_fields(
         pair("allow_kernel_warnings", quote!("true"));
     }
     fields
-}
-
-fn option<T: ToTokens>(value: Option<T>) -> TokenStream {
-    match value {
-        Some(value) => quote!(::core::option::Option::Some(#value)),
-        None => quote!(::core::option::Option::None),
-    }
 }

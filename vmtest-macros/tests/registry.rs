@@ -1,9 +1,10 @@
-//! The `TestDef`s `#[vm_test]` registers, read back through `vmtest::__private::TESTS`.
+//! The `TestDef`s `#[vm_test]` registers, read back through `vmtest::__private::TESTS`, and
+//! their attributes, decoded from the records they point at.
 
 // The expansion must not add warnings to the user's crate.
 #![deny(warnings, unused_qualifications, unreachable_pub, missing_docs)]
 
-use vmtest::__private::{ShouldPanic, TestDef, VmAttrs, TESTS};
+use vmtest::__private::{TestDef, TestMeta, VmMeta, TESTS};
 use vmtest::vm_test;
 
 #[vm_test]
@@ -53,11 +54,15 @@ mod nested {
     }
 }
 
-fn find(name: &str) -> &'static TestDef {
+fn find(name: &str) -> (&'static TestDef, TestMeta) {
     let mut found = TESTS.iter().filter(|t| t.name == name);
     let test = found.next().unwrap_or_else(|| panic!("`{name}` is not registered"));
     assert!(found.next().is_none(), "`{name}` is registered twice");
-    test
+    (test, test.decode().unwrap_or_else(|e| panic!("the record of `{name}`: {e}")))
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
 }
 
 #[test]
@@ -78,73 +83,89 @@ fn registers_every_test_once() {
 }
 
 #[test]
+fn every_record_names_its_test() {
+    for test in TESTS {
+        let meta = test.decode().unwrap();
+        assert_eq!((meta.module_path.as_str(), meta.name.as_str()), (test.module_path, test.name));
+        assert_eq!(meta.test_name(), test.test_name());
+    }
+}
+
+#[test]
 fn plain_test_has_defaults() {
-    let t = find("plain");
+    let (t, meta) = find("plain");
     assert_eq!(t.module_path, "registry");
-    assert_eq!(t.file, file!());
+    assert_eq!(meta.file, file!());
     let source = include_str!("registry.rs");
-    assert_eq!(source.lines().nth(t.line as usize - 1), Some("fn plain() {}"));
-    assert_eq!(t.ignore, None);
-    assert_eq!(t.should_panic, ShouldPanic::No);
-    assert_eq!(t.vm, VmAttrs::default());
+    assert_eq!(source.lines().nth(meta.line as usize - 1), Some("fn plain() {}"));
+    assert_eq!(
+        source.lines().nth(meta.line as usize - 1).unwrap()[meta.column as usize - 1..],
+        *"plain() {}"
+    );
+    assert_eq!(meta.ignore, None);
+    assert!(!meta.should_panic);
+    assert_eq!(meta.expected_panic, None);
+    assert_eq!(meta.vm, VmMeta::default());
     assert_eq!((t.run)(), Ok(()));
 }
 
 #[test]
 fn every_key_is_recorded() {
-    let t = find("every_key");
-    assert_eq!(t.ignore, Some(Some("needs a bridge")));
-    assert_eq!(t.should_panic, ShouldPanic::No);
+    let (t, meta) = find("every_key");
+    assert_eq!(meta.ignore, Some(Some("needs a bridge".to_owned())));
+    assert!(!meta.should_panic);
     assert_eq!(
-        t.vm,
-        VmAttrs {
-            kernels: &["6.12"],
-            arch: &["x86_64", "aarch64", "riscv64"],
+        meta.vm,
+        VmMeta {
+            kernels: strings(&["6.12"]),
+            arch: strings(&["x86_64", "aarch64", "riscv64"]),
             memory_mib: Some(1024),
             cpus: Some(2),
             timeout_ms: Some(500),
-            cmdline: Some("foo=1"),
-            modules: &["dummy", "veth"],
-            env: &["RUST_LOG"],
-            files: &[
+            cmdline: Some("foo=1".to_owned()),
+            modules: strings(&["dummy", "veth"]),
+            env: strings(&["RUST_LOG"]),
+            files: strings(&[
                 concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui"),
                 concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-            ],
+            ]),
             allow_kernel_warnings: true,
         }
     );
-    assert!(t.vm.files.iter().all(|f| std::path::Path::new(f).exists()));
+    assert!(meta.vm.files.iter().all(|f| std::path::Path::new(f).exists()));
     assert_eq!((t.run)(), Ok(()));
 }
 
 #[test]
 fn should_panic_and_kernels() {
-    let t = find("panics");
-    assert_eq!(t.should_panic, ShouldPanic::WithMessage("boom"));
-    assert_eq!(t.ignore, None);
-    assert_eq!(t.vm.kernels, ["6.1", "6.12"]);
-    assert_eq!(t.vm.memory_mib, Some(64));
-    assert_eq!(t.vm.timeout_ms, Some(120_000));
+    let (_, meta) = find("panics");
+    assert!(meta.should_panic);
+    assert_eq!(meta.expected_panic.as_deref(), Some("boom"));
+    assert_eq!(meta.ignore, None);
+    assert_eq!(meta.vm.kernels, ["6.1", "6.12"]);
+    assert_eq!(meta.vm.memory_mib, Some(64));
+    assert_eq!(meta.vm.timeout_ms, Some(120_000));
 }
 
 #[test]
 fn attributes_on_either_side() {
-    let t = find("attributes_before_and_after");
-    assert_eq!(t.ignore, Some(None));
-    assert_eq!(t.should_panic, ShouldPanic::Yes);
-    assert!(!t.vm.allow_kernel_warnings);
+    let (_, meta) = find("attributes_before_and_after");
+    assert_eq!(meta.ignore, Some(None));
+    assert!(meta.should_panic);
+    assert_eq!(meta.expected_panic, None);
+    assert!(!meta.vm.allow_kernel_warnings);
 }
 
 #[test]
 fn err_is_reported_like_libtest() {
-    let t = find("fails");
+    let (t, _) = find("fails");
     assert_eq!((t.run)(), Err(r#"Error: "disk on fire""#.to_owned()));
 }
 
 #[test]
 fn tests_in_modules() {
-    let t = find("in_module");
+    let (t, meta) = find("in_module");
     assert_eq!(t.module_path, "registry::nested::deeper");
     assert_eq!(t.test_name(), "nested::deeper::in_module");
-    assert_eq!(t.vm.timeout_ms, Some(3_600_000));
+    assert_eq!(meta.vm.timeout_ms, Some(3_600_000));
 }

@@ -392,7 +392,8 @@ pub mod __private {
     pub use crate::meta::{
         encode as meta_record, encoded_len as meta_len, CRATE_ROOT_KEY, MANIFEST_DIR_KEY, SECTION,
     };
-    pub use crate::registry::{ShouldPanic, TestDef, TestReturn, VmAttrs, TESTS};
+    pub use crate::meta::{DecodeError, TestMeta, VmMeta};
+    pub use crate::registry::{TestDef, TestReturn, TESTS};
     pub use linkme;
 
     /// The entry point behind [`main!`](crate::main): guest PID 1, the guest's `modprobe`,

@@ -1,9 +1,12 @@
-//! Test metadata stored in the ELF section [`SECTION`], so the host can list the tests of a
-//! binary it cannot execute (one built for another architecture).
+//! Test metadata: each test's attributes as a record in the ELF section [`SECTION`], and the
+//! one decoder of those records.
 //!
 //! `#[vm_test]` emits one record per test: a `[u8; N]` static in [`SECTION`], built at compile
 //! time by [`encode`] from string fields. The bytes need no relocations, so they read the same
-//! from the file as from memory.
+//! from the file as from memory: a host lists the tests of a binary it cannot execute (one
+//! built for another architecture) from the file's section, a running binary its own from the
+//! records its registry points at ([`crate::registry::TestDef::decode`]), and both through
+//! [`decode`] into [`TestMeta`].
 //!
 //! A record is [`MAGIC`], then the payload length (u32 little-endian), then the payload: fields,
 //! each a u32 little-endian length and that many UTF-8 bytes. Fields come in key/value pairs;
@@ -71,9 +74,10 @@ const fn put_u32<const N: usize>(out: &mut [u8; N], at: usize, value: usize) -> 
     at + 4
 }
 
-/// One test as the host sees it: what it is called and the VM it needs.
+/// One test's attributes, as its record holds them: what it is called, how it ends well and
+/// the VM it needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct TestMeta {
+pub struct TestMeta {
     /// `module_path!()` where the function is defined.
     pub module_path: String,
     /// The function's name.
@@ -86,24 +90,39 @@ pub(crate) struct TestMeta {
     pub column: u32,
     /// `#[should_panic]`, with or without an expected message.
     pub should_panic: bool,
+    /// `#[should_panic(expected = "...")]`: what the panic message must contain (only with
+    /// `should_panic`).
+    pub expected_panic: Option<String>,
     /// `#[ignore]`: `Some(reason)` (the reason may be absent).
     pub ignore: Option<Option<String>>,
     /// The VM the test needs.
     pub vm: VmMeta,
 }
 
-/// The `#[vm_test(...)]` arguments; see [`crate::registry::VmAttrs`].
+/// The `#[vm_test(...)]` arguments, as the macro checked and normalised them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct VmMeta {
+pub struct VmMeta {
+    /// `kernel = "..."` or `kernels = [...]`: names or paths; empty for the default kernel.
     pub kernels: Vec<String>,
+    /// `arch = "..."` or `arch = [...]`: canonical names (`x86_64`, `aarch64`, `riscv64`);
+    /// empty for every architecture.
     pub arch: Vec<String>,
+    /// `memory = "512M"`, in MiB.
     pub memory_mib: Option<u64>,
+    /// `cpus = 2`.
     pub cpus: Option<u32>,
+    /// `timeout = "30s"`, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// `cmdline = "..."`: extra kernel arguments.
     pub cmdline: Option<String>,
+    /// `modules = [...]`: kernel modules to load before the test.
     pub modules: Vec<String>,
+    /// `env = [...]`: host environment variables to forward.
     pub env: Vec<String>,
+    /// `files = [...]`: host files to put into the guest at the same absolute path (already
+    /// resolved against the crate's manifest dir).
     pub files: Vec<String>,
+    /// `allow_kernel_warnings`: a kernel WARN does not fail the test.
     pub allow_kernel_warnings: bool,
 }
 
@@ -117,36 +136,9 @@ impl TestMeta {
     }
 }
 
-impl From<&crate::registry::TestDef> for TestMeta {
-    fn from(def: &crate::registry::TestDef) -> TestMeta {
-        let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        TestMeta {
-            module_path: def.module_path.to_owned(),
-            name: def.name.to_owned(),
-            file: def.file.to_owned(),
-            line: def.line,
-            column: def.column,
-            should_panic: def.should_panic != crate::registry::ShouldPanic::No,
-            ignore: def.ignore.map(|reason| reason.map(str::to_owned)),
-            vm: VmMeta {
-                kernels: strings(def.vm.kernels),
-                arch: strings(def.vm.arch),
-                memory_mib: def.vm.memory_mib,
-                cpus: def.vm.cpus,
-                timeout_ms: def.vm.timeout_ms,
-                cmdline: def.vm.cmdline.map(str::to_owned),
-                modules: strings(def.vm.modules),
-                env: strings(def.vm.env),
-                files: strings(def.vm.files),
-                allow_kernel_warnings: def.vm.allow_kernel_warnings,
-            },
-        }
-    }
-}
-
-/// Why [`decode`] rejected a section.
+/// Why a section or a record did not decode.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct DecodeError {
+pub struct DecodeError {
     /// Byte offset in the section where the problem is.
     pub offset: usize,
     /// What is wrong.
@@ -225,6 +217,16 @@ pub(crate) fn decode(section: &[u8]) -> Result<Section, DecodeError> {
     }
 }
 
+/// Decodes one test's record (as [`crate::registry::TestDef::meta`] holds it): exactly one
+/// test, and nothing else.
+pub(crate) fn decode_test(record: &[u8]) -> Result<TestMeta, DecodeError> {
+    let Section { mut tests, crate_root, .. } = decode(record)?;
+    match (tests.pop(), tests.is_empty(), crate_root) {
+        (Some(test), true, None) => Ok(test),
+        _ => Err(DecodeError { offset: 0, reason: "not the record of one test".to_owned() }),
+    }
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
     let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
     usize::try_from(u32::from_le_bytes(raw)).ok()
@@ -277,6 +279,7 @@ fn record(payload: &[u8]) -> Result<Record, (usize, String)> {
                     .map_err(|_| (offset, "column too large".to_owned()))?
             }
             "should_panic" => test.should_panic = true,
+            "should_panic_expected" => test.expected_panic = Some(value.to_owned()),
             "ignore" => test.ignore = Some(None),
             "ignore_reason" => test.ignore = Some(Some(value.to_owned())),
             "kernel" => vm.kernels.push(value.to_owned()),
@@ -322,6 +325,8 @@ mod tests {
         "4",
         "should_panic",
         "",
+        "should_panic_expected",
+        "boom",
         "ignore_reason",
         "slow",
         "kernel",
@@ -365,6 +370,7 @@ mod tests {
                 line: 12,
                 column: 4,
                 should_panic: true,
+                expected_panic: Some("boom".into()),
                 ignore: Some(Some("slow".into())),
                 vm: VmMeta {
                     kernels: vec!["6.1".into(), "6.12".into()],
@@ -447,6 +453,24 @@ mod tests {
         inner.extend_from_slice(&u32::MAX.to_le_bytes());
         inner.extend_from_slice(b"abcd");
         assert!(decode(&inner).unwrap_err().reason.contains("runs past"));
+    }
+
+    #[test]
+    fn one_test_record_decodes_alone() {
+        assert_eq!(decode_test(&SMALL_RECORD).unwrap().test_name(), "t");
+        const ROOT: &[&str] = &[CRATE_ROOT_KEY, "tests/vm.rs"];
+        static ROOT_RECORD: [u8; encoded_len(ROOT)] = encode(ROOT);
+        let mut two = SMALL_RECORD.to_vec();
+        two.extend_from_slice(&SMALL_RECORD);
+        for bytes in [&ROOT_RECORD[..], &two, &[]] {
+            assert!(decode_test(bytes).unwrap_err().reason.contains("one test"));
+        }
+        assert!(decode_test(b"garbage").is_err());
+        // `should_panic` alone expects no message.
+        const BARE: &[&str] = &["module_path", "c", "name", "t", "should_panic", ""];
+        static BARE_RECORD: [u8; encoded_len(BARE)] = encode(BARE);
+        let bare = decode_test(&BARE_RECORD).unwrap();
+        assert_eq!((bare.should_panic, bare.expected_panic), (true, None));
     }
 
     #[test]

@@ -15,7 +15,8 @@
 use std::any::Any;
 use std::io::Write;
 
-use crate::registry::{ShouldPanic, TestDef, TESTS};
+use crate::meta::TestMeta;
+use crate::registry::TESTS;
 
 /// `VMTEST_TEST` names a test, but this process is not in a vmtest guest: a test never runs
 /// outside a VM, so this says why and exits with libtest's failure status.
@@ -37,6 +38,13 @@ pub(crate) fn run_test(name: &str) -> ! {
         eprintln!("vmtest: this binary has no test named `{name}`");
         std::process::exit(2);
     };
+    let meta = match def.decode() {
+        Ok(meta) => meta,
+        Err(e) => {
+            eprintln!("vmtest: failed to read the record of the test `{name}`: {e}");
+            std::process::exit(2);
+        }
+    };
     let run = def.run;
     // libtest runs each test on a thread named after it, so panic messages read the same.
     let joined =
@@ -46,48 +54,46 @@ pub(crate) fn run_test(name: &str) -> ! {
             eprintln!("vmtest: failed to spawn the test thread: {e}");
             1
         }
-        Ok(Ok(result)) => returned(result, def),
-        Ok(Err(payload)) => panicked(payload.as_ref(), def.should_panic),
+        Ok(Ok(result)) => returned(result, &meta),
+        Ok(Err(payload)) => panicked(payload.as_ref(), &meta),
     };
     std::process::exit(code);
 }
 
-fn returned(result: Result<(), String>, def: &TestDef) -> i32 {
-    match (result, def.should_panic) {
-        (Err(message), _) => {
+fn returned(result: Result<(), String>, meta: &TestMeta) -> i32 {
+    match result {
+        Err(message) => {
             eprintln!("{message}");
             1
         }
-        (Ok(()), ShouldPanic::No) => 0,
-        (Ok(()), _) => fail_with(&format!(
+        Ok(()) if !meta.should_panic => 0,
+        Ok(()) => fail_with(&format!(
             "test did not panic as expected at {}:{}:{}",
-            def.file, def.line, def.column
+            meta.file, meta.line, meta.column
         )),
     }
 }
 
-fn panicked(payload: &(dyn Any + Send), should_panic: ShouldPanic) -> i32 {
-    match should_panic {
-        ShouldPanic::No => 101,
-        ShouldPanic::Yes => 0,
-        ShouldPanic::WithMessage(expected) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned());
-            match message {
-                Some(message) if message.contains(expected) => 0,
-                Some(message) => fail_with(&format!(
-                    "panic did not contain expected string\n      panic message: {message:?}\n \
-                     expected substring: {expected:?}"
-                )),
-                None => fail_with(&format!(
-                    "expected panic with string value,\n found non-string value: `{:?}`\n     \
-                     expected substring: {expected:?}",
-                    payload.type_id()
-                )),
-            }
-        }
+fn panicked(payload: &(dyn Any + Send), meta: &TestMeta) -> i32 {
+    if !meta.should_panic {
+        return 101;
+    }
+    let Some(expected) = &meta.expected_panic else { return 0 };
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned());
+    match message {
+        Some(message) if message.contains(expected.as_str()) => 0,
+        Some(message) => fail_with(&format!(
+            "panic did not contain expected string\n      panic message: {message:?}\n \
+             expected substring: {expected:?}"
+        )),
+        None => fail_with(&format!(
+            "expected panic with string value,\n found non-string value: `{:?}`\n     \
+             expected substring: {expected:?}",
+            payload.type_id()
+        )),
     }
 }
 

@@ -1,11 +1,11 @@
-//! A test binary and the vmtest tests it holds, read from the running process's registry or,
-//! without executing it, from its ELF metadata (a binary of another architecture alike).
+//! A test binary and the vmtest tests it holds, decoded from their ELF records: the running
+//! process's through its registry, or, without executing it, from the file's section (a binary
+//! of another architecture alike).
 
 use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
 use crate::meta::{self, TestMeta};
-use crate::registry::TESTS;
 use crate::Error;
 
 /// A test binary and the vmtest tests it holds: what the engine runs.
@@ -30,10 +30,13 @@ impl TestBinary {
         let path =
             std::env::current_exe().map_err(|e| Error::io("failed to find the test binary", e))?;
         let section = meta::decode(crate_root).unwrap_or_default();
+        let tests = crate::registry::decode_all().map_err(|e| {
+            Error::Config(format!("failed to read the vmtest tests of {}: {e}", path.display()))
+        })?;
         Ok(TestBinary {
             path,
             arch: Arch::host(),
-            tests: TESTS.iter().map(TestMeta::from).collect(),
+            tests,
             crate_root: section.crate_root,
             manifest_dir: section.manifest_dir,
         })
