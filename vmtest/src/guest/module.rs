@@ -76,7 +76,8 @@ pub enum ModuleError {
 /// test with the kernel's report, as any other splat does.
 ///
 /// ```no_run
-/// #[vmtest::vm_test(files = ["kmod/build"])]
+/// // The crate as a fixture, with the module built into its kmod/build/.
+/// #[vmtest::vm_test(files = ["."])]
 /// fn my_module_loads() {
 ///     vmtest::load_module("kmod/build/my_mod.ko", "debug=1").unwrap();
 ///     assert!(std::path::Path::new("/sys/module/my_mod").exists());
