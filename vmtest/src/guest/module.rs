@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::kernel::modules::{parse_modinfo, read_module};
+use crate::kernel::modules::{modinfo_of, read_module};
 
 /// Why [`load_module`] or [`unload_module`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,17 +91,9 @@ pub fn load_module(path: impl AsRef<Path>, params: &str) -> Result<(), ModuleErr
     }
     let read_error = |reason: String| ModuleError::Read { path: path.to_owned(), reason };
     let image = read_module(path).map_err(|e| read_error(e.to_string()))?;
-    let modinfo = {
-        let elf = object::File::parse(&*image)
-            .map_err(|e| read_error(format!("not an ELF object: {e}")))?;
-        let section = object::Object::section_by_name(&elf, ".modinfo")
-            .ok_or_else(|| read_error("it has no .modinfo section".to_owned()))?;
-        let data = object::ObjectSection::data(&section)
-            .map_err(|e| read_error(format!("unreadable .modinfo: {e}")))?;
-        parse_modinfo(data)
-    };
+    let modinfo = modinfo_of(&image).map_err(read_error)?;
     let running = rustix::system::uname().release().to_string_lossy().into_owned();
-    if let Some(built_for) = modinfo.vermagic.as_deref().and_then(vermagic_release) {
+    if let Some(built_for) = modinfo.release() {
         if built_for != running {
             return Err(ModuleError::WrongKernel {
                 path: path.to_owned(),
@@ -167,21 +159,9 @@ fn dependency_error(path: &Path, dependency: &str, reason: String) -> ModuleErro
     ModuleError::Dependency { path: path.to_owned(), dependency: dependency.to_owned(), reason }
 }
 
-/// The kernel release a module's `vermagic` names (its first word).
-fn vermagic_release(vermagic: &str) -> Option<&str> {
-    vermagic.split_whitespace().next()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_release_is_the_first_word_of_vermagic() {
-        let vermagic = "6.12.117+deb12-amd64 SMP preempt mod_unload modversions ";
-        assert_eq!(vermagic_release(vermagic), Some("6.12.117+deb12-amd64"));
-        assert_eq!(vermagic_release(""), None);
-    }
 
     #[test]
     fn on_the_host_nothing_is_loaded_or_unloaded() {

@@ -86,7 +86,8 @@ impl Store {
         }
         let version = layout::meta_field(entry, "package_version");
         let apt = Apt::for_store(self, kernel.arch)?;
-        let headers = candidate(&apt, &format!("linux-headers-{}", kernel.name), progress)?
+        refresh(&apt, progress)?;
+        let headers = candidate(&apt, &format!("linux-headers-{}", kernel.name))?
             .ok_or_else(|| no_headers("apt knows no such package".to_owned()))?;
         if version.as_deref().is_some_and(|v| v != headers.package.version) {
             return Err(no_headers(format!(
@@ -103,7 +104,7 @@ impl Store {
                 kernel.name, headers.depends
             ))
         })?;
-        let common = candidate(&apt, &common, progress)?
+        let common = candidate(&apt, &common)?
             .ok_or_else(|| no_headers(format!("apt knows no package {common}")))?;
         // kbuild's programs run on this machine.
         let host_apt;
@@ -111,9 +112,10 @@ impl Store {
             &apt
         } else {
             host_apt = Apt::for_store(self, Arch::host())?;
+            refresh(&host_apt, progress)?;
             &host_apt
         };
-        let kbuild = candidate(kbuild_apt, &kbuild, progress)?
+        let kbuild = candidate(kbuild_apt, &kbuild)?
             .ok_or_else(|| no_headers(format!("apt knows no package {kbuild}")))?;
 
         let tmp = self.temp_dir(kernel.arch, &format!("{}.build", kernel.name))?;
@@ -149,15 +151,14 @@ struct Candidate {
     depends: String,
 }
 
-fn candidate(
-    apt: &Apt,
-    name: &str,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Option<Candidate>, KernelError> {
-    {
-        let _lock = apt.lock(true)?;
-        apt.refresh(progress)?;
-    }
+/// Brings `apt`'s package lists up to date (unless they are fresh), under its lock.
+fn refresh(apt: &Apt, progress: &mut dyn FnMut(&str)) -> Result<(), KernelError> {
+    let _lock = apt.lock(true)?;
+    apt.refresh(progress)
+}
+
+/// `name`'s candidate in `apt`'s current lists.
+fn candidate(apt: &Apt, name: &str) -> Result<Option<Candidate>, KernelError> {
     Ok(apt.show(&[name])?.into_iter().find_map(|stanza| {
         let package = stanza.package().filter(|p| p.name == name)?;
         let depends = stanza.field("Depends").unwrap_or_default().to_owned();

@@ -463,8 +463,7 @@ impl Kernel {
                 return Err(bad("no such file (is it built?)".to_owned()));
             }
             let info = modules::read_modinfo(path).map_err(|e| bad(e.to_string()))?;
-            let built_for = info.vermagic.as_deref().and_then(|v| v.split_whitespace().next());
-            if let (Some(built_for), Some(release)) = (built_for, self.version.as_deref()) {
+            if let (Some(built_for), Some(release)) = (info.release(), self.version.as_deref()) {
                 if built_for != release {
                     return Err(KernelError::ModuleForOtherKernel {
                         path: path.to_owned(),

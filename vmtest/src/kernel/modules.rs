@@ -182,14 +182,25 @@ pub(crate) struct Modinfo {
     pub(crate) aliases: Vec<String>,
 }
 
+impl Modinfo {
+    /// The kernel release the module was built for: the first word of its `vermagic`.
+    pub(crate) fn release(&self) -> Option<&str> {
+        self.vermagic.as_deref()?.split_whitespace().next()
+    }
+}
+
 /// Reads `.modinfo` from a module file, decompressing it first if needed.
 pub(crate) fn read_modinfo(path: &Path) -> Result<Modinfo, KernelError> {
     let bytes = read_module(path)?;
-    let bad = |reason: String| KernelError::Modinfo { path: path.to_owned(), reason };
-    let obj = object::File::parse(&*bytes).map_err(|e| bad(format!("not an ELF object: {e}")))?;
+    modinfo_of(&bytes).map_err(|reason| KernelError::Modinfo { path: path.to_owned(), reason })
+}
+
+/// The `.modinfo` of a module's (decompressed) image; `Err` says what is wrong with it.
+pub(crate) fn modinfo_of(image: &[u8]) -> Result<Modinfo, String> {
+    let obj = object::File::parse(image).map_err(|e| format!("not an ELF object: {e}"))?;
     let section =
-        obj.section_by_name(".modinfo").ok_or_else(|| bad("it has no .modinfo section".into()))?;
-    let data = section.data().map_err(|e| bad(format!("unreadable .modinfo: {e}")))?;
+        obj.section_by_name(".modinfo").ok_or_else(|| "it has no .modinfo section".to_owned())?;
+    let data = section.data().map_err(|e| format!("unreadable .modinfo: {e}"))?;
     Ok(parse_modinfo(data))
 }
 
@@ -460,6 +471,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn the_release_is_the_first_word_of_vermagic() {
+        let info =
+            |vermagic: &str| Modinfo { vermagic: Some(vermagic.to_owned()), ..Modinfo::default() };
+        let debian = info("6.12.117+deb12-amd64 SMP preempt mod_unload modversions ");
+        assert_eq!(debian.release(), Some("6.12.117+deb12-amd64"));
+        assert_eq!(info("").release(), None);
+        assert_eq!(Modinfo::default().release(), None);
+    }
 
     /// Writes a minimal relocatable ELF whose `.modinfo` says `depends=<deps>`.
     pub(crate) fn fake_module(dir: &Path, file_name: &str, deps: &[&str]) -> PathBuf {

@@ -7,7 +7,7 @@
 //! none), and its kernel console goes to a file in the VM's dir without `VMTEST_CONSOLE_LIMIT`.
 
 use std::fs::File;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -21,7 +21,7 @@ use vmtest_init::protocol::{
 use crate::vm::process::QemuProcess;
 use crate::vm::qemu::{QemuCommand, SocketPort};
 use crate::vm::qmp::Qmp;
-use crate::vm::session::{accept_until, spawn_frame_reader};
+use crate::vm::session::{accept_until, listen, spawn_frame_reader};
 use crate::vm::snapshot::{self, Saved, SnapshotCache, SnapshotFile, SnapshotKey};
 use crate::Error;
 
@@ -212,14 +212,4 @@ fn said_by_qemu(stderr: &str) -> String {
     } else {
         format!("\nQEMU said: {stderr}")
     }
-}
-
-/// A non-blocking listening socket at `path`.
-fn listen(path: &Path) -> Result<UnixListener, Error> {
-    let listener = UnixListener::bind(path)
-        .map_err(|e| Error::io(format!("failed to listen on {}", path.display()), e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io(format!("failed to make {} non-blocking", path.display()), e))?;
-    Ok(listener)
 }

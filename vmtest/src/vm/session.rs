@@ -182,7 +182,7 @@ pub(crate) fn run(
 }
 
 /// A non-blocking listening socket at `path`.
-fn listen(path: &Path) -> Result<UnixListener, Error> {
+pub(crate) fn listen(path: &Path) -> Result<UnixListener, Error> {
     let listener = UnixListener::bind(path)
         .map_err(|e| Error::io(format!("failed to listen on {}", path.display()), e))?;
     listener
