@@ -5,8 +5,10 @@
 //! --tests`, its own features), and each binary runs once on the host and once per
 //! [`TARGETS`] entry through `cargo-vmtest run` (as a cargo target runner would run it). The
 //! check fails when a binary ends abnormally in a VM (killed, no summary line) or a test that
-//! passes on the host does not pass in the VM, unless [`KNOWN`] lists it with its reason. The
-//! table goes to stdout and `target/compat/compatibility.md`.
+//! passes on the host does not pass in the VM, unless [`KNOWN`] lists it with its reason. Such
+//! a test is run once more by itself first: one that then passes is noted in the report
+//! (timing-dependent under TCG), not failed. The table goes to stdout and
+//! `target/compat/compatibility.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -169,6 +171,10 @@ struct BinaryRun {
     tests: BTreeMap<String, Outcome>,
     /// Why the binary did not end as a libtest binary ends (exit 0 or 101 after its summary).
     abnormal: Option<String>,
+    /// What each failed test printed (libtest's failure sections).
+    failures: BTreeMap<String, String>,
+    /// Tests that failed, then passed when run again by themselves.
+    passed_again: BTreeSet<String>,
 }
 
 impl BinaryRun {
@@ -244,7 +250,7 @@ fn compat(only: Option<&[String]>) -> Result<bool, String> {
         }
         let host: BTreeMap<String, BinaryRun> = builds[&Arch::host()]
             .iter()
-            .map(|(name, exe)| (name.clone(), run_binary(exe, &src, None)))
+            .map(|(name, exe)| (name.clone(), run_binary(exe, &src, None, &[])))
             .collect();
         let _ = writeln!(report, "{}", row(suite, "host", &host, ""));
         // The targets' VMs run side by side; each target's binaries one after another.
@@ -252,11 +258,17 @@ fn compat(only: Option<&[String]>) -> Result<bool, String> {
             let handles: Vec<_> = TARGETS
                 .iter()
                 .map(|(arch, kernel)| {
-                    let (bins, src, runner) = (&builds[arch], &src, &runner);
+                    let (bins, src, runner, host) = (&builds[arch], &src, &runner, &host);
                     scope.spawn(move || {
                         bins.iter()
                             .map(|(name, exe)| {
-                                (name.clone(), run_binary(exe, src, Some((runner, kernel))))
+                                let vm = Some((runner.as_path(), *kernel));
+                                let mut run = run_binary(exe, src, vm, &[]);
+                                let host_run = host.get(name);
+                                rerun_surprises(
+                                    suite.name, exe, src, vm, *arch, host_run, &mut run,
+                                );
+                                (name.clone(), run)
                             })
                             .collect()
                     })
@@ -420,9 +432,61 @@ fn build(
     Ok(bins)
 }
 
-/// Runs one test binary as cargo would (working dir the package root), on the host or through
-/// `runner run` on `kernel`.
-fn run_binary(exe: &Path, src: &Path, vm: Option<(&Path, &str)>) -> BinaryRun {
+/// The known difference that covers `test` of `krate` on `kernel` and `arch`.
+fn known(krate: &str, test: &str, kernel: &str, arch: &str) -> Option<&'static Known> {
+    KNOWN.iter().find(|k| {
+        k.krate == krate
+            && k.test == test
+            && (k.on.is_empty() || k.on.iter().any(|on| *on == kernel || *on == arch))
+    })
+}
+
+/// Tests that pass on the host, failed in `run` and no known difference explains run once
+/// more, by themselves, in a fresh VM: one that passes then counts as passed and is noted as
+/// such (a timing-dependent test under TCG on a loaded machine), one that fails again stays
+/// failed. The first failure's output goes to stderr either way.
+fn rerun_surprises(
+    krate: &str,
+    exe: &Path,
+    src: &Path,
+    vm: Option<(&Path, &str)>,
+    arch: Arch,
+    host: Option<&BinaryRun>,
+    run: &mut BinaryRun,
+) {
+    let (Some((_, kernel)), Some(host)) = (vm, host) else { return };
+    let surprises: Vec<String> = run
+        .tests
+        .iter()
+        .filter(|(test, outcome)| {
+            **outcome == Outcome::Failed
+                && host.tests.get(*test) == Some(&Outcome::Passed)
+                && known(krate, test, kernel, &arch.to_string()).is_none()
+        })
+        .map(|(test, _)| test.clone())
+        .collect();
+    if surprises.is_empty() || run.abnormal.is_some() {
+        return;
+    }
+    for test in &surprises {
+        let output = run.failures.get(test).map_or("(no output)", String::as_str);
+        eprintln!("compat: {krate} {test} failed on {kernel} {arch}:\n{output}");
+    }
+    let mut args = vec!["--exact".to_owned()];
+    args.extend(surprises.iter().cloned());
+    let again = run_binary(exe, src, vm, &args);
+    for test in surprises {
+        if again.tests.get(&test) == Some(&Outcome::Passed) {
+            eprintln!("compat: {krate} {test} passed when run again on {kernel} {arch}");
+            run.tests.insert(test.clone(), Outcome::Passed);
+            run.passed_again.insert(test);
+        }
+    }
+}
+
+/// Runs one test binary as cargo would (working dir the package root) with `args`, on the host
+/// or through `runner run` on `kernel`.
+fn run_binary(exe: &Path, src: &Path, vm: Option<(&Path, &str)>, args: &[String]) -> BinaryRun {
     let mut command = match vm {
         None => Command::new(exe),
         Some((runner, kernel)) => {
@@ -436,7 +500,7 @@ fn run_binary(exe: &Path, src: &Path, vm: Option<(&Path, &str)>) -> BinaryRun {
             command
         }
     };
-    command.current_dir(src).env("CARGO_MANIFEST_DIR", src).stderr(Stdio::inherit());
+    command.args(args).current_dir(src).env("CARGO_MANIFEST_DIR", src).stderr(Stdio::inherit());
     let output = match command.output() {
         Ok(output) => output,
         Err(e) => {
@@ -479,6 +543,25 @@ fn parse(stdout: &str) -> BinaryRun {
         let name = name.trim_end();
         let name = name.strip_suffix(" - should panic").unwrap_or(name);
         run.tests.insert(name.to_owned(), outcome);
+    }
+    // libtest's failure sections: `---- name stdout ----`, then the output up to the next one
+    // or the `failures:` list.
+    let mut current: Option<(String, String)> = None;
+    for line in stdout.lines() {
+        let header = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----"));
+        if header.is_some() || line == "failures:" {
+            if let Some((name, text)) = current.take() {
+                run.failures.insert(name, text);
+            }
+        }
+        match (header, &mut current) {
+            (Some(name), _) => current = Some((name.to_owned(), String::new())),
+            (None, Some((_, text))) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, None) => {}
+        }
     }
     run
 }
@@ -557,17 +640,19 @@ fn compare(
             missing += 1;
             continue;
         }
-        let known = KNOWN.iter().find(|k| {
-            k.krate == krate
-                && k.test == test
-                && (k.on.is_empty() || k.on.iter().any(|on| *on == kernel || **on == *arch))
-        });
-        match known {
+        match known(krate, test, kernel, &arch) {
             Some(known) => {
                 notes.known(krate, known.reason, test, &format!("{kernel} {arch}"));
             }
             None => unexplained.push(test.as_str()),
         }
+    }
+    if !vm.passed_again.is_empty() {
+        let tests: Vec<String> = vm.passed_again.iter().map(|t| format!("`{t}`")).collect();
+        notes.other.insert(format!(
+            "- {krate} on {kernel} {arch}: failed, then passed when run again by itself              (timing under TCG on a loaded machine; the first failure is in the run's stderr): {}",
+            tests.join(", ")
+        ));
     }
     if !unexplained.is_empty() {
         problems.push(format!("passes on the host, fails in the VM: {}", unexplained.join(", ")));
@@ -623,5 +708,23 @@ mod tests {
         assert!(text.contains("1 tests of the host's build are not in this build"), "{text}");
         let same = compare("x", ("6.12", Arch::X86_64), &host, &host, &mut notes);
         assert_eq!(same, "");
+    }
+
+    #[test]
+    fn failure_sections_are_kept_per_test_and_a_test_that_passed_again_is_noted() {
+        let run = parse(
+            "test a ... FAILED\ntest b ... FAILED\n\nfailures:\n\n---- a stdout ----\n\
+             thread 'a' panicked at x.rs:1:1:\nboom\n\n---- b stdout ----\nother\n\n\
+             failures:\n    a\n    b\n",
+        );
+        assert_eq!(run.failures["a"], "thread 'a' panicked at x.rs:1:1:\nboom\n\n");
+        assert_eq!(run.failures["b"], "other\n\n");
+        let host = parse("test a ... ok\n");
+        let mut vm = parse("test a ... ok\n");
+        vm.passed_again.insert("a".into());
+        let mut notes = Notes::default();
+        assert_eq!(compare("x", ("6.12", Arch::Aarch64), &host, &vm, &mut notes), "");
+        let text = notes.render();
+        assert!(text.contains("x on 6.12 aarch64: failed, then passed when run again"), "{text}");
     }
 }
