@@ -33,6 +33,7 @@ mod power;
 mod process;
 pub mod protocol;
 mod restore;
+mod unpack;
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
@@ -141,8 +142,8 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
         console::say(line);
     }
 
-    let plan = read_plan(Path::new(PLAN_PATH))?;
-    let loaded = modules::load_all(&plan.modules)?;
+    let mut plan = read_plan(Path::new(PLAN_PATH))?;
+    let mut loaded = modules::load_all(&plan.modules)?;
     // After the harness's own setup, so that only the tests' requests reach the host.
     logs.extend(modprobe::install());
     // Forked while PID 1 still has one thread: the control port starts the first others.
@@ -158,8 +159,14 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
         control.send(&GuestMessage::Log(line))?;
     }
     if plan.restore_point {
-        // Everything above is what a snapshot holds; everything below is this run's.
+        // Everything above is what a snapshot holds; everything below is this run's: the
+        // payload brought its plan (with its tests and modules) over the snapshot's.
         restore::wait_for_restore(control)?;
+        plan = read_plan(Path::new(PLAN_PATH))?;
+        if plan.restore_point {
+            return Err("the run's payload brought no plan of its own".to_owned());
+        }
+        loaded = modules::load_all(&plan.modules)?;
     }
     let mut vm_bytes_left = plan.files.vm_bytes;
     let send_time = Duration::from_millis(plan.files.send_ms);

@@ -235,8 +235,8 @@ mod tests {
     use super::*;
     use crate::protocol::FrameReader;
 
-    fn fake_sysfs(ports: &[(&str, &str)]) -> tempdir::TempDir {
-        let dir = tempdir::TempDir::new();
+    fn fake_sysfs(ports: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
         let class = dir.path().join("class/virtio-ports");
         fs::create_dir_all(&class).unwrap();
         for (entry, name) in ports {
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn writer_sends_frames_in_order_then_closes() {
-        let dir = tempdir::TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("port");
         let control = Control::start(File::create(&path).unwrap()).unwrap();
         control.send(&GuestMessage::Log("one".into())).unwrap();
@@ -294,35 +294,5 @@ mod tests {
         assert_eq!(reader.next_frame().unwrap(), Some(GuestMessage::Log("one".into())));
         assert_eq!(reader.next_frame().unwrap(), Some(GuestMessage::Done));
         assert_eq!(reader.next_frame::<GuestMessage>().unwrap(), None);
-    }
-
-    /// A minimal private temporary directory, removed on drop.
-    mod tempdir {
-        use std::path::{Path, PathBuf};
-        use std::sync::atomic::{AtomicU32, Ordering};
-
-        pub(crate) struct TempDir(PathBuf);
-
-        impl TempDir {
-            pub(crate) fn new() -> Self {
-                static NEXT: AtomicU32 = AtomicU32::new(0);
-                let n = NEXT.fetch_add(1, Ordering::Relaxed);
-                let path = std::env::temp_dir()
-                    .join(format!("vmtest-init-test-{}-{n}", std::process::id()));
-                let _ = std::fs::remove_dir_all(&path);
-                std::fs::create_dir(&path).unwrap();
-                Self(path)
-            }
-
-            pub(crate) fn path(&self) -> &Path {
-                &self.0
-            }
-        }
-
-        impl Drop for TempDir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 }

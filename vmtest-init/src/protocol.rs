@@ -22,7 +22,8 @@
 //! A VM that is saved as a snapshot has a third port, [`HOST_PORT`], on which the host writes
 //! [`HostMessage`] frames: a plan with [`Plan::restore_point`] set makes PID 1 say
 //! [`GuestMessage::Ready`] once its setup is done and wait there for
-//! [`HostMessage::Restored`], which the host sends to every VM restored from the snapshot.
+//! [`HostMessage::Restored`], which the host sends to every VM restored from the snapshot
+//! (and to the VM it saved, which goes on too), followed by the run's [`HostMessage::Payload`].
 //! Every host message carries [`PROTOCOL_VERSION`] first ([`host_message_version`]); the
 //! guest greets each new host with `Hello` again.
 //!
@@ -41,8 +42,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// (the host knows which test is running) and their names are bytes; the kernel log of a failed
 /// test travels as [`KERNEL_LOG_NAME`]. 4: the plan carries [`FileLimits`]; the guest says what
 /// they held back ([`GuestMessage::FilesHeldBack`]). 5: the plan's [`Plan::restore_point`],
-/// [`GuestMessage::Ready`], and [`HostMessage`] frames on [`HOST_PORT`].
-pub const PROTOCOL_VERSION: u32 = 5;
+/// [`GuestMessage::Ready`], and [`HostMessage`] frames on [`HOST_PORT`]. 6: after
+/// [`HostMessage::Restored`], the run's files and plan arrive as [`HostMessage::Payload`].
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest frame either side accepts, in bytes (payload only).
 pub const MAX_FRAME_LEN: usize = 16 << 20;
@@ -116,7 +118,8 @@ pub struct Plan {
     pub files: FileLimits,
     /// `true`: once its setup is done (mounts, modules, the control port), PID 1 sends
     /// [`GuestMessage::Ready`] and waits on [`HOST_PORT`] for [`HostMessage::Restored`]
-    /// before it runs anything: the point where the host saves the VM's snapshot.
+    /// and the run's [`HostMessage::Payload`] before it runs anything: the point where the
+    /// host saves the VM's snapshot. Such a plan has no tests; the payload's plan has them.
     pub restore_point: bool,
 }
 
@@ -228,9 +231,13 @@ impl VersionMismatch {
             Reader::Guest => (ours, theirs),
         };
         let rebuild = if guest < host {
-            "the guest's vmtest-init is older than the host's vmtest: rebuild it from the same              vmtest version (for `cargo vmtest run`, the binary VMTEST_INIT names; unset              VMTEST_INIT to let the runner build a matching one)"
+            "the guest's vmtest-init is older than the host's vmtest: rebuild it from the same \
+             vmtest version (for `cargo vmtest run`, the binary VMTEST_INIT names; unset \
+             VMTEST_INIT to let the runner build a matching one)"
         } else {
-            "the host's vmtest is older than the guest's vmtest-init: update the vmtest              dependency (or cargo-vmtest) to the version the guest was built from, or rebuild              the guest's vmtest-init (VMTEST_INIT) from the host's version"
+            "the host's vmtest is older than the guest's vmtest-init: update the vmtest \
+             dependency (or cargo-vmtest) to the version the guest was built from, or rebuild \
+             the guest's vmtest-init (VMTEST_INIT) from the host's version"
         };
         format!(
             "the guest speaks vmtest protocol version {guest}, the host version {host}: {rebuild}"
@@ -406,7 +413,8 @@ pub enum HostMessage {
     /// The VM was restored from a snapshot taken at its restore point: PID 1 sets the wall
     /// clock to `unix_secs.unix_nanos` (the host's time when it sent this), mixes `seed` into
     /// the kernel's random pool and reseeds it (no two restores may draw the same random
-    /// bytes), greets the host with [`GuestMessage::Hello`] and goes on with its plan.
+    /// bytes), unpacks the [`HostMessage::Payload`] that follows, greets the host with
+    /// [`GuestMessage::Hello`] and goes on with the payload's plan.
     Restored {
         /// The host's [`PROTOCOL_VERSION`].
         version: u32,
@@ -418,7 +426,23 @@ pub enum HostMessage {
         #[serde(with = "bytes")]
         seed: Vec<u8>,
     },
+    /// A piece of the run's payload: a newc archive of this run's files (the working
+    /// directory, fixtures, the tests' modules) and its plan at [`PLAN_PATH`], which PID 1
+    /// unpacks over `/` after [`HostMessage::Restored`] and before it reads the plan again.
+    /// Pieces of at most [`PAYLOAD_CHUNK_LEN`] bytes, in order; `last` ends the archive.
+    Payload {
+        /// The host's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The archive's next bytes.
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+        /// This is the archive's last piece.
+        last: bool,
+    },
 }
+
+/// Most archive bytes in one [`HostMessage::Payload`].
+pub const PAYLOAD_CHUNK_LEN: usize = 1 << 20;
 
 /// Most bytes of [`HostMessage::Restored::seed`] the guest mixes in.
 pub const MAX_SEED_LEN: usize = 512;

@@ -9,9 +9,14 @@
 //!    and forces a reseed of the CRNG (`RNDRESEEDCRNG`), so the next `getrandom` of every
 //!    process draws from the new state (on x86_64 QEMU's `vmgenid` device, when present,
 //!    makes the kernel reseed too);
-//! 3. greets the new host with `Hello`, as at boot, and goes on with the plan.
+//! 3. unpacks the run's payload (its files and plan, [`HostMessage::Payload`]) over `/`;
+//! 4. greets the new host with `Hello`, as at boot, and goes on with the payload's plan.
+//!
+//! The VM that was saved goes on the same way: the host sends it a seed and a payload too, so
+//! that it shares no random state with the snapshot's later restores.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,6 +25,7 @@ use crate::protocol::{
     decode_host_message, FrameReader, GuestMessage, HostMessage, HOST_PORT, MAX_SEED_LEN,
     PROTOCOL_VERSION,
 };
+use crate::unpack;
 
 /// How long to wait for the host port to appear at the restore point.
 const PORT_PATIENCE: Duration = Duration::from_secs(5);
@@ -32,7 +38,8 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 /// `RNDRESEEDCRNG`: `_IO('R', 0x07)` (Linux 4.17+).
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
-/// Says `Ready`, waits for the host's [`HostMessage::Restored`] and applies it.
+/// Says `Ready`, waits for the host's [`HostMessage::Restored`], applies it and unpacks the
+/// payload that follows over `/`.
 pub(crate) fn wait_for_restore(control: &Control) -> Result<(), String> {
     // Open before saying `Ready`: a snapshot taken right after it finds PID 1 reading.
     let port = ports::open_port_for_reading(
@@ -42,21 +49,64 @@ pub(crate) fn wait_for_restore(control: &Control) -> Result<(), String> {
         PORT_PATIENCE,
     )?;
     control.send(&GuestMessage::Ready)?;
-    match read_message(&port)? {
+    let mut reader = FrameReader::new(&port);
+    match read_message(&mut reader)? {
         HostMessage::Restored { unix_secs, unix_nanos, seed, .. } => {
             set_clock(unix_secs, unix_nanos)?;
             if !seed.is_empty() {
                 reseed(&seed)?;
             }
         }
+        HostMessage::Payload { .. } => {
+            return Err(format!("the host sent a payload on {HOST_PORT} before `Restored`"))
+        }
     }
+    let payload = PayloadReader { frames: reader, piece: Vec::new(), at: 0, ended: false };
+    let unpacked = unpack::unpack(payload, Path::new("/"))?;
+    crate::console::say(format_args!(
+        "restored; the run's payload: {} entries, {} bytes",
+        unpacked.entries, unpacked.bytes
+    ));
     let kernel_release = rustix::system::uname().release().to_string_lossy().into_owned();
     control.send(&GuestMessage::Hello { version: PROTOCOL_VERSION, kernel_release })
 }
 
-/// The next host message on `port`; reads that find the host gone are retried.
-fn read_message(port: &File) -> Result<HostMessage, String> {
-    let mut reader = FrameReader::new(port);
+/// The archive carried by [`HostMessage::Payload`] frames, as one stream.
+struct PayloadReader<'a> {
+    frames: FrameReader<&'a File>,
+    piece: Vec<u8>,
+    /// Bytes of `piece` already read.
+    at: usize,
+    /// The last piece arrived.
+    ended: bool,
+}
+
+impl Read for PayloadReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.piece.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match read_message(&mut self.frames).map_err(std::io::Error::other)? {
+                HostMessage::Payload { data, last, .. } => {
+                    (self.piece, self.at, self.ended) = (data, 0, last);
+                }
+                HostMessage::Restored { .. } => {
+                    return Err(std::io::Error::other(format!(
+                        "the host sent `Restored` on {HOST_PORT} inside the payload"
+                    )))
+                }
+            }
+        }
+        let n = buf.len().min(self.piece.len() - self.at);
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The next host message on `reader`'s port; reads that find the host gone are retried.
+fn read_message(reader: &mut FrameReader<&File>) -> Result<HostMessage, String> {
     loop {
         match reader.next_payload() {
             Ok(Some(payload)) => {

@@ -332,6 +332,18 @@ pub mod __snapshot {
             self.0.send(message).map_err(|e| e.to_string())
         }
 
+        /// Sends a payload that brings only `plan` (after [`HostMessage::Restored`]).
+        pub fn send_plan(&mut self, plan: &Plan) -> Result<(), String> {
+            let mut archive = crate::image::initramfs::Initramfs::new();
+            let frame = vmtest_init::protocol::encode_frame(plan).map_err(|e| e.to_string())?;
+            archive
+                .add_bytes(vmtest_init::protocol::PLAN_PATH, frame, 0o644)
+                .map_err(|e| e.to_string())?;
+            let mut bytes = Vec::new();
+            archive.write_to(&mut bytes).map_err(|e| e.to_string())?;
+            self.0.send_payload(&mut &bytes[..]).map_err(|e| e.to_string())
+        }
+
         /// Stops the VM and saves it into `cache`.
         pub fn save(
             &mut self,

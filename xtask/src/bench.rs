@@ -12,6 +12,15 @@
 //! - **transfer**: a test writing 64 MiB to an artifact, which the host receives, against one
 //!   writing it to a file that stays in the guest: the difference gives the transfer rate.
 //!
+//! Those run with `VMTEST_SNAPSHOT=off`: every VM boots its kernel (the cold path). Then:
+//! - **one-save**: `one` with `VMTEST_SNAPSHOT=refresh`: boots, saves the snapshot, runs (what
+//!   the first run of a configuration costs);
+//! - **warm-one**, **warm-many**: `one` and `many` started from their snapshots, in a cache of
+//!   the bench's own (`target/bench/snapshots`) that one untimed run of each fills first;
+//! - **nextest-10**: `cargo nextest run` of ten trivial tests, one process and so one VM per
+//!   test, warm (x86_64 guests on an x86_64 host only; skipped with a line when cargo-nextest
+//!   is missing).
+//!
 //! Plus, outside the rounds, for a 50 MB test binary: the time to build its initramfs, and the
 //! harness's time from start to QEMU's start when nothing changed since the last run. Each
 //! scenario's median, minimum and maximum go to a table and to JSON. A run that fails or does
@@ -87,14 +96,20 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     let (mut floor, accel) = vmtest::__bench::floor_command(arch, kernel.image(), &floor_initrd)?;
     floor.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
 
-    let run = |binary: &Path, args: &[&str], env: &[(&str, String)]| -> Command {
+    let snapshots = out.join("snapshots");
+    let run_with = |mode: &str, binary: &Path, args: &[&str], env: &[(&str, String)]| {
         let mut command = bins.command(binary);
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("VMTEST_SNAPSHOT", mode)
+            .env("VMTEST_SNAPSHOTS", &snapshots)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         command
+    };
+    let run = |binary: &Path, args: &[&str], env: &[(&str, String)]| -> Command {
+        run_with("off", binary, args, env)
     };
     let transfer_env = |send: bool| {
         [
@@ -126,7 +141,35 @@ fn bench(args: BenchArgs) -> Result<(), String> {
             "1 test writing 64 MiB to an artifact sent to the host",
             run(&bins.transfer, &[], &transfer_env(true)),
         ),
+        scenario(
+            "one-save",
+            "1 trivial test, booting and saving its snapshot (VMTEST_SNAPSHOT=refresh)",
+            run_with("refresh", &bins.one, &[], &[]),
+        ),
+        scenario(
+            "warm-one",
+            "1 trivial test, started from its snapshot",
+            run_with("on", &bins.one, &[], &[]),
+        ),
+        scenario(
+            "warm-many",
+            "50 trivial tests, one VM, started from its snapshot",
+            run_with("on", &bins.many, &[], &[]),
+        ),
     ]);
+    if arch == Arch::X86_64 && Arch::host() == Arch::X86_64 {
+        match nextest(&root, &snapshots) {
+            Some(command) => scenarios.push(scenario(
+                "nextest-10",
+                "cargo nextest run, 10 trivial tests: 10 processes, 10 VMs, warm",
+                command,
+            )),
+            None => eprintln!(
+                "xtask: bench: no nextest-10: cargo-nextest is not installed \
+                 (`cargo install cargo-nextest --locked`, or `cargo xtask setup`)"
+            ),
+        }
+    }
     if arch == Arch::X86_64 {
         // A kernel developer's own build: the same image at a path outside the store.
         let own_build = out.join("own-build-bzImage");
@@ -166,6 +209,15 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         kernel.describe(),
         scenarios.len()
     );
+    // The warm scenarios' snapshots, made before the rounds (a run that saves is `one-save`).
+    for scenario in scenarios
+        .iter_mut()
+        .filter(|s| s.name.starts_with("warm-") || s.name.starts_with("nextest"))
+    {
+        if let Err(e) = time(&mut scenario.command) {
+            scenario.failures.push(format!("the run that saves the snapshot: {e}"));
+        }
+    }
     for round in 1..=rounds {
         for scenario in &mut scenarios {
             match time(&mut scenario.command) {
@@ -183,6 +235,30 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     });
     let _ = std::fs::remove_file(&fat);
     report(arch, accel, &kernel.describe(), rounds, &scenarios, &before_qemu?, &out)
+}
+
+/// `cargo nextest run` of `tests/bench-suite/tests/ten.rs`, warm from `snapshots`, built
+/// first; `None` without cargo-nextest.
+fn nextest(root: &Path, snapshots: &Path) -> Option<Command> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let installed = Command::new(&cargo)
+        .args(["nextest", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        return None;
+    }
+    let mut command = Command::new(cargo);
+    command
+        .args(["nextest", "run", "-p", "bench-suite", "--test", "ten", "--no-fail-fast"])
+        .current_dir(root)
+        .env("VMTEST_SNAPSHOT", "on")
+        .env("VMTEST_SNAPSHOTS", snapshots)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Some(command)
 }
 
 /// What the harness does before QEMU starts, for a 50 MB test binary.
@@ -438,6 +514,11 @@ fn report(
     let pvh_overhead = median("one").zip(median("floor-pvh")).map(|(one, floor)| one / floor);
     let path_overhead = median("one-path").zip(median("floor-pvh")).map(|(one, floor)| one / floor);
     let per_test = median("many").zip(median("one")).map(|(many, one)| (many - one) / 49.0);
+    let floor_pvh = median("floor-pvh").or(floor);
+    let warm_one = median("warm-one").zip(floor_pvh).map(|(warm, floor)| warm / floor);
+    let warm_many = median("warm-many").zip(floor_pvh).map(|(warm, floor)| warm / floor);
+    let nextest_ten = median("nextest-10").zip(floor_pvh).map(|(ten, floor)| ten / floor);
+    let save_cost = median("one-save").zip(median("one")).map(|(save, one)| save / one);
     let matrix_ratio = median("matrix").zip(median("matrix-serial")).map(|(p, s)| p / s);
     let transfer = median("sent-64M").zip(median("kept-64M")).map(|(big, small)| {
         let seconds = big - small;
@@ -457,6 +538,21 @@ fn report(
     }
     if let Some(ratio) = path_overhead {
         println!("one test, kernel given by path, vs the PVH floor: {ratio:.2} x");
+    }
+    let floor_name = if median("floor-pvh").is_some() { "PVH floor" } else { "floor" };
+    if let Some(ratio) = warm_one {
+        println!("one test started from its snapshot vs the {floor_name}: {ratio:.2} x");
+    }
+    if let Some(ratio) = warm_many {
+        println!("50 tests in one VM started from its snapshot vs the {floor_name}: {ratio:.2} x");
+    }
+    if let Some(ratio) = nextest_ten {
+        println!("cargo nextest run of 10 tests (10 VMs), warm, vs the {floor_name}: {ratio:.2} x");
+    }
+    if let Some(ratio) = save_cost {
+        println!(
+            "first run of a configuration (boot and save) vs a cold run without: {ratio:.2} x"
+        );
     }
     if let Some(per_test) = per_test {
         println!("per extra test in one VM: {:.0} ms (median many - one, / 49)", per_test * 1000.0);
@@ -508,6 +604,10 @@ fn report(
         "one_vs_floor_pvh": pvh_overhead,
         "one_path_vs_floor_pvh": path_overhead,
         "per_extra_test_s": per_test,
+        "warm_one_vs_floor_pvh": warm_one,
+        "warm_many_vs_floor_pvh": warm_many,
+        "nextest_10_vs_floor_pvh": nextest_ten,
+        "one_save_vs_one": save_cost,
         "matrix_parallel_vs_serial": matrix_ratio,
         "transfer_mb_per_s": transfer,
         "initramfs_50mb_s": {

@@ -126,13 +126,12 @@ fn an_old_vmtest_init_is_a_clear_error_naming_what_to_rebuild() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&old_init.display().to_string()), "{stderr}");
-    assert!(
-        stderr.contains(
-            "the guest speaks vmtest protocol version 2, the host version 5: the guest's \
-             vmtest-init is older than the host's vmtest: rebuild it"
-        ),
-        "{stderr}"
+    let expected = format!(
+        "the guest speaks vmtest protocol version 2, the host version {}: the guest's \
+         vmtest-init is older than the host's vmtest: rebuild it",
+        vmtest::__snapshot::PROTOCOL_VERSION
     );
+    assert!(stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains("VMTEST_INIT"), "{stderr}");
 }
 

@@ -20,7 +20,8 @@ const PROBE: &str = env!("CARGO_BIN_EXE_fixture-restore");
 const BOOT: Duration = Duration::from_secs(120);
 const STEP: Duration = Duration::from_secs(60);
 
-/// The plan: stop at the restore point, then run the probe.
+/// The plan: stop at the restore point. The same plan without it is the payload's, sent after
+/// each restore: it runs the probe.
 fn plan() -> Plan {
     let mut plan = Plan::new(
         Vec::new(),
@@ -199,6 +200,9 @@ fn restore_and_probe(
     let running = started.elapsed();
     let sent = unix_now();
     vm.send(&restored(seed)).unwrap();
+    let mut run = plan();
+    run.restore_point = false;
+    vm.send_plan(&run).unwrap();
     wait_for(&mut vm, "Hello");
     let greeted = started.elapsed();
     let probe = run_probe(&mut vm);

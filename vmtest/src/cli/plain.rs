@@ -11,7 +11,7 @@ use vmtest_init::protocol::{self, GuestMessage, Outcome, PlannedTest, Stream};
 
 use crate::cli::init_build::{self, INIT_ENV};
 use crate::host::binary::elf_arch;
-use crate::host::group::BOOT_TIMEOUT;
+use crate::host::group::{write_image, Snapshots, BOOT_TIMEOUT};
 use crate::image::guest_image::{Base, GuestImage, Payload};
 use crate::userland::GuestUserland;
 use crate::vm::accel;
@@ -86,7 +86,9 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
     // Nothing on the host takes files from an ordinary binary.
     payload
         .set_file_limits(protocol::FileLimits { test_files: 0, ..protocol::FileLimits::default() });
-    let size = GuestImage { base, payload }.write(&initrd)?;
+    let snapshots = Snapshots::from_env()?;
+    let image = GuestImage { base, payload };
+    let (size, warm) = write_image(&image, &initrd, workdir.path(), snapshots.as_ref())?;
 
     let spec = VmSpec {
         arch,
@@ -98,6 +100,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
         console_limit: session::console_limit()?,
         modules: std::sync::Arc::new(kernel.module_provider()),
+        warm,
     };
     let console_log = log_path(binary);
     let gap = Duration::from_secs(30).mul_f64(scale);
@@ -123,6 +126,9 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
             }
             _ => timeout + gap,
         })?;
+    for warning in &end.warnings {
+        eprintln!("vmtest: warning: {warning}");
+    }
     let console =
         || format!("kernel console ({}), last lines:\n{}", console_log.display(), end.console_tail);
     let code = match (&outcome, &end.problem) {

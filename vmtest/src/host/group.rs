@@ -29,6 +29,8 @@ use crate::kernel::{Kernel, ModuleFile, ModuleProvider};
 use crate::userland::GuestUserland;
 use crate::vm::accel::AccelChoice;
 use crate::vm::session::{self, VmSpec};
+use crate::vm::snapshot::{self, SnapshotCache};
+use crate::vm::warm::{SnapshotMode, Warm};
 use crate::Error;
 
 /// Time for a kernel to reach the harness, before scaling.
@@ -40,6 +42,8 @@ const HOST_GRACE: Duration = Duration::from_secs(30);
 const SEND_TIME: Duration = Duration::from_secs(30);
 /// Guest memory on top of what the initramfs needs.
 const BASE_MEMORY_MIB: u64 = 256;
+/// The default guest memory is a multiple of this.
+const MEMORY_STEP_MIB: u64 = 64;
 /// Environment variable that carries a test's shown name (`test[kernel]`) into the guest.
 const INSTANCE_ENV: &str = "VMTEST_TEST_INSTANCE";
 
@@ -110,6 +114,52 @@ pub(crate) struct RunSettings {
     pub vms: VmSlots,
     /// The directory tree and tools every guest of the run gets beneath its own files.
     pub userland: GuestUserland,
+    /// Where VMs start warm from; `None`: every VM boots its kernel.
+    pub snapshots: Option<Snapshots>,
+}
+
+/// Warm starts for a run's VMs (`VMTEST_SNAPSHOT`).
+#[derive(Clone, Debug)]
+pub(crate) struct Snapshots {
+    pub cache: SnapshotCache,
+    /// Boot and save anew even where a snapshot exists.
+    pub refresh: bool,
+}
+
+impl Snapshots {
+    /// Where VMs start warm from, as `VMTEST_SNAPSHOT` says: `None` when it is off, or when
+    /// there is no kernel store to keep snapshots under and `VMTEST_SNAPSHOTS` names no
+    /// directory.
+    pub(crate) fn from_env() -> Result<Option<Snapshots>, Error> {
+        let refresh = match SnapshotMode::from_env()? {
+            SnapshotMode::Off => return Ok(None),
+            SnapshotMode::On => false,
+            SnapshotMode::Refresh => true,
+        };
+        let cache = match crate::kernel::Store::open() {
+            Ok(store) => SnapshotCache::open(store.root()),
+            Err(_) => match std::env::var_os(snapshot::SNAPSHOTS_ENV) {
+                Some(dir) if !dir.is_empty() => SnapshotCache::open(Path::new(&dir)),
+                _ => return Ok(None),
+            },
+        };
+        Ok(Some(Snapshots { cache, refresh }))
+    }
+}
+
+/// Writes `image` for a VM whose files go in `workdir`: as one initramfs at `initrd`, or,
+/// with `snapshots`, its base there and its payload next to it, with the [`Warm`] start that
+/// sends it. Returns the bytes written.
+pub(crate) fn write_image(
+    image: &GuestImage,
+    initrd: &Path,
+    workdir: &Path,
+    snapshots: Option<&Snapshots>,
+) -> Result<(u64, Option<Warm>), Error> {
+    let Some(snapshots) = snapshots else { return Ok((image.write(initrd)?, None)) };
+    let payload = workdir.join("payload.cpio");
+    let size = image.base.write_warm(initrd)? + image.payload.write_warm(&image.base, &payload)?;
+    Ok((size, Some(Warm { cache: snapshots.cache.clone(), refresh: snapshots.refresh, payload })))
 }
 
 /// A run's settings and the state its groups share.
@@ -238,9 +288,10 @@ impl RunContext {
 }
 
 /// Guest memory when a test does not say: a base, plus twice the initramfs (the archive and
-/// the files unpacked from it).
+/// the files unpacked from it), rounded up to [`MEMORY_STEP_MIB`]. The memory is part of a
+/// snapshot's key: rounded, runs whose files differ by a few MiB share their snapshot.
 pub(crate) fn default_memory_mib(initramfs_bytes: u64) -> u64 {
-    BASE_MEMORY_MIB + 2 * initramfs_bytes.div_ceil(1 << 20)
+    (BASE_MEMORY_MIB + 2 * initramfs_bytes.div_ceil(1 << 20)).next_multiple_of(MEMORY_STEP_MIB)
 }
 
 /// Counts VM boots of this process, to name their profiles apart.
@@ -375,7 +426,8 @@ impl Group {
         context.log_dir.path.join(format!("vm{}{retry}-{kernel}.console.log", self.index))
     }
 
-    /// Boots the VM and runs the group's tests.
+    /// Boots the VM (or starts it from its configuration's snapshot) and runs the group's
+    /// tests.
     fn boot(
         &self,
         context: &RunContext,
@@ -385,7 +437,9 @@ impl Group {
     ) -> Result<BootEnd, Error> {
         let workdir = crate::vm::process::vm_workdir()?;
         let initrd = workdir.path().join("initrd.cpio");
-        let size = self.write_initramfs(context, pending, &initrd)?;
+        let image = self.image(context, pending)?;
+        let (size, warm) =
+            write_image(&image, &initrd, workdir.path(), context.snapshots.as_ref())?;
         let memory_mib = self.memory_mib(size);
         // Counted against the host's memory with the size the VM really gets.
         let permit = context.vms.acquire(memory_mib);
@@ -406,6 +460,7 @@ impl Group {
             boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
             console_limit: context.console_limit,
             modules: Arc::clone(&self.modules),
+            warm,
         };
         let console_log = self.console_log(context, attempt);
         let mut running: Option<&Member> = None;
@@ -497,6 +552,9 @@ impl Group {
             }
             deadline.left()
         })?;
+        for warning in &end.warnings {
+            let _ = notes.send(Note::Stderr(format!("vmtest: warning: {warning}")));
+        }
         let Some(mut problem) = end.problem else { return Ok(BootEnd::Ended) };
         if end.kvm_failed && accel.may_fall_back {
             context.fall_back_to_tcg(&problem, notes)?;
@@ -520,12 +578,8 @@ impl Group {
         Ok(if unfinished > 0 { BootEnd::Failed(report) } else { BootEnd::Ended })
     }
 
-    fn write_initramfs(
-        &self,
-        context: &RunContext,
-        pending: &[&Member],
-        path: &std::path::Path,
-    ) -> Result<u64, Error> {
+    /// The guest image of a VM that runs `pending`.
+    fn image(&self, context: &RunContext, pending: &[&Member]) -> Result<GuestImage, Error> {
         let mut base = Base::new(&context.exe, context.userland.clone())?;
         for module in &self.harness_modules {
             base.add_module(module)?;
@@ -551,7 +605,7 @@ impl Group {
                 .file_limits
                 .for_guest(run_bytes_left, u64::try_from(send_ms).unwrap_or(u64::MAX)),
         );
-        GuestImage { base, payload }.write(path)
+        Ok(GuestImage { base, payload })
     }
 
     fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
@@ -582,6 +636,14 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
+
+    #[test]
+    fn default_memory_is_the_base_and_twice_the_image_in_steps() {
+        assert_eq!(default_memory_mib(0), 256);
+        assert_eq!(default_memory_mib(1), 320);
+        assert_eq!(default_memory_mib(32 << 20), 320);
+        assert_eq!(default_memory_mib((32 << 20) + 1), 384);
+    }
 
     #[test]
     fn between_tests_the_guest_has_the_gap() {

@@ -19,7 +19,7 @@ use vmtest_init::protocol;
 use crate::host::args::{self, Options, Parsed};
 use crate::host::binary::TestBinary;
 use crate::host::files;
-use crate::host::group::{Group, RunContext, RunSettings};
+use crate::host::group::{Group, RunContext, RunSettings, Snapshots};
 use crate::host::logdir::LogDir;
 use crate::host::plan::{self, Selected};
 use crate::host::progress;
@@ -213,6 +213,7 @@ fn prepare(
         vms: VmSlots::for_host(threads),
         accel,
         userland,
+        snapshots: Snapshots::from_env()?,
     }));
     Ok(Some((context, ordered)))
 }

@@ -9,6 +9,10 @@
 //! which become the [`Plan`] at [`protocol::PLAN_PATH`]. [`GuestImage`] writes the two as one
 //! archive; the base alone ([`Base::write`]) is what a guest boots before it has a payload.
 //!
+//! A warm VM (see `vm::warm`) boots the base with a plan that stops at the restore point
+//! ([`Base::write_warm`]) and receives the payload, with its own plan, as a second archive
+//! ([`Payload::write_warm`]) that the guest unpacks over the first.
+//!
 //! Where the parts meet, the payload wins: an entry of the base is left out where the payload
 //! has one at its path (as the later addition won when the image was built in one go), and
 //! the userland yields to both.
@@ -68,6 +72,17 @@ impl Base {
     /// Writes [`Self::initramfs`] to `path`; returns its size.
     pub(crate) fn write(&self, path: &Path) -> Result<u64, Error> {
         write_file(&self.initramfs()?, path)
+    }
+
+    /// Writes the image a warm VM boots to `path`: the base with a plan that loads the
+    /// harness's modules and stops at the restore point, no tests. Returns its size.
+    pub(crate) fn write_warm(&self, path: &Path) -> Result<u64, Error> {
+        let mut tree = self.tree.clone();
+        let mut plan = Plan::new(self.modules.clone(), Vec::new());
+        plan.restore_point = true;
+        tree.add_bytes(protocol::PLAN_PATH, encode_plan(&plan)?, 0o644)?;
+        self.userland.add_beneath(&mut tree)?;
+        write_file(&tree, path)
     }
 }
 
@@ -136,6 +151,27 @@ impl Payload {
         plan.files = self.files;
         plan
     }
+
+    /// Writes the archive a warm VM unpacks over `base` (booted with [`Base::write_warm`],
+    /// whose modules are loaded already) to `path`: the payload's files, the working
+    /// directory unless either part has it, and a plan with the payload's modules and the
+    /// tests. Returns its size.
+    pub(crate) fn write_warm(&self, base: &Base, path: &Path) -> Result<u64, Error> {
+        let mut tree = self.tree.clone();
+        let cwd = &self.cwd;
+        if cwd != "/" && !tree.contains(cwd) && !base.initramfs()?.contains(cwd) {
+            tree.add_dir(cwd, 0o755)?;
+        }
+        let mut plan = Plan::new(self.modules.clone(), self.tests.clone());
+        plan.files = self.files;
+        tree.add_bytes(protocol::PLAN_PATH, encode_plan(&plan)?, 0o644)?;
+        write_file(&tree, path)
+    }
+}
+
+fn encode_plan(plan: &Plan) -> Result<Vec<u8>, Error> {
+    protocol::encode_frame(plan)
+        .map_err(|e| Error::Config(format!("failed to encode the guest's plan: {e}")))
 }
 
 /// A base and a payload, written as one archive.
@@ -155,9 +191,7 @@ impl GuestImage {
         if cwd != "/" && !tree.contains(cwd) {
             tree.add_dir(cwd, 0o755)?;
         }
-        let plan = protocol::encode_frame(&self.payload.plan(&self.base))
-            .map_err(|e| Error::Config(format!("failed to encode the guest's plan: {e}")))?;
-        tree.add_bytes(protocol::PLAN_PATH, plan, 0o644)?;
+        tree.add_bytes(protocol::PLAN_PATH, encode_plan(&self.payload.plan(&self.base))?, 0o644)?;
         self.base.userland.add_beneath(&mut tree)?;
         Ok(tree)
     }

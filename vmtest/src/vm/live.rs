@@ -154,6 +154,13 @@ impl LiveVm {
             .map_err(|e| Error::Config(format!("failed to send a message to the guest: {e}")))
     }
 
+    /// Sends the run's payload archive read from `archive` on the host port.
+    pub fn send_payload(&mut self, archive: &mut impl std::io::Read) -> Result<(), Error> {
+        crate::vm::warm::send_payload(archive, &mut self.host)
+            .map(drop)
+            .map_err(|e| Error::Config(format!("failed to send the payload to the guest: {e}")))
+    }
+
     /// Stops the VM and saves it into `cache` under `key`; the VM stays stopped.
     pub fn save(
         &mut self,

@@ -1,8 +1,8 @@
 //! One QEMU VM: the typed command line ([`qemu`]), the accelerator ([`accel`]), the QEMU
 //! process and the run's temp dirs ([`process`]), a running VM's ports and deadlines
 //! ([`session`]) and the host's end of the modules port ([`modserver`]); snapshots of a
-//! booted guest ([`snapshot`]: key, cache, save, restore) over QEMU's monitor ([`qmp`]), and a
-//! VM driven step by step for them ([`live`]).
+//! booted guest ([`snapshot`]: key, cache, save, restore) over QEMU's monitor ([`qmp`]), warm
+//! starts from them ([`warm`]), and a VM driven step by step ([`live`]).
 
 pub(crate) mod accel;
 pub(crate) mod live;
@@ -12,3 +12,4 @@ pub(crate) mod qemu;
 pub(crate) mod qmp;
 pub(crate) mod session;
 pub(crate) mod snapshot;
+pub(crate) mod warm;

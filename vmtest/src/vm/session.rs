@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::{
-    FrameError, FrameReader, GuestMessage, Reader, VersionMismatch, CONTROL_PORT, MODULES_PORT,
-    PROTOCOL_VERSION,
+    FrameError, FrameReader, GuestMessage, Reader, VersionMismatch, CONTROL_PORT, HOST_PORT,
+    MODULES_PORT, PROTOCOL_VERSION,
 };
 
 use crate::arch::Arch;
@@ -26,7 +26,10 @@ use crate::kernel::ModuleProvider;
 use crate::vm::accel::Accel;
 use crate::vm::modserver;
 use crate::vm::process::QemuProcess;
-use crate::vm::qemu::{profile, QemuCommand, SocketPort};
+use crate::vm::qemu::{profile, QemuCommand, SnapshotArgs, SocketPort};
+use crate::vm::qmp::Qmp;
+use crate::vm::snapshot;
+use crate::vm::warm::{self, Start, Warm, WarmEnd, WarmVm};
 use crate::Error;
 
 /// Bytes of kernel console kept in memory for failure messages.
@@ -60,6 +63,9 @@ pub(crate) struct VmSpec {
     pub console_limit: u64,
     /// Answers the guest's `modprobe` with the booted kernel's modules.
     pub modules: Arc<ModuleProvider>,
+    /// Start from the configuration's snapshot (or boot and save one); the initramfs is then
+    /// the base image, and the run's files and plan follow over the host port.
+    pub warm: Option<Warm>,
 }
 
 /// What the caller decides after each guest message: how long to wait for the next one.
@@ -74,11 +80,16 @@ pub(crate) struct VmEnd {
     pub kvm_failed: bool,
     /// The last lines of the kernel console.
     pub console_tail: String,
+    /// Lines for the user about the VM's snapshot: one that could not be used, or saved.
+    pub warnings: Vec<String>,
 }
 
 /// Boots one VM from `initrd` (already written into `workdir`) and calls `on_message` for each
 /// message after `Hello`; `on_message` returns how long to wait for the next message.
 /// `console_log` receives the complete kernel console when the VM is gone.
+///
+/// A warm VM whose snapshot fails before its guest greets the host (the snapshot was removed)
+/// boots again cold and saves a new one, with a warning; `on_message` has seen nothing then.
 pub(crate) fn run(
     spec: &VmSpec,
     workdir: &Path,
@@ -86,11 +97,55 @@ pub(crate) fn run(
     console_log: &Path,
     mut on_message: impl FnMut(GuestMessage) -> NextDeadline,
 ) -> Result<VmEnd, Error> {
+    let (end, failed_snapshot) = run_once(spec, workdir, initrd, console_log, &mut on_message)?;
+    let (Some(snapshot), Some(problem)) = (failed_snapshot, &end.problem) else { return Ok(end) };
+    let mut warnings = end.warnings;
+    warnings.push(format!(
+        "the VM started from the snapshot {} failed before its guest started ({}); the \
+         snapshot was removed, and the VM boots cold",
+        snapshot.display(),
+        problem.lines().next().unwrap_or_default()
+    ));
+    let mut cold = spec.clone();
+    if let Some(warm) = &mut cold.warm {
+        warm.refresh = true;
+    }
+    for socket in ["control.sock", "modules.sock", "host.sock", "qmp.sock"] {
+        let _ = std::fs::remove_file(workdir.join(socket));
+    }
+    let (mut end, _) = run_once(&cold, workdir, initrd, console_log, &mut on_message)?;
+    warnings.append(&mut end.warnings);
+    end.warnings = warnings;
+    Ok(end)
+}
+
+/// [`run`] without the second try; also says which snapshot failed before the guest greeted.
+fn run_once(
+    spec: &VmSpec,
+    workdir: &Path,
+    initrd: &Path,
+    console_log: &Path,
+    mut on_message: impl FnMut(GuestMessage) -> NextDeadline,
+) -> Result<(VmEnd, Option<PathBuf>), Error> {
     let qemu_binary = find_qemu(spec.arch)?;
     let socket = workdir.join("control.sock");
     let listener = listen(&socket)?;
     let modules_socket = workdir.join("modules.sock");
     let modules_listener = listen(&modules_socket)?;
+    let mut ports = vec![
+        SocketPort { name: CONTROL_PORT.to_owned(), socket: socket.clone() },
+        SocketPort { name: MODULES_PORT.to_owned(), socket: modules_socket },
+    ];
+    let mut snapshot_args = SnapshotArgs::default();
+    let mut warm_listeners = None;
+    if spec.warm.is_some() {
+        let (host_socket, qmp_socket) = (workdir.join("host.sock"), workdir.join("qmp.sock"));
+        warm_listeners = Some((listen(&host_socket)?, listen(&qmp_socket)?));
+        ports.push(SocketPort { name: HOST_PORT.to_owned(), socket: host_socket });
+        snapshot_args.qmp = Some(qmp_socket);
+        // QEMU has the device for x86_64 only.
+        snapshot_args.vmgenid = spec.arch == Arch::X86_64;
+    }
 
     let qemu = QemuCommand {
         arch: spec.arch,
@@ -100,15 +155,23 @@ pub(crate) fn run(
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
         cmdline: spec.cmdline.clone(),
-        ports: vec![
-            SocketPort { name: CONTROL_PORT.to_owned(), socket: socket.clone() },
-            SocketPort { name: MODULES_PORT.to_owned(), socket: modules_socket },
-        ],
+        ports,
         sandbox: crate::vm::qemu::sandbox(&qemu_binary)?,
-        snapshot: Default::default(),
+        snapshot: snapshot_args,
     };
-    let mut command = Command::new(&qemu_binary);
-    command.args(qemu.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = match &spec.warm {
+        Some(warm) => Some(warm::prepare(warm, &qemu, &qemu_binary)?),
+        None => None,
+    };
+    let mut command = match start.as_ref().and_then(|s| s.snapshot.as_ref()) {
+        Some(file) => snapshot::restore_command(&qemu_binary, &qemu, file)?,
+        None => {
+            let mut command = Command::new(&qemu_binary);
+            command.args(qemu.args());
+            command
+        }
+    };
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut process = QemuProcess::spawn(command)
         .map_err(|e| Error::io(format!("failed to start {}", qemu_binary.display()), e))?;
 
@@ -120,14 +183,21 @@ pub(crate) fn run(
 
     let mut greeted = false;
     let mut server = None;
-    let listeners = Listeners { control: &listener, modules: &modules_listener };
+    let mut warm_end = None;
+    let listeners = Listeners {
+        control: &listener,
+        modules: &modules_listener,
+        warm: warm_listeners.as_ref().map(|(host, qmp)| (host, qmp)),
+    };
+    let warm_start = spec.warm.as_ref().zip(start.as_ref());
     let result = drive(
         spec,
         listeners,
         &mut process,
         &kvm_error,
-        &mut greeted,
+        (&mut greeted, &mut warm_end),
         &mut server,
+        warm_start,
         &mut on_message,
     );
     // Whether QEMU had already ended by itself (crashed, killed from outside) when the loop gave up.
@@ -154,7 +224,8 @@ pub(crate) fn run(
     if let Some(parent) = console_log.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    copy_atomically(&console_path, console_log)?;
+    let header = warm_end.as_ref().map(WarmEnd::describe);
+    copy_atomically(&console_path, console_log, header.as_deref())?;
     let kvm_failed = spec.accel == Accel::Kvm
         && !greeted
         && result.is_err()
@@ -178,7 +249,23 @@ pub(crate) fn run(
             Some(text)
         }
     };
-    Ok(VmEnd { problem, kvm_failed, console_tail })
+    // A VM that started from a snapshot and never greeted: the snapshot may be bad (QEMU
+    // could not load it, or the guest it holds does not run); it goes, and the caller boots.
+    let mut warnings: Vec<String> =
+        start.as_ref().and_then(|s| s.unusable.clone()).into_iter().collect();
+    if let Some(WarmEnd::NotSaved(why)) = &warm_end {
+        warnings.push(format!("failed to save a snapshot of the VM: {why}"));
+    }
+    let restored_from = start.and_then(|s| s.snapshot).map(|file| file.path().to_owned());
+    let restore_failed = match (&problem, restored_from) {
+        (Some(_), Some(path)) if !greeted => {
+            let _ = std::fs::remove_file(&path);
+            Some(path)
+        }
+        _ => None,
+    };
+    let end = VmEnd { problem, kvm_failed, console_tail, warnings };
+    Ok((end, restore_failed))
 }
 
 /// A non-blocking listening socket at `path`.
@@ -196,6 +283,8 @@ pub(crate) fn listen(path: &Path) -> Result<UnixListener, Error> {
 struct Listeners<'a> {
     control: &'a UnixListener,
     modules: &'a UnixListener,
+    /// A warm VM's host port and QMP monitor.
+    warm: Option<(&'a UnixListener, &'a UnixListener)>,
 }
 
 /// QEMU's exit status if it exits within `grace` (a QEMU that dies closes the control socket
@@ -214,13 +303,15 @@ fn exited_within(process: &mut QemuProcess, grace: Duration) -> Option<std::proc
 }
 
 /// The message loop. `Err` carries a description of what went wrong.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     spec: &VmSpec,
     listeners: Listeners<'_>,
     process: &mut QemuProcess,
     kvm_error: &AtomicBool,
-    greeted: &mut bool,
+    (greeted, warm_end): (&mut bool, &mut Option<WarmEnd>),
     server: &mut Option<std::thread::JoinHandle<()>>,
+    warm_start: Option<(&Warm, &Start)>,
     on_message: &mut impl FnMut(GuestMessage) -> NextDeadline,
 ) -> Result<(), String> {
     let started = Instant::now();
@@ -233,6 +324,25 @@ fn drive(
             .map_err(|e| format!("failed to start the modules port's server: {e}"))?,
     );
     let messages = spawn_frame_reader(stream);
+    let mut warm_vm = match (listeners.warm, warm_start) {
+        (Some((host, qmp)), Some((warm, start))) => {
+            let host = accept_until(host, process, connect_deadline)?;
+            let qmp = accept_until(qmp, process, connect_deadline)?;
+            let qmp = Qmp::handshake(qmp, connect_deadline)
+                .map_err(|e| format!("failed to talk to QEMU's monitor: {e}"))?;
+            // A guest that stops reading must not hold the host's writes forever.
+            host.set_write_timeout(Some(spec.boot_timeout))
+                .map_err(|e| format!("failed to configure the host port's socket: {e}"))?;
+            let mut vm = WarmVm { qmp, host };
+            if let Some(file) = &start.snapshot {
+                snapshot::resume(&mut vm.qmp, boot_deadline).map_err(|e| e.to_string())?;
+                vm.restored(warm)?;
+                *warm_end = Some(WarmEnd::Restored(file.path().to_owned()));
+            }
+            Some((vm, warm, start))
+        }
+        _ => None,
+    };
 
     let mut deadline = boot_deadline;
     loop {
@@ -284,6 +394,20 @@ fn drive(
                 deadline = Instant::now() + Duration::from_secs(30);
             }
             _ if !*greeted => return Err("the guest did not start with a greeting".to_owned()),
+            GuestMessage::Ready => {
+                let Some((vm, warm, start)) = &mut warm_vm else {
+                    return Err("the guest stopped at a restore point nobody asked for".to_owned());
+                };
+                // Saving takes a few hundred milliseconds; the boot timeout bounds it.
+                *warm_end = Some(vm.save_and_go_on(
+                    warm,
+                    &start.key,
+                    Instant::now() + spec.boot_timeout,
+                )?);
+                deadline = Instant::now() + spec.boot_timeout;
+            }
+            // A guest that was saved greets again after the restore point.
+            GuestMessage::Hello { .. } => deadline = Instant::now() + spec.boot_timeout,
             GuestMessage::Done => return Ok(()),
             GuestMessage::Fatal(message) => return Err(format!("the guest failed: {message}")),
             other => deadline = Instant::now() + on_message(other),
@@ -515,12 +639,15 @@ fn collect_stderr(
     })
 }
 
-/// Copies `from` to `to` through a temp file in `to`'s directory, so `to` is never half-written
+/// Copies `from` (after a `header` line, if any) to `to` through a temp file in `to`'s directory, so `to` is never half-written
 /// (and the temp file is removed on error, panic or interrupt).
-pub(crate) fn copy_atomically(from: &Path, to: &Path) -> Result<(), Error> {
+pub(crate) fn copy_atomically(from: &Path, to: &Path, header: Option<&str>) -> Result<(), Error> {
     let tmp = to.with_extension("partial");
     let copy = || {
         let (mut file, partial) = crate::partial::create_partial(&tmp)?;
+        if let Some(header) = header {
+            writeln!(file, "{header}")?;
+        }
         std::io::copy(&mut std::fs::File::open(from)?, &mut file)?;
         drop(file);
         partial.persist(to)

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+use crate::vm::accel::Accel;
 use crate::vm::qemu::{Incoming, QemuCommand};
 use crate::vm::qmp::{MigrationStatus, Qmp, QmpError};
 
@@ -65,6 +66,22 @@ impl SnapshotKey {
         qemu_binary: &Path,
         qemu_version: &str,
     ) -> Result<SnapshotKey, crate::Error> {
+        // Under KVM the guest runs on the host's CPU (`-cpu host`): its model and features
+        // are part of the saved state, and of what another machine could not restore.
+        let host_cpu = if command.accel == Accel::Kvm {
+            host_cpu(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+        } else {
+            String::new()
+        };
+        SnapshotKey::with_host_cpu(command, qemu_binary, qemu_version, &host_cpu)
+    }
+
+    fn with_host_cpu(
+        command: &QemuCommand,
+        qemu_binary: &Path,
+        qemu_version: &str,
+        host_cpu: &str,
+    ) -> Result<SnapshotKey, crate::Error> {
         let mut hasher = Sha256::new();
         let mut field = |bytes: &[u8]| {
             hasher.update((bytes.len() as u64).to_le_bytes());
@@ -78,6 +95,7 @@ impl SnapshotKey {
         for arg in shape_args(command) {
             field(arg.as_encoded_bytes());
         }
+        field(host_cpu.as_bytes());
         for file in [&command.kernel, &command.initrd] {
             let digest = hash_file(file)?;
             field(&digest);
@@ -88,6 +106,35 @@ impl SnapshotKey {
     fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// The host CPU as `/proc/cpuinfo` describes its first processor: the lines that name the
+/// model and its features (x86: vendor, family, model, stepping, microcode, flags; arm64:
+/// implementer, architecture, variant, part, revision, features).
+fn host_cpu(cpuinfo: &str) -> String {
+    const KEYS: [&str; 12] = [
+        "vendor_id",
+        "cpu family",
+        "model",
+        "model name",
+        "stepping",
+        "microcode",
+        "flags",
+        "CPU implementer",
+        "CPU architecture",
+        "CPU variant",
+        "CPU part",
+        "Features",
+    ];
+    let first = cpuinfo.split("\n\n").next().unwrap_or_default();
+    let mut identity = String::new();
+    for line in first.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        if KEYS.contains(&key.trim()) {
+            identity.push_str(&format!("{}={}\n", key.trim(), value.trim()));
+        }
+    }
+    identity
 }
 
 /// QEMU's arguments for `command` without what differs between runs of the same guest: the
@@ -230,7 +277,11 @@ impl SnapshotCache {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| crate::Error::io(format!("failed to create {}", self.dir.display()), e))?;
         let path = self.path(key);
-        let tmp = self.dir.join(format!(".{}.{}.partial", key.hex(), std::process::id()));
+        // Unique per save: two VMs of one configuration may save at once (the later rename
+        // wins; both files are whole).
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let serial = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{}.{}-{serial}.partial", key.hex(), std::process::id()));
         let create = |p: &Path| File::options().read(true).write(true).create_new(true).open(p);
         let (mut file, partial) = crate::partial::create_partial_with(&tmp, create)
             .map_err(|e| crate::Error::io(format!("failed to create {}", tmp.display()), e))?;
@@ -531,6 +582,33 @@ mod tests {
         std::fs::remove_file(&c.initrd).unwrap();
         let err = SnapshotKey::new(&c, Path::new("/q"), "v").unwrap_err().to_string();
         assert!(err.starts_with("failed to hash ") && err.contains("initrd"), "{err}");
+    }
+
+    #[test]
+    fn under_kvm_the_key_covers_the_host_cpu_and_under_tcg_it_does_not() {
+        let files = Files::new();
+        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+        let cpu = |flags: &str| {
+            host_cpu(&format!(
+                "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\n\
+                 flags\t\t: {flags}\nbogomips\t: 4000.{}\n\nprocessor\t: 1\nflags\t: other\n",
+                flags.len()
+            ))
+        };
+        assert_eq!(cpu("fpu vmx"), "vendor_id=GenuineIntel\nmodel name=Xeon\nflags=fpu vmx\n");
+        let arm =
+            host_cpu("processor\t: 0\nBogoMIPS\t: 50\nFeatures\t: fp asimd\nCPU part\t: 0xd0c\n");
+        assert_eq!(arm, "Features=fp asimd\nCPU part=0xd0c\n");
+        let mut kvm = files.command("a");
+        kvm.accel = Accel::Kvm;
+        let key = |c: &QemuCommand, cpu: &str| {
+            SnapshotKey::with_host_cpu(c, qemu, "QEMU 7.2.22", cpu).unwrap()
+        };
+        assert_ne!(key(&kvm, &cpu("fpu vmx")), key(&kvm, &cpu("fpu vmx avx512f")));
+        assert_eq!(key(&kvm, &cpu("fpu vmx")), key(&kvm, &cpu("fpu vmx")));
+        // Under TCG the host CPU is not asked: the key is the one `new` makes.
+        let tcg = files.command("a");
+        assert_eq!(key(&tcg, ""), SnapshotKey::new(&tcg, qemu, "QEMU 7.2.22").unwrap());
     }
 
     /// Writes a snapshot file as `save` would, with `stream` as QEMU's part.
