@@ -172,6 +172,7 @@ fn run_once(
         }
     };
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
     let mut process = QemuProcess::spawn(command)
         .map_err(|e| Error::io(format!("failed to start {}", qemu_binary.display()), e))?;
 
@@ -181,9 +182,8 @@ fn run_once(
     let kvm_error = Arc::new(AtomicBool::new(false));
     let qemu_stderr = collect_stderr(process.child_mut().stderr.take(), Arc::clone(&kvm_error));
 
-    let mut greeted = false;
+    let mut state = Progress::default();
     let mut server = None;
-    let mut warm_end = None;
     let listeners = Listeners {
         control: &listener,
         modules: &modules_listener,
@@ -195,7 +195,7 @@ fn run_once(
         listeners,
         &mut process,
         &kvm_error,
-        (&mut greeted, &mut warm_end),
+        &mut state,
         &mut server,
         warm_start,
         &mut on_message,
@@ -224,8 +224,13 @@ fn run_once(
     if let Some(parent) = console_log.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let header = warm_end.as_ref().map(WarmEnd::describe);
-    copy_atomically(&console_path, console_log, header.as_deref())?;
+    state.timeline.mark("exited");
+    let mut header = state.timeline.describe(started);
+    if let Some(warm) = &state.warm_end {
+        header = format!("{}\n{header}", warm.describe());
+    }
+    let Progress { greeted, warm_end, .. } = state;
+    copy_atomically(&console_path, console_log, Some(&header))?;
     let kvm_failed = spec.accel == Accel::Kvm
         && !greeted
         && result.is_err()
@@ -266,6 +271,40 @@ fn run_once(
     };
     let end = VmEnd { problem, kvm_failed, console_tail, warnings };
     Ok((end, restore_failed))
+}
+
+/// What the message loop learned about a VM, for after it.
+#[derive(Default)]
+struct Progress {
+    /// The guest said `Hello`.
+    greeted: bool,
+    /// How a warm start went.
+    warm_end: Option<WarmEnd>,
+    timeline: Timeline,
+}
+
+/// When a VM reached each of its steps, for the first line of its console log.
+#[derive(Default)]
+struct Timeline(Vec<(&'static str, Instant)>);
+
+impl Timeline {
+    fn mark(&mut self, step: &'static str) {
+        self.0.push((step, Instant::now()));
+    }
+
+    fn has(&self, step: &str) -> bool {
+        self.0.iter().any(|(s, _)| *s == step)
+    }
+
+    /// `vmtest: timing: hello 3.812 s, first test 3.901 s, ...` (after `started`).
+    fn describe(&self, started: Instant) -> String {
+        let steps: Vec<String> = self
+            .0
+            .iter()
+            .map(|(step, at)| format!("{step} {:.3} s", at.duration_since(started).as_secs_f64()))
+            .collect();
+        format!("vmtest: timing after QEMU started: {}", steps.join(", "))
+    }
 }
 
 /// A non-blocking listening socket at `path`.
@@ -309,7 +348,7 @@ fn drive(
     listeners: Listeners<'_>,
     process: &mut QemuProcess,
     kvm_error: &AtomicBool,
-    (greeted, warm_end): (&mut bool, &mut Option<WarmEnd>),
+    state: &mut Progress,
     server: &mut Option<std::thread::JoinHandle<()>>,
     warm_start: Option<(&Warm, &Start)>,
     on_message: &mut impl FnMut(GuestMessage) -> NextDeadline,
@@ -337,7 +376,8 @@ fn drive(
             if let Some(file) = &start.snapshot {
                 snapshot::resume(&mut vm.qmp, boot_deadline).map_err(|e| e.to_string())?;
                 vm.restored(warm)?;
-                *warm_end = Some(WarmEnd::Restored(file.path().to_owned()));
+                state.timeline.mark("restored");
+                state.warm_end = Some(WarmEnd::Restored(file.path().to_owned()));
             }
             Some((vm, warm, start))
         }
@@ -347,7 +387,7 @@ fn drive(
     let mut deadline = boot_deadline;
     loop {
         let mut timeout = deadline.saturating_duration_since(Instant::now());
-        if !*greeted {
+        if !state.greeted {
             // KVM that fails prints an error and then hangs: look for it while booting.
             if kvm_error.load(Ordering::Relaxed) {
                 return Err("KVM failed to run the guest".to_owned());
@@ -357,8 +397,8 @@ fn drive(
         let message = match messages.recv_timeout(timeout) {
             Ok(Ok(message)) => message,
             Ok(Err(e)) => return Err(format!("the guest sent a malformed message: {e}")),
-            Err(RecvTimeoutError::Timeout) if !*greeted && Instant::now() < deadline => continue,
-            Err(RecvTimeoutError::Timeout) if !*greeted && spec.accel == Accel::Kvm => {
+            Err(RecvTimeoutError::Timeout) if !state.greeted && Instant::now() < deadline => continue,
+            Err(RecvTimeoutError::Timeout) if !state.greeted && spec.accel == Accel::Kvm => {
                 // A KVM that cannot run the guest may take longer than the boot timeout to
                 // say so (seen: 20-40 s on a paravirtual KVM): a guest that never started under
                 // KVM counts as KVM's failure, so that the run can fall back to TCG.
@@ -368,7 +408,7 @@ fn drive(
                     spec.boot_timeout.as_secs_f64()
                 ));
             }
-            Err(RecvTimeoutError::Timeout) if !*greeted => {
+            Err(RecvTimeoutError::Timeout) if !state.greeted => {
                 return Err(format!(
                     "the guest did not start the harness within {:.0} s of boot \
                      (wrong console, a missing virtio driver, or a kernel for another architecture?)",
@@ -378,7 +418,7 @@ fn drive(
             Err(RecvTimeoutError::Timeout) => {
                 return Err("the guest stopped answering (timed out waiting for it)".to_owned())
             }
-            Err(RecvTimeoutError::Disconnected) if !*greeted => {
+            Err(RecvTimeoutError::Disconnected) if !state.greeted => {
                 return Err("the VM stopped before the harness started in the guest".to_owned())
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -389,26 +429,39 @@ fn drive(
             GuestMessage::Hello { version, .. } if version != PROTOCOL_VERSION => {
                 return Err(VersionMismatch { reader: Reader::Host, theirs: version }.to_string());
             }
-            GuestMessage::Hello { .. } if !*greeted => {
-                *greeted = true;
+            GuestMessage::Hello { .. } if !state.greeted => {
+                state.greeted = true;
+                state.timeline.mark("hello");
                 deadline = Instant::now() + Duration::from_secs(30);
             }
-            _ if !*greeted => return Err("the guest did not start with a greeting".to_owned()),
+            _ if !state.greeted => return Err("the guest did not start with a greeting".to_owned()),
             GuestMessage::Ready => {
                 let Some((vm, warm, start)) = &mut warm_vm else {
                     return Err("the guest stopped at a restore point nobody asked for".to_owned());
                 };
                 // Saving takes a few hundred milliseconds; the boot timeout bounds it.
-                *warm_end = Some(vm.save_and_go_on(
+                state.timeline.mark("ready");
+                state.warm_end = Some(vm.save_and_go_on(
                     warm,
                     &start.key,
                     Instant::now() + spec.boot_timeout,
                 )?);
+                state.timeline.mark("saved");
                 deadline = Instant::now() + spec.boot_timeout;
             }
             // A guest that was saved greets again after the restore point.
-            GuestMessage::Hello { .. } => deadline = Instant::now() + spec.boot_timeout,
-            GuestMessage::Done => return Ok(()),
+            GuestMessage::Hello { .. } => {
+                state.timeline.mark("hello again");
+                deadline = Instant::now() + spec.boot_timeout;
+            }
+            GuestMessage::Done => {
+                state.timeline.mark("done");
+                return Ok(());
+            }
+            GuestMessage::TestStarted { .. } if !state.timeline.has("first test") => {
+                state.timeline.mark("first test");
+                deadline = Instant::now() + on_message(message);
+            }
             GuestMessage::Fatal(message) => return Err(format!("the guest failed: {message}")),
             other => deadline = Instant::now() + on_message(other),
         }
