@@ -650,7 +650,8 @@ fn compare(
     if !vm.passed_again.is_empty() {
         let tests: Vec<String> = vm.passed_again.iter().map(|t| format!("`{t}`")).collect();
         notes.other.insert(format!(
-            "- {krate} on {kernel} {arch}: failed, then passed when run again by itself              (timing under TCG on a loaded machine; the first failure is in the run's stderr): {}",
+            "- {krate} on {kernel} {arch}: failed, then passed when run again by itself \
+             (timing under TCG on a loaded machine; the first failure is in the run's stderr): {}",
             tests.join(", ")
         ));
     }

@@ -183,23 +183,14 @@ fn run_once(
     let qemu_stderr = collect_stderr(process.child_mut().stderr.take(), Arc::clone(&kvm_error));
 
     let mut state = Progress::default();
-    let mut server = None;
     let listeners = Listeners {
         control: &listener,
         modules: &modules_listener,
         warm: warm_listeners.as_ref().map(|(host, qmp)| (host, qmp)),
     };
     let warm_start = spec.warm.as_ref().zip(start.as_ref());
-    let result = drive(
-        spec,
-        listeners,
-        &mut process,
-        &kvm_error,
-        &mut state,
-        &mut server,
-        warm_start,
-        &mut on_message,
-    );
+    let result =
+        drive(spec, listeners, &mut process, &kvm_error, &mut state, warm_start, &mut on_message);
     // Whether QEMU had already ended by itself (crashed, killed from outside) when the loop gave up.
     let mut ended_by_itself = false;
     let status = match &result {
@@ -215,7 +206,7 @@ fn run_once(
     let stderr = qemu_stderr.join().unwrap_or_default();
     // QEMU is gone, so the port's socket is closed: the server ends once it has finished what
     // it was doing (a module image it was reading, an alias index it was building).
-    if let Some(server) = server {
+    if let Some(server) = state.modules_server.take() {
         let _ = server.join();
     }
     // QEMU is gone: the reader reaches the end of its output, and has written all of it (the
@@ -281,6 +272,8 @@ struct Progress {
     /// How a warm start went.
     warm_end: Option<WarmEnd>,
     timeline: Timeline,
+    /// The thread that answers the guest's `modprobe`.
+    modules_server: Option<std::thread::JoinHandle<()>>,
 }
 
 /// When a VM reached each of its steps, for the first line of its console log.
@@ -342,14 +335,12 @@ fn exited_within(process: &mut QemuProcess, grace: Duration) -> Option<std::proc
 }
 
 /// The message loop. `Err` carries a description of what went wrong.
-#[allow(clippy::too_many_arguments)]
 fn drive(
     spec: &VmSpec,
     listeners: Listeners<'_>,
     process: &mut QemuProcess,
     kvm_error: &AtomicBool,
     state: &mut Progress,
-    server: &mut Option<std::thread::JoinHandle<()>>,
     warm_start: Option<(&Warm, &Start)>,
     on_message: &mut impl FnMut(GuestMessage) -> NextDeadline,
 ) -> Result<(), String> {
@@ -358,7 +349,7 @@ fn drive(
     let connect_deadline = started + Duration::from_secs(30);
     let stream = accept_until(listeners.control, process, connect_deadline)?;
     let modules = accept_until(listeners.modules, process, connect_deadline)?;
-    *server = Some(
+    state.modules_server = Some(
         modserver::spawn(modules, Arc::clone(&spec.modules))
             .map_err(|e| format!("failed to start the modules port's server: {e}"))?,
     );
