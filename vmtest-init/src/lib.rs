@@ -33,6 +33,7 @@ mod power;
 mod process;
 pub mod protocol;
 mod restore;
+mod shell;
 mod unpack;
 
 use std::any::Any;
@@ -175,8 +176,16 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
         let mut out = files::OutDir::create(test.id)?;
         let finished = match loaded.failures.get(&test.id) {
             Some(failures) => unrunnable(failures),
+            None if plan.shell == protocol::ShellWhen::Instead => {
+                let start = Instant::now();
+                let outcome = shell::offer(control, test, "(no test runs)", false)?;
+                let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                child::Finished { outcome, duration_ms, output: Vec::new() }
+            }
             None => child::run(test, control, &out, server.as_ref())?,
         };
+        let shell_after = shell::wanted_after(plan.shell, &finished.outcome)
+            .then(|| format!("after {} {}", test.name, describe(&finished.outcome)));
         if !matches!(finished.outcome, protocol::Outcome::Exited(0) | protocol::Outcome::Skipped(_))
         {
             out.save_kernel_log();
@@ -190,6 +199,15 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
         out.send(control, &plan.files, &mut vm_bytes_left, Instant::now() + send_time)?;
         report(control, test, finished)?;
         child::reap(None);
+        if let Some(why) = shell_after {
+            if let protocol::Outcome::Error(e) = shell::offer(control, test, &why, true)? {
+                control.send(&GuestMessage::Log(e))?;
+            }
+            // What the shell made the kernel say is no test's.
+            if let Some(kmsg) = &mut kmsg {
+                kmsg.drain();
+            }
+        }
     }
     control.send(&GuestMessage::Done)?;
     // `Done` is queued: from here on a problem is no longer the host's to hear about.
@@ -197,6 +215,18 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
         console::say(format_args!("failed to flush the control port: {e}"));
     }
     Ok(())
+}
+
+/// How a test ended, for the shell's first line.
+fn describe(outcome: &protocol::Outcome) -> String {
+    match outcome {
+        protocol::Outcome::Exited(0) => "passed".to_owned(),
+        protocol::Outcome::Exited(code) => format!("failed (exit status {code})"),
+        protocol::Outcome::Signaled(signal) => format!("failed (killed by signal {signal})"),
+        protocol::Outcome::TimedOut { after_ms } => format!("timed out after {after_ms} ms"),
+        protocol::Outcome::Error(e) => format!("could not run ({e})"),
+        protocol::Outcome::Skipped(reason) => format!("skipped itself ({reason})"),
+    }
 }
 
 fn unrunnable(failures: &[String]) -> child::Finished {

@@ -68,6 +68,16 @@ pub(crate) fn open_port_for_reading(
     open_port_with(ports_dir, dev_dir, name, patience, File::options().read(true))
 }
 
+/// [`open_port`] for reading and writing: a port that carries a conversation.
+pub(crate) fn open_port_read_write(
+    ports_dir: &Path,
+    dev_dir: &Path,
+    name: &str,
+    patience: Duration,
+) -> Result<File, String> {
+    open_port_with(ports_dir, dev_dir, name, patience, File::options().read(true).write(true))
+}
+
 fn open_port_with(
     ports_dir: &Path,
     dev_dir: &Path,

@@ -44,7 +44,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// they held back ([`GuestMessage::FilesHeldBack`]). 5: the plan's [`Plan::restore_point`],
 /// [`GuestMessage::Ready`], and [`HostMessage`] frames on [`HOST_PORT`]. 6: after
 /// [`HostMessage::Restored`], the run's files and plan arrive as [`HostMessage::Payload`].
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: the plan's [`Plan::shell`], [`GuestMessage::Shell`], and the [`SHELL_PORT`]'s frames
+/// ([`ShellInput`], [`ShellOutput`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest frame either side accepts, in bytes (payload only).
 pub const MAX_FRAME_LEN: usize = 16 << 20;
@@ -77,6 +79,11 @@ pub const CONTROL_PORT: &str = "vmtest.control";
 
 /// Name of the virtio-serial port on which the host sends [`HostMessage`] frames.
 pub const HOST_PORT: &str = "vmtest.host";
+
+/// Name of the virtio-serial port an interactive shell in the guest talks on ([`Plan::shell`]):
+/// [`ShellInput`] frames from the host, [`ShellOutput`] frames from the guest. QEMU has it only
+/// when the host wants a shell.
+pub const SHELL_PORT: &str = "vmtest.shell";
 
 /// Name of the virtio-serial port that carries [`ModuleRequest`]s and [`ModuleReply`]s.
 pub const MODULES_PORT: &str = "vmtest.modules";
@@ -121,6 +128,64 @@ pub struct Plan {
     /// and the run's [`HostMessage::Payload`] before it runs anything: the point where the
     /// host saves the VM's snapshot. Such a plan has no tests; the payload's plan has them.
     pub restore_point: bool,
+    /// When PID 1 offers an interactive shell on [`SHELL_PORT`].
+    pub shell: ShellWhen,
+}
+
+/// When the guest offers an interactive shell (`VMTEST_SHELL` on the host). A shell runs in the
+/// test's working directory with its environment; PID 1 announces it with
+/// [`GuestMessage::Shell`] and goes on with the plan when it ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShellWhen {
+    /// Never (the default).
+    #[default]
+    Never,
+    /// After a test whose process failed (not exit status 0, or killed, timed out, not
+    /// started), once its [`GuestMessage::TestFinished`] is sent.
+    OnFailure,
+    /// After every test, once its [`GuestMessage::TestFinished`] is sent.
+    Always,
+    /// Instead of running each planned test: its [`GuestMessage::TestFinished`] reports how
+    /// the shell exited (`cargo vmtest shell`).
+    Instead,
+}
+
+/// A frame from the host on [`SHELL_PORT`]. The first is [`ShellInput::Start`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShellInput {
+    /// Start the shell in a terminal of this size, with this `TERM`.
+    Start {
+        /// The host's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The terminal's size.
+        size: WindowSize,
+        /// The host's `TERM` (`vt100` when it has none).
+        term: String,
+    },
+    /// Bytes typed on the host's terminal, for the shell's terminal.
+    Data(#[serde(with = "bytes")] Vec<u8>),
+    /// The host's terminal changed its size.
+    Resize(WindowSize),
+}
+
+/// A terminal's size in characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// A frame from the guest on [`SHELL_PORT`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShellOutput {
+    /// Bytes the shell's terminal shows.
+    Data(#[serde(with = "bytes")] Vec<u8>),
+    /// The shell ended: its exit status (128 + the signal when killed); the last frame.
+    Exited(i32),
+    /// No shell could be started (why); the last frame.
+    Failed(String),
 }
 
 /// Bounds on the files a test leaves for the host (artifacts, profiles; not the kernel log of a
@@ -181,6 +246,7 @@ impl Plan {
             tests,
             files: FileLimits::default(),
             restore_point: false,
+            shell: ShellWhen::Never,
         }
     }
 }
@@ -403,6 +469,12 @@ pub enum GuestMessage {
     /// The guest reached its restore point ([`Plan::restore_point`]): setup is done, nothing
     /// test-specific has run, and PID 1 waits on [`HOST_PORT`]. The host may save the VM now.
     Ready,
+    /// PID 1 offers a shell on [`SHELL_PORT`] now ([`Plan::shell`]), in the environment of
+    /// the test with this id; the next message on this port comes after the shell ended.
+    Shell {
+        /// [`PlannedTest::id`].
+        id: u32,
+    },
 }
 
 /// A message from the host to the guest, on [`HOST_PORT`]. Every variant starts with the
@@ -703,6 +775,48 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Largest frame on [`SHELL_PORT`] either side accepts (payload only).
+pub const MAX_SHELL_FRAME_LEN: usize = 64 << 10;
+
+/// Frames out of bytes that arrive in pieces (a reader that polls several descriptors):
+/// [`FrameBuffer::push`] what was read, then take the whole frames with
+/// [`FrameBuffer::next_frame`]. Holds at most one frame of `max_len` and what follows it.
+#[derive(Debug)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+    max_len: usize,
+}
+
+impl FrameBuffer {
+    /// An empty buffer for frames of at most `max_len` bytes.
+    pub fn new(max_len: usize) -> Self {
+        Self { buf: Vec::new(), max_len }
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame, or `Ok(None)` until more bytes arrive. A frame over `max_len` or
+    /// one that does not hold exactly one value is an error (the stream cannot be trusted
+    /// after it).
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let Some(header) = self.buf.first_chunk::<4>() else { return Ok(None) };
+        let len = u32::from_le_bytes(*header) as usize;
+        if len > self.max_len {
+            return Err(FrameError::TooLarge { len: len as u64 });
+        }
+        let Some(payload) = self.buf.get(4..4 + len) else { return Ok(None) };
+        let (value, rest) = postcard::take_from_bytes(payload)?;
+        if !rest.is_empty() {
+            return Err(FrameError::Trailing { len: rest.len(), what: "frame payload's value" });
+        }
+        self.buf.drain(..4 + len);
+        Ok(Some(value))
+    }
+}
+
 /// Reads the body of a frame whose length prefix is `header` into `buf` and decodes it; a
 /// length over `max_len` is an error.
 fn read_body<T: DeserializeOwned>(
@@ -841,6 +955,65 @@ mod tests {
             got.push(m);
         }
         assert_eq!(got, messages);
+    }
+
+    #[test]
+    fn shell_frames_arrive_whole_from_any_split() {
+        let input = vec![
+            ShellInput::Start {
+                version: PROTOCOL_VERSION,
+                size: WindowSize { rows: 24, cols: 80 },
+                term: "xterm".into(),
+            },
+            ShellInput::Data(b"echo $((6*7))\r\x03".to_vec()),
+            ShellInput::Resize(WindowSize { rows: 50, cols: 132 }),
+        ];
+        let wire: Vec<u8> = input.iter().flat_map(|m| encode_frame(m).unwrap()).collect();
+        for piece in [1, 2, 3, 5, 7, wire.len()] {
+            let mut buffer = FrameBuffer::new(MAX_SHELL_FRAME_LEN);
+            let mut got = Vec::new();
+            for chunk in wire.chunks(piece) {
+                buffer.push(chunk);
+                while let Some(frame) = buffer.next_frame::<ShellInput>().unwrap() {
+                    got.push(frame);
+                }
+            }
+            assert_eq!(got, input, "pieces of {piece} bytes");
+        }
+        let output = [ShellOutput::Data(b"42\r\n".to_vec()), ShellOutput::Exited(3)];
+        let wire: Vec<u8> = output.iter().flat_map(|m| encode_frame(m).unwrap()).collect();
+        let mut reader = FrameReader::new(&wire[..]);
+        assert_eq!(reader.next_frame::<ShellOutput>().unwrap(), Some(output[0].clone()));
+        assert_eq!(reader.next_frame::<ShellOutput>().unwrap(), Some(output[1].clone()));
+        assert_eq!(reader.next_frame::<ShellOutput>().unwrap(), None);
+    }
+
+    #[test]
+    fn a_shell_frame_over_its_bound_or_with_trailing_bytes_is_an_error() {
+        let mut buffer = FrameBuffer::new(MAX_SHELL_FRAME_LEN);
+        buffer.push(&(MAX_SHELL_FRAME_LEN as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            buffer.next_frame::<ShellInput>(),
+            Err(FrameError::TooLarge { len }) if len == MAX_SHELL_FRAME_LEN as u64 + 1
+        ));
+        let mut frame = encode_frame(&ShellOutput::Exited(0)).unwrap();
+        frame.push(0);
+        frame[0] += 1;
+        let mut buffer = FrameBuffer::new(MAX_SHELL_FRAME_LEN);
+        buffer.push(&frame);
+        assert!(matches!(
+            buffer.next_frame::<ShellOutput>(),
+            Err(FrameError::Trailing { len: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_plan_says_when_to_offer_a_shell() {
+        let mut plan = Plan::default();
+        assert_eq!(plan.shell, ShellWhen::Never);
+        plan.shell = ShellWhen::OnFailure;
+        let decoded: Plan = decode_frame(&encode_frame(&plan).unwrap()).unwrap();
+        assert_eq!(decoded.shell, ShellWhen::OnFailure);
     }
 
     #[test]
@@ -1094,6 +1267,7 @@ mod tests {
             modules: vec![],
             files: FileLimits { test_files: 3, ..FileLimits::default() },
             restore_point: true,
+            shell: ShellWhen::Always,
             tests: vec![PlannedTest {
                 id: 0,
                 name: "a::b".into(),
