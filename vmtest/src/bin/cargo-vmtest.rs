@@ -32,6 +32,17 @@ enum Command {
         #[arg(value_name = "ARGS")]
         args: Vec<String>,
     },
+    /// An interactive shell in a guest, as a test would have it (busybox userland, this working
+    /// directory), to explore a kernel; exit or Ctrl-D ends it.
+    Shell {
+        /// Kernel to boot: a stored kernel's name (6.12, 6.1) or an image's path (default:
+        /// VMTEST_KERNEL, else the default kernel).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Guest architecture: x86_64, aarch64 (or arm64), riscv64 (default: the host's).
+        #[arg(long)]
+        arch: Option<Arch>,
+    },
     /// `cargo test --target <arch>-unknown-linux-musl`, linked with rust-lld, run in VMs.
     Test {
         /// Guest architecture: x86_64, aarch64 (or arm64), riscv64 (required).
@@ -67,6 +78,7 @@ fn main() -> ExitCode {
         Command::Userland(args) => vmtest::userland::cli::run(PROGRAM, args),
         Command::Run { binary, args } => vmtest::cli::runner::run(&binary, &args),
         Command::Test { arch, args } => vmtest::cli::runner::cross_test(arch, &args),
+        Command::Shell { kernel, arch } => vmtest::cli::runner::shell(kernel.as_deref(), arch),
     }
 }
 
@@ -122,6 +134,21 @@ mod tests {
         );
         assert_eq!(test(&["test", "-q", "--", "-q"]), (None, strings(&["-q", "--", "-q"])));
         assert!(parse(&["test", "--help"]).unwrap_err().contains("--arch <ARCH>"));
+    }
+
+    #[test]
+    fn shell_takes_a_kernel_and_an_arch() {
+        match parse(&["shell", "--kernel", "6.1", "--arch", "arm64"]).unwrap() {
+            Command::Shell { kernel, arch } => {
+                assert_eq!((kernel.as_deref(), arch), (Some("6.1"), Some(Arch::Aarch64)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["shell"]).unwrap() {
+            Command::Shell { kernel, arch } => assert_eq!((kernel, arch), (None, None)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["shell", "--arch", "sparc"]).is_err());
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Runner mode for a binary without vmtest tests (an ordinary `#[test]` suite, or any program):
 //! it boots under a static `vmtest-init` as `/init`, runs once as `/main` with the runner's
 //! arguments in the runner's working directory, its output streams live, and its exit code
-//! becomes the runner's.
+//! becomes the runner's. `cargo vmtest shell` boots the same guest with a shell instead of a
+//! program ([`shell`]); `VMTEST_SHELL` offers one after the program ran.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vmtest_init::protocol::{self, GuestMessage, Outcome, PlannedTest, Stream};
+use vmtest_init::protocol::{self, GuestMessage, Outcome, PlannedTest, ShellWhen, Stream};
 
+use crate::arch::Arch;
 use crate::cli::init_build::{self, INIT_ENV};
 use crate::host::binary::elf_arch;
 use crate::host::group::{write_image, Snapshots, BOOT_TIMEOUT};
@@ -21,25 +23,57 @@ use crate::{kernel, Error};
 /// How long the program may run, before scaling, unless `VMTEST_PLAIN_TIMEOUT` (seconds) says.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// What the guest runs.
+enum Main<'a> {
+    /// A binary with its arguments, as `/main`.
+    Binary(&'a Path, &'a [String]),
+    /// An interactive shell, from this kernel (a store name or an image's path; `None`: the
+    /// default), in place of a program.
+    Shell(Option<&'a str>),
+}
+
 /// Runs `binary` with `args` in a VM; returns its exit code (or 1 when it could not run).
 pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
+    let arch = elf_arch(binary)?;
+    boot(arch, Main::Binary(binary, args))
+}
+
+/// Boots a guest of `arch` from `kernel` (`None`: `VMTEST_KERNEL` or the default) with an
+/// interactive shell on this terminal, as a test's guest would be (the userland, `/tmp`, the
+/// runner's working directory); returns the shell's exit status.
+pub(crate) fn shell(kernel: Option<&str>, arch: Arch) -> Result<i32, Error> {
+    if !crate::vm::shell::is_terminal() {
+        return Err(Error::Config(
+            "`cargo vmtest shell` needs a terminal: its stdin and stdout are not one".to_owned(),
+        ));
+    }
+    boot(arch, Main::Shell(kernel))
+}
+
+fn boot(arch: Arch, main: Main<'_>) -> Result<i32, Error> {
     crate::vm::process::install_signal_cleanup();
     crate::vm::process::remove_stale_workdirs();
-    let arch = elf_arch(binary)?;
+    let shell = match main {
+        Main::Binary(..) => crate::vm::shell::from_env()?,
+        Main::Shell(_) => ShellWhen::Instead,
+    };
     let init = init_build::find_or_build(arch)?;
     let init_arch = elf_arch(&init)?;
     if init_arch != arch {
+        let what = match main {
+            Main::Binary(binary, _) => format!("{} is", binary.display()),
+            Main::Shell(_) => "the shell is".to_owned(),
+        };
         return Err(Error::Config(format!(
-            "{} is a vmtest-init for {init_arch}, but {} is for {arch}: point {INIT_ENV} at a \
+            "{} is a vmtest-init for {init_arch}, but {what} for {arch}: point {INIT_ENV} at a \
              vmtest-init built with {}",
             init.display(),
-            binary.display(),
             init_build::build_hint(arch)
         )));
     }
     let accel = accel::choose(arch)?;
     crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
-    let kernel = kernel::resolve(None, arch)?;
+    let kernel = kernel::resolve(if let Main::Shell(kernel) = main { kernel } else { None }, arch)?;
     kernel.check_arch(arch)?;
     let scale = accel.timeout_scale;
     let timeout = match std::env::var("VMTEST_PLAIN_TIMEOUT") {
@@ -58,7 +92,14 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         base.add_module(&module)?;
     }
     let mut payload = Payload::new(&cwd);
-    payload.add_program("/main", binary)?;
+    let (name, program, args, console_log) = match main {
+        Main::Binary(binary, args) => {
+            payload.add_program("/main", binary)?;
+            let name = binary.file_name().map(|n| n.to_string_lossy().into_owned());
+            (name.unwrap_or_default(), "/main", args.to_vec(), log_path(binary))
+        }
+        Main::Shell(_) => ("shell".to_owned(), "/bin/sh", Vec::new(), shell_log_path(arch)),
+    };
     let mut env = vec![
         (
             "PATH".to_owned(),
@@ -72,12 +113,11 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
             env.push((name.to_owned(), value));
         }
     }
-    let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     payload.add_test(PlannedTest {
         id: 0,
         name: name.clone(),
-        program: "/main".to_owned(),
-        args: args.to_vec(),
+        program: program.to_owned(),
+        args,
         env,
         cwd,
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -86,6 +126,7 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
     // Nothing on the host takes files from an ordinary binary.
     payload
         .set_file_limits(protocol::FileLimits { test_files: 0, ..protocol::FileLimits::default() });
+    payload.set_shell(shell);
     let snapshots = Snapshots::from_env()?;
     let image = GuestImage { base, payload };
     let (size, warm) = write_image(&image, &initrd, workdir.path(), snapshots.as_ref())?;
@@ -101,8 +142,8 @@ pub(crate) fn run(binary: &Path, args: &[String]) -> Result<i32, Error> {
         console_limit: session::console_limit()?,
         modules: std::sync::Arc::new(kernel.module_provider()),
         warm,
+        shell: shell != ShellWhen::Never,
     };
-    let console_log = log_path(binary);
     let gap = Duration::from_secs(30).mul_f64(scale);
     let mut outcome = None;
     let end =
@@ -175,6 +216,17 @@ fn working_directory() -> Result<String, Error> {
         .unwrap_or_else(|| "/".to_owned());
     crate::image::guest_env::check_cwd(&cwd, "the runner's working directory")?;
     Ok(cwd)
+}
+
+/// `<cache>/vmtest/shell-<arch>.console.log` (the cache as for the static init), else in the
+/// temp dir: the kernel console of `cargo vmtest shell`.
+fn shell_log_path(arch: Arch) -> PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = var("XDG_CACHE_HOME")
+        .map(|cache| cache.join("vmtest"))
+        .or_else(|| var("HOME").map(|home| home.join(".cache/vmtest")))
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("shell-{arch}.console.log"))
 }
 
 /// `<target>/<triple>/<profile>/vmtest/<binary name>.console.log`, next to cargo's output.

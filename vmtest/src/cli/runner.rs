@@ -1,4 +1,5 @@
-//! Runner mode and cross-architecture runs: `cargo vmtest run` and `cargo vmtest test --arch`.
+//! Runner mode and cross-architecture runs: `cargo vmtest run` and `cargo vmtest test --arch`;
+//! and `cargo vmtest shell` ([`shell`]), the runner's guest with a shell instead of a binary.
 //!
 //! [`run`] is a cargo target runner (`CARGO_TARGET_<TRIPLE>_RUNNER="cargo-vmtest run"`): given a
 //! test binary and its libtest arguments, it drives the same engine as a native `vmtest::main!()`
@@ -46,6 +47,21 @@ fn run_code(binary: &Path, args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// `shell [--kernel K] [--arch A]`: boots the guest a test binary of `arch` (default: the host's)
+/// would get, from `kernel` (a store name or an image's path; default: `VMTEST_KERNEL`, else
+/// the default kernel), with an interactive shell on this terminal in this working directory;
+/// returns the shell's exit status.
+pub fn shell(kernel: Option<&str>, arch: Option<Arch>) -> ExitCode {
+    super::print_notices();
+    let code =
+        crate::cli::plain::shell(kernel, arch.unwrap_or_else(Arch::host)).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            1
+        });
+    crate::vm::process::hold_if_interrupted();
+    exit_code(code)
 }
 
 /// An exit code as a process would see it (only the low 8 bits travel).

@@ -116,6 +116,8 @@ pub(crate) struct RunSettings {
     pub userland: GuestUserland,
     /// Where VMs start warm from; `None`: every VM boots its kernel.
     pub snapshots: Option<Snapshots>,
+    /// When the guests offer an interactive shell (`VMTEST_SHELL`).
+    pub shell: protocol::ShellWhen,
 }
 
 /// Warm starts for a run's VMs (`VMTEST_SNAPSHOT`).
@@ -461,6 +463,7 @@ impl Group {
             console_limit: context.console_limit,
             modules: Arc::clone(&self.modules),
             warm,
+            shell: context.shell != protocol::ShellWhen::Never,
         };
         let console_log = self.console_log(context, attempt);
         let mut running: Option<&Member> = None;
@@ -595,6 +598,7 @@ impl Group {
         for member in pending {
             payload.add_test(self.planned(member, context));
         }
+        payload.set_shell(context.shell);
         let run_bytes_left = context
             .file_limits
             .run_bytes

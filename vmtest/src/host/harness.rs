@@ -214,6 +214,7 @@ fn prepare(
         accel,
         userland,
         snapshots: Snapshots::from_env()?,
+        shell: crate::vm::shell::from_env()?,
     }));
     Ok(Some((context, ordered)))
 }

@@ -143,6 +143,8 @@ impl<'a> Live<'a> {
             } else {
                 notes.recv_timeout(Duration::from_secs(1))
             };
+            // A shell in a guest has the terminal: the run's output waits until it ends.
+            let _terminal = note.is_ok().then(crate::vm::shell::terminal);
             match note {
                 Ok(Note::Started(id)) => self.started(id as usize),
                 Ok(Note::Output { stream, bytes }) => {

@@ -20,7 +20,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use vmtest_init::protocol::{self, FileLimits, Plan, PlannedTest};
+use vmtest_init::protocol::{self, FileLimits, Plan, PlannedTest, ShellWhen};
 
 use crate::image::fixtures;
 use crate::image::initramfs::Initramfs;
@@ -97,6 +97,7 @@ pub(crate) struct Payload {
     files: FileLimits,
     /// The tests' working directory, made (mode 0755) unless the image has it.
     cwd: String,
+    shell: ShellWhen,
 }
 
 impl Payload {
@@ -108,6 +109,7 @@ impl Payload {
             tests: Vec::new(),
             files: FileLimits::default(),
             cwd: cwd.to_owned(),
+            shell: ShellWhen::Never,
         }
     }
 
@@ -144,11 +146,17 @@ impl Payload {
         self.files = files;
     }
 
+    /// When the guest offers an interactive shell.
+    pub(crate) fn set_shell(&mut self, shell: ShellWhen) {
+        self.shell = shell;
+    }
+
     /// The plan over `base`: the base's modules, then the payload's; the tests; the limits.
     pub(crate) fn plan(&self, base: &Base) -> Plan {
         let modules = base.modules.iter().chain(&self.modules).cloned().collect();
         let mut plan = Plan::new(modules, self.tests.clone());
         plan.files = self.files;
+        plan.shell = self.shell;
         plan
     }
 

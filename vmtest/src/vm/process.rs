@@ -115,6 +115,7 @@ pub(crate) fn hold_if_interrupted() {
 }
 
 fn kill_everything() {
+    crate::vm::shell::restore_terminal();
     let mut live = live();
     live.stopping = true;
     for &pid in &live.groups {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use vmtest_init::protocol::{
     FrameError, FrameReader, GuestMessage, Reader, VersionMismatch, CONTROL_PORT, HOST_PORT,
-    MODULES_PORT, PROTOCOL_VERSION,
+    MODULES_PORT, PROTOCOL_VERSION, SHELL_PORT,
 };
 
 use crate::arch::Arch;
@@ -66,6 +66,9 @@ pub(crate) struct VmSpec {
     /// Start from the configuration's snapshot (or boot and save one); the initramfs is then
     /// the base image, and the run's files and plan follow over the host port.
     pub warm: Option<Warm>,
+    /// The guest may offer an interactive shell (its plan says when): QEMU gets the shell
+    /// port, and the user's terminal is handed to the guest while the shell runs.
+    pub shell: bool,
 }
 
 /// What the caller decides after each guest message: how long to wait for the next one.
@@ -110,7 +113,7 @@ pub(crate) fn run(
     if let Some(warm) = &mut cold.warm {
         warm.refresh = true;
     }
-    for socket in ["control.sock", "modules.sock", "host.sock", "qmp.sock"] {
+    for socket in ["control.sock", "modules.sock", "host.sock", "qmp.sock", "shell.sock"] {
         let _ = std::fs::remove_file(workdir.join(socket));
     }
     let (mut end, _) = run_once(&cold, workdir, initrd, console_log, &mut on_message)?;
@@ -128,24 +131,20 @@ fn run_once(
     mut on_message: impl FnMut(GuestMessage) -> NextDeadline,
 ) -> Result<(VmEnd, Option<PathBuf>), Error> {
     let qemu_binary = find_qemu(spec.arch)?;
-    let socket = workdir.join("control.sock");
-    let listener = listen(&socket)?;
-    let modules_socket = workdir.join("modules.sock");
-    let modules_listener = listen(&modules_socket)?;
-    let mut ports = vec![
-        SocketPort { name: CONTROL_PORT.to_owned(), socket: socket.clone() },
-        SocketPort { name: MODULES_PORT.to_owned(), socket: modules_socket },
-    ];
+    let ports = ports(workdir, spec.warm.is_some(), spec.shell);
+    let socket_of = |name: &str| ports.iter().find(|p| p.name == name).map(|p| p.socket.clone());
+    let listener = listen(&ports[0].socket)?;
+    let modules_listener = listen(&ports[1].socket)?;
     let mut snapshot_args = SnapshotArgs::default();
     let mut warm_listeners = None;
-    if spec.warm.is_some() {
-        let (host_socket, qmp_socket) = (workdir.join("host.sock"), workdir.join("qmp.sock"));
+    if let Some(host_socket) = socket_of(HOST_PORT) {
+        let qmp_socket = workdir.join("qmp.sock");
         warm_listeners = Some((listen(&host_socket)?, listen(&qmp_socket)?));
-        ports.push(SocketPort { name: HOST_PORT.to_owned(), socket: host_socket });
         snapshot_args.qmp = Some(qmp_socket);
         // QEMU has the device for x86_64 only.
         snapshot_args.vmgenid = spec.arch == Arch::X86_64;
     }
+    let shell_listener = socket_of(SHELL_PORT).map(|socket| listen(&socket)).transpose()?;
 
     let qemu = QemuCommand {
         arch: spec.arch,
@@ -187,6 +186,7 @@ fn run_once(
         control: &listener,
         modules: &modules_listener,
         warm: warm_listeners.as_ref().map(|(host, qmp)| (host, qmp)),
+        shell: shell_listener.as_ref(),
     };
     let warm_start = spec.warm.as_ref().zip(start.as_ref());
     let result =
@@ -300,6 +300,23 @@ impl Timeline {
     }
 }
 
+/// The VM's virtio-serial ports, their sockets in `workdir`: control, modules, the host port
+/// of a warm start, and the shell port only when a shell may be offered (a run without one has
+/// QEMU's arguments unchanged).
+fn ports(workdir: &Path, warm: bool, shell: bool) -> Vec<SocketPort> {
+    let mut ports = vec![
+        SocketPort { name: CONTROL_PORT.to_owned(), socket: workdir.join("control.sock") },
+        SocketPort { name: MODULES_PORT.to_owned(), socket: workdir.join("modules.sock") },
+    ];
+    if warm {
+        ports.push(SocketPort { name: HOST_PORT.to_owned(), socket: workdir.join("host.sock") });
+    }
+    if shell {
+        ports.push(SocketPort { name: SHELL_PORT.to_owned(), socket: workdir.join("shell.sock") });
+    }
+    ports
+}
+
 /// A non-blocking listening socket at `path`.
 pub(crate) fn listen(path: &Path) -> Result<UnixListener, Error> {
     let listener = UnixListener::bind(path)
@@ -317,6 +334,7 @@ struct Listeners<'a> {
     modules: &'a UnixListener,
     /// A warm VM's host port and QMP monitor.
     warm: Option<(&'a UnixListener, &'a UnixListener)>,
+    shell: Option<&'a UnixListener>,
 }
 
 /// QEMU's exit status if it exits within `grace` (a QEMU that dies closes the control socket
@@ -349,6 +367,10 @@ fn drive(
     let connect_deadline = started + Duration::from_secs(30);
     let stream = accept_until(listeners.control, process, connect_deadline)?;
     let modules = accept_until(listeners.modules, process, connect_deadline)?;
+    let shell = listeners
+        .shell
+        .map(|listener| accept_until(listener, process, connect_deadline))
+        .transpose()?;
     state.modules_server = Some(
         modserver::spawn(modules, Arc::clone(&spec.modules))
             .map_err(|e| format!("failed to start the modules port's server: {e}"))?,
@@ -454,6 +476,16 @@ fn drive(
                 deadline = Instant::now() + on_message(message);
             }
             GuestMessage::Fatal(message) => return Err(format!("the guest failed: {message}")),
+            GuestMessage::Shell { .. } => {
+                let Some(shell) = &shell else {
+                    return Err("the guest offered a shell the host did not ask for".to_owned());
+                };
+                // The user's time in the shell is not the guest's.
+                let left = deadline.saturating_duration_since(Instant::now());
+                crate::vm::shell::relay(shell)
+                    .map_err(|e| format!("the shell in the guest failed: {e}"))?;
+                deadline = Instant::now() + left;
+            }
             other => deadline = Instant::now() + on_message(other),
         }
     }
@@ -782,6 +814,59 @@ mod tests {
         let log = capped(106, &refs);
         assert!(log.contains("9897 bytes of console output cut here"), "{log}");
         assert!(log.ends_with(&format!("bytes]\n{last}")), "{log}");
+    }
+
+    #[test]
+    fn the_shell_port_is_there_only_when_a_shell_may_be_offered() {
+        let names = |warm, shell| -> Vec<(String, PathBuf)> {
+            ports(Path::new("/w"), warm, shell).into_iter().map(|p| (p.name, p.socket)).collect()
+        };
+        let plain = vec![
+            ("vmtest.control".to_owned(), PathBuf::from("/w/control.sock")),
+            ("vmtest.modules".to_owned(), PathBuf::from("/w/modules.sock")),
+        ];
+        assert_eq!(names(false, false), plain);
+        let shell = ("vmtest.shell".to_owned(), PathBuf::from("/w/shell.sock"));
+        let host = ("vmtest.host".to_owned(), PathBuf::from("/w/host.sock"));
+        assert_eq!(names(false, true), [plain.clone(), vec![shell.clone()]].concat());
+        assert_eq!(names(true, false), [plain.clone(), vec![host.clone()]].concat());
+        assert_eq!(names(true, true), [plain, vec![host, shell]].concat());
+        // QEMU's arguments without a shell are those of a run before shells existed.
+        let qemu = |ports| QemuCommand {
+            arch: Arch::X86_64,
+            accel: Accel::Tcg,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            memory_mib: 256,
+            cpus: 1,
+            cmdline: vec![],
+            ports,
+            sandbox: crate::vm::qemu::Sandbox::Off,
+            snapshot: Default::default(),
+        };
+        let joined = |ports| {
+            let args: Vec<String> =
+                qemu(ports).args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            args.join(" ")
+        };
+        let without = joined(ports(Path::new("/w"), false, false));
+        assert!(
+            without.contains(
+                "-device virtio-serial-pci,id=vser0 -chardev socket,id=port0,path=/w/control.sock \
+                 -device virtserialport,bus=vser0.0,chardev=port0,name=vmtest.control \
+                 -chardev socket,id=port1,path=/w/modules.sock \
+                 -device virtserialport,bus=vser0.0,chardev=port1,name=vmtest.modules -kernel /k"
+            ),
+            "{without}"
+        );
+        let with = joined(ports(Path::new("/w"), false, true));
+        assert!(
+            with.contains(
+                "name=vmtest.modules -chardev socket,id=port2,path=/w/shell.sock \
+                 -device virtserialport,bus=vser0.0,chardev=port2,name=vmtest.shell -kernel /k"
+            ),
+            "{with}"
+        );
     }
 
     #[test]
