@@ -279,14 +279,15 @@ impl Shell {
                 }
             }
         };
-        // What the shell wrote last.
+        // Nothing of its session writes any more: then what the shell wrote last, which the
+        // terminal holds (bounded by its buffer).
+        self.end();
         while let Ok(n) = rustix::io::read(&self.master, &mut buf) {
             if n == 0 {
                 break;
             }
             port.send(&ShellOutput::Data(buf[..n].to_vec()))?;
         }
-        self.end();
         Ok(if let Some(code) = status.exit_status() {
             Outcome::Exited(code)
         } else if let Some(signal) = status.terminating_signal() {

@@ -239,6 +239,28 @@ fn a_failing_test_hands_its_guest_to_the_users_terminal() {
 }
 
 #[test]
+fn a_guest_without_a_shell_says_so_and_the_run_goes_on() {
+    if !have_kernel(vmtest::arch::Arch::host()) {
+        return;
+    }
+    let tmp = TempDir::new("nouserland");
+    let mut command = Command::new(FAILING);
+    command
+        .args(["--exact", "panics"])
+        .env("VMTEST_SHELL", "on-failure")
+        .env("VMTEST_USERLAND", "none")
+        .env("TMPDIR", &tmp.0)
+        .env_remove("VMTEST_TEST");
+    let mut run = OnTerminal::spawn(command, Pty::open(24, 80));
+    let code = run.wait();
+    let text = run.text();
+    assert_eq!(code, Some(101), "{text}");
+    assert!(text.contains("vmtest: guest: failed to start /bin/sh in the guest: "), "{text}");
+    assert!(text.contains("test result: "), "{text}");
+    tmp.assert_empty();
+}
+
+#[test]
 fn without_a_terminal_the_variable_is_ignored_and_a_bad_value_is_an_error() {
     let run = |value: &str, args: &[&str]| {
         Command::new(FAILING)

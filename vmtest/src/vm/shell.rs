@@ -111,31 +111,59 @@ fn window_size() -> WindowSize {
     }
 }
 
-/// Runs the shell the guest offers on `port` on this process's terminal until it exits; returns
-/// its exit status. Waits for a shell of another VM to end first.
-pub(crate) fn relay(port: &UnixStream) -> Result<i32, String> {
+/// Runs the shell the guest offers on `port` on this process's terminal until it exits (or the
+/// guest says it could not start one, which it also reports on the control port). Waits for a
+/// shell of another VM to end first. `Err`: the port failed.
+pub(crate) fn relay(port: &UnixStream) -> Result<(), String> {
     let _terminal = terminal();
     let mut writer =
         port.try_clone().map_err(|e| format!("failed to clone the shell port: {e}"))?;
     let reader = port.try_clone().map_err(|e| format!("failed to clone the shell port: {e}"))?;
     let term = std::env::var("TERM").unwrap_or_default();
-    let mut size = window_size();
+    let size = window_size();
     let start = ShellInput::Start { version: PROTOCOL_VERSION, size, term };
     write_frame(&mut writer, &start).map_err(|e| format!("failed to start the shell: {e}"))?;
     let raw =
         RawMode::enter().map_err(|e| format!("failed to put the terminal in raw mode: {e}"))?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let input = {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
+    let input = Input::start(writer, size)?;
+    let mut frames = FrameReader::new(io::BufReader::new(reader));
+    let mut stdout = io::stdout();
+    let ended = loop {
+        match frames.next_frame::<ShellOutput>() {
+            Ok(Some(ShellOutput::Data(bytes))) => {
+                let _ = stdout.write_all(&bytes).and_then(|()| stdout.flush());
+            }
+            Ok(Some(ShellOutput::Exited(_) | ShellOutput::Failed(_))) => break Ok(()),
+            Ok(None) => break Err("the guest closed the shell port".to_owned()),
+            Err(e) => break Err(format!("the guest sent a bad shell frame: {e}")),
+        }
+    };
+    drop(input);
+    drop(raw);
+    ended
+}
+
+/// The thread that sends what is typed, and the window's new sizes, to the guest; stopped and
+/// joined on drop (also when the relay unwinds), so that it never reads the terminal after
+/// the shell.
+struct Input {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Input {
+    fn start(mut writer: UnixStream, mut size: WindowSize) -> Result<Input, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
             .name("vmtest-shell-input".into())
             .spawn(move || -> io::Result<()> {
                 let stdin = io::stdin();
                 let tick = Timespec::try_from(TICK).unwrap_or(Timespec { tv_sec: 0, tv_nsec: 0 });
                 let mut buf = [0u8; 4096];
                 let mut open = true;
-                while !stop.load(Ordering::Relaxed) {
+                while !stopped.load(Ordering::Relaxed) {
                     let now = window_size();
                     if now != size {
                         size = now;
@@ -161,26 +189,18 @@ pub(crate) fn relay(port: &UnixStream) -> Result<i32, String> {
                 }
                 Ok(())
             })
-            .map_err(|e| format!("failed to start the shell's input thread: {e}"))?
-    };
+            .map_err(|e| format!("failed to start the shell's input thread: {e}"))?;
+        Ok(Input { stop, thread: Some(thread) })
+    }
+}
 
-    let mut frames = FrameReader::new(io::BufReader::new(reader));
-    let mut stdout = io::stdout();
-    let ended = loop {
-        match frames.next_frame::<ShellOutput>() {
-            Ok(Some(ShellOutput::Data(bytes))) => {
-                let _ = stdout.write_all(&bytes).and_then(|()| stdout.flush());
-            }
-            Ok(Some(ShellOutput::Exited(code))) => break Ok(code),
-            Ok(Some(ShellOutput::Failed(why))) => break Err(why),
-            Ok(None) => break Err("the guest closed the shell port".to_owned()),
-            Err(e) => break Err(format!("the guest sent a bad shell frame: {e}")),
+impl Drop for Input {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-    };
-    stop.store(true, Ordering::Relaxed);
-    let _ = input.join();
-    drop(raw);
-    ended
+    }
 }
 
 #[cfg(test)]
