@@ -153,7 +153,11 @@ impl Payload {
 
     /// The plan over `base`: the base's modules, then the payload's; the tests; the limits.
     pub(crate) fn plan(&self, base: &Base) -> Plan {
-        let modules = base.modules.iter().chain(&self.modules).cloned().collect();
+        self.plan_with(base.modules.iter().chain(&self.modules).cloned().collect())
+    }
+
+    /// The plan with `modules` to load: the tests, the limits, the shell.
+    fn plan_with(&self, modules: Vec<protocol::Module>) -> Plan {
         let mut plan = Plan::new(modules, self.tests.clone());
         plan.files = self.files;
         plan.shell = self.shell;
@@ -170,8 +174,7 @@ impl Payload {
         if cwd != "/" && !tree.contains(cwd) && !base.initramfs()?.contains(cwd) {
             tree.add_dir(cwd, 0o755)?;
         }
-        let mut plan = Plan::new(self.modules.clone(), self.tests.clone());
-        plan.files = self.files;
+        let plan = self.plan_with(self.modules.clone());
         tree.add_bytes(protocol::PLAN_PATH, encode_plan(&plan)?, 0o644)?;
         write_file(&tree, path)
     }

@@ -230,3 +230,23 @@ fn a_missing_file_is_an_error_naming_it() {
     let error = payload.add_fixture(missing.to_str().unwrap()).unwrap_err().to_string();
     assert!(error.contains(&missing.display().to_string()), "{error}");
 }
+
+#[test]
+fn the_shell_travels_in_the_plan_of_a_cold_and_of_a_warm_start() {
+    let host = host();
+    let mut payload = payload(&host, "/work/crate");
+    payload.set_shell(protocol::ShellWhen::OnFailure);
+    let image = GuestImage { base: base(&host), payload };
+    let plan_in = |entries: &Entries| -> Plan {
+        protocol::decode_frame(&entries[protocol::PLAN_PATH].1).unwrap()
+    };
+    assert_eq!(
+        plan_in(&archive(&image.initramfs().unwrap())).shell,
+        protocol::ShellWhen::OnFailure
+    );
+    let dir = temp_dir("shell-plan");
+    let path = dir.path().join("payload.cpio");
+    image.payload.write_warm(&image.base, &path).unwrap();
+    let warm = read_back(&std::fs::read(&path).unwrap());
+    assert_eq!(plan_in(&warm).shell, protocol::ShellWhen::OnFailure);
+}
