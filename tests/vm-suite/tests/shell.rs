@@ -215,10 +215,11 @@ fn a_failing_test_hands_its_guest_to_the_users_terminal() {
     std::thread::sleep(Duration::from_millis(500));
     run.type_in("stty size\r");
     let at = run.expect(at, "40 120\r\n");
-    // Ctrl-C stops the guest's foreground command, not the harness.
-    run.type_in("sleep 600\r");
-    let at = run.expect(at, "sleep 600\r\n");
-    std::thread::sleep(Duration::from_secs(2));
+    // Ctrl-C stops the guest's foreground command, not the harness. (Once `started` shows, the
+    // shell has given the terminal back to the commands, with Ctrl-C as a signal.)
+    run.type_in("echo started; sleep 600\r");
+    let at = run.expect(at, "started\r\n");
+    std::thread::sleep(Duration::from_millis(500));
     run.type_in("\x03");
     run.type_in("echo after=$((1+1))\r");
     let at = run.expect(at, "after=2\r\n");
@@ -366,7 +367,9 @@ fn a_failing_plain_binary_hands_its_arm64_guest_over_and_keeps_its_exit_status()
     let at = run.expect(at, "rerun: /main --bogus\r\n");
     let at = run.expect(at, "# ");
     run.type_in("echo answer=$((6*7)); uname -m\r");
-    run.expect(at, "answer=42\r\naarch64\r\n");
+    let at = run.expect(at, "answer=42\r\naarch64\r\n");
+    // At the prompt the shell reads the terminal itself: Ctrl-D on an empty line ends it.
+    run.expect(at, "# ");
     run.type_in("\x04");
     let code = run.wait();
     assert_ne!(status, 0);
