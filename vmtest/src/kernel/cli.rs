@@ -36,6 +36,11 @@ enum Command {
         /// build out-of-tree modules against it (see `kernel path --build`).
         #[arg(long)]
         headers: bool,
+        /// Also fetch each kernel's debug image (the `vmlinux` of Debian's
+        /// linux-image-<release>-dbg, about 1 GB to download, 350-450 MB kept), for
+        /// `VMTEST_GDB=kernel`.
+        #[arg(long)]
+        debug_symbols: bool,
     },
     /// Print where a stored kernel is: its image, or with `--build` its build tree (for
     /// `make -C <dir> M=$PWD modules`).
@@ -47,8 +52,12 @@ enum Command {
         #[arg(long, default_value_t = Arch::host(), hide_default_value = true)]
         arch: Arch,
         /// The build tree rather than the image (fetched with `kernel fetch <series> --headers`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "debug_symbols")]
         build: bool,
+        /// The debug image (`vmlinux` with symbols, fetched with `kernel fetch <series>
+        /// --debug-symbols`) rather than the image.
+        #[arg(long)]
+        debug_symbols: bool,
     },
     /// Show the stored kernels: name, arch, version, flavour, size.
     List {
@@ -97,13 +106,16 @@ pub fn run(program: &str, args: KernelArgs) -> ExitCode {
 fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelError> {
     let store = Store::open()?;
     match command {
-        Command::Fetch { specs, arch, headers } => {
+        Command::Fetch { specs, arch, headers, debug_symbols } => {
             let mut failed = 0;
             for spec in &specs {
                 let mut progress = |line: &str| eprintln!("[{spec} {arch}] {line}");
                 let fetched = store.fetch(spec, arch, &mut progress).and_then(|fetched| {
                     if headers {
                         store.fetch_headers(fetched.kernel(), &mut progress)?;
+                    }
+                    if debug_symbols {
+                        store.fetch_debug_symbols(fetched.kernel(), &mut progress)?;
                     }
                     Ok(fetched)
                 });
@@ -117,8 +129,20 @@ fn execute(program: &str, command: Command) -> Result<ExitCode, super::KernelErr
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Path { spec, arch, build } => {
+        Command::Path { spec, arch, build, debug_symbols } => {
             let kernel = super::resolve(Some(&spec), arch)?;
+            if debug_symbols {
+                let Some(path) = kernel.debug_image() else {
+                    eprintln!(
+                        "error: the store has no debug image of kernel `{}` ({arch}); fetch it \
+                         with `{program} kernel fetch {spec} --arch {arch} --debug-symbols`",
+                        kernel.name
+                    );
+                    return Ok(ExitCode::FAILURE);
+                };
+                println!("{}", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             if !build {
                 println!("{}", kernel.image.display());
                 return Ok(ExitCode::SUCCESS);
@@ -282,13 +306,38 @@ mod tests {
             Command::Fetch {
                 specs: vec!["6.1".into(), "6.12".into()],
                 arch: Arch::Aarch64,
-                headers: false
+                headers: false,
+                debug_symbols: false
             }
         );
         assert_eq!(
             p(&["fetch", "6.12"]).unwrap(),
-            Command::Fetch { specs: vec!["6.12".into()], arch: Arch::host(), headers: false }
+            Command::Fetch {
+                specs: vec!["6.12".into()],
+                arch: Arch::host(),
+                headers: false,
+                debug_symbols: false
+            }
         );
+        assert_eq!(
+            p(&["fetch", "6.12", "--debug-symbols"]).unwrap(),
+            Command::Fetch {
+                specs: vec!["6.12".into()],
+                arch: Arch::host(),
+                headers: false,
+                debug_symbols: true
+            }
+        );
+        assert_eq!(
+            p(&["path", "6.12", "--debug-symbols"]).unwrap(),
+            Command::Path {
+                spec: "6.12".into(),
+                arch: Arch::host(),
+                build: false,
+                debug_symbols: true
+            }
+        );
+        assert!(p(&["path", "6.12", "--debug-symbols", "--build"]).is_err());
         assert_eq!(
             p(&["list", "--arch=x86_64"]).unwrap(),
             Command::List { arch: Some(Arch::X86_64) }
@@ -313,7 +362,8 @@ mod tests {
     fn help_describes_every_flag() {
         let help = p(&["fetch", "--help"]).unwrap_err();
         assert!(help.contains("Usage: kernel fetch"), "{help}");
-        assert!(help.contains("--arch <ARCH>  Guest architecture"), "{help}");
+        assert!(help.contains("--arch <ARCH>    Guest architecture"), "{help}");
+        assert!(help.contains("--debug-symbols  Also fetch each kernel's debug image"), "{help}");
         assert!(p(&["add", "-h"]).unwrap_err().contains("--modules <MODULES>"));
     }
 

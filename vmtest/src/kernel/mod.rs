@@ -10,6 +10,7 @@
 
 mod alias;
 pub(crate) mod apt;
+mod debug_symbols;
 mod decompress;
 mod entry;
 mod fetch;
@@ -33,6 +34,7 @@ use crate::arch::Arch;
 /// In a module file's path in `modules = [...]`, stands for the booted kernel's release.
 const RELEASE_PLACEHOLDER: &str = "{release}";
 
+pub use debug_symbols::DebugSymbolsFetched;
 pub use fetch::Fetched;
 pub use headers::HeadersFetched;
 pub(crate) use image::image_info;
@@ -191,6 +193,14 @@ pub enum KernelError {
     /// The store cannot provide the kernel's build tree.
     #[error("failed to fetch the build tree (headers) of kernel `{kernel}`: {reason}")]
     NoHeaders {
+        /// The kernel.
+        kernel: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store cannot provide the kernel's debug image.
+    #[error("failed to fetch the debug symbols of kernel `{kernel}`: {reason}")]
+    NoDebugSymbols {
         /// The kernel.
         kernel: String,
         /// Why.
