@@ -28,6 +28,10 @@ enum Command {
         /// Guest architecture: x86_64, aarch64 (or arm64), riscv64 [default: this machine's].
         #[arg(long, default_value_t = Arch::host(), hide_default_value = true)]
         arch: Arch,
+        /// Also fetch Debian's current gdbserver for that arch, for `VMTEST_GDB=test` (a run
+        /// fetches it by itself when it is missing and apt is installed).
+        #[arg(long)]
+        gdbserver: bool,
     },
     /// Show the stored userland of each arch.
     List,
@@ -48,10 +52,15 @@ pub fn run(program: &str, args: UserlandArgs) -> ExitCode {
 fn execute(program: &str, command: Command) -> Result<(), KernelError> {
     let store = Store::open()?;
     match command {
-        Command::Fetch { arch } => {
+        Command::Fetch { arch, gdbserver } => {
             let userland =
                 store.fetch_userland(arch, &mut |line| eprintln!("[userland {arch}] {line}"))?;
             println!("busybox {} ({arch}) at {}", userland.version, userland.busybox.display());
+            if gdbserver {
+                let binary = store
+                    .fetch_gdbserver(arch, &mut |line| eprintln!("[gdbserver {arch}] {line}"))?;
+                println!("gdbserver ({arch}) at {}", binary.display());
+            }
         }
         Command::List => {
             let mut out = format!("kernel store: {}\n", store.root().display());
@@ -100,10 +109,10 @@ mod tests {
 
     #[test]
     fn parses_commands() {
-        assert_eq!(p(&["fetch"]).unwrap(), Command::Fetch { arch: Arch::host() });
+        assert_eq!(p(&["fetch"]).unwrap(), Command::Fetch { arch: Arch::host(), gdbserver: false });
         assert_eq!(
-            p(&["fetch", "--arch", "arm64"]).unwrap(),
-            Command::Fetch { arch: Arch::Aarch64 }
+            p(&["fetch", "--arch", "arm64", "--gdbserver"]).unwrap(),
+            Command::Fetch { arch: Arch::Aarch64, gdbserver: true }
         );
         assert_eq!(p(&["list"]).unwrap(), Command::List);
         assert!(p(&["fetch", "--help"]).unwrap_err().contains("--arch <ARCH>  Guest architecture"));

@@ -17,6 +17,7 @@
 pub(crate) mod applets;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub(crate) mod gdbserver;
 mod store;
 
 use std::ffi::OsStr;
