@@ -45,6 +45,14 @@ use std::time::{Duration, Instant};
 pub use forks::RunTest;
 pub use modprobe::{invoked_as_modprobe, modprobe_main};
 pub use mounts::hidden_in_guest;
+
+/// The device of the virtio-serial port called `name` (`/dev/vport0p3`), if the guest has one.
+pub fn port_device(name: &str) -> Option<std::path::PathBuf> {
+    match ports::find_port(Path::new(ports::VIRTIO_PORTS_DIR), name) {
+        ports::Lookup::Found(entry) => Some(Path::new("/dev").join(entry)),
+        ports::Lookup::NotNamed | ports::Lookup::NoPorts => None,
+    }
+}
 use ports::Control;
 use protocol::{GuestMessage, Plan, PlannedTest, CONTROL_PORT, PLAN_PATH, PROTOCOL_VERSION};
 

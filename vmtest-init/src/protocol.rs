@@ -88,6 +88,14 @@ pub const SHELL_PORT: &str = "vmtest.shell";
 /// Name of the virtio-serial port that carries [`ModuleRequest`]s and [`ModuleReply`]s.
 pub const MODULES_PORT: &str = "vmtest.modules";
 
+/// Name of the virtio-serial port a gdb server in the guest talks on (`VMTEST_GDB=test`); its
+/// host end is a socket a debugger connects to.
+pub const GDB_PORT: &str = "vmtest.gdb";
+
+/// Environment variable that tells a test process where the gdb server is: set, the process
+/// has it attach to itself over [`GDB_PORT`] before its test runs.
+pub const GDBSERVER_ENV: &str = "VMTEST_GDBSERVER";
+
 /// Version of the module request format; a host answers another version with
 /// [`ModuleReply::Failed`].
 pub const MODULE_PROTOCOL_VERSION: u32 = 1;

@@ -96,6 +96,7 @@ pub mod __bench {
             ports: Vec::new(),
             sandbox: crate::vm::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
             snapshot: Default::default(),
+            debug: Default::default(),
         };
         let mut command = Command::new(qemu);
         command.args(spec.args());
@@ -281,6 +282,7 @@ pub mod __snapshot {
                 ports: Vec::new(),
                 sandbox: crate::vm::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
                 snapshot: crate::vm::qemu::SnapshotArgs { vmgenid, ..Default::default() },
+                debug: Default::default(),
             };
             let version = snapshot::qemu_version(&qemu).map_err(|e| e.to_string())?;
             let key =

@@ -71,6 +71,17 @@ fn boot(arch: Arch, main: Main<'_>) -> Result<i32, Error> {
             init_build::build_hint(arch)
         )));
     }
+    if crate::host::debug::Debugger::from_env()?.is_some() {
+        let what = match main {
+            Main::Binary(binary, _) => format!("{} is an ordinary binary", binary.display()),
+            Main::Shell(_) => "`cargo vmtest shell` boots no test binary".to_owned(),
+        };
+        return Err(Error::Env(format!(
+            "{} is for vmtest test binaries (`#[vm_test]`); {what}, which `cargo vmtest` \
+             cannot debug yet",
+            crate::host::debug::GDB_ENV,
+        )));
+    }
     let accel = accel::choose(arch)?;
     crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
     let kernel = kernel::resolve(if let Main::Shell(kernel) = main { kernel } else { None }, arch)?;
@@ -143,6 +154,7 @@ fn boot(arch: Arch, main: Main<'_>) -> Result<i32, Error> {
         modules: std::sync::Arc::new(kernel.module_provider()),
         warm,
         shell: shell != ShellWhen::Never,
+        debug: Default::default(),
     };
     let gap = Duration::from_secs(30).mul_f64(scale);
     let mut outcome = None;

@@ -46,6 +46,7 @@ pub(crate) fn run_test(name: &str) -> ! {
         }
     };
     let run = def.run;
+    crate::guest::debugger::wait_if_asked();
     // libtest runs each test on a thread named after it, so panic messages read the same.
     let joined =
         std::thread::Builder::new().name(name.to_owned()).spawn(run).map(|handle| handle.join());

@@ -3,5 +3,6 @@
 
 pub(crate) mod artifact;
 pub(crate) mod child;
+pub(crate) mod debugger;
 pub(crate) mod module;
 pub(crate) mod skip;

@@ -17,6 +17,7 @@ use vmtest_init::protocol::{self, GuestMessage, PlannedTest, Stream};
 
 use crate::arch::Arch;
 use crate::guest::child::FailureNote;
+use crate::host::debug::{self, Debug, Debugger};
 use crate::host::files;
 use crate::host::logdir::LogDir;
 use crate::host::note::Note;
@@ -118,6 +119,8 @@ pub(crate) struct RunSettings {
     pub snapshots: Option<Snapshots>,
     /// When the guests offer an interactive shell (`VMTEST_SHELL`).
     pub shell: protocol::ShellWhen,
+    /// The debugger the run's VMs wait for (`VMTEST_GDB`), if any.
+    pub debug: Option<Debug>,
 }
 
 /// Warm starts for a run's VMs (`VMTEST_SNAPSHOT`).
@@ -197,6 +200,15 @@ impl RunContext {
     /// The accelerator for the next boot.
     fn accel(&self) -> &AccelChoice {
         self.fallback.get().unwrap_or(&self.accel)
+    }
+
+    /// `time` scaled for the accelerator of the next boot; suspended while a debugger may hold
+    /// the guest.
+    fn scaled(&self, time: Duration) -> Duration {
+        match self.debug {
+            Some(_) => debug::SUSPENDED,
+            None => time.mul_f64(self.accel().timeout_scale),
+        }
     }
 
     /// Switches the rest of the run to TCG after KVM failed, with one warning line.
@@ -446,7 +458,7 @@ impl Group {
         // Counted against the host's memory with the size the VM really gets.
         let permit = context.vms.acquire(memory_mib);
         let accel = context.accel();
-        let scale = accel.timeout_scale;
+        let debug = context.debug.as_ref().map(|d| d.debugger.vm_args(workdir.path()));
         let spec = VmSpec {
             arch: context.arch,
             accel: accel.accel,
@@ -459,12 +471,16 @@ impl Group {
                 .as_deref()
                 .map(|c| c.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
-            boot_timeout: BOOT_TIMEOUT.mul_f64(scale),
+            boot_timeout: context.scaled(BOOT_TIMEOUT),
             console_limit: context.console_limit,
             modules: Arc::clone(&self.modules),
             warm,
             shell: context.shell != protocol::ShellWhen::Never,
+            debug: debug.clone().unwrap_or_default(),
         };
+        if let (Some(args), Some(settings)) = (&debug, &context.debug) {
+            let _ = notes.send(Note::Stderr(self.announce(context, settings, args, pending)));
+        }
         let console_log = self.console_log(context, attempt);
         let mut running: Option<&Member> = None;
         let mut kernel_log = Vec::new();
@@ -490,14 +506,14 @@ impl Group {
             files::Receiver::new(Box::new(route), context.file_limits, &context.file_bytes);
         // The live stderr of the running test, less the failure note it may end with.
         let mut live_note = FailureNote::default();
-        let send_time = SEND_TIME.mul_f64(scale);
-        let mut deadline = Deadline::new(HOST_GRACE.mul_f64(scale));
+        let send_time = context.scaled(SEND_TIME);
+        let mut deadline = Deadline::new(context.scaled(HOST_GRACE));
         let end = session::run(&spec, workdir.path(), &initrd, &console_log, |message| {
             match message {
                 GuestMessage::TestStarted { id } => {
                     running = by_id.get(&id).copied();
                     live_note = FailureNote::default();
-                    deadline.start(running.map(|m| m.timeout.mul_f64(scale) + send_time));
+                    deadline.start(running.map(|m| context.scaled(m.timeout) + send_time));
                     deadline.send(notes, Note::Started(id));
                 }
                 GuestMessage::KernelLog { id, bytes } if running.is_some_and(|m| m.id == id) => {
@@ -588,6 +604,9 @@ impl Group {
             base.add_module(module)?;
         }
         let mut payload = Payload::new(&context.cwd);
+        if let Some(gdbserver) = context.debug.as_ref().and_then(|d| d.gdbserver.as_ref()) {
+            payload.add_program(debug::GUEST_GDBSERVER, gdbserver)?;
+        }
         for file in pending.iter().flat_map(|m| m.files.iter()) {
             payload.add_fixture(file)?;
         }
@@ -603,13 +622,35 @@ impl Group {
             .file_limits
             .run_bytes
             .saturating_sub(context.file_bytes.load(Ordering::Relaxed));
-        let send_ms = SEND_TIME.mul_f64(context.accel().timeout_scale).as_millis();
+        let send_ms = context.scaled(SEND_TIME).as_millis();
         payload.set_file_limits(
             context
                 .file_limits
                 .for_guest(run_bytes_left, u64::try_from(send_ms).unwrap_or(u64::MAX)),
         );
         Ok(GuestImage { base, payload })
+    }
+
+    /// What the user is told about the debugger of this boot's VM (see [`debug`]).
+    fn announce(
+        &self,
+        context: &RunContext,
+        settings: &Debug,
+        args: &crate::vm::qemu::DebugArgs,
+        pending: &[&Member],
+    ) -> String {
+        match settings.debugger {
+            Debugger::Kernel => {
+                let names: Vec<&str> = pending.iter().map(|m| m.name.as_str()).collect();
+                let hint = debug::fetch_hint(&self.kernel, context.arch);
+                debug::kernel_announcement(&self.kernel, context.arch, args, &names, &hint)
+            }
+            Debugger::Test => {
+                let tests: Vec<(&str, String)> =
+                    pending.iter().map(|m| (m.name.as_str(), m.function.clone())).collect();
+                debug::test_announcement(&context.exe, context.arch, args, &tests)
+            }
+        }
     }
 
     fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
@@ -619,6 +660,9 @@ impl Group {
         env.push((protocol::TEST_ENV.to_owned(), member.base_name.clone()));
         // The name libtest shows, with the kernel suffix of a matrix instance.
         env.push((INSTANCE_ENV.to_owned(), member.name.clone()));
+        if context.debug.as_ref().is_some_and(|d| d.gdbserver.is_some()) {
+            env.push((debug::GDBSERVER_ENV.to_owned(), debug::GUEST_GDBSERVER.to_owned()));
+        }
         PlannedTest {
             id: member.id,
             name: member.name.clone(),
@@ -626,10 +670,8 @@ impl Group {
             args: vec![],
             env,
             cwd: context.cwd.clone(),
-            timeout_ms: u64::try_from(
-                member.timeout.mul_f64(context.accel().timeout_scale).as_millis(),
-            )
-            .unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(context.scaled(member.timeout).as_millis())
+                .unwrap_or(u64::MAX),
             capture: context.capture,
         }
     }

@@ -18,6 +18,7 @@ use vmtest_init::protocol;
 
 use crate::host::args::{self, Options, Parsed};
 use crate::host::binary::TestBinary;
+use crate::host::debug::{self, Debug, Debugger};
 use crate::host::files;
 use crate::host::group::{Group, RunContext, RunSettings, Snapshots};
 use crate::host::logdir::LogDir;
@@ -165,6 +166,7 @@ fn prepare(
         return Ok(None);
     }
 
+    let debugger = Debugger::from_env()?;
     let accel = accel::choose(arch)?;
     crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
     if let Some(why) = &accel.kvm_unusable {
@@ -199,8 +201,15 @@ fn prepare(
         );
         ordered.push(Arc::new(Group::new(planned, kernel, modules)?));
     }
-    // Last of the setup: it may fetch, which a setup error should not wait for.
+    // Last of the setup: they may fetch, which a setup error should not wait for.
     let userland = GuestUserland::for_run(arch)?;
+    let debug = match debugger {
+        None => None,
+        Some(Debugger::Kernel) => Some(Debug { debugger: Debugger::Kernel, gdbserver: None }),
+        Some(Debugger::Test) => {
+            Some(Debug { debugger: Debugger::Test, gdbserver: Some(debug::gdbserver(arch)?) })
+        }
+    };
     let context = Arc::new(RunContext::new(RunSettings {
         exe: binary.path.clone(),
         arch,
@@ -213,8 +222,11 @@ fn prepare(
         vms: VmSlots::for_host(threads),
         accel,
         userland,
-        snapshots: Snapshots::from_env()?,
+        // A debugger sees a VM start from its kernel's first instruction, with its own
+        // devices: never a restored one.
+        snapshots: Snapshots::from_env()?.filter(|_| debug.is_none()),
         shell: crate::vm::shell::from_env()?,
+        debug,
     }));
     Ok(Some((context, ordered)))
 }

@@ -7,6 +7,7 @@
 
 pub(crate) mod args;
 pub(crate) mod binary;
+pub(crate) mod debug;
 pub(crate) mod files;
 pub(crate) mod group;
 pub(crate) mod harness;

@@ -179,6 +179,8 @@ pub(crate) struct Member {
     pub name: String,
     /// libtest name of the function.
     pub base_name: String,
+    /// The function's path (`crate::module::name`), as a debugger names it.
+    pub function: String,
     /// The test's timeout before scaling.
     pub timeout: Duration,
     /// `env = [...]` of the test.
@@ -253,6 +255,7 @@ pub(crate) fn groups(
             id,
             name: instance.name.clone(),
             base_name: instance.base_name.clone(),
+            function: format!("{}::{}", instance.def.module_path, instance.def.name),
             timeout: vm.timeout_ms.map_or(DEFAULT_TEST_TIMEOUT, Duration::from_millis),
             env: vm.env.clone(),
             files: dirs.files(instance),
@@ -527,6 +530,7 @@ mod tests {
                     id: 1,
                     name: "b".into(),
                     base_name: "b".into(),
+                    function: "suite::b".into(),
                     timeout: Duration::from_millis(1500),
                     env: vec!["A".into()],
                     // Fixtures under the crate follow it to where this run finds it.
@@ -537,6 +541,7 @@ mod tests {
                     id: 2,
                     name: "c".into(),
                     base_name: "c".into(),
+                    function: "suite::c".into(),
                     timeout: DEFAULT_TEST_TIMEOUT,
                     env: vec![],
                     files: vec![],

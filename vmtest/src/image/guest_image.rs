@@ -114,8 +114,7 @@ impl Payload {
     }
 
     /// Adds the ELF program `host_path` (with its libraries) at `guest_path`, for tests to run
-    /// other than the init (the plain runner's `/main`).
-    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
+    /// other than the init (the plain runner's `/main`, a gdb server).
     pub(crate) fn add_program(&mut self, guest_path: &str, host_path: &Path) -> Result<(), Error> {
         self.tree.add_elf_with_libraries(guest_path, host_path)?;
         Ok(())

@@ -4,7 +4,8 @@
 //! [`QemuCommand`] turns a VM description into arguments; [`sandbox`] decides whether QEMU
 //! runs under its seccomp filter (`-sandbox`), probing the binary once. [`SnapshotArgs`] are
 //! the arguments of a VM that is saved or restored: its QMP monitor, `-incoming` and the
-//! `vmgenid` device.
+//! `vmgenid` device. [`DebugArgs`] are those of a VM a debugger attaches to: QEMU's gdb stub
+//! with the guest paused before the kernel runs, and a port for a gdb server in the guest.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -110,6 +111,21 @@ pub(crate) struct QemuCommand {
     pub sandbox: Sandbox,
     /// What a VM that is saved or restored adds (nothing by default).
     pub snapshot: SnapshotArgs,
+    /// What a VM a debugger attaches to adds (nothing by default).
+    pub debug: DebugArgs,
+}
+
+/// The arguments of a VM a debugger may attach to (`VMTEST_GDB`); nothing by default, so a
+/// normal run's command line is unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DebugArgs {
+    /// QEMU's gdb stub on a Unix socket QEMU listens on (`-gdb`), with the guest paused before
+    /// the kernel runs (`-S`) until the debugger says `continue`; the kernel is booted without
+    /// address randomisation (`nokaslr`), so its symbols are where the debug image says.
+    pub kernel_stub: Option<PathBuf>,
+    /// A virtio-serial port whose host end is a Unix socket QEMU listens on, for a debugger to
+    /// reach a gdb server in the guest.
+    pub guest_port: Option<SocketPort>,
 }
 
 /// The arguments of a VM that is saved or restored (see `vm::snapshot`). A restore uses the
@@ -226,6 +242,9 @@ impl QemuCommand {
             "mitigations=off".to_owned(),
             "rdinit=/init".to_owned(),
         ];
+        if self.debug.kernel_stub.is_some() {
+            args.push("nokaslr".to_owned());
+        }
         if self.arch == Arch::X86_64 {
             // Under TCG the TSC is stable; skipping the watchdog's check saves boot time.
             args.push("tsc=reliable".to_owned());
@@ -262,7 +281,7 @@ impl QemuCommand {
             .opt("-rtc", "base=utc")
             // The kernel console goes to QEMU's stdout, which the host reads and logs.
             .opt("-serial", "stdio");
-        if !self.ports.is_empty() {
+        if !self.ports.is_empty() || self.debug.guest_port.is_some() {
             args.opt("-device", format!("{},id=vser0", profile.virtio_serial));
             for (index, port) in self.ports.iter().enumerate() {
                 args.opt("-chardev", chardev_socket(&format!("port{index}"), &port.socket)).opt(
@@ -270,6 +289,17 @@ impl QemuCommand {
                     format!("virtserialport,bus=vser0.0,chardev=port{index},name={}", port.name),
                 );
             }
+            if let Some(port) = &self.debug.guest_port {
+                args.opt("-chardev", chardev_server("gdbport", &port.socket)).opt(
+                    "-device",
+                    format!("virtserialport,bus=vser0.0,chardev=gdbport,name={}", port.name),
+                );
+            }
+        }
+        if let Some(stub) = &self.debug.kernel_stub {
+            args.opt("-chardev", chardev_server("gdbstub", stub))
+                .opt("-gdb", "chardev:gdbstub")
+                .flag("-S");
         }
         if self.snapshot.vmgenid {
             args.opt("-device", "vmgenid,guid=auto");
@@ -317,6 +347,14 @@ fn chardev_socket(id: &str, path: &std::path::Path) -> OsString {
     arg
 }
 
+/// `socket,id=ID,path=P,server=on,wait=off`: QEMU listens at `P` (for a debugger) and starts
+/// without waiting for a connection.
+fn chardev_server(id: &str, path: &std::path::Path) -> OsString {
+    let mut arg = chardev_socket(id, path);
+    arg.push(",server=on,wait=off");
+    arg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +371,7 @@ mod tests {
             ports: vec![SocketPort { name: "vmtest.control".into(), socket: "/t/ctl.sock".into() }],
             sandbox: Sandbox::Off,
             snapshot: SnapshotArgs::default(),
+            debug: DebugArgs::default(),
         }
     }
 
@@ -452,5 +491,48 @@ mod tests {
         let mut c = command(Arch::X86_64, Accel::Tcg);
         c.ports[0].socket = "/tmp/a,b/ctl.sock".into();
         assert!(joined(&c).contains("path=/tmp/a,,b/ctl.sock "));
+    }
+
+    #[test]
+    fn a_kernel_debugged_vm_starts_paused_with_its_stub_and_nothing_else_changes() {
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            let plain = command(arch, Accel::Tcg);
+            let mut debugged = plain.clone();
+            debugged.debug.kernel_stub = Some("/t/g,db.sock".into());
+            let (plain, debugged) = (joined(&plain), joined(&debugged));
+            // The stub's arguments just before the kernel's; the kernel boots unrandomised,
+            // `nokaslr` after vmtest's own arguments and before the test's.
+            let expected = plain
+                .replace(
+                    " -kernel ",
+                    " -chardev socket,id=gdbstub,path=/t/g,,db.sock,server=on,wait=off \
+                     -gdb chardev:gdbstub -S -kernel ",
+                )
+                .replace(" rdinit=/init ", " rdinit=/init nokaslr ");
+            assert_eq!(debugged, expected);
+            for word in ["-S", "-gdb", "nokaslr", "gdbstub", "server=on"] {
+                assert!(!plain.contains(word), "{word} in a plain VM's arguments: {plain}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_test_debugged_vm_has_one_more_port_that_qemu_listens_on() {
+        let plain = command(Arch::X86_64, Accel::Tcg);
+        let mut debugged = plain.clone();
+        debugged.debug.guest_port =
+            Some(SocketPort { name: "vmtest.gdb".into(), socket: "/t/gdbserver.sock".into() });
+        let (plain, debugged) = (joined(&plain), joined(&debugged));
+        assert_eq!(
+            debugged,
+            plain.replace(
+                "name=vmtest.control ",
+                "name=vmtest.control -chardev socket,id=gdbport,path=/t/gdbserver.sock,\
+                 server=on,wait=off -device virtserialport,bus=vser0.0,chardev=gdbport,\
+                 name=vmtest.gdb "
+            )
+        );
+        assert!(!debugged.contains("-S ") && !debugged.contains("nokaslr"), "{debugged}");
+        assert!(!plain.contains("gdb"), "{plain}");
     }
 }

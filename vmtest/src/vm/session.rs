@@ -26,7 +26,7 @@ use crate::kernel::ModuleProvider;
 use crate::vm::accel::Accel;
 use crate::vm::modserver;
 use crate::vm::process::QemuProcess;
-use crate::vm::qemu::{profile, QemuCommand, SnapshotArgs, SocketPort};
+use crate::vm::qemu::{profile, DebugArgs, QemuCommand, SnapshotArgs, SocketPort};
 use crate::vm::qmp::Qmp;
 use crate::vm::snapshot;
 use crate::vm::warm::{self, Start, Warm, WarmEnd, WarmVm};
@@ -45,6 +45,9 @@ const FRAME_QUEUE: usize = 8;
 const KVM_INTERNAL_ERROR: &[u8] = b"KVM internal error";
 /// How long a QEMU whose guest went silent may take to exit by itself before it is killed.
 const EXIT_GRACE: Duration = Duration::from_millis(200);
+/// How long a wait on a guest a debugger may hold (`VMTEST_GDB`) may last: in effect no
+/// deadline, but an instant that can still be computed.
+pub(crate) const SUSPENDED: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often the boot wait looks for [`KVM_INTERNAL_ERROR`].
 const KVM_ERROR_POLL: Duration = Duration::from_millis(100);
 
@@ -69,6 +72,9 @@ pub(crate) struct VmSpec {
     /// The guest may offer an interactive shell (its plan says when): QEMU gets the shell
     /// port, and the user's terminal is handed to the guest while the shell runs.
     pub shell: bool,
+    /// What a debugger attaches to (nothing by default). With a kernel stub the guest may be
+    /// stopped at any time, so the host waits for it without a deadline once it greeted.
+    pub debug: DebugArgs,
 }
 
 /// What the caller decides after each guest message: how long to wait for the next one.
@@ -157,6 +163,7 @@ fn run_once(
         ports,
         sandbox: crate::vm::qemu::sandbox(&qemu_binary)?,
         snapshot: snapshot_args,
+        debug: spec.debug.clone(),
     };
     let start = match &spec.warm {
         Some(warm) => Some(warm::prepare(warm, &qemu, &qemu_binary)?),
@@ -445,7 +452,12 @@ fn drive(
             GuestMessage::Hello { .. } if !state.greeted => {
                 state.greeted = true;
                 state.timeline.mark("hello");
-                deadline = Instant::now() + Duration::from_secs(30);
+                // A kernel stopped in a debugger says nothing for as long as it is stopped.
+                let gap = match spec.debug.kernel_stub {
+                    Some(_) => SUSPENDED,
+                    None => Duration::from_secs(30),
+                };
+                deadline = Instant::now() + gap;
             }
             _ if !state.greeted => return Err("the guest did not start with a greeting".to_owned()),
             GuestMessage::Ready => {

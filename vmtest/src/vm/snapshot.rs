@@ -527,6 +527,7 @@ mod tests {
                     incoming: None,
                     vmgenid: false,
                 },
+                debug: Default::default(),
             }
         }
     }
