@@ -5,7 +5,8 @@
 //! packages (when missing; needs root), cargo-nextest (the sharding test runs an archive with
 //! it), the musl rustup targets, and the kernels the suite boots (with their build trees, for
 //! the out-of-tree module) and the guest userland (Debian's static busybox) of each arch they
-//! boot, fetched into the kernel store.
+//! boot, fetched into the kernel store, with what the debugger tests attach with: the debug
+//! images of [`DEBUG_KERNELS`] and the host arch's gdbserver.
 
 use std::process::ExitCode;
 
@@ -17,8 +18,10 @@ use crate::exec::{have, run};
 /// The programs and files the suite uses on the host (QEMU's system emulators; `ip` for the
 /// network namespace tests; `strace` for the store's write-order test; clang and libbpf's
 /// headers to build the kernel suite's BPF programs; make, pahole and each arch's gcc-12 to
-/// build its out-of-tree module) and the Debian packages that provide them. A name with a `/` is a file, others are programs on `PATH`.
-const HOST_TOOLS: [(&str, &str); 10] = [
+/// build its out-of-tree module; gdb, and gdb-multiarch for other arches' guests, for the
+/// `VMTEST_GDB` tests) and the Debian packages that provide them. A name with a `/` is a file,
+/// others are programs on `PATH`.
+const HOST_TOOLS: [(&str, &str); 12] = [
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-system-aarch64", "qemu-system-arm"),
     ("ip", "iproute2"),
@@ -29,7 +32,12 @@ const HOST_TOOLS: [(&str, &str); 10] = [
     ("pahole", "dwarves"),
     ("x86_64-linux-gnu-gcc-12", "gcc-12"),
     ("aarch64-linux-gnu-gcc-12", "gcc-12-aarch64-linux-gnu"),
+    ("gdb", "gdb"),
+    ("gdb-multiarch", "gdb-multiarch"),
 ];
+
+/// The kernels whose debug images (`vmlinux` with symbols) the `VMTEST_GDB=kernel` test reads.
+pub const DEBUG_KERNELS: [(Arch, &str); 1] = [(Arch::X86_64, "6.12")];
 
 /// The kernels the workspace's suites boot, per architecture.
 pub const SUITE_KERNELS: [(Arch, &[&str]); 2] =
@@ -97,11 +105,23 @@ fn setup() -> Result<(), String> {
                     eprintln!("setup: headers {spec} ({arch}): {step}")
                 })
                 .map_err(|e| e.to_string())?;
+            if DEBUG_KERNELS.contains(&(arch, spec)) {
+                store
+                    .fetch_debug_symbols(fetched.kernel(), &mut |step| {
+                        eprintln!("setup: debug symbols {spec} ({arch}): {step}")
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
         }
         let userland = store
             .fetch_userland(arch, &mut |step| eprintln!("setup: userland ({arch}): {step}"))
             .map_err(|e| e.to_string())?;
         eprintln!("setup: userland ({arch}): busybox {}", userland.version);
     }
+    let arch = Arch::host();
+    let gdbserver = store
+        .fetch_gdbserver(arch, &mut |step| eprintln!("setup: gdbserver ({arch}): {step}"))
+        .map_err(|e| e.to_string())?;
+    eprintln!("setup: gdbserver ({arch}): {}", gdbserver.display());
     Ok(())
 }

@@ -31,8 +31,8 @@ const CROSS_SELECTIONS: [&[&str]; 3] = [
 ];
 const CROSS_EXCLUDED: &str = "cross run leaves out: vmtest, vmtest-init, xtask (host tools: their \
     tests drive QEMU and the kernel store from the host), vmtest-macros (trybuild compile tests \
-    of the host toolchain), vm-suite's outcomes and runner tests (they run QEMU from the host \
-    as subprocesses)";
+    of the host toolchain), vm-suite's outcomes, runner and gdb tests (they run QEMU from the \
+    host as subprocesses)";
 
 pub fn run_test(args: &[String]) -> ExitCode {
     let parsed = match CrossArgs::parse(args) {
