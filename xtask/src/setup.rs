@@ -36,8 +36,8 @@ const HOST_TOOLS: [(&str, &str); 12] = [
     ("gdb-multiarch", "gdb-multiarch"),
 ];
 
-/// The kernels whose debug images (`vmlinux` with symbols) the `VMTEST_GDB=kernel` test reads.
-pub const DEBUG_KERNELS: [(Arch, &str); 1] = [(Arch::X86_64, "6.12")];
+/// The kernels whose debug images (`vmlinux` with symbols) the `VMTEST_GDB=kernel` tests read.
+pub const DEBUG_KERNELS: [(Arch, &str); 2] = [(Arch::X86_64, "6.12"), (Arch::Aarch64, "6.12")];
 
 /// The kernels the workspace's suites boot, per architecture.
 pub const SUITE_KERNELS: [(Arch, &[&str]); 2] =

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use vmtest::arch::Arch;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture-gdb");
+/// `cargo vmtest run`'s runner.
+const RUNNER: &str = env!("CARGO_BIN_EXE_runner");
 
 /// A private TMPDIR per run, where the run's VM temp dirs (and so its sockets) are.
 struct RunDir(PathBuf);
@@ -23,10 +25,12 @@ impl RunDir {
         RunDir(dir)
     }
 
-    fn command(&self, env: &[(&str, &str)]) -> Command {
-        let mut command = Command::new(FIXTURE);
+    fn command(&self, program: &str, env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(program);
         command.env("TMPDIR", &self.0).env_remove("VMTEST_TEST").env_remove("VMTEST_GDB");
-        command.args(["--test-threads", "1"]);
+        if program == FIXTURE {
+            command.args(["--test-threads", "1"]);
+        }
         for (name, value) in env {
             command.env(name, value);
         }
@@ -193,12 +197,52 @@ fn kernel_debugging_pauses_the_guest_until_gdb_attached_and_reads_its_symbols() 
         return vmtest::__testing::missing("an x86_64 host (fixture-gdb is built for it)");
     }
     let Some(kernel) = stored_6_12(Arch::X86_64) else { return };
-    let Some(_) = gdb("gdb") else { return };
+    let Some(gdb) = gdb("gdb") else { return };
     let run = RunDir::new("kernel");
-    let mut started = Started::new(run.command(&[("VMTEST_GDB", "kernel")]));
+    let command = run.command(FIXTURE, &[("VMTEST_GDB", "kernel")]);
+    debug_kernel(&run, command, &kernel, &gdb);
+}
+
+/// The same for an arm64 guest, through `cargo vmtest run`'s runner and `gdb-multiarch`: the
+/// fixture is cross-built for aarch64 (musl, rust-lld) into the workspace's target dir, where
+/// `cargo xtask test --arch arm64` builds the same crates.
+#[test]
+fn arm64_kernel_debugging_takes_gdb_multiarch() {
+    if Arch::host() != Arch::X86_64 {
+        return vmtest::__testing::missing("an x86_64 host (arm64 is the foreign arch here)");
+    }
+    let Some(kernel) = stored_6_12(Arch::Aarch64) else { return };
+    let Some(gdb) = gdb("gdb-multiarch") else { return };
+    let triple = "aarch64-unknown-linux-musl";
+    // <target>/debug/fixture-gdb
+    let target = Path::new(FIXTURE).parent().unwrap().parent().unwrap();
+    let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-q", "-p", "vm-suite", "--bin", "fixture-gdb", "--target", triple])
+        .env("CARGO_TARGET_DIR", target)
+        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(
+        built.success(),
+        "building fixture-gdb for {triple} failed (rustup target add {triple})"
+    );
+    let fixture = target.join(triple).join("debug/fixture-gdb");
+    let run = RunDir::new("arm64");
+    let mut command = run.command(RUNNER, &[("VMTEST_GDB", "kernel")]);
+    command.arg(&fixture);
+    debug_kernel(&run, command, &kernel, &gdb);
+}
+
+/// Runs `command` (the fixture with `VMTEST_GDB=kernel`), checks that its VM waits paused with
+/// a gdb stub, attaches the announced `gdb` (which must be `gdb`), reads the kernel's banner
+/// when the store has its debug image, detaches, and checks that the test then passes.
+fn debug_kernel(run: &RunDir, command: Command, kernel: &vmtest::kernel::Kernel, gdb: &str) {
+    let mut started = Started::new(command);
     started.stderr_line("VMTEST_GDB=kernel: the VM for debugged is paused before its kernel runs");
     let announced = announced_command(&started.stderr_line("target remote"));
-    let args = qemu_args(&run);
+    assert_eq!(announced[0], gdb, "{announced:?}");
+    let args = qemu_args(run);
     for flag in ["-S", "-gdb", "chardev:gdbstub"] {
         assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
     }
@@ -220,7 +264,7 @@ fn kernel_debugging_pauses_the_guest_until_gdb_attached_and_reads_its_symbols() 
                 "detach",
             ],
         ),
-        None => run_gdb(&announced, &["info registers rip", "detach"]),
+        None => run_gdb(&announced, &["info registers pc", "detach"]),
     };
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.contains("detached"), "{said}");
@@ -229,14 +273,16 @@ fn kernel_debugging_pauses_the_guest_until_gdb_attached_and_reads_its_symbols() 
     assert!(stdout.contains("test debugged ... ok"), "{stdout}");
     match symbols {
         Some(_) => {
-            assert!(said.contains("Breakpoint 1, start_kernel ()"), "{said}");
+            assert!(said.contains("Breakpoint 1") && said.contains(" start_kernel ()"), "{said}");
             assert!(said.contains("<linux_banner> \"Linux version 6.12"), "{said}");
             assert!(said.contains("= \"swapper"), "{said}");
         }
-        None => vmtest::__testing::missing(
-            "the debug image of 6.12 (`cargo vmtest kernel fetch 6.12 --debug-symbols`; \
-             `cargo xtask setup` fetches it): attached without symbols only",
-        ),
+        None => vmtest::__testing::missing(&format!(
+            "the debug image of 6.12 for {} (`cargo vmtest kernel fetch 6.12 --arch {} \
+             --debug-symbols`; `cargo xtask setup` fetches it): attached without symbols only",
+            kernel.arch(),
+            kernel.arch()
+        )),
     }
 }
 
@@ -250,7 +296,7 @@ fn test_debugging_stops_the_test_process_where_gdb_says() {
     }
     let Some(_) = gdb("rust-gdb") else { return };
     let run = RunDir::new("test");
-    let mut command = run.command(&[("VMTEST_GDB", "test"), ("VMTEST_GDB_SETS", "42")]);
+    let mut command = run.command(FIXTURE, &[("VMTEST_GDB", "test"), ("VMTEST_GDB_SETS", "42")]);
     command.arg("--nocapture");
     let mut started = Started::new(command);
     let line = started.stderr_line("VMTEST_GDB=test: each test of this VM waits for a debugger");
@@ -290,7 +336,7 @@ fn without_vmtest_gdb_qemu_runs_as_before() {
         return;
     }
     let plain_run = RunDir::new("plain");
-    let plain = Started::new(plain_run.command(&[]));
+    let plain = Started::new(plain_run.command(FIXTURE, &[]));
     let plain_args = qemu_args(&plain_run);
     let (code, stdout, stderr) = plain.finish();
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -303,7 +349,7 @@ fn without_vmtest_gdb_qemu_runs_as_before() {
     }
     // An empty VMTEST_GDB is unset.
     let empty_run = RunDir::new("empty");
-    let empty = Started::new(empty_run.command(&[("VMTEST_GDB", "")]));
+    let empty = Started::new(empty_run.command(FIXTURE, &[("VMTEST_GDB", "")]));
     let empty_args = qemu_args(&empty_run);
     assert_eq!(empty.finish().0, Some(0));
     // The same arguments but for the VM's temp dir.
@@ -326,7 +372,7 @@ fn without_vmtest_gdb_qemu_runs_as_before() {
 #[test]
 fn a_bad_vmtest_gdb_is_one_clear_error() {
     let run = RunDir::new("bad");
-    let output = run.command(&[("VMTEST_GDB", "kernal")]).output().unwrap();
+    let output = run.command(FIXTURE, &[("VMTEST_GDB", "kernal")]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
