@@ -33,7 +33,7 @@ const SERVER_SOCKET: &str = "gdb-test.sock";
 
 /// A run's debugger, found before the first boot.
 #[derive(Clone, Debug)]
-pub(crate) struct Debug {
+pub(crate) struct Debugging {
     /// What the VMs wait for.
     pub debugger: Debugger,
     /// The gdb server put into each guest ([`Debugger::Test`] only).

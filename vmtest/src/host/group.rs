@@ -17,7 +17,7 @@ use vmtest_init::protocol::{self, GuestMessage, PlannedTest, Stream};
 
 use crate::arch::Arch;
 use crate::guest::child::FailureNote;
-use crate::host::debug::{self, Debug, Debugger};
+use crate::host::debug::{self, Debugger, Debugging};
 use crate::host::files;
 use crate::host::logdir::LogDir;
 use crate::host::note::Note;
@@ -120,7 +120,7 @@ pub(crate) struct RunSettings {
     /// When the guests offer an interactive shell (`VMTEST_SHELL`).
     pub shell: protocol::ShellWhen,
     /// The debugger the run's VMs wait for (`VMTEST_GDB`), if any.
-    pub debug: Option<Debug>,
+    pub debug: Option<Debugging>,
 }
 
 /// Warm starts for a run's VMs (`VMTEST_SNAPSHOT`).
@@ -635,7 +635,7 @@ impl Group {
     fn announce(
         &self,
         context: &RunContext,
-        settings: &Debug,
+        settings: &Debugging,
         args: &crate::vm::qemu::DebugArgs,
         pending: &[&Member],
     ) -> String {
@@ -656,7 +656,9 @@ impl Group {
     fn planned(&self, member: &Member, context: &RunContext) -> PlannedTest {
         let listed: Vec<&str> = member.env.iter().map(String::as_str).collect();
         let mut env = guest_env::test_env(std::env::vars_os(), &listed);
-        env.retain(|(name, _)| name != protocol::TEST_ENV && name != INSTANCE_ENV);
+        env.retain(|(name, _)| {
+            name != protocol::TEST_ENV && name != INSTANCE_ENV && name != debug::GDBSERVER_ENV
+        });
         env.push((protocol::TEST_ENV.to_owned(), member.base_name.clone()));
         // The name libtest shows, with the kernel suffix of a matrix instance.
         env.push((INSTANCE_ENV.to_owned(), member.name.clone()));

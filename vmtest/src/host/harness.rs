@@ -18,7 +18,7 @@ use vmtest_init::protocol;
 
 use crate::host::args::{self, Options, Parsed};
 use crate::host::binary::TestBinary;
-use crate::host::debug::{self, Debug, Debugger};
+use crate::host::debug::{self, Debugger, Debugging};
 use crate::host::files;
 use crate::host::group::{Group, RunContext, RunSettings, Snapshots};
 use crate::host::logdir::LogDir;
@@ -205,9 +205,9 @@ fn prepare(
     let userland = GuestUserland::for_run(arch)?;
     let debug = match debugger {
         None => None,
-        Some(Debugger::Kernel) => Some(Debug { debugger: Debugger::Kernel, gdbserver: None }),
+        Some(Debugger::Kernel) => Some(Debugging { debugger: Debugger::Kernel, gdbserver: None }),
         Some(Debugger::Test) => {
-            Some(Debug { debugger: Debugger::Test, gdbserver: Some(debug::gdbserver(arch)?) })
+            Some(Debugging { debugger: Debugger::Test, gdbserver: Some(debug::gdbserver(arch)?) })
         }
     };
     let context = Arc::new(RunContext::new(RunSettings {
