@@ -247,6 +247,8 @@ fn debug_kernel(run: &RunDir, command: Command, kernel: &vmtest::kernel::Kernel,
         assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
     }
     assert!(args.last().unwrap().contains(" nokaslr"), "{args:?}");
+    // Booted cold, from the kernel's first instruction, never restored from a snapshot.
+    assert!(!args.iter().any(|a| a == "-incoming"), "{args:?}");
     // Paused: nothing runs before gdb says so, longer than the test's timeout (1 s, x3 under
     // TCG), which is suspended.
     std::thread::sleep(Duration::from_secs(5));
@@ -336,7 +338,9 @@ fn without_vmtest_gdb_qemu_runs_as_before() {
         return;
     }
     let plain_run = RunDir::new("plain");
-    let plain = Started::new(plain_run.command(FIXTURE, &[]));
+    // Cold boots both, so that a snapshot saved by one run does not make the next one's
+    // arguments differ (VMTEST_GDB itself turns warm starts off).
+    let plain = Started::new(plain_run.command(FIXTURE, &[("VMTEST_SNAPSHOT", "off")]));
     let plain_args = qemu_args(&plain_run);
     let (code, stdout, stderr) = plain.finish();
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -349,7 +353,8 @@ fn without_vmtest_gdb_qemu_runs_as_before() {
     }
     // An empty VMTEST_GDB is unset.
     let empty_run = RunDir::new("empty");
-    let empty = Started::new(empty_run.command(FIXTURE, &[("VMTEST_GDB", "")]));
+    let empty =
+        Started::new(empty_run.command(FIXTURE, &[("VMTEST_GDB", ""), ("VMTEST_SNAPSHOT", "off")]));
     let empty_args = qemu_args(&empty_run);
     assert_eq!(empty.finish().0, Some(0));
     // The same arguments but for the VM's temp dir.

@@ -1,8 +1,11 @@
 //! A test process that waits for a debugger (`VMTEST_GDB=test`): before its test runs, it starts
 //! the guest's gdb server attached to itself, talking on the gdb port, and waits until it is
 //! traced. The test then runs as ever (the debugger continues it), and the process's exit
-//! status stays the test's own: the server is a child of the test, not its parent.
+//! status stays the test's own: the server is a child of the test, not its parent. The server
+//! has a process group of its own, so that it outlives the test long enough to tell the
+//! debugger how the test ended; it ends when the debugger disconnects (`--once`).
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -34,11 +37,17 @@ fn wait_for(server: &Path) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
         waited += Duration::from_millis(10);
     };
-    let channel = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(&port)
-        .map_err(|e| format!("failed to open {}: {e}", port.display()))?;
+    // The port opens once at a time: the last test's server may still be talking to its
+    // debugger (it ends when the debugger disconnects).
+    let channel = loop {
+        match std::fs::File::options().read(true).write(true).open(&port) {
+            Ok(channel) => break channel,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => return Err(format!("failed to open {}: {e}", port.display())),
+        }
+    };
     eprintln!(
         "vmtest: test process {} waits for gdb on {GDB_PORT} ({})",
         std::process::id(),
@@ -58,6 +67,9 @@ fn wait_for(server: &Path) -> Result<(), String> {
         .arg(std::process::id().to_string())
         .stdin(input)
         .stdout(channel)
+        // Out of the test's process group, which PID 1 kills once the test has ended: the
+        // server still has to tell the debugger how it ended.
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("failed to start {}: {e}", server.display()))?;
     loop {
