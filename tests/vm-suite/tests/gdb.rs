@@ -239,7 +239,9 @@ fn arm64_kernel_debugging_takes_gdb_multiarch() {
 /// when the store has its debug image, detaches, and checks that the test then passes.
 fn debug_kernel(run: &RunDir, command: Command, kernel: &vmtest::kernel::Kernel, gdb: &str) {
     let mut started = Started::new(command);
-    started.stderr_line("VMTEST_GDB=kernel: the VM for debugged is paused before its kernel runs");
+    started.stderr_line(
+        "VMTEST_GDB=kernel: the VM for debugged, second is paused before its kernel runs",
+    );
     let announced = announced_command(&started.stderr_line("target remote"));
     assert_eq!(announced[0], gdb, "{announced:?}");
     let args = qemu_args(run);
@@ -273,6 +275,7 @@ fn debug_kernel(run: &RunDir, command: Command, kernel: &vmtest::kernel::Kernel,
     let (code, stdout, stderr) = started.finish();
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("test debugged ... ok"), "{stdout}");
+    assert!(stdout.contains("test second ... ok"), "{stdout}");
     match symbols {
         Some(_) => {
             assert!(said.contains("Breakpoint 1") && said.contains(" start_kernel ()"), "{said}");
@@ -305,7 +308,9 @@ fn test_debugging_stops_the_test_process_where_gdb_says() {
     assert!(line.contains("timeouts are suspended"), "{line}");
     let announced = announced_command(&started.stderr_line("target remote"));
     assert_eq!(announced[..2], ["rust-gdb".to_owned(), FIXTURE.to_owned()], "{announced:?}");
-    started.stderr_line("(debugged: `break fixture_gdb::debugged`)");
+    started.stderr_line(
+        "(debugged: `break fixture_gdb::debugged`, second: `break fixture_gdb::second`)",
+    );
     let args = qemu_args(&run);
     assert!(args.iter().any(|a| a.ends_with("name=vmtest.gdb")), "{args:?}");
     assert!(!args.iter().any(|a| a == "-S" || a == "-gdb"), "{args:?}");
@@ -324,12 +329,19 @@ fn test_debugging_stops_the_test_process_where_gdb_says() {
         ],
     );
     let said = String::from_utf8_lossy(&output.stdout);
-    let (code, stdout, stderr) = started.finish();
     assert!(said.contains("hit Breakpoint 1, fixture_gdb::checked ()"), "{said}");
     assert!(said.contains("fixture_gdb::debugged ()"), "{said}");
     assert!(said.contains("exited normally"), "{said}");
+    // The next test of the VM waits for a debugger of its own, on the same socket.
+    started.stderr_line("waits for gdb on vmtest.gdb");
+    let output = run_gdb(&announced, &["break fixture_gdb::second", "continue", "continue"]);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("hit Breakpoint 1, fixture_gdb::second ()"), "{said}");
+    assert!(said.contains("exited normally"), "{said}");
+    let (code, stdout, stderr) = started.finish();
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("test debugged ... ok"), "{stdout}");
+    assert!(stdout.contains("test second ... ok"), "{stdout}");
 }
 
 #[test]

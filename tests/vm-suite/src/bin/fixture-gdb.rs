@@ -25,4 +25,11 @@ fn debugged() {
     assert_eq!(checked(), expected, "the debugger did not set the value");
 }
 
+/// Runs after `debugged` in the same VM: under `VMTEST_GDB=test` it waits for a debugger of
+/// its own, on the port the first one's server used.
+#[vm_test(kernel = "6.12", timeout = "1s")]
+fn second() {
+    assert_eq!(checked(), 1);
+}
+
 vmtest::main!();
