@@ -232,6 +232,17 @@ fn arm64_kernel_debugging_takes_gdb_multiarch() {
     let mut command = run.command(RUNNER, &[("VMTEST_GDB", "kernel")]);
     command.arg(&fixture);
     debug_kernel(&run, command, &kernel, &gdb);
+    // The test process cannot be debugged there: Debian's gdbserver needs the guest arch's
+    // libraries, which this host does not have. One error, before anything boots.
+    let output = run.command(RUNNER, &[("VMTEST_GDB", "test")]).arg(&fixture).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("VMTEST_GDB=test works for guests of the host's arch only"),
+        "{stderr}"
+    );
 }
 
 /// Runs `command` (the fixture with `VMTEST_GDB=kernel`), checks that its VM waits paused with
@@ -398,4 +409,48 @@ fn a_bad_vmtest_gdb_is_one_clear_error() {
         assert!(errors[0].contains(needle), "{needle} missing in {}", errors[0]);
     }
     assert!(processes_mentioning(&run.0).is_empty());
+}
+
+#[test]
+fn a_missing_gdbserver_is_one_clear_error_naming_the_package_and_the_fetch() {
+    // A store with the real one's kernels and nothing else; a PATH with QEMU and without apt,
+    // so gdbserver can be neither found nor fetched.
+    let arch = Arch::host();
+    if stored_6_12(arch).is_none() {
+        return;
+    }
+    let real = vmtest::kernel::Store::open().unwrap();
+    let run = RunDir::new("no-gdbserver");
+    let store = run.0.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::os::unix::fs::symlink(real.root().join(arch.name()), store.join(arch.name())).unwrap();
+    let bin = run.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let qemu = format!("qemu-system-{arch}");
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join(&qemu))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{qemu} is not on PATH"));
+    std::os::unix::fs::symlink(found, bin.join(&qemu)).unwrap();
+    let output = run
+        .command(
+            FIXTURE,
+            &[
+                ("VMTEST_GDB", "test"),
+                ("VMTEST_KERNELS", store.to_str().unwrap()),
+                ("PATH", bin.to_str().unwrap()),
+            ],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    let fetch = format!("`cargo vmtest userland fetch --gdbserver --arch {arch}`");
+    for needle in ["VMTEST_GDB=test needs Debian's `gdbserver`", "apt", &fetch] {
+        assert!(errors[0].contains(needle), "{needle} missing in {}", errors[0]);
+    }
+    assert!(!store.join("userland").join(arch.name()).join("gdbserver").exists());
+    assert!(processes_mentioning(&run.0).iter().all(|args| !args[0].contains("qemu")));
 }

@@ -202,6 +202,15 @@ pub(crate) const GUEST_GDBSERVER: &str = "/vmtest/gdbserver";
 
 /// The gdb server for `arch`'s guests: the stored one, fetched when the store has none.
 pub(crate) fn gdbserver(arch: Arch) -> Result<PathBuf, Error> {
+    if arch != Arch::host() {
+        return Err(Error::Env(format!(
+            "{GDB_ENV}=test works for guests of the host's arch only: Debian's `{}` is \
+             dynamically linked, and this {} host has no {arch} libraries to put beside it in \
+             the guest; {GDB_ENV}=kernel works for {arch} guests",
+            crate::userland::gdbserver::PACKAGE,
+            Arch::host()
+        )));
+    }
     crate::userland::gdbserver::for_run(arch).map_err(|e| {
         Error::Env(format!(
             "{GDB_ENV}=test needs Debian's `{}` for {arch} guests: {e}; fetch it with \
