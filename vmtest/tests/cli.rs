@@ -37,7 +37,8 @@ fn every_command_prints_its_help_and_exits_0() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
     let (_, stdout, _) = cargo_vmtest(&["kernel", "fetch", "--help"]);
-    assert!(stdout.contains("--arch <ARCH>  Guest architecture"), "{stdout}");
+    assert!(stdout.contains("--arch <ARCH>    Guest architecture"), "{stdout}");
+    assert!(stdout.contains("--debug-symbols  Also fetch each kernel's debug image"), "{stdout}");
 }
 
 #[test]
