@@ -855,6 +855,7 @@ mod tests {
             ports,
             sandbox: crate::vm::qemu::Sandbox::Off,
             snapshot: Default::default(),
+            debug: Default::default(),
         };
         let joined = |ports| {
             let args: Vec<String> =
