@@ -175,6 +175,8 @@ fn a_bad_snapshot_setting_is_one_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
+    // Before anything else: no log dir claimed, so the other test's runs keep theirs.
+    assert!(!stderr.contains("using TCG"), "{stderr}");
     assert!(
         stderr.contains("VMTEST_SNAPSHOT=\"sometimes\" is not one of on, off, refresh"),
         "{stderr}"

@@ -166,7 +166,10 @@ fn prepare(
         return Ok(None);
     }
 
+    // The settings from the environment first: a bad one is an error before anything else.
     let debugger = Debugger::from_env()?;
+    let snapshots = Snapshots::from_env()?;
+    let shell = crate::vm::shell::from_env()?;
     let accel = accel::choose(arch)?;
     crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
     if let Some(why) = &accel.kvm_unusable {
@@ -224,8 +227,8 @@ fn prepare(
         userland,
         // A debugger sees a VM start from its kernel's first instruction, with its own
         // devices: never a restored one.
-        snapshots: Snapshots::from_env()?.filter(|_| debug.is_none()),
-        shell: crate::vm::shell::from_env()?,
+        snapshots: snapshots.filter(|_| debug.is_none()),
+        shell,
         debug,
     }));
     Ok(Some((context, ordered)))
