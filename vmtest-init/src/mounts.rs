@@ -139,6 +139,19 @@ pub(crate) fn mount_all() -> Vec<String> {
     problems
 }
 
+/// Gives the rootfs's own directories of the table (`/tmp`, `/run`, `/dev/shm`) their modes
+/// again, after a restored guest unpacked its payload (whose archive makes the parents of its
+/// paths with mode 0755, as an initramfs does before [`mount_all`] sets them).
+pub(crate) fn reset_modes() -> Vec<String> {
+    MOUNTS
+        .iter()
+        .filter_map(|spec| match spec.kind {
+            Kind::Rootfs { mode } | Kind::Carried { mode } => chmod(spec.target, mode).err(),
+            Kind::Mount { .. } => None,
+        })
+        .collect()
+}
+
 fn create(target: &str) -> Result<(), String> {
     std::fs::create_dir_all(target)
         .map_err(|e| format!("failed to create mount point {target}: {e}"))

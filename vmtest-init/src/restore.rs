@@ -9,7 +9,9 @@
 //!    and forces a reseed of the CRNG (`RNDRESEEDCRNG`), so the next `getrandom` of every
 //!    process draws from the new state (on x86_64 QEMU's `vmgenid` device, when present,
 //!    makes the kernel reseed too);
-//! 3. unpacks the run's payload (its files and plan, [`HostMessage::Payload`]) over `/`;
+//! 3. unpacks the run's payload (its files and plan, [`HostMessage::Payload`]) over `/`, and
+//!    gives `/tmp`, `/run` and `/dev/shm` their modes again (the archive makes the parents of
+//!    its paths, a checkout under `/tmp` say, with mode 0755);
 //! 4. greets the new host with `Hello`, as at boot, and goes on with the payload's plan.
 //!
 //! The VM that was saved goes on the same way: the host sends it a seed and a payload too, so
@@ -63,6 +65,9 @@ pub(crate) fn wait_for_restore(control: &Control) -> Result<(), String> {
     }
     let payload = PayloadReader { frames: reader, piece: Vec::new(), at: 0, ended: false };
     let unpacked = unpack::unpack(payload, Path::new("/"))?;
+    for problem in crate::mounts::reset_modes() {
+        crate::console::say(problem);
+    }
     crate::console::say(format_args!(
         "restored; the run's payload: {} entries, {} bytes",
         unpacked.entries, unpacked.bytes

@@ -32,11 +32,19 @@ fn log_dir() -> PathBuf {
     Path::new(WARM).parent().unwrap().join("vmtest/fixture-warm")
 }
 
-/// Runs the fixture with `snapshots` as its cache and `mode` as `VMTEST_SNAPSHOT`.
+/// Runs the fixture with `snapshots` as its cache and `mode` as `VMTEST_SNAPSHOT`, as if its
+/// crate were checked out under `/tmp` (its fixture copied there): the payload then carries
+/// `/tmp` among the parents of the working directory, as in a CI checkout there.
 fn run(snapshots: &Path, mode: &str, probe: &str) -> Run {
     let _ = std::fs::remove_dir_all(log_dir());
+    let cwd = tempfile::Builder::new().prefix("vmtest-warm-crate").tempdir_in("/tmp").unwrap();
+    let data = cwd.path().join("tests/data");
+    std::fs::create_dir_all(&data).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture.bin");
+    std::fs::copy(fixture, data.join("fixture.bin")).unwrap();
     let before = unix_now();
     let output = Command::new(WARM)
+        .env("CARGO_MANIFEST_DIR", cwd.path())
         .args(["--nocapture", "--test-threads", "1"])
         .env("VMTEST_SNAPSHOTS", snapshots)
         .env("VMTEST_SNAPSHOT", mode)
@@ -48,7 +56,7 @@ fn run(snapshots: &Path, mode: &str, probe: &str) -> Run {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "the run failed:\n{stdout}\n{stderr}");
-    let state = stdout
+    let state: BTreeMap<String, String> = stdout
         .lines()
         // A test's first line shares libtest's `test name ... ` line.
         .filter_map(|l| l.split_once("warm: ").map(|(_, rest)| rest))
@@ -65,6 +73,7 @@ fn run(snapshots: &Path, mode: &str, probe: &str) -> Run {
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap().lines().next().unwrap_or("").to_owned())
         .collect();
+    assert_eq!(state.get("cwd").map(PathBuf::from).as_deref(), Some(cwd.path()), "{stdout}");
     Run { state, stdout, stderr, starts, window: (before, after) }
 }
 
@@ -101,6 +110,7 @@ fn looks_fresh(run: &Run, others: &[&Run], probe: &str) {
     assert_eq!(run.state["marker"], "found false", "a file of an earlier run is there");
     assert_eq!(run.state["env"], probe);
     assert_eq!(run.state["fixture"], "bytes 33");
+    assert_eq!(run.state["modes"], "/tmp=1777,/run=755,/dev/shm=1777");
     assert!(run.stdout.contains("warm: module dummy loaded"), "{}", run.stdout);
     for other in others {
         for key in ["random", "boot_id", "hashmap"] {

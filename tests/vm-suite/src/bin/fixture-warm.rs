@@ -29,8 +29,18 @@ fn prints_its_state() {
     std::fs::write(MARKER, b"left by an earlier run").unwrap();
     let probe = std::env::var("VMTEST_WARM_PROBE").unwrap_or_default();
     println!("warm: env {probe}");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/fixture.bin");
-    println!("warm: fixture bytes {}", std::fs::read(fixture).unwrap().len());
+    let modes: Vec<String> = ["/tmp", "/run", "/dev/shm"]
+        .iter()
+        .map(|dir| {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o7777;
+            format!("{dir}={mode:o}")
+        })
+        .collect();
+    println!("warm: modes {}", modes.join(","));
+    println!("warm: cwd {}", std::env::current_dir().unwrap().display());
+    // Relative: the working directory is the crate's, wherever the run says it is.
+    println!("warm: fixture bytes {}", std::fs::read("tests/data/fixture.bin").unwrap().len());
 }
 
 /// In a VM of its own: its module comes with the run, after the restore.
