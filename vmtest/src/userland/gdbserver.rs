@@ -18,9 +18,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::store::install_package;
 use crate::arch::Arch;
-use crate::kernel::apt::{self, Apt};
-use crate::kernel::store::{entry_temp_dir, lock_entry};
+use crate::kernel::apt::Apt;
+use crate::kernel::store::lock_entry;
 use crate::kernel::{human_size, KernelError, Store};
 
 /// The Debian package.
@@ -102,14 +103,9 @@ fn fetch(
             return Ok(binary);
         }
     }
-    let tmp = entry_temp_dir(&dir, ENTRY)?;
-    let deb = apt.download_into(&package, &tmp, progress)?;
-    let unpacked = tmp.join("unpacked");
-    apt::unpack(&deb, &unpacked)?;
-    let entry = tmp.join(ENTRY);
-    assemble(&unpacked, &entry, arch, &package.name, &package.version)?;
-    store.install(&entry, &dest, &mut || {})?;
-    fs::remove_dir_all(&tmp).map_err(|e| KernelError::io("remove", &tmp, e))?;
+    install_package(store, &apt, &package, &dir, ENTRY, progress, |unpacked, entry| {
+        assemble(unpacked, entry, arch, &package.name, &package.version)
+    })?;
     progress(&format!("added gdbserver {} ({arch}) to {}", package.version, dest.display()));
     Ok(dest.join(ENTRY))
 }

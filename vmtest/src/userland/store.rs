@@ -157,14 +157,9 @@ fn fetch(
         return Ok(userland);
     }
 
-    let tmp = entry_temp_dir(&dir, ENTRY)?;
-    let deb = apt.download_into(&package, &tmp, progress)?;
-    let unpacked = tmp.join("unpacked");
-    apt::unpack(&deb, &unpacked)?;
-    let entry = tmp.join(ENTRY);
-    assemble(&unpacked, &entry, arch, &package.name, &package.version)?;
-    store.install(&entry, &dest, &mut || {})?;
-    fs::remove_dir_all(&tmp).map_err(|e| KernelError::io("remove", &tmp, e))?;
+    install_package(store, &apt, &package, &dir, ENTRY, progress, |unpacked, entry| {
+        assemble(unpacked, entry, arch, &package.name, &package.version)
+    })?;
     let userland = read_entry(&dest)?.ok_or_else(|| KernelError::Metadata {
         path: dest.join(META),
         reason: "it vanished after the install".into(),
@@ -177,6 +172,28 @@ fn fetch(
         dest.display()
     ));
     Ok(userland)
+}
+
+/// Downloads `package` with `apt` into a temp dir of `dir`, unpacks it there, has `assemble`
+/// make the store entry from the unpacked tree (its arguments: the tree, the entry to write),
+/// and installs that entry as `dir/name`, in place of an older one.
+pub(super) fn install_package(
+    store: &Store,
+    apt: &Apt,
+    package: &apt::Package,
+    dir: &Path,
+    name: &str,
+    progress: &mut dyn FnMut(&str),
+    assemble: impl FnOnce(&Path, &Path) -> Result<(), KernelError>,
+) -> Result<(), KernelError> {
+    let tmp = entry_temp_dir(dir, name)?;
+    let deb = apt.download_into(package, &tmp, progress)?;
+    let unpacked = tmp.join("unpacked");
+    apt::unpack(&deb, &unpacked)?;
+    let entry = tmp.join(name);
+    assemble(&unpacked, &entry)?;
+    store.install(&entry, &dir.join(name), &mut || {})?;
+    fs::remove_dir_all(&tmp).map_err(|e| KernelError::io("remove", &tmp, e))
 }
 
 /// Checks the busybox of an unpacked package and writes the store entry into `entry`.
