@@ -96,10 +96,10 @@ impl SnapshotKey {
             field(arg.as_encoded_bytes());
         }
         field(host_cpu.as_bytes());
-        for file in [&command.kernel, &command.initrd] {
-            let digest = hash_file(file)?;
-            field(&digest);
-        }
+        // The kernel is the same file for every VM of a run: hashed once per process. The
+        // initramfs is written anew for each VM.
+        field(&hash_kernel(&command.kernel)?);
+        field(&hash_file(&command.initrd)?);
         Ok(SnapshotKey(hasher.finalize().into()))
     }
 
@@ -152,6 +152,26 @@ fn shape_args(command: &QemuCommand) -> Vec<OsString> {
     }
     shape.snapshot.incoming = None;
     shape.args()
+}
+
+/// [`hash_file`] of a kernel image, remembered per process for the file's identity (device,
+/// inode, size, mtime): a file changed or replaced in between is hashed again.
+fn hash_kernel(path: &Path) -> Result<[u8; 32], crate::Error> {
+    use std::os::unix::fs::MetadataExt;
+    type Identity = (PathBuf, u64, u64, u64, i64, i64);
+    static HASHES: std::sync::Mutex<Vec<(Identity, [u8; 32])>> = std::sync::Mutex::new(Vec::new());
+    let meta = std::fs::metadata(path)
+        .map_err(|e| crate::Error::io(format!("failed to hash {}", path.display()), e))?;
+    let identity =
+        (path.to_owned(), meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+    let known = HASHES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, digest)) = known.iter().find(|(id, _)| *id == identity) {
+        return Ok(*digest);
+    }
+    drop(known);
+    let digest = hash_file(path)?;
+    HASHES.lock().unwrap_or_else(|e| e.into_inner()).push((identity, digest));
+    Ok(digest)
 }
 
 /// SHA-256 of a file's bytes.
