@@ -123,7 +123,9 @@ pub mod __bench {
     /// `out`; returns its size.
     pub fn write_initramfs(init: &Path, arch: Arch, out: &Path) -> Result<u64, String> {
         let userland = crate::userland::GuestUserland::for_run(arch).map_err(|e| e.to_string())?;
-        let base = crate::image::guest_image::Base::new(init, userland);
+        let debug_info =
+            crate::image::guest_image::DebugInfo::from_env().map_err(|e| e.to_string())?;
+        let base = crate::image::guest_image::Base::new(init, userland, debug_info);
         base.and_then(|base| base.write(out)).map_err(|e| e.to_string())
     }
 }

@@ -104,6 +104,11 @@ fn bench(args: BenchArgs) -> Result<(), String> {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("VMTEST_SNAPSHOT", mode)
             .env("VMTEST_SNAPSHOTS", &snapshots)
+            // A shell's default: no backtraces asked for, so the guest gets the test binary
+            // without its debug sections (`one-debug-info` measures it with them).
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .env_remove("VMTEST_DEBUG_INFO")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         command
@@ -130,6 +135,11 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     }
     scenarios.extend([
         scenario("one", "1 trivial test", run(&bins.one, &[], &[])),
+        scenario(
+            "one-debug-info",
+            "1 trivial test, the guest's binary with its debug sections (VMTEST_DEBUG_INFO=keep)",
+            run(&bins.one, &[], &[("VMTEST_DEBUG_INFO", "keep".to_owned())]),
+        ),
         scenario("many", "50 trivial tests, one VM", run(&bins.many, &[], &[])),
         scenario(
             "kept-64M",
@@ -256,6 +266,9 @@ fn nextest(root: &Path, snapshots: &Path) -> Option<Command> {
         .current_dir(root)
         .env("VMTEST_SNAPSHOT", "on")
         .env("VMTEST_SNAPSHOTS", snapshots)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .env_remove("VMTEST_DEBUG_INFO")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     Some(command)

@@ -161,6 +161,33 @@ fn failing_tests_fail_with_their_output() {
     run.assert_clean();
 }
 
+/// The guest's copy of the test binary has its debug sections only when a backtrace is asked
+/// for (or `VMTEST_DEBUG_INFO=keep`): a backtrace then names files and lines; without them it
+/// names the same functions.
+#[test]
+fn guest_backtraces_name_lines_when_the_debug_sections_are_kept() {
+    let run = RunDir::new("debug-info");
+    let backtrace = |debug_info: &str| {
+        let ran = run.run(
+            FAILING,
+            &["--exact", "panics"],
+            &[("RUST_BACKTRACE", "1"), ("VMTEST_DEBUG_INFO", debug_info)],
+        );
+        let stdout = &ran.expect_code(101).stdout;
+        let start = stdout.find("stack backtrace:").unwrap_or_else(|| panic!("{stdout}"));
+        stdout[start..].to_owned()
+    };
+    // Unset: RUST_BACKTRACE asks for backtraces, so the sections are kept.
+    for kept in [backtrace(""), backtrace("keep")] {
+        assert_contains(&kept, &["fixture_failing::panics\n", "src/bin/fixture-failing.rs:13:5\n"]);
+    }
+    let stripped = backtrace("strip");
+    assert_contains(&stripped, &["fixture_failing::panics\n"]);
+    assert!(!stripped.contains("fixture-failing.rs:"), "{stripped}");
+
+    run.assert_clean();
+}
+
 #[test]
 fn command_line_errors_are_libtests() {
     let run = RunDir::new("usage");
@@ -321,6 +348,15 @@ fn expect_setup_error(label: &str, env: &[(&str, &str)], expected: &[&str]) {
     let run = RunDir::new(label);
     run.run(FAILING, &["--exact", "passes"], env).expect_one_error(expected);
     run.assert_clean();
+}
+
+#[test]
+fn a_bad_debug_info_setting_is_one_clear_error() {
+    expect_setup_error(
+        "debug-info-value",
+        &[("VMTEST_DEBUG_INFO", "some")],
+        &["VMTEST_DEBUG_INFO=\"some\" is not one of keep, strip"],
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::arch::Arch;
 use crate::cli::init_build::{self, INIT_ENV};
 use crate::host::binary::elf_arch;
 use crate::host::group::{write_image, Snapshots, BOOT_TIMEOUT};
-use crate::image::guest_image::{Base, GuestImage, Payload};
+use crate::image::guest_image::{Base, DebugInfo, GuestImage, Payload};
 use crate::userland::GuestUserland;
 use crate::vm::accel;
 use crate::vm::session::{self, VmSpec};
@@ -98,14 +98,15 @@ fn boot(arch: Arch, main: Main<'_>) -> Result<i32, Error> {
 
     let workdir = crate::vm::process::vm_workdir()?;
     let initrd = workdir.path().join("initrd.cpio");
-    let mut base = Base::new(&init, GuestUserland::for_run(arch)?)?;
+    let debug_info = DebugInfo::from_env()?;
+    let mut base = Base::new(&init, GuestUserland::for_run(arch)?, debug_info)?;
     for module in kernel.harness_modules()? {
         base.add_module(&module)?;
     }
     let mut payload = Payload::new(&cwd);
     let (name, program, args, console_log) = match main {
         Main::Binary(binary, args) => {
-            payload.add_program("/main", binary)?;
+            payload.add_program("/main", binary, debug_info)?;
             let name = binary.file_name().map(|n| n.to_string_lossy().into_owned());
             (name.unwrap_or_default(), "/main", args.to_vec(), log_path(binary))
         }

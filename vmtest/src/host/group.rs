@@ -25,7 +25,7 @@ use crate::host::plan::{self, GroupKey, PlannedGroup};
 use crate::host::slots::VmSlots;
 use crate::host::verdict::{Report, Verdict};
 use crate::image::guest_env;
-use crate::image::guest_image::{Base, GuestImage, Payload};
+use crate::image::guest_image::{Base, DebugInfo, GuestImage, Payload};
 use crate::kernel::{Kernel, ModuleFile, ModuleProvider};
 use crate::userland::GuestUserland;
 use crate::vm::accel::AccelChoice;
@@ -115,6 +115,8 @@ pub(crate) struct RunSettings {
     pub vms: VmSlots,
     /// The directory tree and tools every guest of the run gets beneath its own files.
     pub userland: GuestUserland,
+    /// Whether the guest's copy of the test binary keeps its debug sections.
+    pub debug_info: DebugInfo,
     /// Where VMs start warm from; `None`: every VM boots its kernel.
     pub snapshots: Option<Snapshots>,
     /// When the guests offer an interactive shell (`VMTEST_SHELL`).
@@ -599,13 +601,13 @@ impl Group {
 
     /// The guest image of a VM that runs `pending`.
     fn image(&self, context: &RunContext, pending: &[&Member]) -> Result<GuestImage, Error> {
-        let mut base = Base::new(&context.exe, context.userland.clone())?;
+        let mut base = Base::new(&context.exe, context.userland.clone(), context.debug_info)?;
         for module in &self.harness_modules {
             base.add_module(module)?;
         }
         let mut payload = Payload::new(&context.cwd);
         if let Some(gdbserver) = context.debug.as_ref().and_then(|d| d.gdbserver.as_ref()) {
-            payload.add_program(debug::GUEST_GDBSERVER, gdbserver)?;
+            payload.add_program(debug::GUEST_GDBSERVER, gdbserver, DebugInfo::Keep)?;
         }
         for file in pending.iter().flat_map(|m| m.files.iter()) {
             payload.add_fixture(file)?;

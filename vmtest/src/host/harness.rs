@@ -26,6 +26,7 @@ use crate::host::plan::{self, Selected};
 use crate::host::progress;
 use crate::host::report::{self, TestInfo, TestType};
 use crate::host::slots::VmSlots;
+use crate::image::guest_image::DebugInfo;
 use crate::image::{fixtures, guest_env};
 use crate::kernel::{self, Kernel, ModuleProvider};
 use crate::userland::GuestUserland;
@@ -170,6 +171,7 @@ fn prepare(
     let debugger = Debugger::from_env()?;
     let snapshots = Snapshots::from_env()?;
     let shell = crate::vm::shell::from_env()?;
+    let debug_info = DebugInfo::from_env()?;
     let accel = accel::choose(arch)?;
     crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
     if let Some(why) = &accel.kvm_unusable {
@@ -225,6 +227,7 @@ fn prepare(
         vms: VmSlots::for_host(threads),
         accel,
         userland,
+        debug_info,
         // A debugger sees a VM start from its kernel's first instruction, with its own
         // devices: never a restored one.
         snapshots: snapshots.filter(|_| debug.is_none()),

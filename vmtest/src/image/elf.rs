@@ -18,6 +18,7 @@ use object::read::{ReadCache, StringTable};
 use object::Endianness;
 
 pub(crate) mod loader;
+pub(crate) mod strip;
 #[cfg(test)]
 pub(crate) mod test_support;
 

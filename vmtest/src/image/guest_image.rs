@@ -34,6 +34,44 @@ pub(crate) const GUEST_MODULE_DIR: &str = "/vmtest/modules";
 /// The guest's init, always at `/init`.
 const INIT_PATH: &str = "/init";
 
+/// Whether the guest's copies of the programs it runs (the init, `/main`) keep their DWARF
+/// debug sections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DebugInfo {
+    /// As built: a backtrace printed in the guest names files and lines.
+    Keep,
+    /// Without them (see [`crate::image::elf::strip`]): a smaller image that the guest unpacks
+    /// sooner; a backtrace names functions but no files or lines.
+    Strip,
+}
+
+/// Chooses the guest's copies' debug sections: `keep`, `strip`, or (unset) keep them only when
+/// a backtrace is asked for.
+pub(crate) const DEBUG_INFO_ENV: &str = "VMTEST_DEBUG_INFO";
+
+impl DebugInfo {
+    /// What [`DEBUG_INFO_ENV`] says; unset or empty: [`DebugInfo::Keep`] when a backtrace is
+    /// asked for (`RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` set to anything but `0`, as the
+    /// standard library reads them), else [`DebugInfo::Strip`]. Another value is an error
+    /// naming the allowed ones.
+    pub(crate) fn from_env() -> Result<DebugInfo, Error> {
+        let value = std::env::var_os(DEBUG_INFO_ENV).unwrap_or_default();
+        let asked = |name| std::env::var_os(name).is_some_and(|value| value != "0");
+        match value.to_str() {
+            Some("keep") => Ok(DebugInfo::Keep),
+            Some("strip") => Ok(DebugInfo::Strip),
+            Some("") if asked("RUST_BACKTRACE") || asked("RUST_LIB_BACKTRACE") => {
+                Ok(DebugInfo::Keep)
+            }
+            Some("") => Ok(DebugInfo::Strip),
+            _ => Err(Error::Env(format!(
+                "{DEBUG_INFO_ENV}={value:?} is not one of keep, strip (or unset: keep only when \
+                 RUST_BACKTRACE asks for backtraces)"
+            ))),
+        }
+    }
+}
+
 /// What every boot of one VM configuration shares: init, `/dev/console`, the harness's
 /// modules, the userland.
 #[derive(Clone, Debug)]
@@ -48,9 +86,16 @@ pub(crate) struct Base {
 
 impl Base {
     /// A base that boots `init` (with its libraries) as `/init`, over `userland`.
-    pub(crate) fn new(init: &Path, userland: GuestUserland) -> Result<Base, Error> {
+    pub(crate) fn new(
+        init: &Path,
+        userland: GuestUserland,
+        debug_info: DebugInfo,
+    ) -> Result<Base, Error> {
         let mut tree = Initramfs::new();
         tree.add_elf_with_libraries(INIT_PATH, init)?;
+        if debug_info == DebugInfo::Strip {
+            tree.strip_debug_info(INIT_PATH);
+        }
         // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
         tree.add_char_device("/dev/console", 5, 1, 0o600)?;
         Ok(Base { tree, modules: Vec::new(), userland })
@@ -115,8 +160,16 @@ impl Payload {
 
     /// Adds the ELF program `host_path` (with its libraries) at `guest_path`, for tests to run
     /// other than the init (the plain runner's `/main`, a gdb server).
-    pub(crate) fn add_program(&mut self, guest_path: &str, host_path: &Path) -> Result<(), Error> {
+    pub(crate) fn add_program(
+        &mut self,
+        guest_path: &str,
+        host_path: &Path,
+        debug_info: DebugInfo,
+    ) -> Result<(), Error> {
         self.tree.add_elf_with_libraries(guest_path, host_path)?;
+        if debug_info == DebugInfo::Strip {
+            self.tree.strip_debug_info(guest_path);
+        }
         Ok(())
     }
 

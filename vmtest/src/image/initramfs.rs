@@ -35,11 +35,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use cpio::newc::{self, ModeFileType};
 
 use crate::image::elf::loader::{LibraryError, LibrarySearch};
+use crate::image::elf::strip::Piece;
 
 const TRAILER_NAME: &str = "TRAILER!!!";
 
@@ -64,6 +66,8 @@ enum Node {
     /// A host file, read when the archive is written.
     HostFile {
         path: PathBuf,
+        /// Written without its DWARF sections (see `elf::strip`).
+        strip_debug: bool,
     },
     Symlink(String),
     CharDevice {
@@ -159,7 +163,19 @@ impl Initramfs {
         if !metadata.is_file() {
             return Err(InitramfsError::NotAFile { path });
         }
-        self.insert(guest_path, Node::HostFile { path }, mode)
+        self.insert(guest_path, Node::HostFile { path, strip_debug: false }, mode)
+    }
+
+    /// Makes the ELF file added at `guest_path` go into the archive without its DWARF debug
+    /// sections (see [`crate::image::elf::strip`]); a file that is not ELF, or has none, is
+    /// written as it is. Does nothing unless `guest_path` is a host file.
+    pub(crate) fn strip_debug_info(&mut self, guest_path: &str) {
+        let Ok(key) = normalize(guest_path) else { return };
+        if let Some(Entry { node: Node::HostFile { strip_debug, .. }, .. }) =
+            self.entries.get_mut(&key)
+        {
+            *strip_debug = true;
+        }
     }
 
     /// Adds a symbolic link to `target` (stored as given: relative targets are relative to the
@@ -301,7 +317,12 @@ impl Initramfs {
                 }
                 Node::Bytes(bytes) => write_all(header, &mut out, name, bytes)?,
                 Node::Symlink(target) => write_all(header, &mut out, name, target.as_bytes())?,
-                Node::HostFile { path, .. } => write_host_file(header, &mut out, name, path)?,
+                Node::HostFile { path, strip_debug: false } => {
+                    write_host_file(header, &mut out, name, path)?
+                }
+                Node::HostFile { path, strip_debug: true } => {
+                    write_stripped(header, &mut out, name, path)?
+                }
             }
         }
         newc::trailer(&mut out)
@@ -464,6 +485,56 @@ fn write_host_file<W: Write>(
             expected: len,
             actual: copied,
         });
+    }
+    writer.finish().map_err(write_err)?;
+    Ok(())
+}
+
+/// Writes the ELF file at `path` without its debug sections, or as it is when it has none to
+/// leave out or cannot be read as ELF (the guest then gets what it would have got).
+fn write_stripped<W: Write>(
+    header: newc::Builder,
+    out: W,
+    name: &str,
+    path: &Path,
+) -> Result<(), InitramfsError> {
+    let Ok(Some(layout)) = crate::image::elf::strip::layout(path) else {
+        return write_host_file(header, out, name, path);
+    };
+    let read_err = |source| InitramfsError::ReadHost { path: path.to_owned(), source };
+    let write_err = |source| InitramfsError::Write { path: name.to_owned(), source };
+    let file = open_regular(path).map_err(read_err)?;
+    let mut writer = header.write(out, newc_file_size(name, layout.len)?);
+    let mut buf = vec![0u8; 256 * 1024];
+    for piece in &layout.pieces {
+        match piece {
+            Piece::Bytes(bytes) => writer.write_all(bytes).map_err(write_err)?,
+            Piece::Zeros(len) => {
+                let len = usize::try_from(*len).unwrap_or(usize::MAX);
+                writer.write_all(&vec![0u8; len]).map_err(write_err)?;
+            }
+            Piece::Copy { offset, len } => {
+                let mut copied = 0u64;
+                while copied < *len {
+                    let want = usize::try_from(len - copied).unwrap_or(usize::MAX).min(buf.len());
+                    match file.read_at(&mut buf[..want], offset + copied) {
+                        Ok(0) => {
+                            return Err(InitramfsError::Changed {
+                                path: path.to_owned(),
+                                expected: offset + len,
+                                actual: offset + copied,
+                            })
+                        }
+                        Ok(n) => {
+                            writer.write_all(&buf[..n]).map_err(write_err)?;
+                            copied += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(read_err(e)),
+                    }
+                }
+            }
+        }
     }
     writer.finish().map_err(write_err)?;
     Ok(())

@@ -79,14 +79,14 @@ fn test(id: u32, cwd: &str) -> PlannedTest {
 }
 
 fn base(host: &Host) -> Base {
-    let mut base = Base::new(&host.init, GuestUserland::default()).unwrap();
+    let mut base = Base::new(&host.init, GuestUserland::default(), DebugInfo::Strip).unwrap();
     base.add_module(&host.harness_module).unwrap();
     base
 }
 
 fn payload(host: &Host, cwd: &str) -> Payload {
     let mut payload = Payload::new(cwd);
-    payload.add_program("/main", &host.program).unwrap();
+    payload.add_program("/main", &host.program, DebugInfo::Strip).unwrap();
     payload.add_fixture(&host.fixture).unwrap();
     payload.add_module(&host.test_module, vec![1, 2]).unwrap();
     payload.add_test(test(1, cwd));
@@ -187,7 +187,7 @@ fn the_payload_wins_where_the_parts_meet() {
     let host = host();
     let mut payload = Payload::new("/init-dir");
     // A program at the init's path replaces the base's init, as a later addition did.
-    payload.add_program("/init", &host.program).unwrap();
+    payload.add_program("/init", &host.program, DebugInfo::Strip).unwrap();
     // A payload module of the same file name replaces the base's file; the plan lists both.
     let same_file = ModuleFile {
         name: "virtio_console_again".to_owned(),
@@ -221,10 +221,32 @@ fn working_directory_is_made_only_where_the_image_has_none() {
 }
 
 #[test]
+fn the_init_goes_without_its_debug_sections_unless_they_are_kept() {
+    let exe = std::env::current_exe().unwrap();
+    let init = |debug_info| {
+        let base = Base::new(&exe, GuestUserland::default(), debug_info).unwrap();
+        archive(&base.initramfs().unwrap()).remove("/init").unwrap().1
+    };
+    let whole = std::fs::read(&exe).unwrap();
+    assert!(init(DebugInfo::Keep) == whole, "kept: the binary as built");
+    let stripped = init(DebugInfo::Strip);
+    match crate::image::elf::strip::layout(&exe).unwrap() {
+        Some(layout) => {
+            assert_eq!(stripped.len() as u64, layout.len);
+            assert!(stripped.len() < whole.len());
+            assert_eq!(stripped[..16], whole[..16], "still the same ELF file");
+        }
+        // Built without debug info: nothing to leave out.
+        None => assert!(stripped == whole),
+    }
+}
+
+#[test]
 fn a_missing_file_is_an_error_naming_it() {
     let host = host();
     let missing = host.dir.path().join("missing");
-    let error = Base::new(&missing, GuestUserland::default()).unwrap_err().to_string();
+    let error =
+        Base::new(&missing, GuestUserland::default(), DebugInfo::Strip).unwrap_err().to_string();
     assert!(error.contains(&missing.display().to_string()), "{error}");
     let mut payload = Payload::new("/");
     let error = payload.add_fixture(missing.to_str().unwrap()).unwrap_err().to_string();
