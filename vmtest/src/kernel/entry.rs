@@ -79,6 +79,7 @@ fn use_lock_path(dir: &Path) -> PathBuf {
 pub(crate) fn open(dir: &Path, depth: Depth) -> Result<Opened, EntryError> {
     let lock = use_lock_path(dir);
     let checked = HELD.lock().unwrap_or_else(|e| e.into_inner()).get(&lock).map(|h| h.checked);
+    let mut verified = None;
     match checked {
         Some(Some(done)) if done == Depth::Full || depth == Depth::Quick => {
             return read(dir).map(|(kernel, _)| Opened { kernel, manifest: None });
@@ -92,8 +93,8 @@ pub(crate) fn open(dir: &Path, depth: Depth) -> Result<Opened, EntryError> {
             };
             if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
                 // No other process uses the entry: bring it up to date. Failures show in the
-                // check below.
-                let _ = upgrade(dir);
+                // check below, which an entry the upgrade found intact does not need again.
+                verified = upgrade(dir).ok().flatten();
             }
             flock(&file, FlockOperation::LockShared)
                 .map_err(|e| KernelError::io("lock", &lock, e.into()))?;
@@ -103,7 +104,10 @@ pub(crate) fn open(dir: &Path, depth: Depth) -> Result<Opened, EntryError> {
                 .or_insert(Held { file: Arc::new(file), checked: None });
         }
     }
-    let opened = check(dir, depth)?;
+    let opened = match verified {
+        Some(opened) if depth == Depth::Quick => opened,
+        _ => check(dir, depth)?,
+    };
     if let Some(held) = HELD.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&lock) {
         held.checked = Some(depth);
     }
@@ -208,13 +212,15 @@ fn legacy_check(kernel: &Kernel) -> Result<(), String> {
 
 /// With the use lock held exclusively: records the manifest of an entry without one (if it
 /// passes the checks that are possible without one) or the new mtimes of intact files.
-fn upgrade(dir: &Path) -> Result<(), KernelError> {
-    let Ok((kernel, text)) = read(dir) else { return Ok(()) };
+/// Returns what [`check`] at [`Depth::Quick`] would, when it checked an entry with a manifest
+/// and found it intact (no file can change while the lock is held).
+fn upgrade(dir: &Path) -> Result<Option<Opened>, KernelError> {
+    let Ok((kernel, text)) = read(dir) else { return Ok(None) };
     remove_damaged_derived(dir);
     match meta_value(&text, "sums") {
         None => {
             if legacy_check(&kernel).is_err() {
-                return Ok(());
+                return Ok(None);
             }
             crate::notice::note(&format!(
                 "recording the checksums of the kernel store entry {} (once per entry)",
@@ -229,16 +235,18 @@ fn upgrade(dir: &Path) -> Result<(), KernelError> {
                 text.push('\n');
             }
             text += &format!("sums={SUMS}\n");
-            manifest::write_durably(&dir.join(META), text.as_bytes())
+            manifest::write_durably(&dir.join(META), text.as_bytes())?;
+            Ok(None)
         }
         Some(sums) => {
-            let Ok(manifest) = read_manifest(dir, &sums) else { return Ok(()) };
-            match manifest.check(dir, Depth::Quick).refreshed {
-                Some(refreshed) => {
-                    manifest::write_durably(&dir.join(SUMS), refreshed.to_text().as_bytes())
-                }
-                None => Ok(()),
+            let Ok(manifest) = read_manifest(dir, &sums) else { return Ok(None) };
+            let checked = manifest.check(dir, Depth::Quick);
+            if let Some(refreshed) = &checked.refreshed {
+                manifest::write_durably(&dir.join(SUMS), refreshed.to_text().as_bytes())?;
             }
+            let intact =
+                checked.damage.is_none() && roots(&kernel).iter().all(|name| manifest.covers(name));
+            Ok(intact.then(|| Opened { manifest: Some(manifest.totals()), kernel }))
         }
     }
 }
