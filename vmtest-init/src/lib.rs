@@ -34,6 +34,7 @@ mod process;
 pub mod protocol;
 mod restore;
 mod shell;
+mod timeline;
 mod unpack;
 
 use std::any::Any;
@@ -136,11 +137,13 @@ fn run_pid1_inner(run: Option<RunTest>) -> ! {
 }
 
 fn guest_main(run: Option<RunTest>) -> Result<(), String> {
+    timeline::mark("started");
     // First: PID 1's session, and the resource limits before anything could change them.
     let session = process::init_pid1();
     console::ensure_stdio();
     let mut logs: Vec<String> = session.err().into_iter().collect();
     logs.extend(mounts::mount_all());
+    timeline::mark("mounted");
     // Now that devtmpfs is on /dev, a console exists even if the initramfs had none.
     console::ensure_stdio();
     if let Err(e) = net::bring_up_loopback() {
@@ -151,8 +154,10 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
         console::say(line);
     }
 
+    timeline::mark("set up");
     let mut plan = read_plan(Path::new(PLAN_PATH))?;
     let mut loaded = modules::load_all(&plan.modules)?;
+    timeline::mark("modules loaded");
     // After the harness's own setup, so that only the tests' requests reach the host.
     logs.extend(modprobe::install());
     // Forked while PID 1 still has one thread: the control port starts the first others.
@@ -161,7 +166,9 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
             .map_err(|e| logs.push(format!("tests are executed, not forked: {e}")))
             .ok()
     });
+    timeline::mark("fork server");
     let control = open_control(PORT_PATIENCE)?;
+    timeline::mark("hello");
     // Opened after the modules: their load messages are not any test's.
     let mut kmsg = kmsg::Kmsg::open().map_err(|e| logs.push(e)).ok();
     for line in logs {
@@ -170,7 +177,9 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
     if plan.restore_point {
         // Everything above is what a snapshot holds; everything below is this run's: the
         // payload brought its plan (with its tests and modules) over the snapshot's.
+        timeline::mark("ready");
         restore::wait_for_restore(control)?;
+        timeline::mark("restored");
         plan = read_plan(Path::new(PLAN_PATH))?;
         if plan.restore_point {
             return Err("the run's payload brought no plan of its own".to_owned());
@@ -179,6 +188,7 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
     }
     let mut vm_bytes_left = plan.files.vm_bytes;
     let send_time = Duration::from_millis(plan.files.send_ms);
+    timeline::mark("tests");
     for test in &plan.tests {
         control.send_written(&GuestMessage::TestStarted { id: test.id })?;
         let mut out = files::OutDir::create(test.id)?;
@@ -217,6 +227,7 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
             }
         }
     }
+    timeline::mark("done");
     control.send(&GuestMessage::Done)?;
     // `Done` is queued: from here on a problem is no longer the host's to hear about.
     if let Err(e) = control.close(CLOSE_PATIENCE) {

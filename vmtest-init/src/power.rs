@@ -10,6 +10,10 @@ use crate::console;
 /// once and keeps trying (QEMU `-no-reboot` and the kernel's `panic=-1` are the backstop should
 /// PID 1 ever exit).
 pub(crate) fn power_off() -> ! {
+    crate::timeline::mark("power-off");
+    if let Some(line) = crate::timeline::describe() {
+        console::say(line);
+    }
     rustix::fs::sync();
     let mut reported = false;
     loop {

@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--arch <arch>] [--rounds N]`: what a user pays per run, against the floor.
 //!
-//! In one run, interleaved round by round so that a busy machine slows every scenario alike:
+//! In one run, interleaved round by round (each round starting one scenario later) so that a busy
+//! machine slows every scenario alike:
 //! - **floor**: QEMU as the harness starts it, booting the kernel's bzImage with a static init
 //!   that powers off at once, in an initramfs with the guest userland as every harness image
 //!   has (no harness, no control port); **floor-pvh** the same with the
@@ -101,14 +102,14 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         let mut command = bins.command(binary);
         command
             .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("VMTEST_SNAPSHOT", mode)
-            .env("VMTEST_SNAPSHOTS", &snapshots)
             // A shell's default: no backtraces asked for, so the guest gets the test binary
             // without its debug sections (`one-debug-info` measures it with them).
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
             .env_remove("VMTEST_DEBUG_INFO")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("VMTEST_SNAPSHOT", mode)
+            .env("VMTEST_SNAPSHOTS", &snapshots)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         command
@@ -228,8 +229,12 @@ fn bench(args: BenchArgs) -> Result<(), String> {
             scenario.failures.push(format!("the run that saves the snapshot: {e}"));
         }
     }
+    let count = scenarios.len();
     for round in 1..=rounds {
-        for scenario in &mut scenarios {
+        // Each round starts one scenario later: a run's time depends a little on what ran just
+        // before it (tens of ms under TCG), and no scenario should always follow the same one.
+        for i in 0..count {
+            let scenario = &mut scenarios[(i + round - 1) % count];
             match time(&mut scenario.command) {
                 Ok(seconds) => scenario.samples.push(seconds),
                 Err(e) => scenario.failures.push(format!("round {round}: {e}")),
