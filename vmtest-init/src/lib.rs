@@ -228,6 +228,8 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
         }
     }
     timeline::mark("done");
+    // Before `Done`: the host stops the VM once it has that.
+    timeline::say();
     control.send(&GuestMessage::Done)?;
     // `Done` is queued: from here on a problem is no longer the host's to hear about.
     if let Err(e) = control.close(CLOSE_PATIENCE) {

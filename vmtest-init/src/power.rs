@@ -11,9 +11,7 @@ use crate::console;
 /// PID 1 ever exit).
 pub(crate) fn power_off() -> ! {
     crate::timeline::mark("power-off");
-    if let Some(line) = crate::timeline::describe() {
-        console::say(line);
-    }
+    crate::timeline::say();
     rustix::fs::sync();
     let mut reported = false;
     loop {

@@ -5,8 +5,10 @@
 //! against the kernel log's timestamps (`Run /init as init process`). Under TCG the guest's
 //! clock may run slower than the host's; the host's own timeline (the first line of a console
 //! log) is in host time. Marks are kept in memory: only the final line costs console output.
+//! On a clean run the last mark is `done`: the host stops the VM once the guest said `Done`.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,8 +25,22 @@ pub(crate) fn mark(step: &'static str) {
     MARKS.lock().unwrap_or_else(|e| e.into_inner()).push((step, since_boot));
 }
 
+/// Whether [`say`] printed the line already.
+static SAID: AtomicBool = AtomicBool::new(false);
+
+/// Prints the line on the console, once: before `Done` on a clean run (the host stops the VM
+/// once it has `Done`), at power-off otherwise.
+pub(crate) fn say() {
+    if SAID.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if let Some(line) = describe() {
+        crate::console::say(line);
+    }
+}
+
 /// The line for the console, or `None` before the first mark.
-pub(crate) fn describe() -> Option<String> {
+fn describe() -> Option<String> {
     let marks = MARKS.lock().unwrap_or_else(|e| e.into_inner());
     let mut line = String::from("timing since boot:");
     for (i, (step, at)) in marks.iter().enumerate() {
