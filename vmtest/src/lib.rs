@@ -120,11 +120,11 @@ pub mod __bench {
 
     /// Writes the base of the guest image the harness would make around `init` (with its
     /// libraries, `/dev/console` and the userland of an `arch` guest; no modules, no plan) to
-    /// `out`; returns its size.
+    /// `out`, `init` without its debug sections as when no backtrace is asked for; returns its
+    /// size.
     pub fn write_initramfs(init: &Path, arch: Arch, out: &Path) -> Result<u64, String> {
         let userland = crate::userland::GuestUserland::for_run(arch).map_err(|e| e.to_string())?;
-        let debug_info =
-            crate::image::guest_image::DebugInfo::from_env().map_err(|e| e.to_string())?;
+        let debug_info = crate::image::guest_image::DebugInfo::Strip;
         let base = crate::image::guest_image::Base::new(init, userland, debug_info);
         base.and_then(|base| base.write(out)).map_err(|e| e.to_string())
     }

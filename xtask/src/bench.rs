@@ -6,6 +6,8 @@
 //!   that powers off at once, in an initramfs with the guest userland as every harness image
 //!   has (no harness, no control port); **floor-pvh** the same with the
 //!   uncompressed kernel the harness boots through PVH, where the kernel has one;
+//!   **floor-dynamic** that boot with the init built as test binaries are on the host's arch
+//!   (debug, linked against the host's libc, its libraries in the image);
 //! - **one**: a vm_test binary with one trivial test, from process start to exit;
 //! - **many**: fifty trivial tests in one VM; the per-test overhead is `(many - one) / 49`;
 //! - **matrix**: twenty tests on two kernels (two VMs), with the default parallelism and with
@@ -132,6 +134,19 @@ fn bench(args: BenchArgs) -> Result<(), String> {
             "floor-pvh",
             "the same, booting the uncompressed kernel through PVH",
             floor_pvh,
+        ));
+    }
+    if let Some(dynamic) = &bins.poweroff_dynamic {
+        // What a test binary costs as PID 1 before the harness does anything: the same init,
+        // a debug build linked against the host's libc, with its libraries.
+        let initrd = out.join(format!("floor-dynamic-{arch}.cpio"));
+        vmtest::__bench::write_initramfs(dynamic, arch, &initrd)?;
+        let (mut command, _) = vmtest::__bench::floor_command(arch, &boot_image, &initrd)?;
+        command.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
+        scenarios.push(scenario(
+            "floor-dynamic",
+            "the same, the init a dynamically linked debug build (as test binaries are)",
+            command,
         ));
     }
     scenarios.extend([
@@ -316,6 +331,9 @@ fn time(command: &mut Command) -> Result<f64, String> {
 /// The programs the bench runs.
 struct Bins {
     poweroff: PathBuf,
+    /// The same program as a debug build linked against the host's libc, when the guest's
+    /// arch is the host's (test binaries of another arch are static).
+    poweroff_dynamic: Option<PathBuf>,
     one: PathBuf,
     many: PathBuf,
     matrix: PathBuf,
@@ -387,6 +405,7 @@ fn build(arch: Arch, target: &Path) -> Result<Bins, String> {
     };
     Ok(Bins {
         poweroff,
+        poweroff_dynamic: runner.is_none().then(|| dir.join("bench-poweroff")),
         one: dir.join("bench-one"),
         many: dir.join("bench-many"),
         matrix: dir.join("bench-matrix"),
@@ -532,6 +551,7 @@ fn report(
         }));
     }
     let pvh_overhead = median("one").zip(median("floor-pvh")).map(|(one, floor)| one / floor);
+    let dynamic_init = median("floor-dynamic").zip(median("floor-pvh")).map(|(d, floor)| d / floor);
     let path_overhead = median("one-path").zip(median("floor-pvh")).map(|(one, floor)| one / floor);
     let per_test = median("many").zip(median("one")).map(|(many, one)| (many - one) / 49.0);
     let floor_pvh = median("floor-pvh").or(floor);
@@ -554,6 +574,12 @@ fn report(
     if let Some(ratio) = pvh_overhead {
         println!(
             "one test vs the PVH floor (the harness's own cost on the same boot): {ratio:.2} x"
+        );
+    }
+    if let Some(ratio) = dynamic_init {
+        println!(
+            "a dynamically linked debug init vs the PVH floor (a test binary's share, before the \
+             harness does anything): {ratio:.2} x"
         );
     }
     if let Some(ratio) = path_overhead {
@@ -623,6 +649,7 @@ fn report(
         "scenarios": rows,
         "one_vs_floor_pvh": pvh_overhead,
         "one_path_vs_floor_pvh": path_overhead,
+        "floor_dynamic_vs_floor_pvh": dynamic_init,
         "per_extra_test_s": per_test,
         "warm_one_vs_floor_pvh": warm_one,
         "warm_many_vs_floor_pvh": warm_many,
