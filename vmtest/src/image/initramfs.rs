@@ -34,14 +34,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use cpio::newc::{self, ModeFileType};
 
 use crate::image::elf::loader::{LibraryError, LibrarySearch};
-use crate::image::elf::strip::Piece;
+use crate::image::elf::strip::{self, Piece};
 
 const TRAILER_NAME: &str = "TRAILER!!!";
 
@@ -317,11 +317,8 @@ impl Initramfs {
                 }
                 Node::Bytes(bytes) => write_all(header, &mut out, name, bytes)?,
                 Node::Symlink(target) => write_all(header, &mut out, name, target.as_bytes())?,
-                Node::HostFile { path, strip_debug: false } => {
-                    write_host_file(header, &mut out, name, path)?
-                }
-                Node::HostFile { path, strip_debug: true } => {
-                    write_stripped(header, &mut out, name, path)?
+                Node::HostFile { path, strip_debug } => {
+                    write_host_file(header, &mut out, name, path, *strip_debug)?
                 }
             }
         }
@@ -452,61 +449,32 @@ fn write_all<W: Write>(
     Ok(())
 }
 
+/// Writes the host file at `path`; with `strip_debug`, an ELF file without its debug sections
+/// (see `elf::strip`), or as it is when it has none to leave out or cannot be read as ELF.
 fn write_host_file<W: Write>(
     header: newc::Builder,
     out: W,
     name: &str,
     path: &Path,
+    strip_debug: bool,
 ) -> Result<(), InitramfsError> {
     let read_err = |source| InitramfsError::ReadHost { path: path.to_owned(), source };
     let write_err = |source| InitramfsError::Write { path: name.to_owned(), source };
-    let mut file = open_regular(path).map_err(|e| match e.kind() {
+    let file = open_regular(path).map_err(|e| match e.kind() {
         io::ErrorKind::InvalidInput => InitramfsError::NotAFile { path: path.to_owned() },
         _ => read_err(e),
     })?;
-    let len = file.metadata().map_err(read_err)?.len();
+    let stripped = strip_debug.then(|| strip::layout(path).ok().flatten()).flatten();
+    let (pieces, len) = match stripped {
+        Some(layout) => (layout.pieces, layout.len),
+        None => {
+            let len = file.metadata().map_err(read_err)?.len();
+            (vec![Piece::Copy { offset: 0, len }], len)
+        }
+    };
     let mut writer = header.write(out, newc_file_size(name, len)?);
     let mut buf = vec![0u8; 256 * 1024];
-    let mut copied = 0u64;
-    while copied < len {
-        let want = usize::try_from(len - copied).unwrap_or(usize::MAX).min(buf.len());
-        let n = match file.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
-        };
-        writer.write_all(&buf[..n]).map_err(write_err)?;
-        copied += n as u64;
-    }
-    if copied != len {
-        return Err(InitramfsError::Changed {
-            path: path.to_owned(),
-            expected: len,
-            actual: copied,
-        });
-    }
-    writer.finish().map_err(write_err)?;
-    Ok(())
-}
-
-/// Writes the ELF file at `path` without its debug sections, or as it is when it has none to
-/// leave out or cannot be read as ELF (the guest then gets what it would have got).
-fn write_stripped<W: Write>(
-    header: newc::Builder,
-    out: W,
-    name: &str,
-    path: &Path,
-) -> Result<(), InitramfsError> {
-    let Ok(Some(layout)) = crate::image::elf::strip::layout(path) else {
-        return write_host_file(header, out, name, path);
-    };
-    let read_err = |source| InitramfsError::ReadHost { path: path.to_owned(), source };
-    let write_err = |source| InitramfsError::Write { path: name.to_owned(), source };
-    let file = open_regular(path).map_err(read_err)?;
-    let mut writer = header.write(out, newc_file_size(name, layout.len)?);
-    let mut buf = vec![0u8; 256 * 1024];
-    for piece in &layout.pieces {
+    for piece in &pieces {
         match piece {
             Piece::Bytes(bytes) => writer.write_all(bytes).map_err(write_err)?,
             Piece::Zeros(len) => {
