@@ -163,12 +163,22 @@ pub(crate) fn check(dir: &Path, depth: Depth) -> Result<Opened, EntryError> {
         return Ok(Opened { kernel, manifest: None });
     };
     let manifest = read_manifest(dir, &sums).map_err(EntryError::Damaged)?;
+    opened_against(kernel, &manifest, || manifest.check(dir, depth).damage)
+}
+
+/// The entry opened against its `manifest`, which must list the entry's own files; then
+/// `check` (the files checked against it) must find no damage.
+fn opened_against(
+    kernel: Kernel,
+    manifest: &Manifest,
+    check: impl FnOnce() -> Option<String>,
+) -> Result<Opened, EntryError> {
     for name in roots(&kernel) {
         if !manifest.covers(&name) {
             return Err(EntryError::Damaged(format!("its {SUMS} does not list `{name}`")));
         }
     }
-    if let Some(damage) = manifest.check(dir, depth).damage {
+    if let Some(damage) = check() {
         return Err(EntryError::Damaged(damage));
     }
     Ok(Opened { manifest: Some(manifest.totals()), kernel })
@@ -240,13 +250,16 @@ fn upgrade(dir: &Path) -> Result<Option<Opened>, KernelError> {
         }
         Some(sums) => {
             let Ok(manifest) = read_manifest(dir, &sums) else { return Ok(None) };
-            let checked = manifest.check(dir, Depth::Quick);
-            if let Some(refreshed) = &checked.refreshed {
+            let mut refreshed = None;
+            let opened = opened_against(kernel, &manifest, || {
+                let checked = manifest.check(dir, Depth::Quick);
+                refreshed = checked.refreshed;
+                checked.damage
+            });
+            if let Some(refreshed) = refreshed {
                 manifest::write_durably(&dir.join(SUMS), refreshed.to_text().as_bytes())?;
             }
-            let intact =
-                checked.damage.is_none() && roots(&kernel).iter().all(|name| manifest.covers(name));
-            Ok(intact.then(|| Opened { manifest: Some(manifest.totals()), kernel }))
+            Ok(opened.ok())
         }
     }
 }
