@@ -89,8 +89,14 @@ pub(crate) fn read_section(path: &Path, name: &str) -> Result<Option<Vec<u8>>, E
 
 /// Opens `path` and checks the ELF identification, returning whether the file is 64-bit.
 fn open(path: &Path) -> Result<(ReadCache<File>, bool), ElfError> {
+    let file = crate::image::initramfs::open_regular(path)
+        .map_err(|source| ElfError::Io { path: path.to_owned(), source })?;
+    identify(file, path)
+}
+
+/// Checks the ELF identification of `file` (opened from `path`), returning whether it is 64-bit.
+fn identify(mut file: File, path: &Path) -> Result<(ReadCache<File>, bool), ElfError> {
     let io = |source| ElfError::Io { path: path.to_owned(), source };
-    let mut file = crate::image::initramfs::open_regular(path).map_err(io)?;
     let mut ident = [0u8; 5];
     let mut filled = 0;
     while filled < ident.len() {

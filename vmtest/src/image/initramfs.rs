@@ -464,7 +464,7 @@ fn write_host_file<W: Write>(
         io::ErrorKind::InvalidInput => InitramfsError::NotAFile { path: path.to_owned() },
         _ => read_err(e),
     })?;
-    let stripped = strip_debug.then(|| strip::layout(path).ok().flatten()).flatten();
+    let stripped = strip_debug.then(|| strip::layout(&file, path).ok().flatten()).flatten();
     let (pieces, len) = match stripped {
         Some(layout) => (layout.pieces, layout.len),
         None => {

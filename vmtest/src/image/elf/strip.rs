@@ -21,7 +21,7 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::read::{ReadCache, ReadRef};
 use object::{Endian, Endianness};
 
-use super::{open, ElfError};
+use super::{identify, ElfError};
 
 /// One stretch of the stripped file, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,11 +46,12 @@ fn is_debug(name: &[u8]) -> bool {
     name.starts_with(b".debug_") || name.starts_with(b".zdebug_")
 }
 
-/// The layout of `path` without its debug sections, or `None` when it has none to leave out or
-/// is laid out unusually (then it is copied as it is). An error means `path` is not a readable
-/// ELF file.
-pub(crate) fn layout(path: &Path) -> Result<Option<Layout>, ElfError> {
-    let (cache, is_64) = open(path)?;
+/// The layout of `file` (opened from `path`) without its debug sections, or `None` when it has
+/// none to leave out or is laid out unusually (then it is copied as it is). An error means the
+/// file is not a readable ELF file. The caller copies the pieces from the same `file`.
+pub(crate) fn layout(file: &File, path: &Path) -> Result<Option<Layout>, ElfError> {
+    let file = file.try_clone().map_err(|source| ElfError::Io { path: path.to_owned(), source })?;
+    let (cache, is_64) = identify(file, path)?;
     if is_64 {
         layout_of::<FileHeader64<Endianness>>(path, &cache, &Fields::ELF64)
     } else {
@@ -151,7 +152,8 @@ fn layout_of<Elf: FileHeader<Endian = Endianness>>(
         .read_bytes_at(shoff, (entsize * count) as u64)
         .map_err(|()| ElfError::malformed(path, "the section header table is truncated"))?
         .to_vec();
-    let mut pieces = vec![Piece::Copy { offset: 0, len: kept_end }];
+    // After the ELF header (rewritten last, with the table's new place) and the copied part.
+    let mut tail_pieces = Vec::new();
     let mut at = kept_end;
     for (index, section) in tail {
         let entry = index * entsize;
@@ -167,21 +169,21 @@ fn layout_of<Elf: FileHeader<Endian = Endianness>>(
         let align = align(section, endian).max(1);
         let padded = at.next_multiple_of(align);
         if padded > at {
-            pieces.push(Piece::Zeros(padded - at));
+            tail_pieces.push(Piece::Zeros(padded - at));
         }
         if !fields.put_word(endian, &mut table, entry + fields.sh_offset, padded) {
             return Ok(None);
         }
         let len = size(section, endian);
-        pieces.push(Piece::Copy { offset: offset(section, endian), len });
+        tail_pieces.push(Piece::Copy { offset: offset(section, endian), len });
         at = padded + len;
     }
     let new_shoff = at.next_multiple_of(fields.word as u64);
     if new_shoff > at {
-        pieces.push(Piece::Zeros(new_shoff - at));
+        tail_pieces.push(Piece::Zeros(new_shoff - at));
     }
     let len = new_shoff + table.len() as u64;
-    pieces.push(Piece::Bytes(table));
+    tail_pieces.push(Piece::Bytes(table));
 
     // The ELF header, with the table's new place.
     let mut elf_header = data
@@ -193,8 +195,9 @@ fn layout_of<Elf: FileHeader<Endian = Endianness>>(
     {
         return Ok(None);
     }
-    pieces[0] = Piece::Copy { offset: ehsize, len: kept_end - ehsize };
-    pieces.insert(0, Piece::Bytes(elf_header));
+    let mut pieces =
+        vec![Piece::Bytes(elf_header), Piece::Copy { offset: ehsize, len: kept_end - ehsize }];
+    pieces.extend(tail_pieces);
     Ok(Some(Layout { pieces, len }))
 }
 
