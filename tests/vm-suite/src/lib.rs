@@ -21,3 +21,26 @@ pub fn pseudo_random(len: usize, mut state: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Makes, under `dir`, a kernel store holding the real store's kernels for `arch` and nothing
+/// else (no userland, no gdbserver), and a `bin` directory holding only that arch's QEMU.
+/// Returns both: with `VMTEST_KERNELS` and `PATH` set to them, a run boots as usual but can
+/// fetch nothing (there is no apt).
+pub fn store_without_extras(
+    dir: &std::path::Path,
+    arch: vmtest::arch::Arch,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let real = vmtest::kernel::Store::open().unwrap();
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::os::unix::fs::symlink(real.root().join(arch.name()), store.join(arch.name())).unwrap();
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let qemu = format!("qemu-system-{arch}");
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join(&qemu))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{qemu} is not on PATH"));
+    std::os::unix::fs::symlink(found, bin.join(&qemu)).unwrap();
+    (store, bin)
+}

@@ -419,19 +419,8 @@ fn a_missing_gdbserver_is_one_clear_error_naming_the_package_and_the_fetch() {
     if stored_6_12(arch).is_none() {
         return;
     }
-    let real = vmtest::kernel::Store::open().unwrap();
     let run = RunDir::new("no-gdbserver");
-    let store = run.0.join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    std::os::unix::fs::symlink(real.root().join(arch.name()), store.join(arch.name())).unwrap();
-    let bin = run.0.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let qemu = format!("qemu-system-{arch}");
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|dir| dir.join(&qemu))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{qemu} is not on PATH"));
-    std::os::unix::fs::symlink(found, bin.join(&qemu)).unwrap();
+    let (store, bin) = vm_suite::store_without_extras(&run.0, arch);
     let output = run
         .command(
             FIXTURE,

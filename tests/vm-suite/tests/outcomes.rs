@@ -679,19 +679,8 @@ fn the_guest_has_a_userland_unless_told_otherwise() {
 fn without_a_stored_userland_nor_apt_a_run_warns_once_and_goes_on() {
     // A store with the real one's kernels and no userland; a PATH with QEMU and without apt.
     let arch = vmtest::arch::Arch::host();
-    let real = vmtest::kernel::Store::open().unwrap();
     let scratch = RunDir::new("userland-store");
-    let store = scratch.0.join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    std::os::unix::fs::symlink(real.root().join(arch.name()), store.join(arch.name())).unwrap();
-    let bin = scratch.0.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let qemu = format!("qemu-system-{arch}");
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|dir| dir.join(&qemu))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{qemu} is not on PATH"));
-    std::os::unix::fs::symlink(found, bin.join(&qemu)).unwrap();
+    let (store, bin) = vm_suite::store_without_extras(&scratch.0, arch);
     let env = [("VMTEST_KERNELS", store.to_str().unwrap()), ("PATH", bin.to_str().unwrap())];
 
     let (printed, warnings) = userland_run("userland-missing", &env);
