@@ -27,7 +27,10 @@
 //! Plus, outside the rounds, for a 50 MB test binary: the time to build its initramfs, and the
 //! harness's time from start to QEMU's start when nothing changed since the last run. Each
 //! scenario's median, minimum and maximum go to a table and to JSON. A run that fails or does
-//! not finish within [`RUN_LIMIT`] counts as a failure and is reported, not retried.
+//! not finish within [`RUN_LIMIT`] counts as a failure and is reported, not retried. The
+//! harness's cost on the PVH boot is also given per round (the median of `one` over
+//! `floor-pvh` in the same round), which a machine whose speed drifts during the bench moves
+//! less than the ratio of the medians.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -51,6 +54,9 @@ struct Scenario {
     what: &'static str,
     command: Command,
     samples: Vec<f64>,
+    /// Each round's time, `None` where the run failed: pairs runs of one round for
+    /// [`paired_ratio`].
+    by_round: Vec<Option<f64>>,
     failures: Vec<String>,
 }
 
@@ -250,7 +256,9 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         // before it (tens of ms under TCG), and no scenario should always follow the same one.
         for i in 0..count {
             let scenario = &mut scenarios[(i + round - 1) % count];
-            match time(&mut scenario.command) {
+            let result = time(&mut scenario.command);
+            scenario.by_round.push(result.as_ref().ok().copied());
+            match result {
                 Ok(seconds) => scenario.samples.push(seconds),
                 Err(e) => scenario.failures.push(format!("round {round}: {e}")),
             }
@@ -303,7 +311,14 @@ struct Setup {
 }
 
 fn scenario(name: &'static str, what: &'static str, command: Command) -> Scenario {
-    Scenario { name, what, command, samples: Vec::new(), failures: Vec::new() }
+    Scenario {
+        name,
+        what,
+        command,
+        samples: Vec::new(),
+        by_round: Vec::new(),
+        failures: Vec::new(),
+    }
 }
 
 /// Wall time of one run, or why it does not count.
@@ -488,6 +503,19 @@ fn before_qemu_times(arch: Arch, fat: &Path, bins: &Bins, out: &Path) -> Result<
     Ok(times)
 }
 
+/// The median over rounds of `a`'s time over `b`'s in the same round (rounds where both ran).
+/// Runs of one round are seconds apart, so a machine that slows down or speeds up over the
+/// bench (other load, a shared host) moves both alike; the ratio of the medians mixes rounds.
+fn paired_ratio(a: &Scenario, b: &Scenario) -> Option<f64> {
+    let ratios: Vec<f64> = a
+        .by_round
+        .iter()
+        .zip(&b.by_round)
+        .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
+        .collect();
+    stats(&ratios).map(|s| s.0)
+}
+
 /// (median, min, max) of `samples`, which must not be empty.
 fn stats(samples: &[f64]) -> Option<(f64, f64, f64)> {
     let mut sorted = samples.to_vec();
@@ -550,7 +578,10 @@ fn report(
             "failures": scenario.failures,
         }));
     }
+    let named = |name: &str| scenarios.iter().find(|s| s.name == name);
+    let paired = |a: &str, b: &str| paired_ratio(named(a)?, named(b)?);
     let pvh_overhead = median("one").zip(median("floor-pvh")).map(|(one, floor)| one / floor);
+    let pvh_overhead_paired = paired("one", "floor-pvh");
     let dynamic_init = median("floor-dynamic").zip(median("floor-pvh")).map(|(d, floor)| d / floor);
     let path_overhead = median("one-path").zip(median("floor-pvh")).map(|(one, floor)| one / floor);
     let per_test = median("many").zip(median("one")).map(|(many, one)| (many - one) / 49.0);
@@ -572,8 +603,11 @@ fn report(
     let before_qemu_stats = stats(&setup.before_qemu);
     println!();
     if let Some(ratio) = pvh_overhead {
+        let per_round =
+            pvh_overhead_paired.map_or(String::new(), |r| format!(" (per round: {r:.2} x)"));
         println!(
-            "one test vs the PVH floor (the harness's own cost on the same boot): {ratio:.2} x"
+            "one test vs the PVH floor (the harness's own cost on the same boot): {ratio:.2} x\
+             {per_round}"
         );
     }
     if let Some(ratio) = dynamic_init {
@@ -648,6 +682,7 @@ fn report(
         "rounds": rounds,
         "scenarios": rows,
         "one_vs_floor_pvh": pvh_overhead,
+        "one_vs_floor_pvh_per_round": pvh_overhead_paired,
         "one_path_vs_floor_pvh": path_overhead,
         "floor_dynamic_vs_floor_pvh": dynamic_init,
         "per_extra_test_s": per_test,
@@ -683,5 +718,20 @@ mod tests {
         assert_eq!(stats(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
         assert_eq!(stats(&[4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
         assert_eq!(stats(&[]), None);
+    }
+
+    #[test]
+    fn paired_ratio_compares_runs_of_the_same_round() {
+        let with = |by_round: Vec<Option<f64>>| Scenario {
+            by_round,
+            ..scenario("s", "", Command::new("true"))
+        };
+        // The machine slows down by half in the last rounds: per round, `a` stays 10% over `b`.
+        let a = with(vec![Some(1.1), Some(1.1), None, Some(1.65), Some(1.65)]);
+        let b = with(vec![Some(1.0), Some(1.0), Some(1.0), Some(1.5), Some(1.5)]);
+        let ratio = paired_ratio(&a, &b).unwrap();
+        assert!((ratio - 1.1).abs() < 1e-9, "{ratio}");
+        // The round where `a` failed counts for neither.
+        assert_eq!(paired_ratio(&with(vec![None]), &with(vec![Some(1.0)])), None);
     }
 }
