@@ -287,9 +287,13 @@ pub mod __snapshot {
                 debug: Default::default(),
             };
             let version = snapshot::qemu_version(&qemu).map_err(|e| e.to_string())?;
-            let key =
-                SnapshotKey::new(&live_command(command.clone(), Path::new("/")), &qemu, &version)
-                    .map_err(|e| e.to_string())?;
+            let key = SnapshotKey::new(
+                &live_command(command.clone(), Path::new("/")),
+                &qemu,
+                &version,
+                &crate::vm::memo::Memo::none(),
+            )
+            .map_err(|e| e.to_string())?;
             Ok(Guest { qemu, command, key })
         }
 

@@ -77,11 +77,17 @@ fn run(snapshots: &Path, mode: &str, probe: &str) -> Run {
     Run { state, stdout, stderr, starts, window: (before, after) }
 }
 
-fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+/// Everything in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
     files.sort();
     files
+}
+
+/// The snapshots in the cache `dir`.
+fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+    entries(dir).into_iter().filter(|p| p.extension().is_some_and(|x| x == "vmsnap")).collect()
 }
 
 /// Asserts how the run's two VMs started, in whichever order they ran.
@@ -131,6 +137,15 @@ fn runs_start_from_their_snapshots_and_look_fresh() {
     let saved = snapshot_files(cache);
     assert_eq!(saved.len(), 1, "one snapshot for the one configuration: {saved:?}");
     looks_fresh(&cold, &[], "first");
+    // What the run learned of its kernel (its digest) and of QEMU (its version, and whether it
+    // runs under its seccomp sandbox here) is remembered for the next processes, which then
+    // start QEMU without learning it again.
+    let memo = entries(&cache.join("memo"));
+    assert_eq!(memo.len(), 3, "{memo:?}");
+    let facts: Vec<String> = memo.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    assert!(facts.iter().any(|f| f.starts_with("QEMU emulator version")), "{facts:?}");
+    assert!(facts.iter().any(|f| f.len() == 64), "{facts:?}");
+    assert!(facts.iter().any(|f| f == "true" || f == "false"), "{facts:?}");
 
     let warm = run(cache, "on", "second");
     started(&warm, [RESTORED, RESTORED]);
@@ -139,6 +154,7 @@ fn runs_start_from_their_snapshots_and_look_fresh() {
     started(&again, [RESTORED, RESTORED]);
     looks_fresh(&again, &[&cold, &warm], "third");
     assert_eq!(snapshot_files(cache), saved, "nothing new was saved");
+    assert_eq!(entries(&cache.join("memo")), memo, "nothing new was learned");
 
     // Off: boots, saves nothing, leaves the cache alone.
     let off = run(cache, "off", "off");
@@ -191,5 +207,5 @@ fn a_bad_snapshot_setting_is_one_error() {
         stderr.contains("VMTEST_SNAPSHOT=\"sometimes\" is not one of on, off, refresh"),
         "{stderr}"
     );
-    assert!(snapshot_files(cache.path()).is_empty());
+    assert!(entries(cache.path()).is_empty());
 }

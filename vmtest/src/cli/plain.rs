@@ -17,6 +17,7 @@ use crate::host::group::{write_image, Snapshots, BOOT_TIMEOUT};
 use crate::image::guest_image::{Base, DebugInfo, GuestImage, Payload};
 use crate::userland::GuestUserland;
 use crate::vm::accel;
+use crate::vm::memo::Memo;
 use crate::vm::session::{self, VmSpec};
 use crate::{kernel, Error};
 
@@ -83,7 +84,9 @@ fn boot(arch: Arch, main: Main<'_>) -> Result<i32, Error> {
         )));
     }
     let accel = accel::choose(arch)?;
-    crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
+    let snapshots = Snapshots::from_env()?;
+    let memo = snapshots.as_ref().map_or_else(Memo::none, |s| s.cache.memo());
+    crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?, &memo)?;
     let kernel = kernel::resolve(if let Main::Shell(kernel) = main { kernel } else { None }, arch)?;
     kernel.check_arch(arch)?;
     let scale = accel.timeout_scale;
@@ -139,7 +142,6 @@ fn boot(arch: Arch, main: Main<'_>) -> Result<i32, Error> {
     payload
         .set_file_limits(protocol::FileLimits { test_files: 0, ..protocol::FileLimits::default() });
     payload.set_shell(shell);
-    let snapshots = Snapshots::from_env()?;
     let image = GuestImage { base, payload };
     let (size, warm) = write_image(&image, &initrd, workdir.path(), snapshots.as_ref())?;
 

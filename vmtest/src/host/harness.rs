@@ -31,6 +31,7 @@ use crate::image::{fixtures, guest_env};
 use crate::kernel::{self, Kernel, ModuleProvider};
 use crate::userland::GuestUserland;
 use crate::vm::accel;
+use crate::vm::memo::Memo;
 use crate::vm::session;
 use crate::Error;
 
@@ -173,7 +174,8 @@ fn prepare(
     let shell = crate::vm::shell::from_env()?;
     let debug_info = DebugInfo::from_env()?;
     let accel = accel::choose(arch)?;
-    crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?)?;
+    let memo = snapshots.as_ref().map_or_else(Memo::none, |s| s.cache.memo());
+    crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?, &memo)?;
     if let Some(why) = &accel.kvm_unusable {
         eprintln!(
             "vmtest: using TCG (KVM not used: {why}); timeouts scaled x{}",

@@ -2,11 +2,13 @@
 //! process and the run's temp dirs ([`process`]), a running VM's ports and deadlines
 //! ([`session`]), the host's end of the modules port ([`modserver`]) and of the guest's
 //! interactive shell ([`shell`]); snapshots of a booted guest ([`snapshot`]: key, cache, save,
-//! restore) over QEMU's monitor ([`qmp`]), warm starts from them ([`warm`]), and a VM driven
-//! step by step ([`live`]).
+//! restore) over QEMU's monitor ([`qmp`]), warm starts from them ([`warm`]) with what they
+//! learn about files remembered across processes ([`memo`]), and a VM driven step by step
+//! ([`live`]).
 
 pub(crate) mod accel;
 pub(crate) mod live;
+pub(crate) mod memo;
 pub(crate) mod modserver;
 pub(crate) mod process;
 pub(crate) mod qemu;

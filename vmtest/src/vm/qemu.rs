@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use crate::arch::Arch;
 use crate::vm::accel::Accel;
+use crate::vm::memo::Memo;
 
 /// How QEMU is spelled for one architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,26 +177,28 @@ const SANDBOX_OPTIONS: &str =
 /// requires that; `off` never uses it.
 pub(crate) fn sandbox(binary: &Path) -> Result<Sandbox, crate::Error> {
     match sandbox_wanted()? {
-        Some(true) if !sandbox_works(binary) => Err(crate::Error::Env(format!(
+        Some(true) if !sandbox_works(binary, &Memo::none()) => Err(crate::Error::Env(format!(
             "{SANDBOX_ENV}=on, but {} cannot run under its seccomp sandbox (built without \
              seccomp, or the kernel refuses the filter); set {SANDBOX_ENV}=off or auto",
             binary.display()
         ))),
         Some(false) => Ok(Sandbox::Off),
-        _ if sandbox_works(binary) => Ok(Sandbox::On),
+        _ if sandbox_works(binary, &Memo::none()) => Ok(Sandbox::On),
         _ => Ok(Sandbox::Off),
     }
 }
 
 /// Checks [`SANDBOX_ENV`] before the first boot: a bad value, or `on` where `binary` cannot
 /// sandbox itself, is an error now. Under `auto` the probe starts in the background, so the
-/// first boot does not wait for it.
-pub(crate) fn check_sandbox(binary: &Path) -> Result<(), crate::Error> {
+/// first boot does not wait for it; its answer is taken from `memo` when that has one for
+/// this binary on this boot of this kernel.
+pub(crate) fn check_sandbox(binary: &Path, memo: &Memo) -> Result<(), crate::Error> {
     if sandbox_wanted()?.is_none() {
-        let binary = binary.to_owned();
-        std::thread::spawn(move || sandbox_works(&binary));
+        let (binary, memo) = (binary.to_owned(), memo.clone());
+        std::thread::spawn(move || sandbox_works(&binary, &memo));
         return Ok(());
     }
+    sandbox_works(binary, memo);
     sandbox(binary).map(drop)
 }
 
@@ -210,27 +213,58 @@ fn sandbox_wanted() -> Result<Option<bool>, crate::Error> {
     }
 }
 
-/// Whether `binary` installs the filter vmtest asks for: it does so before it handles
-/// `-device help`, and exits with an error when it cannot. Probed once per binary.
-fn sandbox_works(binary: &Path) -> bool {
+/// Whether QEMU `binary` runs under its seccomp sandbox here: asked once per process (a run
+/// of `binary -sandbox ... -device help`, about 40 ms), and remembered in `memo` for the same
+/// binary, boot of the kernel and seccomp state of this process (which QEMU inherits).
+fn sandbox_works(binary: &Path, memo: &Memo) -> bool {
     static PROBED: Mutex<BTreeMap<PathBuf, bool>> = Mutex::new(BTreeMap::new());
     let mut probed = PROBED.lock().unwrap_or_else(|e| e.into_inner());
-    *probed.entry(binary.to_owned()).or_insert_with(|| {
-        let mut args = Args::default();
-        args.opt("-sandbox", SANDBOX_OPTIONS)
-            .opt("-M", "none")
-            .flag("-nodefaults")
-            .flag("-no-user-config")
-            .opt("-display", "none")
-            .opt("-device", "help");
-        Command::new(binary)
-            .args(args.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    })
+    *probed.entry(binary.to_owned()).or_insert_with(|| remembered_probe(binary, memo))
+}
+
+/// [`probe_sandbox`], or its answer from `memo`.
+fn remembered_probe(binary: &Path, memo: &Memo) -> bool {
+    let probe = || Ok::<_, std::convert::Infallible>(probe_sandbox(binary).to_string());
+    let answer = match sandbox_environment() {
+        Some(environment) => {
+            let fact = format!("qemu -sandbox {SANDBOX_OPTIONS} {environment}");
+            memo.get(&fact, binary, |answer| answer.parse::<bool>().is_ok(), probe)
+        }
+        None => probe(),
+    };
+    answer.is_ok_and(|answer| answer == "true")
+}
+
+/// What decides, besides QEMU's binary, whether it may install its seccomp filter: the running
+/// kernel (its boot id) and this process's own seccomp mode and `no_new_privs`, which QEMU
+/// inherits. `None` when they cannot be read (nothing is remembered then).
+fn sandbox_environment() -> Option<String> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let state: Vec<&str> = status
+        .lines()
+        .filter(|line| line.starts_with("Seccomp:") || line.starts_with("NoNewPrivs:"))
+        .collect();
+    (state.len() == 2).then(|| format!("{} {}", boot_id.trim(), state.join(" ")))
+}
+
+/// Whether `binary` installs the filter vmtest asks for: it does so before it handles
+/// `-device help`, and exits with an error when it cannot.
+fn probe_sandbox(binary: &Path) -> bool {
+    let mut args = Args::default();
+    args.opt("-sandbox", SANDBOX_OPTIONS)
+        .opt("-M", "none")
+        .flag("-nodefaults")
+        .flag("-no-user-config")
+        .opt("-display", "none")
+        .opt("-device", "help");
+    Command::new(binary)
+        .args(args.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 impl QemuCommand {
@@ -447,10 +481,37 @@ mod tests {
                 continue;
             };
             // Debian's QEMU is built with seccomp; this kernel accepts the filter.
-            assert!(sandbox_works(&qemu), "{}", qemu.display());
+            assert!(probe_sandbox(&qemu), "{}", qemu.display());
         }
-        assert!(!sandbox_works(Path::new("/bin/false")));
-        assert!(!sandbox_works(Path::new("/nonexistent/qemu")));
+        assert!(!probe_sandbox(Path::new("/bin/false")));
+        assert!(!probe_sandbox(Path::new("/nonexistent/qemu")));
+    }
+
+    #[test]
+    fn the_sandbox_probes_answer_is_remembered_for_the_same_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = dir.path().join("qemu-system-x86_64");
+        std::fs::copy("/bin/false", &qemu).unwrap();
+        let memo = Memo::in_dir(dir.path().join("memo"));
+        assert!(!remembered_probe(&qemu, &memo));
+        let entries: Vec<_> =
+            std::fs::read_dir(dir.path().join("memo")).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1);
+        let entry = entries[0].path();
+        assert_eq!(std::fs::read_to_string(&entry).unwrap(), "false");
+        // The next process takes the remembered answer and runs no probe: a remembered yes
+        // (which this binary would never give) is what it says.
+        std::fs::write(&entry, "true").unwrap();
+        assert!(remembered_probe(&qemu, &memo));
+        assert!(!remembered_probe(&qemu, &Memo::none()));
+        // A damaged answer is probed again.
+        std::fs::write(&entry, "tru").unwrap();
+        assert!(!remembered_probe(&qemu, &memo));
+        // Another binary at the same path is probed again.
+        std::fs::write(&entry, "true").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::copy("/bin/false", &qemu).unwrap();
+        assert!(!remembered_probe(&qemu, &memo));
     }
 
     #[test]

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::vm::accel::Accel;
+use crate::vm::memo::Memo;
 use crate::vm::qemu::{Incoming, QemuCommand};
 use crate::vm::qmp::{MigrationStatus, Qmp, QmpError};
 
@@ -61,10 +62,12 @@ impl std::fmt::Debug for SnapshotKey {
 impl SnapshotKey {
     /// The key of a VM started as `command` by `qemu_binary` (whose `--version` printed
     /// `qemu_version`): hashes the files `command` boots.
+    /// The kernel's digest comes from `memo` when it has seen that file.
     pub fn new(
         command: &QemuCommand,
         qemu_binary: &Path,
         qemu_version: &str,
+        memo: &Memo,
     ) -> Result<SnapshotKey, crate::Error> {
         // Under KVM the guest runs on the host's CPU (`-cpu host`): its model and features
         // are part of the saved state, and of what another machine could not restore.
@@ -73,7 +76,7 @@ impl SnapshotKey {
         } else {
             String::new()
         };
-        SnapshotKey::with_host_cpu(command, qemu_binary, qemu_version, &host_cpu)
+        SnapshotKey::with_host_cpu(command, qemu_binary, qemu_version, &host_cpu, memo)
     }
 
     fn with_host_cpu(
@@ -81,6 +84,7 @@ impl SnapshotKey {
         qemu_binary: &Path,
         qemu_version: &str,
         host_cpu: &str,
+        memo: &Memo,
     ) -> Result<SnapshotKey, crate::Error> {
         let mut hasher = Sha256::new();
         let mut field = |bytes: &[u8]| {
@@ -96,9 +100,9 @@ impl SnapshotKey {
             field(arg.as_encoded_bytes());
         }
         field(host_cpu.as_bytes());
-        // The kernel is the same file for every VM of a run: hashed once per process. The
-        // initramfs is written anew for each VM.
-        field(&hash_kernel(&command.kernel)?);
+        // The kernel is the same file for every VM of a run and of the next runs: hashed
+        // once, then remembered. The initramfs is written anew for each VM.
+        field(&hash_kernel(&command.kernel, memo)?);
         field(&hash_file(&command.initrd)?);
         Ok(SnapshotKey(hasher.finalize().into()))
     }
@@ -154,9 +158,9 @@ fn shape_args(command: &QemuCommand) -> Vec<OsString> {
     shape.args()
 }
 
-/// [`hash_file`] of a kernel image, remembered per process for the file's identity (device,
-/// inode, size, mtime): a file changed or replaced in between is hashed again.
-fn hash_kernel(path: &Path) -> Result<[u8; 32], crate::Error> {
+/// SHA-256 of the kernel image at `path`: once per process, and from `memo` while the file
+/// is the one it saw.
+fn hash_kernel(path: &Path, memo: &Memo) -> Result<[u8; 32], crate::Error> {
     use std::os::unix::fs::MetadataExt;
     type Identity = (PathBuf, u64, u64, u64, i64, i64);
     static HASHES: std::sync::Mutex<Vec<(Identity, [u8; 32])>> = std::sync::Mutex::new(Vec::new());
@@ -169,9 +173,28 @@ fn hash_kernel(path: &Path) -> Result<[u8; 32], crate::Error> {
         return Ok(*digest);
     }
     drop(known);
-    let digest = hash_file(path)?;
+    let hex = memo.get(
+        "sha256",
+        path,
+        |hex| parse_digest(hex).is_some(),
+        || hash_file(path).map(|digest| digest.iter().map(|b| format!("{b:02x}")).collect()),
+    )?;
+    let digest = parse_digest(&hex).unwrap_or_default();
     HASHES.lock().unwrap_or_else(|e| e.into_inner()).push((identity, digest));
     Ok(digest)
+}
+
+/// 64 hex digits as 32 bytes.
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        digest[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// SHA-256 of a file's bytes.
@@ -261,6 +284,12 @@ impl SnapshotCache {
     /// The cache's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What warm starts learn about files (the kernel's digest, QEMU's version), remembered in
+    /// `memo/` in the cache's directory.
+    pub fn memo(&self) -> Memo {
+        Memo::in_dir(self.dir.join("memo"))
     }
 
     fn path(&self, key: &SnapshotKey) -> PathBuf {
@@ -553,7 +582,13 @@ mod tests {
     }
 
     fn key(command: &QemuCommand) -> SnapshotKey {
-        SnapshotKey::new(command, Path::new("/usr/bin/qemu-system-x86_64"), "QEMU 7.2.22").unwrap()
+        SnapshotKey::new(
+            command,
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            "QEMU 7.2.22",
+            &Memo::none(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -590,9 +625,18 @@ mod tests {
             assert_ne!(key(&c), base, "{what}");
         }
         let c = files.command("a");
-        assert_ne!(SnapshotKey::new(&c, Path::new("/opt/qemu"), "QEMU 7.2.22").unwrap(), base);
         assert_ne!(
-            SnapshotKey::new(&c, Path::new("/usr/bin/qemu-system-x86_64"), "QEMU 8.0").unwrap(),
+            SnapshotKey::new(&c, Path::new("/opt/qemu"), "QEMU 7.2.22", &Memo::none()).unwrap(),
+            base
+        );
+        assert_ne!(
+            SnapshotKey::new(
+                &c,
+                Path::new("/usr/bin/qemu-system-x86_64"),
+                "QEMU 8.0",
+                &Memo::none()
+            )
+            .unwrap(),
             base
         );
         std::fs::write(&c.kernel, b"kernel, rebuilt").unwrap();
@@ -601,8 +645,29 @@ mod tests {
         std::fs::write(&c.initrd, b"initramfs 2").unwrap();
         assert_ne!(key(&c), base, "initramfs bytes");
         std::fs::remove_file(&c.initrd).unwrap();
-        let err = SnapshotKey::new(&c, Path::new("/q"), "v").unwrap_err().to_string();
+        let err =
+            SnapshotKey::new(&c, Path::new("/q"), "v", &Memo::none()).unwrap_err().to_string();
         assert!(err.starts_with("failed to hash ") && err.contains("initrd"), "{err}");
+    }
+
+    #[test]
+    fn the_kernels_digest_is_remembered_and_the_key_is_the_same_through_the_memo() {
+        let files = Files::new();
+        let c = files.command("a");
+        let cache = SnapshotCache::at(files.dir.path().join("snaps"), 1 << 30);
+        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+        let through = SnapshotKey::new(&c, qemu, "QEMU 7.2.22", &cache.memo()).unwrap();
+        assert_eq!(through, key(&c));
+        let entries: Vec<_> =
+            std::fs::read_dir(cache.dir().join("memo")).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1);
+        let remembered = std::fs::read_to_string(entries[0].path()).unwrap();
+        let digest: String =
+            hash_file(&c.kernel).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(remembered, digest);
+        assert_eq!(parse_digest(&remembered), Some(hash_file(&c.kernel).unwrap()));
+        assert_eq!(parse_digest(&remembered[1..]), None);
+        assert_eq!(parse_digest(&format!("+{}", &remembered[1..])), None);
     }
 
     #[test]
@@ -623,13 +688,16 @@ mod tests {
         let mut kvm = files.command("a");
         kvm.accel = Accel::Kvm;
         let key = |c: &QemuCommand, cpu: &str| {
-            SnapshotKey::with_host_cpu(c, qemu, "QEMU 7.2.22", cpu).unwrap()
+            SnapshotKey::with_host_cpu(c, qemu, "QEMU 7.2.22", cpu, &Memo::none()).unwrap()
         };
         assert_ne!(key(&kvm, &cpu("fpu vmx")), key(&kvm, &cpu("fpu vmx avx512f")));
         assert_eq!(key(&kvm, &cpu("fpu vmx")), key(&kvm, &cpu("fpu vmx")));
         // Under TCG the host CPU is not asked: the key is the one `new` makes.
         let tcg = files.command("a");
-        assert_eq!(key(&tcg, ""), SnapshotKey::new(&tcg, qemu, "QEMU 7.2.22").unwrap());
+        assert_eq!(
+            key(&tcg, ""),
+            SnapshotKey::new(&tcg, qemu, "QEMU 7.2.22", &Memo::none()).unwrap()
+        );
     }
 
     /// Writes a snapshot file as `save` would, with `stream` as QEMU's part.

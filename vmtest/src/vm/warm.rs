@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vmtest_init::protocol::{write_frame, HostMessage, PAYLOAD_CHUNK_LEN, PROTOCOL_VERSION};
 
+use crate::vm::memo::Memo;
 use crate::vm::qemu::QemuCommand;
 use crate::vm::qmp::Qmp;
 use crate::vm::snapshot::{self, Lookup, Saved, SnapshotCache, SnapshotFile, SnapshotKey};
@@ -112,7 +113,8 @@ pub(crate) struct Start {
 
 /// Looks up the snapshot of the VM `command` (with its warm arguments) describes.
 pub(crate) fn prepare(warm: &Warm, command: &QemuCommand, qemu: &Path) -> Result<Start, Error> {
-    let key = SnapshotKey::new(command, qemu, &qemu_version(qemu)?)?;
+    let memo = warm.cache.memo();
+    let key = SnapshotKey::new(command, qemu, &qemu_version(qemu, &memo)?, &memo)?;
     let (snapshot, unusable) = match warm.cache.lookup(&key) {
         Lookup::Hit(_) if warm.refresh => (None, None),
         Lookup::Hit(file) => (Some(file), None),
@@ -122,15 +124,21 @@ pub(crate) fn prepare(warm: &Warm, command: &QemuCommand, qemu: &Path) -> Result
     Ok(Start { key, snapshot, unusable })
 }
 
-/// `qemu --version`, asked once per binary per process.
-fn qemu_version(qemu: &Path) -> Result<String, Error> {
+/// `qemu --version`: asked once per binary per process, and then only when `memo` has not
+/// seen this binary.
+fn qemu_version(qemu: &Path, memo: &Memo) -> Result<String, Error> {
     static VERSIONS: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
     let mut versions = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
     let versions = versions.get_or_insert_with(HashMap::new);
     if let Some(version) = versions.get(qemu) {
         return Ok(version.clone());
     }
-    let version = snapshot::qemu_version(qemu)?;
+    let version = memo.get(
+        "qemu --version",
+        qemu,
+        |version| !version.is_empty(),
+        || snapshot::qemu_version(qemu),
+    )?;
     versions.insert(qemu.to_owned(), version.clone());
     Ok(version)
 }
