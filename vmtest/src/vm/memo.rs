@@ -134,12 +134,18 @@ mod tests {
         Ok(value.to_owned())
     }
 
+    /// A temp dir with a file `name` in it and a memo in its `memo/`.
+    fn file_and_memo(name: &str) -> (tempfile::TempDir, PathBuf, Memo) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(name);
+        fs::write(&file, b"contents").unwrap();
+        let memo = Memo::in_dir(dir.path().join("memo"));
+        (dir, file, memo)
+    }
+
     #[test]
     fn a_fact_is_learned_once_until_the_file_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("kernel");
-        fs::write(&file, b"one").unwrap();
-        let memo = Memo::in_dir(dir.path().join("memo"));
+        let (dir, file, memo) = file_and_memo("kernel");
         let learned = Cell::new(0);
         let any = |_: &str| true;
         assert_eq!(memo.get("size", &file, any, || count(&learned, "3")).unwrap(), "3");
@@ -152,17 +158,14 @@ mod tests {
         assert_eq!(learned.get(), 2);
         // Rewritten, even to the same size: its change time moved.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        fs::write(&file, b"two").unwrap();
+        fs::write(&file, b"CONTENTS").unwrap();
         assert_eq!(memo.get("size", &file, any, || count(&learned, "3'")).unwrap(), "3'");
         assert_eq!(learned.get(), 3);
     }
 
     #[test]
     fn a_damaged_entry_is_learned_again_and_no_memo_learns_each_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("qemu");
-        fs::write(&file, b"binary").unwrap();
-        let memo = Memo::in_dir(dir.path().join("memo"));
+        let (dir, file, memo) = file_and_memo("qemu");
         let learned = Cell::new(0);
         let hex = |v: &str| v.len() == 4 && v.chars().all(|c| c.is_ascii_hexdigit());
         memo.get("digest", &file, hex, || count(&learned, "beef")).unwrap();
@@ -182,10 +185,7 @@ mod tests {
 
     #[test]
     fn a_failure_to_learn_is_the_callers_and_nothing_is_remembered() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("qemu");
-        fs::write(&file, b"binary").unwrap();
-        let memo = Memo::in_dir(dir.path().join("memo"));
+        let (dir, file, memo) = file_and_memo("qemu");
         let err = memo.get("v", &file, |_| true, || Err::<String, _>("no")).unwrap_err();
         assert_eq!(err, "no");
         assert!(!dir.path().join("memo").exists());
