@@ -88,9 +88,12 @@ fn entry_name(name: &str, path: &Path) -> Option<String> {
         hasher.update((field.len() as u64).to_le_bytes());
         hasher.update(field);
     }
-    let digest: [u8; 32] = hasher.finalize().into();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!("{hex}.{SUFFIX}"))
+    Some(format!("{}.{SUFFIX}", hex(&hasher.finalize())))
+}
+
+/// `bytes` in lowercase hex, as digests are written in entries and file names.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `value` to `entry` in `dir` atomically, then keeps the newest [`MAX_ENTRIES`].

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::vm::accel::Accel;
-use crate::vm::memo::Memo;
+use crate::vm::memo::{self, Memo};
 use crate::vm::qemu::{Incoming, QemuCommand};
 use crate::vm::qmp::{MigrationStatus, Qmp, QmpError};
 
@@ -108,7 +108,7 @@ impl SnapshotKey {
     }
 
     fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        memo::hex(&self.0)
     }
 }
 
@@ -177,7 +177,7 @@ fn hash_kernel(path: &Path, memo: &Memo) -> Result<[u8; 32], crate::Error> {
         "sha256",
         path,
         |hex| parse_digest(hex).is_some(),
-        || hash_file(path).map(|digest| digest.iter().map(|b| format!("{b:02x}")).collect()),
+        || hash_file(path).map(|digest| memo::hex(&digest)),
     )?;
     let digest = parse_digest(&hex).unwrap_or_default();
     HASHES.lock().unwrap_or_else(|e| e.into_inner()).push((identity, digest));
