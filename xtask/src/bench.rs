@@ -102,8 +102,14 @@ fn bench(args: BenchArgs) -> Result<(), String> {
 
     let floor_initrd = out.join(format!("floor-{arch}.cpio"));
     vmtest::__bench::write_initramfs(&bins.poweroff, arch, &floor_initrd)?;
-    let (mut floor, accel) = vmtest::__bench::floor_command(arch, kernel.image(), &floor_initrd)?;
-    floor.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
+    // Bare QEMU booting `image` with `initrd`, its console unread.
+    let floor_command = |image: &Path, initrd: &Path| {
+        vmtest::__bench::floor_command(arch, image, initrd).map(|(mut command, accel)| {
+            command.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
+            (command, accel)
+        })
+    };
+    let (floor, accel) = floor_command(kernel.image(), &floor_initrd)?;
 
     let snapshots = out.join("snapshots");
     let run_with = |mode: &str, binary: &Path, args: &[&str], env: &[(&str, String)]| {
@@ -134,12 +140,10 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     let mut scenarios = vec![scenario("floor", "bare QEMU, static init that powers off", floor)];
     let boot_image = vmtest::__bench::boot_image(&kernel, arch)?;
     if boot_image != kernel.image() {
-        let (mut floor_pvh, _) = vmtest::__bench::floor_command(arch, &boot_image, &floor_initrd)?;
-        floor_pvh.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
         scenarios.push(scenario(
             "floor-pvh",
             "the same, booting the uncompressed kernel through PVH",
-            floor_pvh,
+            floor_command(&boot_image, &floor_initrd)?.0,
         ));
     }
     if let Some(dynamic) = &bins.poweroff_dynamic {
@@ -147,12 +151,10 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         // a debug build linked against the host's libc, with its libraries.
         let initrd = out.join(format!("floor-dynamic-{arch}.cpio"));
         vmtest::__bench::write_initramfs(dynamic, arch, &initrd)?;
-        let (mut command, _) = vmtest::__bench::floor_command(arch, &boot_image, &initrd)?;
-        command.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
         scenarios.push(scenario(
             "floor-dynamic",
             "the same, the init a dynamically linked debug build (as test binaries are)",
-            command,
+            floor_command(&boot_image, &initrd)?.0,
         ));
     }
     scenarios.extend([
