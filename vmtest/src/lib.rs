@@ -95,12 +95,12 @@ pub mod __bench {
             cmdline: Vec::new(),
             ports: Vec::new(),
             sandbox: crate::vm::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
+            huge_pages: crate::vm::qemu::HugePages::for_accel(accel.accel)
+                .map_err(|e| e.to_string())?,
             snapshot: Default::default(),
             debug: Default::default(),
         };
-        let mut command = Command::new(qemu);
-        command.args(spec.args());
-        Ok((command, accel.accel.qemu_name()))
+        Ok((spec.command(&qemu), accel.accel.qemu_name()))
     }
 
     /// What the harness boots of `kernel` for `arch` on this machine: under TCG the
@@ -283,6 +283,8 @@ pub mod __snapshot {
                 cmdline: Vec::new(),
                 ports: Vec::new(),
                 sandbox: crate::vm::qemu::sandbox(&qemu).map_err(|e| e.to_string())?,
+                huge_pages: crate::vm::qemu::HugePages::for_accel(accel)
+                    .map_err(|e| e.to_string())?,
                 snapshot: crate::vm::qemu::SnapshotArgs { vmgenid, ..Default::default() },
                 debug: Default::default(),
             };

@@ -188,6 +188,31 @@ fn qemu_runs_under_its_seccomp_sandbox_unless_told_not_to() {
     assert!(stderr.contains("error: VMTEST_QEMU_SANDBOX=\"yes\" is not one of"), "{stderr}");
 }
 
+fn thp_enabled(pid: libc::pid_t) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).unwrap().trim().to_owned()
+}
+
+/// Under TCG (all this machine has) QEMU runs without transparent huge pages by default.
+#[test]
+fn qemu_runs_without_huge_pages_under_tcg_unless_told_otherwise() {
+    let tmp = TmpDir::new("thp-auto");
+    let (child, qemu, cmdline) = start_hanging(&tmp, &[]);
+    assert!(cmdline.contains(" -accel tcg"), "{cmdline}");
+    assert_eq!(thp_enabled(qemu), "0", "{qemu}: {cmdline}");
+    interrupt(child);
+
+    let tmp = TmpDir::new("thp-on");
+    let (child, qemu, cmdline) = start_hanging(&tmp, &[("VMTEST_QEMU_THP", "on")]);
+    assert_eq!(thp_enabled(qemu), "1", "{qemu}: {cmdline}");
+    interrupt(child);
+
+    let output =
+        tmp.command(FAILING).args(["--exact", "passes"]).env("VMTEST_QEMU_THP", "never").output();
+    let stderr = text(&output.unwrap().stderr);
+    assert!(stderr.contains("error: VMTEST_QEMU_THP=\"never\" is not one of"), "{stderr}");
+}
+
 /// Files under `dir` that are being received (`<name>.vmtest-partial-<pid>-<n>`) or saved
 /// (`*.partial`).
 fn partials_under(dir: &Path) -> Vec<PathBuf> {

@@ -87,6 +87,7 @@ fn boot(arch: Arch, main: Main<'_>) -> Result<i32, Error> {
     let snapshots = Snapshots::from_env()?;
     let memo = snapshots.as_ref().map_or_else(Memo::none, |s| s.cache.memo());
     crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?, &memo)?;
+    crate::vm::qemu::HugePages::for_accel(accel.accel)?;
     let kernel = kernel::resolve(if let Main::Shell(kernel) = main { kernel } else { None }, arch)?;
     kernel.check_arch(arch)?;
     let scale = accel.timeout_scale;

@@ -176,6 +176,7 @@ fn prepare(
     let accel = accel::choose(arch)?;
     let memo = snapshots.as_ref().map_or_else(Memo::none, |s| s.cache.memo());
     crate::vm::qemu::check_sandbox(&session::find_qemu(arch)?, &memo)?;
+    crate::vm::qemu::HugePages::for_accel(accel.accel)?;
     if let Some(why) = &accel.kvm_unusable {
         eprintln!(
             "vmtest: using TCG (KVM not used: {why}); timeouts scaled x{}",

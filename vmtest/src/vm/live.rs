@@ -53,9 +53,7 @@ impl LiveVm {
         dir: &Path,
         deadline: Instant,
     ) -> Result<LiveVm, Error> {
-        let mut process = Command::new(qemu);
-        process.args(command.args());
-        LiveVm::start(process, command, dir, deadline)
+        LiveVm::start(command.command(qemu), command, dir, deadline)
     }
 
     /// Starts `command` (the saved VM's, made by [`live_command`] for `dir`) from `snapshot`

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -162,6 +162,7 @@ fn run_once(
         cmdline: spec.cmdline.clone(),
         ports,
         sandbox: crate::vm::qemu::sandbox(&qemu_binary)?,
+        huge_pages: crate::vm::qemu::HugePages::for_accel(spec.accel)?,
         snapshot: snapshot_args,
         debug: spec.debug.clone(),
     };
@@ -171,11 +172,7 @@ fn run_once(
     };
     let mut command = match start.as_ref().and_then(|s| s.snapshot.as_ref()) {
         Some(file) => snapshot::restore_command(&qemu_binary, &qemu, file)?,
-        None => {
-            let mut command = Command::new(&qemu_binary);
-            command.args(qemu.args());
-            command
-        }
+        None => qemu.command(&qemu_binary),
     };
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let started = Instant::now();
@@ -856,6 +853,7 @@ mod tests {
             cmdline: vec![],
             ports,
             sandbox: crate::vm::qemu::Sandbox::Off,
+            huge_pages: crate::vm::qemu::HugePages::Disabled,
             snapshot: Default::default(),
             debug: Default::default(),
         };

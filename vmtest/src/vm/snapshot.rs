@@ -480,8 +480,7 @@ pub(crate) fn restore_command(
 ) -> Result<Command, crate::Error> {
     let mut command = command.clone();
     command.snapshot.incoming = Some(Incoming::Fd(INCOMING_FD));
-    let mut process = Command::new(qemu_binary);
-    process.args(command.args());
+    let mut process = command.command(qemu_binary);
     pass_incoming(&mut process, snapshot)?;
     Ok(process)
 }
@@ -542,7 +541,7 @@ mod tests {
     use super::*;
     use crate::arch::Arch;
     use crate::vm::accel::Accel;
-    use crate::vm::qemu::{Sandbox, SnapshotArgs, SocketPort};
+    use crate::vm::qemu::{HugePages, Sandbox, SnapshotArgs, SocketPort};
 
     struct Files {
         dir: tempfile::TempDir,
@@ -571,6 +570,7 @@ mod tests {
                     socket: format!("/tmp/{run}/control.sock").into(),
                 }],
                 sandbox: Sandbox::Off,
+                huge_pages: HugePages::Disabled,
                 snapshot: SnapshotArgs {
                     qmp: Some(format!("/tmp/{run}/qmp.sock").into()),
                     incoming: None,
