@@ -66,7 +66,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long to wait for the control port to appear at boot.
 const PORT_PATIENCE: Duration = Duration::from_secs(5);
-/// How long the host may take to drain the control port at the end of a clean run.
+/// How long the host may take to drain the control port at the end of a clean run, and then to
+/// stop the VM.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(60);
 /// How long the fatal path waits for anything (the port, the writer).
 const FATAL_PATIENCE: Duration = Duration::from_secs(5);
@@ -232,8 +233,9 @@ fn guest_main(run: Option<RunTest>) -> Result<(), String> {
     timeline::say();
     control.send(&GuestMessage::Done)?;
     // `Done` is queued: from here on a problem is no longer the host's to hear about.
-    if let Err(e) = control.close(CLOSE_PATIENCE) {
-        console::say(format_args!("failed to flush the control port: {e}"));
+    match control.close(CLOSE_PATIENCE) {
+        Ok(()) => power::wait_for_host_to_stop(CLOSE_PATIENCE),
+        Err(e) => console::say(format_args!("failed to flush the control port: {e}")),
     }
     Ok(())
 }
@@ -309,8 +311,13 @@ fn fatal(message: &str) -> ! {
         let sent = control
             .send_within(&GuestMessage::Fatal(message.to_owned()), left)
             .and_then(|()| control.close(deadline.saturating_duration_since(Instant::now())));
-        if let Err(e) = sent {
-            console::say(format_args!("cannot report the error: {e}"));
+        match sent {
+            // The host stops the VM once it has read the error (the fatal path's patience
+            // bounds the wait).
+            Ok(()) => {
+                power::wait_for_host_to_stop(deadline.saturating_duration_since(Instant::now()))
+            }
+            Err(e) => console::say(format_args!("cannot report the error: {e}")),
         }
     }));
     power::power_off()

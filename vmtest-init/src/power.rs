@@ -6,6 +6,19 @@ use rustix::system::RebootCommand;
 
 use crate::console;
 
+/// Gives the host up to `patience` to stop the VM, which it does once it has read PID 1's last
+/// message; returns if it has not by then.
+///
+/// Written to the port is not yet received: QEMU takes the guest's buffers from the port's
+/// queue only as fast as the host's socket takes them, and keeps the rest queued. A guest that
+/// powered off at once would end QEMU with the end of its last messages still queued (a test
+/// that had just sent a large artifact made the host read half a frame), so PID 1 waits for
+/// the host instead.
+pub(crate) fn wait_for_host_to_stop(patience: Duration) {
+    crate::timeline::mark("waiting for the host");
+    std::thread::sleep(patience);
+}
+
 /// Flushes file systems and powers the machine off. Never returns: if `reboot` fails, it says so
 /// once and keeps trying (QEMU `-no-reboot` and the kernel's `panic=-1` are the backstop should
 /// PID 1 ever exit).

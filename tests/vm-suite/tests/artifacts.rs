@@ -87,6 +87,26 @@ fn artifacts_arrive_intact_and_failures_bring_the_kernel_log() {
     }
 }
 
+/// The last thing a VM sends before `Done` is a 64 MiB artifact, which QEMU passes on only as
+/// fast as the host reads it: the guest must not end the VM (and QEMU with it) while the end
+/// is still queued. Five runs: a guest that powered off at once lost the race in one run of
+/// five to one of two here.
+#[test]
+fn a_large_artifact_sent_last_arrives_whole() {
+    for attempt in 1..=5 {
+        let ran = run(&["--exact", "sends_64_mib_last"], &[]);
+        assert_eq!(
+            ran.code,
+            Some(0),
+            "run {attempt}: stdout:\n{}\nstderr:\n{}",
+            ran.stdout,
+            ran.stderr
+        );
+        let last = artifact_dir(&ran, "sends_64_mib_last").join("last.bin");
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), 64 << 20, "run {attempt}");
+    }
+}
+
 #[test]
 fn a_file_over_the_limit_is_refused_and_the_run_goes_on() {
     let ran = run(

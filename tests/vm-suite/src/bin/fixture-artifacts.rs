@@ -12,6 +12,12 @@ fn sends_a_large_artifact() {
     assert!(path.starts_with(std::env::var("VMTEST_ARTIFACT_DIR").unwrap()));
 }
 
+/// 64 MiB handed to the host as the VM's last act (`tests/artifacts.rs` runs it alone).
+#[vm_test(memory = "512M")]
+fn sends_64_mib_last() {
+    vmtest::artifact("last.bin", vec![0xa5u8; 64 << 20]).unwrap();
+}
+
 #[vm_test]
 fn sends_nested_artifacts() {
     vmtest::artifact("logs/first.txt", "first\n").unwrap();
