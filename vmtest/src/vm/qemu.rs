@@ -281,7 +281,7 @@ pub(crate) const THP_ENV: &str = "VMTEST_QEMU_THP";
 /// Under TCG they cost more than they give: a guest's first touch of a 2 MiB region makes the
 /// host zero all of it, which on a host that is itself a VM also faults every page in from the
 /// hypervisor. A cold boot under TCG spent about a quarter of QEMU's time in the host's
-/// `clear_page` and ran 0.8-1.4 s faster with them off (docs/benchmark.md). Under KVM the guest
+/// `clear_page` and ran up to 1.4 s faster with them off (docs/benchmark.md). Under KVM the guest
 /// runs on the host's page tables, where huge pages save TLB misses for all of its run, so
 /// QEMU's default stays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
