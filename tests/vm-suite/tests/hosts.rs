@@ -154,9 +154,10 @@ fn start_hanging(tmp: &TmpDir, env: &[(&str, &str)]) -> (Harness, libc::pid_t, S
     }
 }
 
-fn seccomp_mode(pid: libc::pid_t) -> String {
+/// The value of `field` (`Seccomp:`) in process `pid`'s `/proc/<pid>/status`.
+fn status_field(pid: libc::pid_t, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("Seccomp:")).unwrap().trim().to_owned()
+    status.lines().find_map(|l| l.strip_prefix(field)).unwrap().trim().to_owned()
 }
 
 fn interrupt(mut harness: Harness) {
@@ -172,14 +173,14 @@ fn qemu_runs_under_its_seccomp_sandbox_unless_told_not_to() {
     let (child, qemu, cmdline) = start_hanging(&tmp, &[]);
     assert!(cmdline.contains(" -sandbox on,"), "{cmdline}");
     // 2: SECCOMP_MODE_FILTER.
-    assert_eq!(seccomp_mode(qemu), "2", "{qemu}: {cmdline}");
+    assert_eq!(status_field(qemu, "Seccomp:"), "2", "{qemu}: {cmdline}");
     interrupt(child);
 
     // A fresh dir: the first QEMU, killed, may linger for a moment.
     let tmp = TmpDir::new("seccomp-off");
     let (child, qemu, cmdline) = start_hanging(&tmp, &[("VMTEST_QEMU_SANDBOX", "off")]);
     assert!(!cmdline.contains(" -sandbox "), "{cmdline}");
-    assert_eq!(seccomp_mode(qemu), "0", "{qemu}: {cmdline}");
+    assert_eq!(status_field(qemu, "Seccomp:"), "0", "{qemu}: {cmdline}");
     interrupt(child);
 
     let output =
@@ -188,23 +189,18 @@ fn qemu_runs_under_its_seccomp_sandbox_unless_told_not_to() {
     assert!(stderr.contains("error: VMTEST_QEMU_SANDBOX=\"yes\" is not one of"), "{stderr}");
 }
 
-fn thp_enabled(pid: libc::pid_t) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).unwrap().trim().to_owned()
-}
-
 /// Under TCG (all this machine has) QEMU runs without transparent huge pages by default.
 #[test]
 fn qemu_runs_without_huge_pages_under_tcg_unless_told_otherwise() {
     let tmp = TmpDir::new("thp-auto");
     let (child, qemu, cmdline) = start_hanging(&tmp, &[]);
     assert!(cmdline.contains(" -accel tcg"), "{cmdline}");
-    assert_eq!(thp_enabled(qemu), "0", "{qemu}: {cmdline}");
+    assert_eq!(status_field(qemu, "THP_enabled:"), "0", "{qemu}: {cmdline}");
     interrupt(child);
 
     let tmp = TmpDir::new("thp-on");
     let (child, qemu, cmdline) = start_hanging(&tmp, &[("VMTEST_QEMU_THP", "on")]);
-    assert_eq!(thp_enabled(qemu), "1", "{qemu}: {cmdline}");
+    assert_eq!(status_field(qemu, "THP_enabled:"), "1", "{qemu}: {cmdline}");
     interrupt(child);
 
     let output =

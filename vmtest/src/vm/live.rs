@@ -175,20 +175,6 @@ impl LiveVm {
         let _ = self.process.wait_or_kill(Duration::from_secs(2));
     }
 
-    /// Waits for QEMU to exit by itself (the guest powered off).
-    pub fn wait_exit(mut self, timeout: Duration) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(_)) = self.process.try_wait() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(self.explain("QEMU did not exit after the guest's Done".to_owned()));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// The QEMU version its monitor greeted with.
     pub fn qemu_version(&self) -> &str {
         self.qmp.version()
