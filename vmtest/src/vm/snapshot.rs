@@ -662,9 +662,7 @@ mod tests {
             std::fs::read_dir(cache.dir().join("memo")).unwrap().flatten().collect();
         assert_eq!(entries.len(), 1);
         let remembered = std::fs::read_to_string(entries[0].path()).unwrap();
-        let digest: String =
-            hash_file(&c.kernel).unwrap().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(remembered, digest);
+        assert_eq!(remembered, memo::hex(&hash_file(&c.kernel).unwrap()));
         assert_eq!(parse_digest(&remembered), Some(hash_file(&c.kernel).unwrap()));
         assert_eq!(parse_digest(&remembered[1..]), None);
         assert_eq!(parse_digest(&format!("+{}", &remembered[1..])), None);
