@@ -131,9 +131,18 @@ impl Drop for Harness {
     }
 }
 
-/// Starts the hanging test and waits for its QEMU; returns the harness and QEMU's pid and
-/// command line.
-fn start_hanging(tmp: &TmpDir, env: &[(&str, &str)]) -> (Harness, libc::pid_t, String) {
+/// What a run of the hanging test with `env`, in a fresh dir `name`, started QEMU as.
+#[derive(Debug)]
+struct QemuSeen {
+    cmdline: String,
+    /// The value of the asked-for line of QEMU's `/proc/<pid>/status`, read while it ran.
+    status: String,
+}
+
+/// Starts the hanging test with `env`, waits for its QEMU, reads `field` (`Seccomp:`) of its
+/// `/proc/<pid>/status`, and interrupts the run.
+fn qemu_seen(name: &str, env: &[(&str, &str)], field: &str) -> QemuSeen {
+    let tmp = TmpDir::new(name);
     let mut command = tmp.command(FAILING);
     command
         .args(["--exact", "hangs"])
@@ -143,15 +152,18 @@ fn start_hanging(tmp: &TmpDir, env: &[(&str, &str)]) -> (Harness, libc::pid_t, S
         .stderr(Stdio::null());
     let child = Harness(command.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some((pid, cmdline)) = processes_mentioning(tmp.path()).into_iter().next() {
-            // Past QEMU's start-up, where the filter is installed.
-            std::thread::sleep(Duration::from_millis(500));
-            return (child, pid, cmdline);
+    let (pid, cmdline) = loop {
+        if let Some(found) = processes_mentioning(tmp.path()).into_iter().next() {
+            break found;
         }
         assert!(Instant::now() < deadline, "no QEMU started");
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    // Past QEMU's start-up, where the filter is installed.
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = QemuSeen { status: status_field(pid, field), cmdline };
+    interrupt(child);
+    seen
 }
 
 /// The value of `field` (`Seccomp:`) in process `pid`'s `/proc/<pid>/status`.
@@ -167,47 +179,42 @@ fn interrupt(mut harness: Harness) {
     assert_eq!(harness.0.wait().unwrap().code(), Some(130));
 }
 
+/// What a run with `variable=value`, in a fresh dir `name`, says on stderr.
+fn stderr_with(name: &str, variable: &str, value: &str) -> String {
+    let tmp = TmpDir::new(name);
+    let output = tmp.command(FAILING).args(["--exact", "passes"]).env(variable, value).output();
+    text(&output.unwrap().stderr)
+}
+
 #[test]
 fn qemu_runs_under_its_seccomp_sandbox_unless_told_not_to() {
-    let tmp = TmpDir::new("seccomp-on");
-    let (child, qemu, cmdline) = start_hanging(&tmp, &[]);
-    assert!(cmdline.contains(" -sandbox on,"), "{cmdline}");
+    let on = qemu_seen("seccomp-on", &[], "Seccomp:");
+    assert!(on.cmdline.contains(" -sandbox on,"), "{on:?}");
     // 2: SECCOMP_MODE_FILTER.
-    assert_eq!(status_field(qemu, "Seccomp:"), "2", "{qemu}: {cmdline}");
-    interrupt(child);
+    assert_eq!(on.status, "2", "{on:?}");
 
     // A fresh dir: the first QEMU, killed, may linger for a moment.
-    let tmp = TmpDir::new("seccomp-off");
-    let (child, qemu, cmdline) = start_hanging(&tmp, &[("VMTEST_QEMU_SANDBOX", "off")]);
-    assert!(!cmdline.contains(" -sandbox "), "{cmdline}");
-    assert_eq!(status_field(qemu, "Seccomp:"), "0", "{qemu}: {cmdline}");
-    interrupt(child);
+    let off = qemu_seen("seccomp-off", &[("VMTEST_QEMU_SANDBOX", "off")], "Seccomp:");
+    assert!(!off.cmdline.contains(" -sandbox "), "{off:?}");
+    assert_eq!(off.status, "0", "{off:?}");
 
-    let output =
-        tmp.command(FAILING).args(["--exact", "passes"]).env("VMTEST_QEMU_SANDBOX", "yes").output();
-    let stderr = text(&output.unwrap().stderr);
+    let stderr = stderr_with("seccomp-bad", "VMTEST_QEMU_SANDBOX", "yes");
     assert!(stderr.contains("error: VMTEST_QEMU_SANDBOX=\"yes\" is not one of"), "{stderr}");
 }
 
 /// Under TCG (all this machine has) QEMU runs without transparent huge pages by default.
 #[test]
 fn qemu_runs_without_huge_pages_under_tcg_unless_told_otherwise() {
-    let tmp = TmpDir::new("thp-auto");
-    let (child, qemu, cmdline) = start_hanging(&tmp, &[]);
-    assert!(cmdline.contains(" -accel tcg"), "{cmdline}");
-    assert_eq!(status_field(qemu, "THP_enabled:"), "0", "{qemu}: {cmdline}");
-    interrupt(child);
+    let auto = qemu_seen("thp-auto", &[], "THP_enabled:");
+    assert!(auto.cmdline.contains(" -accel tcg"), "{auto:?}");
+    assert_eq!(auto.status, "0", "{auto:?}");
 
-    let tmp = TmpDir::new("thp-on");
-    let (child, qemu, cmdline) = start_hanging(&tmp, &[("VMTEST_QEMU_THP", "on")]);
+    let on = qemu_seen("thp-on", &[("VMTEST_QEMU_THP", "on")], "THP_enabled:");
     // QEMU's default: the setting it inherits, which is this process's.
     let own = status_field(std::process::id().try_into().unwrap(), "THP_enabled:");
-    assert_eq!(status_field(qemu, "THP_enabled:"), own, "{qemu}: {cmdline}");
-    interrupt(child);
+    assert_eq!(on.status, own, "{on:?}");
 
-    let output =
-        tmp.command(FAILING).args(["--exact", "passes"]).env("VMTEST_QEMU_THP", "never").output();
-    let stderr = text(&output.unwrap().stderr);
+    let stderr = stderr_with("thp-bad", "VMTEST_QEMU_THP", "never");
     assert!(stderr.contains("error: VMTEST_QEMU_THP=\"never\" is not one of"), "{stderr}");
 }
 
